@@ -1,0 +1,9 @@
+"""hooked_clip: a mechanistic-interpretability toolkit for CLIP in the style of TransformerLens."""
+
+from hooked_clip.clip import HookedCLIP, load_model
+from hooked_clip.config import CLIPTextConfig
+from hooked_clip.text import HookedCLIPText
+from hooked_clip.tokenizer import CLIPTokenizer
+
+__all__ = ["CLIPTextConfig", "CLIPTokenizer", "HookedCLIP", "HookedCLIPText", "load_model"]
+__version__ = "0.1.0"

@@ -1,0 +1,83 @@
+"""Multi-head self-attention with TransformerLens's weight layout and hooks.
+
+Weights: ``W_Q, W_K, W_V`` [head, d_model, d_head], ``W_O`` [head, d_head, d_model], biases per head.
+Hooks: ``hook_q/k/v/z`` [batch, pos, head, d_head]; ``hook_attn_scores`` (masked, pre-softmax) and
+``hook_pattern`` [batch, head, query, key]; ``hook_result`` [batch, pos, head, d_model] when
+``cfg.use_attn_result``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor, nn
+from transformer_lens.hook_points import HookPoint
+
+from hooked_clip.config import CLIPTextConfig
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: CLIPTextConfig):
+        super().__init__()
+        self.cfg = cfg
+        h, m, d = cfg.n_heads, cfg.d_model, cfg.d_head
+        self.W_Q = nn.Parameter(torch.empty(h, m, d, dtype=cfg.dtype))
+        self.W_K = nn.Parameter(torch.empty(h, m, d, dtype=cfg.dtype))
+        self.W_V = nn.Parameter(torch.empty(h, m, d, dtype=cfg.dtype))
+        self.W_O = nn.Parameter(torch.empty(h, d, m, dtype=cfg.dtype))
+        self.b_Q = nn.Parameter(torch.zeros(h, d, dtype=cfg.dtype))
+        self.b_K = nn.Parameter(torch.zeros(h, d, dtype=cfg.dtype))
+        self.b_V = nn.Parameter(torch.zeros(h, d, dtype=cfg.dtype))
+        self.b_O = nn.Parameter(torch.zeros(m, dtype=cfg.dtype))
+        self.attn_scale = d**0.5
+        self.hook_q = HookPoint()
+        self.hook_k = HookPoint()
+        self.hook_v = HookPoint()
+        self.hook_z = HookPoint()
+        self.hook_attn_scores = HookPoint()
+        self.hook_pattern = HookPoint()
+        self.hook_result = HookPoint()
+
+    def _project(self, x: Tensor, W: Tensor, b: Tensor) -> Float[Tensor, "batch pos head d_head"]:
+        if x.ndim == 4:  # split qkv input: one input per head [batch, pos, head, d_model]
+            return torch.einsum("bphm,hmd->bphd", x, W) + b
+        h, m, d = W.shape
+        out = F.linear(x, W.permute(0, 2, 1).reshape(h * d, m), b.reshape(h * d))
+        return out.view(*x.shape[:-1], h, d)
+
+    def _needs_explicit_pattern(self) -> bool:
+        return (
+            not self.cfg.use_fused_attn
+            or self.hook_attn_scores.has_hooks()
+            or self.hook_pattern.has_hooks()
+        )
+
+    def forward(
+        self,
+        query_input: Float[Tensor, "batch pos *head d_model"],
+        key_input: Float[Tensor, "batch pos *head d_model"],
+        value_input: Float[Tensor, "batch pos *head d_model"],
+    ) -> Float[Tensor, "batch pos d_model"]:
+        q = self.hook_q(self._project(query_input, self.W_Q, self.b_Q))
+        k = self.hook_k(self._project(key_input, self.W_K, self.b_K))
+        v = self.hook_v(self._project(value_input, self.W_V, self.b_V))
+        if self._needs_explicit_pattern():
+            scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / self.attn_scale
+            if self.cfg.causal:
+                n = scores.shape[-1]
+                mask = torch.ones(n, n, dtype=torch.bool, device=scores.device).triu(1)
+                scores = scores.masked_fill(mask, float("-inf"))
+            scores = self.hook_attn_scores(scores)
+            pattern = self.hook_pattern(torch.softmax(scores, dim=-1))
+            z = torch.einsum("bhqk,bkhd->bqhd", pattern, v)
+        else:
+            z = F.scaled_dot_product_attention(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=self.cfg.causal
+            ).transpose(1, 2)
+        z = self.hook_z(z)
+        if self.cfg.use_attn_result:
+            result = self.hook_result(torch.einsum("bphd,hdm->bphm", z, self.W_O))
+            return result.sum(dim=2) + self.b_O
+        h, d, m = self.W_O.shape
+        return F.linear(z.reshape(*z.shape[:2], h * d), self.W_O.reshape(h * d, m).T, self.b_O)

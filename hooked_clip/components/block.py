@@ -1,0 +1,47 @@
+"""A pre-LN residual block: resid_pre -> +attn(ln1) = resid_mid -> +mlp(ln2) = resid_post."""
+
+from __future__ import annotations
+
+from jaxtyping import Float
+from torch import Tensor, nn
+from transformer_lens.hook_points import HookPoint
+
+from hooked_clip.components.attention import Attention
+from hooked_clip.components.layer_norm import LayerNorm
+from hooked_clip.components.mlp import MLP
+from hooked_clip.config import CLIPTextConfig
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, cfg: CLIPTextConfig, layer: int):
+        super().__init__()
+        self.cfg = cfg
+        self.layer = layer
+        self.ln1 = LayerNorm(cfg)
+        self.attn = Attention(cfg)
+        self.ln2 = LayerNorm(cfg)
+        self.mlp = MLP(cfg)
+        self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
+        self.hook_q_input = HookPoint()  # [batch, pos, head, d_model], with use_split_qkv_input
+        self.hook_k_input = HookPoint()
+        self.hook_v_input = HookPoint()
+        self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
+        self.hook_resid_mid = HookPoint()
+        self.hook_mlp_out = HookPoint()
+        self.hook_resid_post = HookPoint()
+
+    def forward(self, resid_pre: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        resid_pre = self.hook_resid_pre(resid_pre)
+        if self.cfg.use_split_qkv_input:
+            per_head = resid_pre.unsqueeze(2).repeat(1, 1, self.cfg.n_heads, 1)  # a copy: hooks may edit it in place
+            attn_out = self.attn(
+                self.ln1(self.hook_q_input(per_head)),
+                self.ln1(self.hook_k_input(per_head)),
+                self.ln1(self.hook_v_input(per_head)),
+            )
+        else:
+            x = self.ln1(resid_pre)
+            attn_out = self.attn(x, x, x)
+        resid_mid = self.hook_resid_mid(resid_pre + self.hook_attn_out(attn_out))
+        mlp_out = self.hook_mlp_out(self.mlp(self.ln2(resid_mid)))
+        return self.hook_resid_post(resid_mid + mlp_out)

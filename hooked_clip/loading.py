@@ -1,0 +1,261 @@
+"""Weights from HF transformers and open_clip into `HookedCLIPText`, with strict key and shape checks.
+
+Each converter reads a source state dict key by key: a key the converter does not consume is
+"unexpected", a key it needs but does not find is "missing", and either is an error that lists them
+(a checkpoint of another architecture never loads half-way).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable, Optional
+
+import torch
+from torch import Tensor, nn
+
+from hooked_clip.config import CLIPTextConfig
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint whose keys or shapes do not fit the model being built."""
+
+
+def _list(keys: Iterable[str], n: int = 12) -> str:
+    keys = sorted(keys)
+    more = f" ... and {len(keys) - n} more" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
+class _Reader:
+    """Takes keys out of a state dict and remembers which were missing; leftovers are unexpected."""
+
+    def __init__(self, state_dict: dict[str, Tensor], source: str):
+        self.rest = dict(state_dict)
+        self.missing: list[str] = []
+        self.source = source
+
+    def take(self, key: str) -> Optional[Tensor]:
+        if key not in self.rest:
+            self.missing.append(key)
+            return None
+        return self.rest.pop(key)
+
+    def finish(self, ignore: Callable[[str], bool] = lambda k: False) -> None:
+        unexpected = [k for k in self.rest if not ignore(k)]
+        if self.missing or unexpected:
+            parts = []
+            if self.missing:
+                parts.append(f"missing keys ({len(self.missing)}): {_list(self.missing)}")
+            if unexpected:
+                parts.append(f"unexpected keys ({len(unexpected)}): {_list(unexpected)}")
+            raise CheckpointMismatchError(
+                f"The {self.source} checkpoint does not match a CLIP text tower of this configuration; "
+                + "; ".join(parts)
+                + ". Check that the checkpoint and the model name/config are the same architecture."
+            )
+
+
+def _qkv(weight: Tensor, cfg: CLIPTextConfig) -> Tensor:
+    """nn.Linear weight [head*d_head, d_model] -> [head, d_model, d_head]."""
+    return weight.T.reshape(cfg.d_model, cfg.n_heads, cfg.d_head).permute(1, 0, 2)
+
+
+def _convert_blocks(read: _Reader, cfg: CLIPTextConfig, prefix: str, names: dict[str, str]) -> dict:
+    """Shared by both sources: they differ only in key names and in how q/k/v are packed."""
+    out = {}
+    for layer in range(cfg.n_layers):
+        p, b = f"{prefix}{layer}.", f"blocks.{layer}."
+        if names["packed_qkv"]:
+            w, bias = read.take(p + names["in_proj_weight"]), read.take(p + names["in_proj_bias"])
+            qkv_w = w.chunk(3, dim=0) if w is not None else (None,) * 3
+            qkv_b = bias.chunk(3, dim=0) if bias is not None else (None,) * 3
+        else:
+            qkv_w = [read.take(p + names[f"{x}_proj"] + ".weight") for x in "qkv"]
+            qkv_b = [read.take(p + names[f"{x}_proj"] + ".bias") for x in "qkv"]
+        for x, w, bias in zip("QKV", qkv_w, qkv_b):
+            if w is not None:
+                out[b + f"attn.W_{x}"] = _qkv(w, cfg)
+            if bias is not None:
+                out[b + f"attn.b_{x}"] = bias.reshape(cfg.n_heads, cfg.d_head)
+        w, bias = read.take(p + names["out_proj"] + ".weight"), read.take(p + names["out_proj"] + ".bias")
+        if w is not None:
+            out[b + "attn.W_O"] = w.T.reshape(cfg.n_heads, cfg.d_head, cfg.d_model)
+        out[b + "attn.b_O"] = bias
+        for ours, theirs in (("ln1", names["ln1"]), ("ln2", names["ln2"])):
+            out[b + f"{ours}.w"] = read.take(p + theirs + ".weight")
+            out[b + f"{ours}.b"] = read.take(p + theirs + ".bias")
+        for ours, theirs in (("in", names["fc1"]), ("out", names["fc2"])):
+            w = read.take(p + theirs + ".weight")
+            out[b + f"mlp.W_{ours}"] = w.T if w is not None else None
+            out[b + f"mlp.b_{ours}"] = read.take(p + theirs + ".bias")
+    return out
+
+
+def hf_text_state_dict(state_dict: dict[str, Tensor], cfg: CLIPTextConfig) -> dict[str, Tensor]:
+    """Our state dict from the text part of an HF ``CLIPModel`` / ``CLIPTextModelWithProjection``
+    state dict (keys ``text_model.*`` and ``text_projection.weight``)."""
+    read = _Reader({k: v for k, v in state_dict.items() if not k.startswith(("vision_model.", "visual_projection.", "logit_scale"))}, "HF transformers")
+    t = "text_model."
+    out = {
+        "embed.W_E": read.take(t + "embeddings.token_embedding.weight"),
+        "pos_embed.W_pos": read.take(t + "embeddings.position_embedding.weight"),
+    }
+    out.update(
+        _convert_blocks(
+            read, cfg, t + "encoder.layers.",
+            {"packed_qkv": False, "q_proj": "self_attn.q_proj", "k_proj": "self_attn.k_proj",
+             "v_proj": "self_attn.v_proj", "out_proj": "self_attn.out_proj", "ln1": "layer_norm1",
+             "ln2": "layer_norm2", "fc1": "mlp.fc1", "fc2": "mlp.fc2"},
+        )
+    )
+    out["ln_final.w"] = read.take(t + "final_layer_norm.weight")
+    out["ln_final.b"] = read.take(t + "final_layer_norm.bias")
+    if cfg.d_proj is not None:
+        w = read.take("text_projection.weight")
+        out["W_proj"] = w.T if w is not None else None
+    read.finish(ignore=lambda k: k.endswith("position_ids"))
+    return out
+
+
+def open_clip_text_state_dict(state_dict: dict[str, Tensor], cfg: CLIPTextConfig) -> dict[str, Tensor]:
+    """Our state dict from an open_clip ``CLIP`` (text keys at the top level) or ``CustomTextCLIP``
+    (keys under ``text.``) state dict."""
+    custom = any(k.startswith("text.") for k in state_dict)
+    t = "text." if custom else ""
+    text_sd = {
+        k: v for k, v in state_dict.items()
+        if (k.startswith("text.") if custom else not k.startswith(("visual.", "logit_scale", "logit_bias")))
+    }
+    read = _Reader(text_sd, "open_clip")
+    out = {
+        "embed.W_E": read.take(t + "token_embedding.weight"),
+        "pos_embed.W_pos": read.take(t + "positional_embedding"),
+    }
+    out.update(
+        _convert_blocks(
+            read, cfg, t + "transformer.resblocks.",
+            {"packed_qkv": True, "in_proj_weight": "attn.in_proj_weight", "in_proj_bias": "attn.in_proj_bias",
+             "out_proj": "attn.out_proj", "ln1": "ln_1", "ln2": "ln_2", "fc1": "mlp.c_fc", "fc2": "mlp.c_proj"},
+        )
+    )
+    out["ln_final.w"] = read.take(t + "ln_final.weight")
+    out["ln_final.b"] = read.take(t + "ln_final.bias")
+    if cfg.d_proj is not None:
+        if cfg.proj_bias:
+            w = read.take(t + "text_projection.weight")
+            out["W_proj"] = w.T if w is not None else None
+            out["b_proj"] = read.take(t + "text_projection.bias")
+        else:
+            out["W_proj"] = read.take(t + "text_projection")
+    read.finish(ignore=lambda k: k.endswith("attn_mask"))
+    return out
+
+
+def load_converted(model: nn.Module, converted: dict[str, Tensor]) -> None:
+    """Copy a converted state dict into ``model``; any shape difference is an error naming the parameter."""
+    own = model.state_dict()
+    wrong = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in converted.items() if k in own and tuple(v.shape) != tuple(own[k].shape)
+    ]
+    if wrong:
+        raise CheckpointMismatchError(
+            "The checkpoint has the wrong architecture for this config: " + "; ".join(wrong[:8])
+            + (f" ... and {len(wrong) - 8} more" if len(wrong) > 8 else "")
+        )
+    missing = sorted(set(own) - set(converted))
+    if missing:
+        raise CheckpointMismatchError(f"converted checkpoint lacks parameters: {_list(missing)}")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in converted.items()}, strict=True)
+
+
+# ------------------------------------------------------------------------------------------- configs
+def config_from_hf(text_config, projection_dim: Optional[int], **overrides) -> CLIPTextConfig:
+    """``CLIPTextConfig`` from a transformers ``CLIPTextConfig`` (HF: eos_token_id == 2 is the legacy
+    marker for argmax pooling; any other id pools at that id's first occurrence)."""
+    act = text_config.hidden_act
+    if act not in ("quick_gelu", "gelu"):
+        raise CheckpointMismatchError(f"hidden_act={act!r} is not supported; hooked_clip has quick_gelu and gelu.")
+    eos = text_config.eos_token_id
+    kw = dict(
+        d_model=text_config.hidden_size,
+        n_heads=text_config.num_attention_heads,
+        d_head=text_config.hidden_size // text_config.num_attention_heads,
+        n_layers=text_config.num_hidden_layers,
+        d_mlp=text_config.intermediate_size,
+        n_ctx=text_config.max_position_embeddings,
+        d_vocab=text_config.vocab_size,
+        act_fn=act,
+        eps=text_config.layer_norm_eps,
+        d_proj=projection_dim,
+        proj_bias=False,
+        pooling="argmax" if eos == 2 else "eot",
+        eot_token_id=49407 if eos == 2 else eos,
+        causal=True,
+        model_name=getattr(text_config, "_name_or_path", "") or "hf",
+    )
+    kw.update(overrides)
+    return CLIPTextConfig(**kw)
+
+
+def config_from_open_clip(model: nn.Module, **overrides) -> CLIPTextConfig:
+    """``CLIPTextConfig`` read off an open_clip ``CLIP`` or ``CustomTextCLIP`` object."""
+    from open_clip.transformer import QuickGELU
+
+    t = model.text if hasattr(model, "text") else model
+    if not hasattr(t, "transformer") or not hasattr(t.transformer, "resblocks"):
+        raise CheckpointMismatchError(
+            f"open_clip text tower {type(t).__name__} is not a CLIP TextTransformer (e.g. an HF-based text "
+            "encoder); hooked_clip reimplements only CLIP's own text transformer."
+        )
+    block = t.transformer.resblocks[0]
+    act_layer = block.mlp.gelu
+    if isinstance(act_layer, QuickGELU):
+        act = "quick_gelu"
+    elif isinstance(act_layer, nn.GELU) and act_layer.approximate == "none":
+        act = "gelu"
+    else:
+        raise CheckpointMismatchError(f"activation {act_layer!r} is not supported; use quick_gelu or exact GELU.")
+    if not isinstance(block.attn, nn.MultiheadAttention):
+        raise CheckpointMismatchError(
+            f"attention module {type(block.attn).__name__} (open_clip's custom attention with cosine/scaled "
+            "heads) is not supported; only nn.MultiheadAttention blocks are."
+        )
+    if getattr(t, "cls_emb", None) is not None:
+        raise CheckpointMismatchError("text towers with a CLS embedding (CoCa-style) are not supported.")
+    pool = getattr(t, "text_pool_type", getattr(t, "pool_type", "argmax"))
+    eos = getattr(t, "text_eos_id", getattr(t, "eos_id", None))
+    if pool not in ("argmax", "eos", "last"):
+        raise CheckpointMismatchError(f"pool_type={pool!r} is not supported; use argmax, eos or last.")
+    proj = t.text_projection
+    if proj is None:
+        d_proj, proj_bias = None, False
+    elif isinstance(proj, nn.Linear):
+        d_proj, proj_bias = proj.out_features, proj.bias is not None
+    else:
+        d_proj, proj_bias = proj.shape[1], False
+    width = t.transformer.width
+    kw = dict(
+        d_model=width,
+        n_heads=block.attn.num_heads,
+        d_head=width // block.attn.num_heads,
+        n_layers=len(t.transformer.resblocks),
+        d_mlp=block.mlp.c_fc.out_features,
+        n_ctx=t.positional_embedding.shape[0],
+        d_vocab=t.token_embedding.num_embeddings,
+        act_fn=act,
+        eps=t.ln_final.eps,
+        d_proj=d_proj,
+        proj_bias=proj_bias,
+        pooling={"argmax": "argmax", "eos": "eot", "last": "last"}[pool],
+        eot_token_id=eos if pool == "eos" else 49407,
+        causal=getattr(t, "attn_mask", None) is not None,
+        model_name="open_clip",
+    )
+    kw.update(overrides)
+    return CLIPTextConfig(**kw)
+
+
+def default_logit_scale() -> float:
+    """CLIP's initial logit scale, log(1/0.07), stored in log space like both references."""
+    return math.log(1 / 0.07)

@@ -1,0 +1,329 @@
+"""`HookedCLIPText`: CLIP's text tower as a TransformerLens ``HookedRootModule``.
+
+    tokens -> hook_embed + hook_pos_embed -> blocks[0..L-1] -> ln_final -> hook_pooled (at the pooling
+    position) -> text_projection -> hook_text_embed -> (L2 normalise) -> hook_text_embed_normalized
+
+Every activation passes through a ``HookPoint`` with TransformerLens's name, so ``run_with_hooks``,
+``run_with_cache``, ``hooks()``, ``utils.get_act_name`` and ``transformer_lens.patching`` work unchanged.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Callable, Literal, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+from transformer_lens import ActivationCache, HookedRootModule
+from transformer_lens.hook_points import HookPoint
+
+from hooked_clip.components import Embed, LayerNorm, PosEmbed, TransformerBlock
+from hooked_clip.config import CLIPTextConfig
+from hooked_clip.tokenizer import CLIPTokenizer, Text
+
+ReturnType = Literal["normalized", "embed", "pooled", None]
+_RETURN_TYPES = ("normalized", "embed", "pooled", None)
+
+
+class UnknownHookError(KeyError):
+    """A hook name that the model does not have."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; print it plainly
+        return str(self.args[0])
+
+
+class HookedCLIPText(HookedRootModule):
+    """CLIP's text tower with a ``HookPoint`` on every activation.
+
+    ``forward(tokens)`` returns the projected text embedding [batch, d_proj] (``return_type="embed"``,
+    unnormalised, like HF's ``text_embeds`` and open_clip's ``encode_text``), ``"normalized"`` (unit L2
+    norm), ``"pooled"`` (``ln_final`` output at the pooling position, [batch, d_model]) or ``None``.
+    """
+
+    def __init__(self, cfg: CLIPTextConfig, tokenizer: Optional[CLIPTokenizer] = None):
+        super().__init__()
+        self.cfg = cfg
+        self.tokenizer = tokenizer if tokenizer is not None else CLIPTokenizer(context_length=cfg.n_ctx)
+        self.embed = Embed(cfg)
+        self.hook_embed = HookPoint()  # [batch, pos, d_model]
+        self.pos_embed = PosEmbed(cfg)
+        self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
+        self.blocks = nn.ModuleList([TransformerBlock(cfg, layer) for layer in range(cfg.n_layers)])
+        self.ln_final = LayerNorm(cfg)
+        if cfg.d_proj is not None:
+            self.W_proj = nn.Parameter(torch.empty(cfg.d_model, cfg.d_proj, dtype=cfg.dtype))
+            self.b_proj = nn.Parameter(torch.zeros(cfg.d_proj, dtype=cfg.dtype)) if cfg.proj_bias else None
+        else:
+            self.W_proj, self.b_proj = None, None
+        self.hook_pooled = HookPoint()  # [batch, d_model]
+        self.hook_text_embed = HookPoint()  # [batch, d_proj]
+        self.hook_text_embed_normalized = HookPoint()  # [batch, d_proj]
+        self.init_weights()
+        self.setup()
+        self.to(cfg.device)
+        self.eval()  # no dropout anywhere; eval mode is what TL's analysis helpers require
+
+    # ----------------------------------------------------------------------------------------- weights
+    def init_weights(self) -> None:
+        """Random init (normal, std ``cfg.init_range``; LN to identity), seeded by ``cfg.seed`` if set."""
+        gen = torch.Generator().manual_seed(self.cfg.seed) if self.cfg.seed is not None else None
+        for name, p in self.named_parameters():
+            with torch.no_grad():
+                if name.endswith(".w"):
+                    p.fill_(1.0)
+                elif name.endswith(".b") or name.split(".")[-1].startswith("b_"):
+                    p.zero_()
+                else:
+                    p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32) * self.cfg.init_range)
+
+    # -------------------------------------------------------------------------------------- tokenizing
+    def to_tokens(
+        self, text: Text, *, truncate: bool = False, padding: Literal["longest", "max_length"] = "longest"
+    ) -> Int[Tensor, "batch pos"]:
+        """Token ids [batch, pos] on the model's device; see :class:`CLIPTokenizer`."""
+        return self.tokenizer(text, truncate=truncate, padding=padding, context_length=self.cfg.n_ctx).to(
+            self.cfg.device
+        )
+
+    def to_str_tokens(self, text: Union[str, Tensor, Sequence[int]], *, truncate: bool = False) -> list[str]:
+        """String tokens of one text (or one row of ids), up to and including EOT."""
+        if isinstance(text, str):
+            ids = self.tokenizer(text, truncate=truncate, context_length=self.cfg.n_ctx)[0]
+        else:
+            ids = torch.as_tensor(text)
+            if ids.ndim == 2 and ids.shape[0] == 1:
+                ids = ids[0]
+            if ids.ndim != 1:
+                raise ValueError(f"to_str_tokens takes one text or one row of ids, got shape {tuple(ids.shape)}.")
+        return self.tokenizer.to_str_tokens(ids)
+
+    def to_single_token(self, word: str) -> int:
+        """The id of a text that is exactly one token (between SOT and EOT)."""
+        ids = self.tokenizer.encode(word)[1:-1]
+        if len(ids) != 1:
+            raise ValueError(f"{word!r} is {len(ids)} tokens, not one: {self.tokenizer.to_str_tokens(ids)}")
+        return ids[0]
+
+    def pool_positions(self, tokens: Int[Tensor, "batch pos"]) -> Int[Tensor, "batch"]:
+        """Position whose final residual becomes each row's text embedding (``cfg.pooling``)."""
+        if self.cfg.pooling == "argmax":
+            return tokens.argmax(dim=-1)
+        if self.cfg.pooling == "last":
+            return torch.full((tokens.shape[0],), tokens.shape[1] - 1, dtype=torch.long, device=tokens.device)
+        is_eot = tokens == self.cfg.eot_token_id
+        missing = (~is_eot.any(dim=-1)).nonzero().flatten().tolist()
+        if missing:
+            raise ValueError(
+                f"rows {missing[:10]} have no EOT token ({self.cfg.eot_token_id}), which pooling='eot' "
+                "reads; build tokens with model.to_tokens(...)."
+            )
+        return is_eot.int().argmax(dim=-1)
+
+    def _check_tokens(self, tokens: Tensor) -> Tensor:
+        if not isinstance(tokens, Tensor):
+            raise TypeError(f"tokens must be a tensor of ids or text, got {type(tokens).__name__}.")
+        if tokens.dtype.is_floating_point or tokens.dtype == torch.bool or tokens.is_complex():
+            raise TypeError(
+                f"tokens must be integer ids, got dtype {tokens.dtype}; use model.to_tokens(texts). "
+                "To feed a residual stream instead, pass start_at_layer=..."
+            )
+        if tokens.ndim != 2:
+            raise ValueError(
+                f"tokens must have shape [batch, pos], got {tuple(tokens.shape)}"
+                + ("; add a batch dimension with tokens[None]." if tokens.ndim == 1 else ".")
+            )
+        if tokens.shape[1] > self.cfg.n_ctx:
+            raise ValueError(
+                f"tokens have {tokens.shape[1]} positions, over the context length {self.cfg.n_ctx}; "
+                "shorten the text or tokenize with truncate=True."
+            )
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.cfg.d_vocab):
+            raise ValueError(
+                f"token ids must lie in [0, {self.cfg.d_vocab}), got range [{int(tokens.min())}, "
+                f"{int(tokens.max())}]."
+            )
+        return tokens.to(device=self.W_E.device, dtype=torch.long)
+
+    # ----------------------------------------------------------------------------------------- forward
+    def forward(
+        self,
+        input: Union[Text, Int[Tensor, "batch pos"], Float[Tensor, "batch pos d_model"]],
+        return_type: ReturnType = "embed",
+        *,
+        start_at_layer: Optional[int] = None,
+        stop_at_layer: Optional[int] = None,
+        tokens: Optional[Int[Tensor, "batch pos"]] = None,
+        pool_positions: Optional[Int[Tensor, "batch"]] = None,
+        trim: Optional[bool] = None,
+    ) -> Optional[Tensor]:
+        """Run the tower.
+
+        Args:
+            input: texts, token ids [batch, pos], or (with ``start_at_layer``) the residual stream
+                [batch, pos, d_model] entering block ``start_at_layer``.
+            return_type: ``"embed"`` [batch, d_proj] | ``"normalized"`` | ``"pooled"`` [batch, d_model] | None.
+            start_at_layer / stop_at_layer: as in TransformerLens. With ``stop_at_layer`` the residual
+                stream entering that block is returned [batch, pos, d_model] (no ``ln_final``).
+            tokens / pool_positions: with ``start_at_layer``, where to pool (one of them is needed unless
+                ``cfg.pooling == "last"``); with token input they are computed from the ids.
+            trim: drop positions after the batch's last pooling position (default ``cfg.trim_after_pool``;
+                only ever applied where exact, see ``cfg.trims``).
+        """
+        if return_type not in _RETURN_TYPES:
+            raise ValueError(f"return_type must be one of {_RETURN_TYPES}, got {return_type!r}.")
+        if isinstance(input, str) or (isinstance(input, (list, tuple)) and input and isinstance(input[0], str)):
+            if start_at_layer is not None:
+                raise ValueError("start_at_layer needs a residual stream as input, not text.")
+            input = self.to_tokens(input)
+
+        if start_at_layer is None:
+            tokens = self._check_tokens(input)
+            pool = self.pool_positions(tokens) if pool_positions is None else pool_positions
+            n_pos = self._kept_positions(pool, tokens.shape[1], trim)
+            tokens = tokens[:, :n_pos]
+            embed = self.hook_embed(self.embed(tokens))
+            pos_embed = self.hook_pos_embed(self.pos_embed(tokens.shape[0], n_pos))
+            resid = embed + pos_embed
+            blocks = self.blocks[:stop_at_layer]
+        else:
+            resid = self._check_resid(input)
+            if pool_positions is not None:
+                pool = torch.as_tensor(pool_positions, device=resid.device)
+            elif tokens is not None:
+                pool = self.pool_positions(self._check_tokens(tokens))
+            elif self.cfg.pooling == "last" or stop_at_layer is not None:
+                pool = torch.full((resid.shape[0],), resid.shape[1] - 1, device=resid.device)
+            else:
+                raise ValueError(
+                    "with start_at_layer, pass tokens=... or pool_positions=... so the tower knows where "
+                    f"to pool (cfg.pooling={self.cfg.pooling!r})."
+                )
+            resid = resid[:, : self._kept_positions(pool, resid.shape[1], trim)]
+            blocks = self.blocks[start_at_layer:stop_at_layer]
+
+        for block in blocks:
+            resid = block(resid)
+        if stop_at_layer is not None:
+            return resid
+        resid = self.ln_final(resid)
+        if return_type is None:
+            return None
+        pooled = self.hook_pooled(resid[torch.arange(resid.shape[0], device=resid.device), pool])
+        if return_type == "pooled":
+            return pooled
+        if self.W_proj is None:
+            embed_out = self.hook_text_embed(pooled)
+        else:
+            embed_out = pooled @ self.W_proj
+            if self.b_proj is not None:
+                embed_out = embed_out + self.b_proj
+            embed_out = self.hook_text_embed(embed_out)
+        if return_type == "embed":
+            return embed_out
+        return self.hook_text_embed_normalized(F.normalize(embed_out, dim=-1))
+
+    def _kept_positions(self, pool: Tensor, n_pos: int, trim: Optional[bool]) -> int:
+        do_trim = self.cfg.trim_after_pool if trim is None else trim
+        if pool.numel() and (int(pool.min()) < 0 or int(pool.max()) >= n_pos):
+            raise ValueError(f"pool_positions must lie in [0, {n_pos}), got {pool.tolist()}.")
+        if do_trim and self.cfg.trims and pool.numel():
+            return int(pool.max()) + 1
+        return n_pos
+
+    def _check_resid(self, resid: Tensor) -> Tensor:
+        if not isinstance(resid, Tensor) or not resid.dtype.is_floating_point:
+            raise TypeError("with start_at_layer, input must be a float residual stream [batch, pos, d_model].")
+        if resid.ndim != 3 or resid.shape[-1] != self.cfg.d_model:
+            raise ValueError(
+                f"with start_at_layer, input must be [batch, pos, d_model={self.cfg.d_model}], got "
+                f"{tuple(resid.shape)}."
+            )
+        if resid.shape[1] > self.cfg.n_ctx:
+            raise ValueError(f"residual has {resid.shape[1]} positions, over the context length {self.cfg.n_ctx}.")
+        return resid
+
+    # ------------------------------------------------------------------------------------------- hooks
+    def _hook_point(self, name: str) -> HookPoint:
+        if name not in self.hook_dict:
+            close = difflib.get_close_matches(name, list(self.hook_dict), n=3, cutoff=0.6)
+            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise UnknownHookError(
+                f"{self.__class__.__name__} has no hook {name!r}.{hint} List them with model.hook_dict.keys()."
+            )
+        return self.hook_dict[name]
+
+    def add_hook(self, name, hook, dir="fwd", is_permanent=False, level=None, prepend=False) -> None:
+        if isinstance(name, str):
+            self._hook_point(name)
+        super().add_hook(name, hook, dir=dir, is_permanent=is_permanent, level=level, prepend=prepend)
+
+    def _enable_hook_with_name(self, name: str, hook: Callable, dir) -> None:
+        self._hook_point(name)
+        super()._enable_hook_with_name(name, hook, dir)
+
+    def run_with_cache(self, *model_args, names_filter=None, return_cache_object: bool = True, **kwargs):
+        """As TransformerLens: returns (output, cache). The cache is an ``ActivationCache``, so
+        ``cache["resid_pre", 3]`` works; unknown names in ``names_filter`` are an error."""
+        names = [names_filter] if isinstance(names_filter, str) else names_filter
+        if isinstance(names, (list, tuple)):
+            for name in names:
+                self._hook_point(name)
+        out, cache = super().run_with_cache(*model_args, names_filter=names_filter, **kwargs)
+        if return_cache_object:
+            cache = ActivationCache(cache, self, has_batch_dim=not kwargs.get("remove_batch_dim", False))
+        return out, cache
+
+    # ------------------------------------------------------------------------ TL weight accessors
+    @property
+    def W_E(self) -> Float[Tensor, "d_vocab d_model"]:
+        return self.embed.W_E
+
+    @property
+    def W_pos(self) -> Float[Tensor, "n_ctx d_model"]:
+        return self.pos_embed.W_pos
+
+    def _stack(self, sub: str, name: str) -> Tensor:
+        return torch.stack([getattr(getattr(b, sub), name) for b in self.blocks], dim=0)
+
+    @property
+    def W_Q(self) -> Float[Tensor, "n_layers n_heads d_model d_head"]:
+        return self._stack("attn", "W_Q")
+
+    @property
+    def W_K(self) -> Float[Tensor, "n_layers n_heads d_model d_head"]:
+        return self._stack("attn", "W_K")
+
+    @property
+    def W_V(self) -> Float[Tensor, "n_layers n_heads d_model d_head"]:
+        return self._stack("attn", "W_V")
+
+    @property
+    def W_O(self) -> Float[Tensor, "n_layers n_heads d_head d_model"]:
+        return self._stack("attn", "W_O")
+
+    @property
+    def W_in(self) -> Float[Tensor, "n_layers d_model d_mlp"]:
+        return self._stack("mlp", "W_in")
+
+    @property
+    def W_out(self) -> Float[Tensor, "n_layers d_mlp d_model"]:
+        return self._stack("mlp", "W_out")
+
+    def accumulated_bias(self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True) -> Tensor:
+        """Sum of the attention (and MLP) output biases written before block ``layer`` (TL semantics)."""
+        bias = torch.zeros(self.cfg.d_model, device=self.W_E.device, dtype=self.W_E.dtype)
+        for i in range(layer):
+            bias = bias + self.blocks[i].attn.b_O
+            if include_mlp_biases:
+                bias = bias + self.blocks[i].mlp.b_out
+        if mlp_input:
+            bias = bias + self.blocks[layer].attn.b_O
+        return bias
+
+    def tokens_to_residual_directions(self, tokens):
+        raise NotImplementedError(
+            "CLIP has no unembedding, so tokens have no residual directions; use the text/image "
+            "embedding directions through ln_final and text_projection instead."
+        )
