@@ -33,10 +33,11 @@ class CLIPTextConfig(TransformerLensConfig):
     - ``trim_after_pool``: drop the positions after the batch's last pooling position before running the
       blocks. Applied only where exact (``causal`` and pooling at ``eot``/``argmax``); outputs are
       identical either way, caches then hold the trimmed length.
-    - ``use_fused_attn``: use ``F.scaled_dot_product_attention`` when no hook is attached to
-      ``hook_attn_scores``/``hook_pattern`` of that layer. It differs from the explicit softmax path by
-      float rounding only (~1e-7); set ``False`` to always take the explicit path, which makes runs with
-      and without attention hooks bit-identical.
+    - ``use_fused_attn`` (default ``False``): opt in to ``F.scaled_dot_product_attention`` for layers
+      with no hook on ``hook_attn_scores``/``hook_pattern``. It differs from the explicit softmax path by
+      float rounding (~1e-7), so a cached clean run (pattern hooked) and a patched run (not hooked) would
+      no longer be bit-identical; the explicit path is as fast on CPU at CLIP's lengths (measured in
+      ``benchmarks/forward.py``), so exactness is the default.
     """
 
     d_model: int = 512
@@ -56,7 +57,7 @@ class CLIPTextConfig(TransformerLensConfig):
     pad_token_id: int = 0
     causal: bool = True
     trim_after_pool: bool = True
-    use_fused_attn: bool = True
+    use_fused_attn: bool = False
     init_range: float = 0.02
     seed: Optional[int] = None
     model_name: str = "custom"

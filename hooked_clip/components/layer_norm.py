@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
@@ -21,11 +20,8 @@ class LayerNorm(nn.Module):
         self.hook_normalized = HookPoint()  # [batch, pos, (head,) d_model]
 
     def forward(self, x: Float[Tensor, "batch pos *head d_model"]) -> Float[Tensor, "batch pos *head d_model"]:
-        if self.hook_scale.has_hooks():
-            # Explicit path, so that a hook can read or replace the scale.
-            x = x - x.mean(-1, keepdim=True)
-            scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.cfg.eps).sqrt())
-            x = x / scale * self.w + self.b
-        else:
-            x = F.layer_norm(x, (self.cfg.d_model,), self.w, self.b, self.cfg.eps)
-        return self.hook_normalized(x)
+        # Always the explicit computation (never F.layer_norm): a run's numbers must not depend on which
+        # hooks are attached, or a cached clean run and a patched run would differ by float rounding.
+        x = x - x.mean(-1, keepdim=True)
+        scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.cfg.eps).sqrt())
+        return self.hook_normalized(x / scale * self.w + self.b)

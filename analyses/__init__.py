@@ -1,0 +1,1 @@
+"""Generic analyses over (model, inputs, metric), and the packaged studies built from them."""

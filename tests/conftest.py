@@ -1,0 +1,137 @@
+"""Shared fixtures: random-init reference models (HF transformers, open_clip) and our loaded copies.
+
+No weights are downloaded: every model is built from a config with a fixed seed, and every parameter
+(biases and LayerNorm weights included) is randomised so that no conversion can pass by accident.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+VALSE = Path(__file__).resolve().parents[1] / "analyses" / "valse_negation" / "data" / "existence.json"
+
+
+def randomize_(model: nn.Module, seed: int) -> nn.Module:
+    """Every float parameter random: weights ~ N(0, 0.02), biases ~ N(0, 0.02), LayerNorm weights ~ 1 + N(0, 0.1)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "logit_scale" in name or "logit_bias" in name:
+                continue
+            noise = torch.randn(p.shape, generator=gen)
+            is_ln = any(s in name for s in ("layer_norm", "layernorm", "ln_", "ln_final", "ln_pre", "ln_post", "pre_layrnorm", "post_layernorm"))
+            if is_ln and name.endswith("weight"):
+                p.copy_(1 + 0.1 * noise)
+            else:
+                p.copy_(0.02 * noise)
+    return model.eval()
+
+
+@dataclass(frozen=True)
+class TextSpec:
+    """One text-tower configuration of the parity suite."""
+
+    name: str
+    width: int
+    heads: int
+    layers: int
+    act: str  # quick_gelu | gelu
+    pooling: str  # argmax | eot
+    proj: int = 32
+
+
+SPECS = {
+    "vitb32": TextSpec("vitb32", 512, 8, 12, "quick_gelu", "argmax", proj=512),
+    "laion_gelu": TextSpec("laion_gelu", 256, 4, 3, "gelu", "eot", proj=128),
+    "tiny_argmax": TextSpec("tiny_argmax", 64, 2, 2, "quick_gelu", "argmax"),
+    "tiny_eot": TextSpec("tiny_eot", 64, 2, 2, "gelu", "eot"),
+}
+
+MIXED_TEXTS = [
+    "There are no people in the picture.",
+    "There is a cat.",
+    "A man in a red jacket is riding a bicycle down a busy street next to a bus.",
+    "no",
+    "",
+    "There are some elephants with tusks in the water, naïve café 123!",
+]
+
+
+@lru_cache(maxsize=None)
+def hf_clip(spec_name: str, with_vision: bool = True, seed: int = 0):
+    """A random transformers CLIPModel (small vision tower) or CLIPTextModelWithProjection."""
+    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModelWithProjection, CLIPVisionConfig
+
+    s = SPECS[spec_name]
+    text_cfg = CLIPTextConfig(
+        hidden_size=s.width, intermediate_size=4 * s.width, num_attention_heads=s.heads,
+        num_hidden_layers=s.layers, hidden_act=s.act, projection_dim=s.proj,
+        eos_token_id=2 if s.pooling == "argmax" else 49407,
+    )
+    torch.manual_seed(seed)
+    if not with_vision:
+        return randomize_(CLIPTextModelWithProjection(text_cfg), seed)
+    vision_cfg = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_attention_heads=2, num_hidden_layers=2,
+                                  image_size=64, patch_size=16, hidden_act=s.act, projection_dim=s.proj)
+    cfg = CLIPConfig(text_config=text_cfg.to_dict(), vision_config=vision_cfg.to_dict(), projection_dim=s.proj)
+    model = randomize_(CLIPModel(cfg), seed)
+    with torch.no_grad():
+        model.logit_scale.fill_(4.2)
+    return model
+
+
+def open_clip_text_cfg(spec_name: str) -> dict:
+    s = SPECS[spec_name]
+    return dict(context_length=77, vocab_size=49408, width=s.width, heads=s.heads, layers=s.layers,
+                pool_type="argmax" if s.pooling == "argmax" else "eos",
+                eos_id=49407)
+
+
+@lru_cache(maxsize=None)
+def open_clip_model(spec_name: str, seed: int = 1):
+    """A random open_clip CLIP with the spec's text tower and a small vision tower."""
+    from open_clip.model import CLIP
+
+    s = SPECS[spec_name]
+    torch.manual_seed(seed)
+    model = CLIP(
+        embed_dim=s.proj,
+        vision_cfg=dict(image_size=64, layers=2, width=64, patch_size=16, head_width=32),
+        text_cfg=open_clip_text_cfg(spec_name),
+        quick_gelu=s.act == "quick_gelu",
+    )
+    model = randomize_(model, seed)
+    with torch.no_grad():
+        model.logit_scale.fill_(3.9)
+    return model
+
+
+@lru_cache(maxsize=1)
+def valse_sentences() -> tuple[str, ...]:
+    data = json.loads(VALSE.read_text())
+    out = []
+    for item in data.values():
+        out += [item["caption"], item["foil"], item["declarative_statement"], *item["declarative_statement_foils"]]
+    # the paper's aligned affirmatives ("There are X" -> "There are some X")
+    out += [s.replace("There are ", "There are some ", 1) for s in out if s.startswith("There are ") and " no " not in s]
+    return tuple(dict.fromkeys(out))  # unique, in order
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """Our model loaded from a tiny random HF CLIP (with an image tower)."""
+    from hooked_clip import HookedCLIP
+
+    return HookedCLIP.from_hf(hf_clip("tiny_eot"), device="cpu")

@@ -1,0 +1,212 @@
+"""TransformerLens semantics: every hook exists, fires and is patchable; caches, shorthand, hooks()
+cleanup, start/stop_at_layer, opt-in attn result / split qkv input, fused attention, TL's own patching."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import MIXED_TEXTS, hf_clip
+from transformer_lens import utilities as utils
+
+from hooked_clip import HookedCLIP
+
+DESIGN_BLOCK_HOOKS = [
+    "hook_resid_pre", "hook_resid_mid", "hook_resid_post", "ln1.hook_scale", "ln1.hook_normalized",
+    "ln2.hook_scale", "ln2.hook_normalized", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_z",
+    "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_result", "hook_q_input", "hook_k_input",
+    "hook_v_input", "hook_attn_out", "hook_mlp_out", "mlp.hook_pre", "mlp.hook_post",
+]
+DESIGN_ROOT_HOOKS = ["hook_embed", "hook_pos_embed", "ln_final.hook_scale", "ln_final.hook_normalized",
+                     "hook_pooled", "hook_text_embed", "hook_text_embed_normalized"]
+
+
+@pytest.fixture(scope="module")
+def full_model():
+    """Opt-in hooks on: use_attn_result and use_split_qkv_input."""
+    return HookedCLIP.from_hf(hf_clip("tiny_argmax", with_vision=False), device="cpu",
+                              use_attn_result=True, use_split_qkv_input=True)
+
+
+@pytest.fixture(scope="module")
+def tokens(tiny_model):
+    return tiny_model.to_tokens(MIXED_TEXTS)
+
+
+def all_hook_names(model):
+    return DESIGN_ROOT_HOOKS + [f"blocks.{l}.{h}" for l in range(model.cfg.n_layers) for h in DESIGN_BLOCK_HOOKS]
+
+
+def test_every_design_hook_exists(full_model):
+    assert set(all_hook_names(full_model)) == set(full_model.text.hook_dict)
+
+
+def test_every_hook_fires_with_documented_shape(full_model, tokens):
+    _, cache = full_model.run_with_cache(tokens, return_type="normalized")
+    assert set(cache.keys()) == set(all_hook_names(full_model))
+    cfg, b = full_model.cfg, tokens.shape[0]
+    p = int(full_model.pool_positions(tokens).max()) + 1
+    assert cache["blocks.0.attn.hook_q"].shape == (b, p, cfg.n_heads, cfg.d_head)
+    assert cache["blocks.0.attn.hook_pattern"].shape == (b, cfg.n_heads, p, p)
+    assert cache["blocks.0.attn.hook_result"].shape == (b, p, cfg.n_heads, cfg.d_model)
+    assert cache["blocks.0.hook_q_input"].shape == (b, p, cfg.n_heads, cfg.d_model)
+    assert cache["blocks.1.mlp.hook_post"].shape == (b, p, cfg.d_mlp)
+    assert cache["ln_final.hook_scale"].shape == (b, p, 1)
+    assert cache["hook_pooled"].shape == (b, cfg.d_model)
+    assert cache["hook_text_embed"].shape == (b, cfg.d_proj)
+    assert cache["hook_text_embed_normalized"].shape == (b, cfg.d_proj)
+
+
+@pytest.mark.parametrize("index", range(len(DESIGN_ROOT_HOOKS) + 2 * len(DESIGN_BLOCK_HOOKS)))
+def test_every_hook_is_patchable(full_model, tokens, index):
+    name = all_hook_names(full_model)[index]
+    gen = torch.Generator().manual_seed(index)
+    with torch.no_grad():
+        clean = full_model.text(tokens, return_type="normalized")
+
+        def perturb(x, hook):
+            return x + 0.5 * torch.randn(x.shape, generator=gen)
+
+        patched = full_model.run_with_hooks(tokens, return_type="normalized", fwd_hooks=[(name, perturb)])
+    assert (patched - clean).abs().max() > 1e-3, f"patching {name} did not change the output"
+
+
+def test_hook_result_and_split_inputs_are_exact(full_model, tiny_model, tokens):
+    plain = HookedCLIP.from_hf(hf_clip("tiny_argmax", with_vision=False), device="cpu")
+    with torch.no_grad():
+        assert (full_model.encode_text(tokens) - plain.encode_text(tokens)).abs().max() <= 1e-6
+        _, cache = full_model.run_with_cache(tokens)
+    for layer in range(full_model.cfg.n_layers):
+        summed = cache["result", layer].sum(dim=2) + full_model.text.blocks[layer].attn.b_O
+        assert torch.allclose(summed, cache["attn_out", layer], atol=1e-6)
+
+
+def test_patching_one_heads_query_input_leaves_other_heads(full_model, tokens):
+    def patch_head0(x, hook):
+        x = x.clone()
+        x[:, :, 0] += torch.randn(x[:, :, 0].shape, generator=torch.Generator().manual_seed(0))
+        return x
+
+    with torch.no_grad():
+        _, clean = full_model.run_with_cache(tokens, names_filter="blocks.0.attn.hook_z")
+        with full_model.hooks(fwd_hooks=[("blocks.0.hook_q_input", patch_head0)]):
+            _, patched = full_model.run_with_cache(tokens, names_filter="blocks.0.attn.hook_z")
+    z0, z1 = clean["blocks.0.attn.hook_z"], patched["blocks.0.attn.hook_z"]
+    assert (z0[:, :, 0] - z1[:, :, 0]).abs().max() > 1e-4
+    assert torch.equal(z0[:, :, 1:], z1[:, :, 1:])
+
+
+def test_cache_shorthand_and_get_act_name(tiny_model, tokens):
+    _, cache = tiny_model.run_with_cache(tokens)
+    assert torch.equal(cache["resid_pre", 1], cache["blocks.1.hook_resid_pre"])
+    assert torch.equal(cache[utils.get_act_name("pattern", 0)], cache["blocks.0.attn.hook_pattern"])
+    assert torch.equal(cache["resid_post", -1], cache["blocks.1.hook_resid_post"])
+    _, only = tiny_model.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_resid_post"))
+    assert sorted(only.keys()) == ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post"]
+
+
+def test_pattern_hooks_see_real_values_under_fused_attention(tokens):
+    tiny_model = HookedCLIP.from_hf(hf_clip("tiny_eot"), device="cpu", use_fused_attn=True)
+    with torch.no_grad():
+        fused = tiny_model.encode_text(tokens, normalize=False)
+        emb, cache = tiny_model.run_with_cache(tokens, names_filter=lambda n: "pattern" in n or "hook_v" in n or "hook_z" in n)
+    assert (emb - fused).abs().max() <= 1e-6  # explicit path (pattern hooked) == fused path
+    pattern = cache["pattern", 0]
+    assert torch.allclose(pattern.sum(-1), torch.ones_like(pattern[..., 0]), atol=1e-6)
+    assert (pattern.triu(1) == 0).all()  # causal
+    z = torch.einsum("bhqk,bkhd->bqhd", pattern, cache["v", 0])
+    assert torch.allclose(z, cache["z", 0], atol=1e-6)
+
+
+def test_start_and_stop_at_layer(tiny_model, tokens):
+    with torch.no_grad():
+        full = tiny_model.text(tokens)
+        resid = tiny_model.text(tokens, stop_at_layer=1)
+        _, cache = tiny_model.run_with_cache(tokens, names_filter="blocks.1.hook_resid_pre")
+        assert torch.equal(resid, cache["resid_pre", 1])
+        rest = tiny_model.text(resid, start_at_layer=1, tokens=tokens)
+        assert torch.equal(rest, full)
+        pools = tiny_model.pool_positions(tokens)
+        assert torch.equal(tiny_model.text(resid, start_at_layer=1, pool_positions=pools), full)
+
+
+def test_raising_hook_leaves_no_hook_attached(tiny_model, tokens):
+    def boom(x, hook):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        tiny_model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.hook_resid_pre", boom), ("hook_embed", lambda x, hook: x)])
+    with pytest.raises(RuntimeError, match="boom"):
+        with tiny_model.hooks(fwd_hooks=[("blocks.1.hook_mlp_out", boom)]):
+            tiny_model.encode_text(tokens)
+    with pytest.raises(RuntimeError, match="boom"):
+        tiny_model.run_with_hooks(tokens, fwd_hooks=[(lambda n: n.endswith("hook_z"), boom)])
+    assert not any(hp.has_hooks() for hp in tiny_model.text.hook_points())
+    assert not any(m._forward_hooks for m in tiny_model.text.modules())
+
+
+def test_unknown_hook_names_suggest_close_ones(tiny_model, tokens):
+    from hooked_clip.text import UnknownHookError
+
+    with pytest.raises(UnknownHookError, match=r"no hook 'blocks.0.hook_resid_pr'.*'blocks.0.hook_resid_pre'"):
+        tiny_model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.hook_resid_pr", lambda x, hook: x)])
+    with pytest.raises(UnknownHookError, match="blocks.7.hook_resid_post"):
+        tiny_model.run_with_cache(tokens, names_filter=["blocks.7.hook_resid_post"])
+    assert not any(hp.has_hooks() for hp in tiny_model.text.hook_points())
+
+
+def test_patching_an_identical_state_has_zero_effect(tiny_model):
+    """Position 0..2 ("[SOT] there are") are identical in both sentences, so under the causal mask their
+    residuals are identical too: patching them changes nothing, exactly."""
+    neg, aff = tiny_model.to_tokens(["There are no cats."]), tiny_model.to_tokens(["There are some cats."])
+    with torch.no_grad():
+        _, neg_cache = tiny_model.run_with_cache(neg)
+        base = tiny_model.encode_text(aff)
+        for layer in range(tiny_model.cfg.n_layers):
+            for pos in range(3):
+                def patch(x, hook, pos=pos, layer=layer):
+                    x = x.clone()
+                    x[:, pos] = neg_cache["resid_pre", layer][:, pos]
+                    return x
+
+                out = tiny_model.run_with_hooks(aff, return_type="normalized",
+                                                fwd_hooks=[(f"blocks.{layer}.hook_resid_pre", patch)])
+                assert torch.equal(out, base)
+
+
+def test_transformer_lens_patching_runs_on_our_model(tiny_model):
+    """transformer_lens.patching accepts the tower unchanged and matches a plain run_with_hooks loop."""
+    from transformer_lens import patching
+    from transformer_lens.model_protocol import TransformerLensModel
+
+    text = tiny_model.text
+    assert isinstance(text, TransformerLensModel)
+    clean = text.to_tokens(["There are no cats.", "There is no dog."])
+    corrupt = text.to_tokens(["There are some cats.", "There is a dog."])
+    target = tiny_model.encode_text(clean).detach()
+
+    def metric(embeds):
+        return torch.nn.functional.cosine_similarity(embeds, target, dim=-1).mean()
+
+    with torch.no_grad():
+        _, clean_cache = text.run_with_cache(clean)
+        tl = patching.get_act_patch_resid_pre(text, corrupt, clean_cache, metric)
+        ref = torch.zeros(text.cfg.n_layers, clean.shape[1])
+        for layer in range(text.cfg.n_layers):
+            for pos in range(clean.shape[1]):
+                def hook(x, hook, layer=layer, pos=pos):
+                    x = x.clone()
+                    x[:, pos] = clean_cache["resid_pre", layer][:, pos]
+                    return x
+                ref[layer, pos] = metric(text.run_with_hooks(corrupt, fwd_hooks=[(f"blocks.{layer}.hook_resid_pre", hook)]))
+    assert tl.shape == ref.shape
+    assert (tl - ref).abs().max() <= 1e-6
+    assert (ref[:, :3] == metric(text(corrupt))).all()  # identical prefix: no effect
+
+
+def test_numbers_do_not_depend_on_attached_hooks(tiny_model, tokens):
+    """A fully cached run and a plain run are bit-identical, so clean caches and patched runs agree."""
+    with torch.no_grad():
+        plain = tiny_model.text(tokens, return_type="normalized")
+        cached, cache = tiny_model.run_with_cache(tokens, return_type="normalized")
+        assert torch.equal(plain, cached)
+        assert torch.equal(tiny_model.text(tokens, stop_at_layer=2), cache["resid_post", 1])
