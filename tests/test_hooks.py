@@ -210,3 +210,27 @@ def test_numbers_do_not_depend_on_attached_hooks(tiny_model, tokens):
         cached, cache = tiny_model.run_with_cache(tokens, return_type="normalized")
         assert torch.equal(plain, cached)
         assert torch.equal(tiny_model.text(tokens, stop_at_layer=2), cache["resid_post", 1])
+
+
+def test_layer_norm_scale_hook_semantics(tiny_model, tokens):
+    """Reading ln scales changes nothing; editing one in place or returning a new one takes effect; the
+    cached scale reproduces the normalised output."""
+    name = "blocks.1.ln2.hook_scale"
+    with torch.no_grad():
+        plain = tiny_model.text(tokens)
+        read = tiny_model.run_with_hooks(tokens, fwd_hooks=[(name, lambda x, hook: None)])
+        assert torch.equal(read, plain)
+
+        def in_place(x, hook):
+            x.mul_(2.0)
+            return x
+
+        edited = tiny_model.run_with_hooks(tokens, fwd_hooks=[(name, in_place)])
+        returned = tiny_model.run_with_hooks(tokens, fwd_hooks=[(name, lambda x, hook: x * 2.0)])
+        assert (edited - plain).abs().max() > 1e-3
+        assert torch.allclose(edited, returned, atol=1e-6)
+        _, cache = tiny_model.run_with_cache(tokens)
+    ln = tiny_model.text.blocks[1].ln2
+    x = cache["resid_mid", 1]
+    recon = (x - x.mean(-1, keepdim=True)) / cache[name] * ln.w + ln.b
+    assert torch.allclose(recon, cache["blocks.1.ln2.hook_normalized"], atol=1e-5)

@@ -59,9 +59,16 @@ class Attention(nn.Module):
         key_input: Float[Tensor, "batch pos *head d_model"],
         value_input: Float[Tensor, "batch pos *head d_model"],
     ) -> Float[Tensor, "batch pos d_model"]:
-        q = self.hook_q(self._project(query_input, self.W_Q, self.b_Q))
-        k = self.hook_k(self._project(key_input, self.W_K, self.b_K))
-        v = self.hook_v(self._project(value_input, self.W_V, self.b_V))
+        if query_input is key_input is value_input and query_input.ndim == 3:
+            # One matmul for q, k and v (the common case: no split qkv input).
+            W = torch.cat([self.W_Q, self.W_K, self.W_V], dim=0)
+            b = torch.cat([self.b_Q, self.b_K, self.b_V], dim=0)
+            q, k, v = self._project(query_input, W, b).chunk(3, dim=-2)
+        else:
+            q = self._project(query_input, self.W_Q, self.b_Q)
+            k = self._project(key_input, self.W_K, self.b_K)
+            v = self._project(value_input, self.W_V, self.b_V)
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         if self._needs_explicit_pattern():
             scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / self.attn_scale
             if self.cfg.causal:

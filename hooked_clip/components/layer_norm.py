@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
@@ -20,8 +21,15 @@ class LayerNorm(nn.Module):
         self.hook_normalized = HookPoint()  # [batch, pos, (head,) d_model]
 
     def forward(self, x: Float[Tensor, "batch pos *head d_model"]) -> Float[Tensor, "batch pos *head d_model"]:
-        # Always the explicit computation (never F.layer_norm): a run's numbers must not depend on which
-        # hooks are attached, or a cached clean run and a patched run would differ by float rounding.
-        x = x - x.mean(-1, keepdim=True)
-        scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.cfg.eps).sqrt())
-        return self.hook_normalized(x / scale * self.w + self.b)
+        if self.hook_scale.has_hooks():
+            var, mean = torch.var_mean(x, dim=-1, keepdim=True, correction=0)
+            scale = (var + self.cfg.eps).sqrt()
+            if self.hook_scale.has_hooks(dir="bwd"):  # gradients must flow through the hooked scale
+                return self.hook_normalized((x - mean) / self.hook_scale(scale) * self.w + self.b)
+            before = scale.clone()
+            after = self.hook_scale(scale)
+            if after is not scale or not torch.equal(after, before):  # a hook replaced or edited the scale
+                return self.hook_normalized((x - mean) / after * self.w + self.b)
+        # Hooks that only read the scale leave the fused kernel in charge, so a run's numbers do not depend
+        # on which hooks are attached (a cached clean run and a patched run agree bit for bit).
+        return self.hook_normalized(F.layer_norm(x, (self.cfg.d_model,), self.w, self.b, self.cfg.eps))
