@@ -119,7 +119,8 @@ def embedding_std(model, reference: Tokens) -> float:
     """Std of token embeddings (``hook_embed``) over the valid positions (up to EOT) of a reference set."""
     text = _text(model)
     tokens = text._check_tokens(text.to_tokens(reference) if _is_text(reference) else reference)
-    emb = text.embed(tokens)
+    with torch.no_grad():
+        emb = text.embed(tokens)
     valid = torch.arange(tokens.shape[1], device=tokens.device)[None, :] <= text.pool_positions(tokens)[:, None]
     return float(emb[valid].std())
 

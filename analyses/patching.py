@@ -40,9 +40,9 @@ ACT_HOOKS = {
 # In the last block these activations reach the output only through their own position, so only the
 # pooling position can matter (ln_final is per position and pooling reads one position).
 POOL_ONLY_LAST_LAYER = ("resid_mid", "resid_post", "mlp_out")
-INDEX_AXES = {"layer_pos": ("layer", "pos"), "layer_head": ("layer", "head"), "layer_pos_head": ("layer", "pos", "head")}
+INDEX_AXES = {"layer": ("layer",), "layer_pos": ("layer", "pos"), "layer_head": ("layer", "head"), "layer_pos_head": ("layer", "pos", "head")}
 
-Index = Literal["layer_pos", "layer_head", "layer_pos_head"]
+Index = Literal["layer", "layer_pos", "layer_head", "layer_pos_head"]
 Tokens = Union[str, Sequence[str], Int[Tensor, "batch pos"]]
 
 
@@ -105,6 +105,9 @@ def _crop(t: Tensor, n_pos: int, act_name: str) -> Tensor:
 
 
 def _variants(index: Index, positions: list[int], heads: list[int]) -> tuple[Tensor, Tensor]:
+    """(position, head) of each variant; -1 = all positions / all heads."""
+    if index == "layer":
+        return torch.tensor([-1]), torch.tensor([-1])
     if index == "layer_pos":
         return torch.tensor(positions), torch.full((len(positions),), -1)
     if index == "layer_head":
@@ -159,8 +162,8 @@ def activation_patch(
         clean, corrupt: texts or tokens [batch, pos], example b of one paired with example b of the other.
         metric: output embeddings [..., batch, d] -> [..., batch] (``return_type`` chooses the output).
         act_name: resid_pre | resid_mid | resid_post | attn_out | mlp_out | z | q | k | v | pattern.
-        index: layer_pos | layer_head (all positions) | layer_pos_head. For ``pattern`` the position is
-            the query position.
+        index: layer (the whole activation) | layer_pos | layer_head (all positions) | layer_pos_head.
+            For ``pattern`` the position is the query position.
         layers, positions, heads: subsets to sweep (default: all; positions of the patched run).
         alignment: [batch, pos of the patched run] -> position in the run the activation comes from (-1:
             no counterpart, result NaN). Needed when clean and corrupt differ in token length.
@@ -261,7 +264,7 @@ def _align(src: Tensor, tgt: Tensor, alignment: Tensor) -> tuple[Tensor, Tensor]
 
 def _missing_mask(missing: Tensor, pos_v: Tensor, head_v: Tensor) -> Tensor:
     """[variant, batch]: True where the variant patches a position without counterpart."""
-    if (pos_v < 0).all():  # all-position head patches: NaN only if every position is missing
+    if (pos_v < 0).all():  # all-position patches: NaN only if every position is missing
         return missing.all(dim=1)[None, :].expand(len(pos_v), -1).cpu()
     return missing[:, pos_v].T.cpu()
 
@@ -270,6 +273,8 @@ def _needs_patch(src: Tensor, tgt: Tensor, pos_v: Tensor, head_v: Tensor, pool: 
     """[variant, batch]: whether patching can change the output. Not when the patched value equals the
     value it replaces (bitwise) nor, in a trimmed causal tower, when the position is after the pool."""
     differs = src != tgt  # canonical layout: [batch, pos, (head,) ...]
+    if (head_v < 0).all() and (pos_v < 0).all():  # the whole activation
+        return differs.flatten(1).any(-1)[None, :].expand(len(pos_v), -1).clone()
     if (head_v < 0).all():  # per position
         per = differs.flatten(2).any(-1)  # [batch, pos]
         needs = per[:, pos_v].T
@@ -291,7 +296,9 @@ def _patch_hook(src: Tensor, rows: Tensor, pos: Tensor, head: Tensor, act_name: 
     def hook(act: Tensor, hook) -> Tensor:
         view = _canon(act, act_name)
         source = _crop(src, view.shape[1], act_name)
-        if (head < 0).all():
+        if (head < 0).all() and (pos < 0).all():
+            view[n] = source[rows]
+        elif (head < 0).all():
             view[n, pos] = source[rows, pos]
         elif (pos < 0).all():
             view[n, :, head] = source[rows, :, head]
