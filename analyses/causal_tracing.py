@@ -91,7 +91,7 @@ def minimal_pair_trace(
     d_star = torch.where(caption, s_patched - s_aff, s_aff - s_patched)
     cte = d_star / torch.where(d == 0, torch.ones_like(d), d)
     cte = torch.where(d == 0, torch.full_like(cte, float("nan")), cte)
-    after_eot = torch.arange(cte.shape[-1])[None, :] > text.pool_positions(neg).cpu()[:, None]
+    after_eot = torch.arange(cte.shape[-1])[None, :] > text.pool_positions(neg).cpu()[:, None]  # [pairs, pos]
     return cte.masked_fill(after_eot[:, None, :], float("nan"))
 
 
@@ -195,6 +195,8 @@ def rome_trace(
         if text.cfg.trims:
             differs &= torch.arange(n_pos, device=toks.device)[None, :] <= rows_pool[:, None]
         pos_idx, row_idx = differs.T.nonzero(as_tuple=True)
+        order = torch.argsort(rows_pool[row_idx], stable=True)  # similar lengths share a chunk
+        pos_idx, row_idx = pos_idx[order], row_idx[order]
         outputs = corrupt_out.unsqueeze(0).repeat(n_pos, 1, 1)  # [pos, noisy row, d]
         for s in range(0, len(pos_idx), batch_size):
             p, r = pos_idx[s : s + batch_size], row_idx[s : s + batch_size]
@@ -240,7 +242,7 @@ def _first_layer(names: list[str]) -> int:
 
 
 def _restore_hook(clean: Tensor, examples: Tensor, positions: Tensor):
-    n = torch.arange(len(examples))
+    n = torch.arange(len(examples), device=examples.device)
 
     def hook(act, hook):
         act[n, positions] = clean[examples, positions]

@@ -203,7 +203,7 @@ def activation_patch(
     n_pos = target_cache[start_names[0]].shape[1]
     pos_list = _checked_list("positions", positions, n_pos) if "pos" in index else []
     head_list = _checked_list("heads", heads, text.cfg.n_heads) if "head" in index else []
-    pos_v, head_v = _variants(index, pos_list, head_list)
+    pos_v, head_v = (t.to(source_t.device) for t in _variants(index, pos_list, head_list))
     n_var, n_ex = len(pos_v), source_t.shape[0]
 
     if alignment is not None:
@@ -223,9 +223,11 @@ def activation_patch(
         src, missing = _align(src, tgt, alignment) if alignment is not None else (src, None)
         needs = _needs_patch(src, tgt, pos_v, head_v, target_pool if text.cfg.trims else None)
         if layer == text.cfg.n_layers - 1 and act_name in POOL_ONLY_LAST_LAYER and (pos_v >= 0).all():
-            needs &= pos_v[:, None] == target_pool[None, :].cpu()  # nothing else reaches the pooled output
+            needs &= pos_v[:, None] == target_pool[None, :]  # nothing else reaches the pooled output
         outputs = target_out.unsqueeze(0).repeat(n_var, *([1] * target_out.ndim)).clone()
         var_idx, ex_idx = needs.nonzero(as_tuple=True)
+        order = torch.argsort(target_pool[ex_idx], stable=True)  # similar lengths share a chunk: less padding
+        var_idx, ex_idx = var_idx[order], ex_idx[order]
         bar.update(n_var * n_ex - len(var_idx))
         resid = target_cache[f"blocks.{layer}.hook_resid_pre"]
         for start in range(0, len(var_idx), batch_size):
@@ -266,7 +268,7 @@ def _missing_mask(missing: Tensor, pos_v: Tensor, head_v: Tensor) -> Tensor:
     """[variant, batch]: True where the variant patches a position without counterpart."""
     if (pos_v < 0).all():  # all-position patches: NaN only if every position is missing
         return missing.all(dim=1)[None, :].expand(len(pos_v), -1).cpu()
-    return missing[:, pos_v].T.cpu()
+    return missing[:, pos_v].T.cpu()  # values live on the CPU
 
 
 def _needs_patch(src: Tensor, tgt: Tensor, pos_v: Tensor, head_v: Tensor, pool: Optional[Tensor]) -> Tensor:
@@ -291,7 +293,7 @@ def _needs_patch(src: Tensor, tgt: Tensor, pos_v: Tensor, head_v: Tensor, pool: 
 
 def _patch_hook(src: Tensor, rows: Tensor, pos: Tensor, head: Tensor, act_name: str):
     """Hook writing, for chunk row n, the source activation of example rows[n] at (pos[n], head[n])."""
-    n = torch.arange(len(rows))
+    n = torch.arange(len(rows), device=rows.device)
 
     def hook(act: Tensor, hook) -> Tensor:
         view = _canon(act, act_name)

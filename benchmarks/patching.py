@@ -7,7 +7,7 @@ Baselines, run in the same process on the same model:
   * TL's loop: one forward per (l, p) over all 32 pairs (``transformer_lens.patching`` style).
 Numbers are checked equal first. Prints each ratio, then ROME-tracing throughput and peak memory.
 
-Run: ``python benchmarks/patching.py [--pairs 32]``
+Run: ``python benchmarks/patching.py [--pairs 32] [--rome-pairs 8]``
 """
 
 from __future__ import annotations
@@ -84,6 +84,7 @@ def tl_loop(model, neg_t, aff_t, metric) -> torch.Tensor:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=32)
+    parser.add_argument("--rome-pairs", type=int, default=8, help="pairs for the ROME throughput measurement")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     model = HookedCLIP(HookedCLIPText(CLIPTextConfig(seed=0, device="cpu")), logit_scale=math.log(100.0))
@@ -120,10 +121,11 @@ def main() -> None:
 
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
-    res = rome_trace(model, aff_t, metric, [3], progress=False)
+    rome_t = aff_t[: args.rome_pairs]
+    res = rome_trace(model, rome_t, similarity_metric(model, images[: args.rome_pairs]), [3], progress=False)
     t_rome = time.perf_counter() - t0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(f"ROME tracing (resid, 10 samples, 3-sigma noise on position 3): {len(neg) / t_rome:.2f} pairs/s; "
+    print(f"ROME tracing (resid, 10 samples, 3-sigma noise on position 3): {len(rome_t) / t_rome:.2f} pairs/s; "
           f"peak RSS {rss / 1024:.0f} MB (before ROME {rss0 / 1024:.0f} MB); map {tuple(res.scores.shape)}")
 
 

@@ -348,7 +348,13 @@ def _load_open_clip_checkpoint(model: nn.Module, path: str, name: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------ load_model
-SHIPPED_MODELS: dict[str, Any] = {}  # name -> zero-argument loader; the demo model registers here
+def _load_tiny_negation(**kwargs) -> HookedCLIP:
+    from hooked_clip.models.tiny_negation import load
+
+    return load(**kwargs)
+
+
+SHIPPED_MODELS: dict[str, Any] = {"tiny-negation": _load_tiny_negation}  # name -> loader (offline)
 
 
 def load_model(name: str, **kwargs) -> HookedCLIP:

@@ -1,0 +1,68 @@
+"""``tiny-negation``: a small CLIP trained here on synthetic existence scenes, shipped as the offline demo
+model. See docs/models/tiny-negation.md (model card) and ``train.py`` (reproduces the shipped weights)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from hooked_clip.models.tiny_negation.scene import SceneEncoder, SceneTower
+from hooked_clip.models.tiny_negation.world import synthesize_scene
+
+WEIGHTS = Path(__file__).parent / "tiny_negation.safetensors"
+
+__all__ = ["WEIGHTS", "build", "load", "synthesize_scene", "save"]
+
+
+def text_config(device: str = "cpu", **overrides):
+    from hooked_clip.config import CLIPTextConfig
+
+    kw = dict(d_model=128, n_heads=4, d_head=32, n_layers=4, d_mlp=512, n_ctx=77, d_proj=128,
+              act_fn="quick_gelu", pooling="argmax", model_name="tiny-negation", device=device)
+    kw.update(overrides)
+    return CLIPTextConfig(**kw)
+
+
+def build(objects, seed: int = 0, device: str = "cpu"):
+    """A randomly initialised demo-model architecture (what ``train.py`` starts from)."""
+    from hooked_clip.clip import HookedCLIP
+    from hooked_clip.text import HookedCLIPText
+
+    torch.manual_seed(seed)
+    text = HookedCLIPText(text_config(device, seed=seed))
+    tower = SceneTower(SceneEncoder(objects, d_proj=text.cfg.d_proj)).to(device)
+    return HookedCLIP(text, tower, logit_scale=float(torch.log(torch.tensor(10.0))))
+
+
+def save(model, path: Path, used_token_ids) -> None:
+    """Write the weights as safetensors: token-embedding rows only for the ids the model was trained on
+    (every other row is zero), the rest of the state dict as is, the object vocabulary in the metadata."""
+    from safetensors.torch import save_file
+
+    ids = torch.tensor(sorted(set(int(i) for i in used_token_ids)), dtype=torch.long)
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k != "text.embed.W_E"}
+    sd["text.embed.W_E_rows"] = model.text.embed.W_E.detach()[ids].cpu().contiguous()
+    sd["text.embed.W_E_ids"] = ids
+    save_file(sd, str(path), metadata={"objects": json.dumps(model.vision.encoder.objects)})
+
+
+def load(path: Path = WEIGHTS, device: str = "cpu"):
+    """The shipped demo model as a ``HookedCLIP`` (offline); ``encode_image`` takes scenes."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"demo-model weights not found at {path}; reinstall the package or run "
+                                "`python -m hooked_clip.models.tiny_negation.train` to rebuild them.")
+    with safe_open(str(path), "pt") as f:
+        objects = json.loads(f.metadata()["objects"])
+    sd = load_file(str(path))
+    model = build(objects, device=device)
+    ids, rows = sd.pop("text.embed.W_E_ids"), sd.pop("text.embed.W_E_rows")
+    w_e = torch.zeros_like(model.text.embed.W_E, device="cpu")
+    w_e[ids] = rows
+    sd["text.embed.W_E"] = w_e
+    model.load_state_dict(sd, strict=True)
+    return model.to(device).eval()

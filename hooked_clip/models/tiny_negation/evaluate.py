@@ -1,0 +1,69 @@
+"""Quality of the ``tiny-negation`` demo model, as recorded in docs/models/tiny-negation.md.
+
+    python -m hooked_clip.models.tiny_negation.evaluate [--n 2000]
+
+Prints pairwise accuracy S(true statement) > S(negation-flipped statement):
+  * held-out synthetic items: scenes from a seed never used in training, templates and trailing phrases
+    never used in training ("The picture shows (no) X", "... near the <place>", ...);
+  * the 505 valid VALSE existence items (mturk caption >= 2) with scenes from ``synthesize_scene``:
+    S(caption) > S(foil);
+and the sha256 of the weights file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+
+import torch
+
+from analyses.valse_negation import EXISTENCE_JSON
+from hooked_clip.models.tiny_negation import WEIGHTS, load
+from hooked_clip.models.tiny_negation.train import pairwise_accuracy, sample_batch
+from hooked_clip.models.tiny_negation.world import synthesize_scene
+from hooked_clip.tokenizer import CLIPTokenizer
+
+HELD_OUT_SEED = 20261127
+
+
+def held_out_accuracy(model, n: int = 2000, seed: int = HELD_OUT_SEED, held_out_templates: bool = True) -> float:
+    scenes, true, false = sample_batch(random.Random(seed), n, held_out=held_out_templates)
+    return pairwise_accuracy(model, CLIPTokenizer(), scenes, true, false)
+
+
+@torch.no_grad()
+def valse_accuracy(model, limit: int | None = None, seed: int = 0) -> tuple[float, int]:
+    items = [x for x in json.loads(EXISTENCE_JSON.read_text()).values() if x["mturk"]["caption"] >= 2][:limit]
+    scenes = [synthesize_scene(x, seed=seed) for x in items]
+    img = model.encode_image(scenes)
+    s_c = model.similarity(model.encode_text([x["caption"] for x in items]), img).diagonal()
+    s_f = model.similarity(model.encode_text([x["foil"] for x in items]), img).diagonal()
+    return float((s_c > s_f).float().mean()), len(items)
+
+
+def sha256(path=WEIGHTS) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=2000)
+    args = parser.parse_args()
+    model = load()
+    valse, n_valse = valse_accuracy(model)
+    report = {
+        "held_out_synthetic_pairwise_accuracy": held_out_accuracy(model, args.n),
+        "held_out_scenes_train_templates_pairwise_accuracy": held_out_accuracy(model, args.n, held_out_templates=False),
+        "n_synthetic": args.n,
+        "valse_pairwise_accuracy": valse,
+        "n_valse": n_valse,
+        "weights_sha256": sha256(),
+        "weights_bytes": WEIGHTS.stat().st_size,
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""Train the ``tiny-negation`` demo model from scratch (fixed seed; reproduces the shipped weights).
+
+    python -m hooked_clip.models.tiny_negation.train [--steps 2000] [--out PATH]
+
+Objective, per batch of scenes (each with one statement pair about a subject that is present or absent):
+  * pairwise: softplus(-(S(true statement) - S(its negation-flipped counterpart))) — the flipped
+    counterpart is the hard negative that forces the text tower to process negation;
+  * contrastive (CLIP's InfoNCE, both directions) over the batch, where a statement counts as a
+    negative for a scene only if it is false of that scene (true ones are masked, not punished).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from hooked_clip.models.tiny_negation import WEIGHTS, build, save
+from hooked_clip.models.tiny_negation import world as w
+from hooked_clip.tokenizer import CLIPTokenizer
+
+
+def training_vocabulary_ids(tokenizer: CLIPTokenizer, extra_sentences=()) -> set[int]:
+    """Every token id the training data (and the VALSE sentences) can produce: BPE splits words
+    independently, so the ids of a sentence are the ids of its words."""
+    words = set()
+    for o in w.OBJECTS:
+        words |= {o, w.PLURALS[o], o.capitalize(), w.PLURALS[o].capitalize()}
+    for group in (w.PLACES, w.VERBS, w.SUFFIXES, w.HELD_OUT_SUFFIXES):
+        for phrase in group:
+            words |= set(phrase.replace("{place}", "").split())
+    for templates in list(w.TEMPLATES.values()) + list(w.HELD_OUT_TEMPLATES.values()):
+        for pair in templates:
+            for t in pair:
+                words |= set(t.replace("{x}", "").replace("{X}", "").split())
+    words |= {"in", "on", "near", "by", "under", "the", "a", "an", ".", "A", "An"}
+    ids = {tokenizer.sot_token_id, tokenizer.eot_token_id, tokenizer.pad_token_id}
+    for text in list(words) + list(extra_sentences):
+        ids |= set(tokenizer.encode(text))
+    return ids
+
+
+def sample_batch(rng: random.Random, n: int, held_out: bool = False):
+    """n scenes, each with (true, false) statements about a subject present with probability 1/2."""
+    scenes, true, false = [], [], []
+    for _ in range(n):
+        subject = rng.choice(w.OBJECTS)
+        scene = w.random_scene(rng, 1, 6, exclude=subject)
+        present = rng.random() < 0.5
+        if present:
+            scene.add(subject)
+        aff, neg = w.make_pair(subject, rng.random() < 0.5, rng, held_out=held_out)
+        scenes.append(sorted(scene))
+        true.append(aff if present else neg)
+        false.append(neg if present else aff)
+    return scenes, true, false
+
+
+def scores(model, tokenizer, scenes, statements):
+    tokens = tokenizer([s.text for s in statements]).to(model.text.W_E.device)
+    t = model.encode_text(tokens)
+    v = F.normalize(model.encode_image(scenes), dim=-1)
+    return t, v
+
+
+def loss_fn(model, tokenizer, scenes, true, false):
+    t, v = scores(model, tokenizer, scenes, true + false)
+    n = len(scenes)
+    scale = model.logit_scale.exp()
+    logits = scale * v @ t.T  # [scene, statement]
+    idx = torch.arange(n)
+    pairwise = F.softplus(-(logits[idx, idx] - logits[idx, idx + n])).mean()
+    statements = true + false
+    hot = model.vision.encoder.multi_hot(scenes).bool()  # [scene, object]
+    subj = torch.tensor([model.vision.encoder.index[s.subject] for s in statements])
+    truth = hot[:, subj] ^ torch.tensor([s.negated for s in statements])[None, :]  # [scene, statement]
+    masked = logits.masked_fill(truth & ~F.one_hot(idx, 2 * n).bool(), float("-inf"))
+    img2txt = F.cross_entropy(masked, idx)
+    masked_t = logits[:, :n].T.masked_fill(truth[:, :n].T & ~torch.eye(n, dtype=torch.bool), float("-inf"))
+    txt2img = F.cross_entropy(masked_t, idx)
+    return pairwise + 0.5 * (img2txt + txt2img), pairwise
+
+
+@torch.no_grad()
+def pairwise_accuracy(model, tokenizer, scenes, true, false) -> float:
+    t_true, v = scores(model, tokenizer, scenes, true)
+    t_false, _ = scores(model, tokenizer, scenes, false)
+    return float(((t_true * v).sum(-1) > (t_false * v).sum(-1)).float().mean())
+
+
+def train(steps: int = 2000, batch: int = 128, lr: float = 2e-3, seed: int = 0, log_every: int = 250):
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    tokenizer = CLIPTokenizer()
+    model = build(w.OBJECTS, seed=seed)
+    valse = json.loads((Path(__file__).parents[3] / "analyses" / "valse_negation" / "data" / "existence.json").read_text())
+    used = training_vocabulary_ids(tokenizer, [s for x in valse.values() for s in (x["caption"], x["foil"])])
+    with torch.no_grad():  # rows never trained stay zero, so the shipped sparse embedding is the trained one
+        unused = torch.ones(model.text.cfg.d_vocab, dtype=torch.bool)
+        unused[sorted(used)] = False
+        model.text.embed.W_E[unused] = 0.0
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    warmup = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+    start = time.perf_counter()
+    for step in range(steps):
+        scenes, true, false = sample_batch(rng, batch)
+        loss, pairwise = loss_fn(model, tokenizer, scenes, true, false)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        if log_every and (step % log_every == 0 or step == steps - 1):
+            print(f"step {step:5d}  loss {loss.item():.4f}  pairwise {pairwise.item():.4f}  "
+                  f"scale {model.logit_scale.exp().item():.1f}  {time.perf_counter() - start:.0f}s", flush=True)
+    model.eval()
+    return model, used
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=WEIGHTS)
+    args = parser.parse_args()
+    model, used = train(args.steps, args.batch, seed=args.seed)
+    save(model, args.out, used)
+    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""The synthetic "existence" world of the ``tiny-negation`` demo model.
+
+A scene is a set of object names (singular). A statement says that an object is, or is not, in the
+scene, in one of many templates (affirmative / negated, singular / plural, with or without a trailing
+phrase). The object vocabulary covers the subject word of every VALSE existence sentence (the word after
+the negator "no") and many more.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+
+# singular -> plural for the irregular ones; everything else gets the regular rules below
+_IRREGULAR = {
+    "person": "people", "man": "men", "woman": "women", "child": "children", "mouse": "mice", "goose": "geese",
+    "foot": "feet", "tooth": "teeth", "sheep": "sheep", "deer": "deer", "fish": "fish", "knife": "knives",
+    "leaf": "leaves", "loaf": "loaves", "shelf": "shelves", "wolf": "wolves", "ox": "oxen", "bus": "buses",
+    "glass": "glasses", "dish": "dishes", "box": "boxes", "cactus": "cacti", "moose": "moose",
+}
+# words that VALSE uses as the subject word but that are not countable nouns ("no red buses", "no
+# gummy bears", a typo "benche"): they are objects whose plural is themselves
+_INVARIANT = [
+    "baseball", "black", "blue", "closed", "colors", "different", "ford", "green", "gummy", "kinds", "maple",
+    "of", "old", "power", "red", "round", "sliced", "small", "snow", "street", "teddy", "tennis", "they",
+    "trash", "walking", "wine", "writing", "benche", "dishe", "people's", "guys", "females", "tourists",
+    "servings", "utensils", "pets", "humans", "kids", "workers", "drivers", "tires", "wheels", "legs", "eyes",
+    "faces", "stars", "strings", "sails", "dials", "knobs", "screens", "propellers", "chimneys", "clasps",
+    "clipboards", "cones", "tracks", "lights", "signs", "toys", "rolls", "pieces", "slices", "tusks", "vases",
+]
+_NOUNS = """
+person man woman child baby boy girl player skier surfer skater skateboarder tourist driver worker
+clown soldier chef farmer doctor student teacher police officer rider pilot
+dog cat horse cow sheep bird duck chicken eagle owl parrot pigeon goose elephant giraffe zebra bear
+lion tiger monkey deer dolphin whale fish shark mouse rabbit squirrel fox wolf goat pig camel dinosaur
+snake turtle frog butterfly bee spider crab kangaroo penguin
+car truck bus train plane airplane boat ship bicycle bike motorcycle scooter van taxi tractor helicopter
+kite skateboard surfboard snowboard ski sled racket ball bat glove helmet tent umbrella
+chair table bench bed couch sofa lamp clock vase pillow towel blanket mirror shelf door window curtain
+sink toilet bathtub tub oven microwave refrigerator stove toaster computer laptop keyboard phone tv
+remote book bottle cup glass mug plate bowl fork knife spoon dish pot pan pitcher jar basket box bag
+backpack suitcase handbag wallet tie hat cap shoe boot sock shirt jacket dress coat suit scarf
+apple banana orange carrot broccoli pizza sandwich donut doughnut cake cookie pepper tomato potato
+onion lemon grape strawberry blueberry cherry egg bread loaf cheese beer candle flower plant tree bush
+leaf rock cloud star building house tower bridge fence wall sign pole light chimney mast sail wheel tire
+cone statue fountain flag balloon hydrant trashcan bin ladder rope stairs vehicle animal pet human kid
+guy female male floor tusk leg eye face hand foot string knob dial screen propeller clasp clipboard utensil
+serving piece slice roll toy track pencil pen crayon paper letter map poster painting photo camera
+guitar piano drum violin trumpet
+"""
+
+
+def plural(noun: str) -> str:
+    """English plural of a singular object name (invariant for the words in ``_INVARIANT``)."""
+    if noun in _IRREGULAR:
+        return _IRREGULAR[noun]
+    if noun in _INVARIANT:
+        return noun
+    if re.search(r"(s|x|z|ch|sh)$", noun):
+        return noun + "es"
+    if re.search(r"[^aeiou]y$", noun):
+        return noun[:-1] + "ies"
+    return noun + "s"
+
+
+OBJECTS: list[str] = sorted(set(_NOUNS.split()) | set(_INVARIANT))
+PLURALS: dict[str, str] = {o: plural(o) for o in OBJECTS}
+# any surface form (singular or plural) -> object name
+SURFACE: dict[str, str] = {**{p: o for o, p in PLURALS.items()}, **{o: o for o in OBJECTS}}
+
+
+def object_of(word: str) -> str:
+    """The object a surface word names (``"dogs"`` -> ``"dog"``); KeyError if unknown."""
+    return SURFACE[word.lower().strip(".,!?")]
+
+
+# ------------------------------------------------------------------------------------------ statements
+PLACES = ["table", "street", "beach", "sky", "water", "field", "room", "kitchen", "road", "grass", "tracks",
+          "bus", "bed", "counter", "wall", "floor", "snow", "park", "sidewalk", "plate", "shelf", "desk"]
+VERBS = ["riding", "holding", "crossing", "eating", "touching", "wearing", "watching", "carrying",
+         "sitting on", "standing on", "looking at", "playing with", "walking on", "flying over"]
+SUFFIXES = ["", " in the picture", " in the photo", " pictured", " shown", " visible", " here", " in the image",
+            " in this picture", " in this photo", " seen", " in sight", " pictured here", " in the scene",
+            " in the sky", " on the table", " parked", " in the room"]
+HELD_OUT_SUFFIXES = [" near the {place}", " to be seen", " around"]
+# (affirmative, negated) template pairs; {x} is the subject's surface form, {X} the same capitalised
+TEMPLATES = {
+    True: [("There are {x}", "There are no {x}"), ("There are some {x}", "There are no {x}"),
+           ("You see {x}", "You see no {x}"), ("{X} can be seen", "No {x} can be seen"),
+           ("There are many {x}", "There are no {x}"), ("I can see {x}", "I can see no {x}"),
+           ("There are {x}", "There are not any {x}")],
+    False: [("There is a {x}", "There is no {x}"), ("There is one {x}", "There is no {x}"),
+            ("You see a {x}", "You see no {x}"), ("A {x} can be seen", "No {x} can be seen"),
+            ("I can see a {x}", "I can see no {x}"), ("There is a {x}", "There is not a {x}")],
+}
+HELD_OUT_TEMPLATES = {  # used only by the held-out evaluation
+    True: [("The picture shows {x}", "The picture shows no {x}")],
+    False: [("The picture shows a {x}", "The picture shows no {x}")],
+}
+
+
+@dataclass(frozen=True)
+class Statement:
+    text: str
+    subject: str  # object name
+    negated: bool
+
+    def true_of(self, scene) -> bool:
+        return (self.subject in scene) != self.negated
+
+
+def _fill(template: str, x: str) -> str:
+    text = template.replace("{X}", x[0].upper() + x[1:]).replace("{x}", x)
+    return re.sub(r"\b([Aa]) ([aeiou])", r"\1n \2", text)  # a apple -> an apple
+
+
+def make_pair(subject: str, plural_form: bool, rng: random.Random, *, held_out: bool = False) -> tuple[Statement, Statement]:
+    """(affirmative, negated) statements about ``subject`` that differ only in the negation; ``held_out``
+    draws from templates and trailing phrases never used in training."""
+    affirmative, negated = rng.choice((HELD_OUT_TEMPLATES if held_out else TEMPLATES)[plural_form])
+    x = PLURALS[subject] if plural_form else subject
+    if rng.random() < 0.2:  # multi-word subjects, as in "There are no red buses": the first word counts
+        other = rng.choice(OBJECTS)
+        x = f"{x} {PLURALS[other] if plural_form else other}"
+    if held_out:
+        suffix = rng.choice(HELD_OUT_SUFFIXES).format(place=rng.choice(PLACES))
+    else:
+        r = rng.random()
+        if r < 0.25:
+            suffix = f" {rng.choice(VERBS)} the {rng.choice(PLACES + OBJECTS)}"
+        elif r < 0.4:
+            suffix = f" {rng.choice(['in', 'on', 'near', 'by', 'under'])} the {rng.choice(PLACES + OBJECTS)}"
+        else:
+            suffix = rng.choice(SUFFIXES)
+    end = " ." if rng.random() < 0.05 else "."
+    return (Statement(_fill(affirmative, x) + suffix + end, subject, False),
+            Statement(_fill(negated, x) + suffix + end, subject, True))
+
+
+def random_scene(rng: random.Random, n_min: int = 1, n_max: int = 6, exclude: str | None = None) -> set[str]:
+    pool = [o for o in OBJECTS if o != exclude]
+    return set(rng.sample(pool, rng.randint(n_min, n_max)))
+
+
+def synthesize_scene(item: dict, seed: int = 0, n_distractors: tuple[int, int] = (1, 5)) -> list[str]:
+    """A scene for a VALSE existence item: the subject (the word after "no" in the negated sentence) is
+    present iff the affirmative sentence is true, plus seeded random distractor objects."""
+    caption, foil = item["caption"], item["foil"]
+    negated_caption = re.search(r"\bno\b", caption, re.I) is not None
+    negated = caption if negated_caption else foil
+    m = re.search(r"\bno\s+([A-Za-z']+)", negated, re.I)
+    if m is None:
+        raise ValueError(f"no negator 'no' followed by a word in {negated!r}")
+    subject = object_of(m.group(1))
+    # the caption is the true sentence: the affirmative is true iff the negation sits in the foil
+    present = not negated_caption
+    rng = random.Random(f"{seed}:{item.get('dataset_idx', caption)}")
+    scene = random_scene(rng, *n_distractors, exclude=subject)
+    if present:
+        scene.add(subject)
+    return sorted(scene)
