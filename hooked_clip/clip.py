@@ -348,13 +348,9 @@ def _load_open_clip_checkpoint(model: nn.Module, path: str, name: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------ load_model
-def _load_tiny_negation(**kwargs) -> HookedCLIP:
-    from hooked_clip.models.tiny_negation import load
-
-    return load(**kwargs)
-
-
-SHIPPED_MODELS: dict[str, Any] = {"tiny-negation": _load_tiny_negation}  # name -> loader (offline)
+# name -> loader (offline). The demo model "tiny-negation" registers here once its training converges
+# (hooked_clip/models/tiny_negation is work in progress; see the [demo-model] issue notes).
+SHIPPED_MODELS: dict[str, Any] = {}
 
 
 def load_model(name: str, **kwargs) -> HookedCLIP:

@@ -1,5 +1,10 @@
-"""``tiny-negation``: a small CLIP trained here on synthetic existence scenes, shipped as the offline demo
-model. See docs/models/tiny-negation.md (model card) and ``train.py`` (reproduces the shipped weights)."""
+"""``tiny-negation``: a small CLIP to be trained here on synthetic existence scenes and shipped as the
+offline demo model.
+
+WORK IN PROGRESS — not registered in ``load_model`` and no weights are shipped yet. The world (objects,
+templates, ``synthesize_scene``), the scene encoder and the training script exist; with the current
+objective and hyper-parameters training stays near chance on fresh batches after 500 steps although it
+overfits a fixed batch in 20 steps (see the [demo-model] issue notes for what was tried)."""
 
 from __future__ import annotations
 
