@@ -192,11 +192,16 @@ def activation_patch(
     layer_list = _checked_list("layers", layers, text.cfg.n_layers)
     hook_names = {l: ACT_HOOKS[act_name].format(l) for l in layer_list}
     start_names = [f"blocks.{l}.hook_resid_pre" for l in layer_list]
+    # Per-position patches in a trimmed causal tower leave every earlier position unchanged: run only the
+    # positions from the patched one on, with the earlier keys/values taken from the unpatched run.
+    reuse_prefix = text.cfg.trims and "pos" in index and act_name != "pattern"
+    kv_names = [f"blocks.{j}.attn.hook_{x}" for j in range(min(layer_list), text.cfg.n_layers) for x in "kv"]
     with torch.no_grad():
         source_out, source_cache = text.run_with_cache(
             source_t, return_type=return_type, names_filter=list(hook_names.values()))
         target_out, target_cache = text.run_with_cache(
-            target_t, return_type=return_type, names_filter=sorted(set(hook_names.values()) | set(start_names)))
+            target_t, return_type=return_type,
+            names_filter=sorted(set(hook_names.values()) | set(start_names) | (set(kv_names) if reuse_prefix else set())))
     source_metric = check_metric(metric, source_out)
     target_metric = check_metric(metric, target_out)
 
@@ -226,17 +231,26 @@ def activation_patch(
             needs &= pos_v[:, None] == target_pool[None, :]  # nothing else reaches the pooled output
         outputs = target_out.unsqueeze(0).repeat(n_var, *([1] * target_out.ndim)).clone()
         var_idx, ex_idx = needs.nonzero(as_tuple=True)
-        order = torch.argsort(target_pool[ex_idx], stable=True)  # similar lengths share a chunk: less padding
-        var_idx, ex_idx = var_idx[order], ex_idx[order]
         bar.update(n_var * n_ex - len(var_idx))
+        # similar lengths share a chunk (less padding); with prefix reuse a chunk has one patched position
+        prefix = pos_v[var_idx] if reuse_prefix else torch.zeros_like(var_idx)
+        order = torch.argsort(prefix * (text.cfg.n_ctx + 1) + target_pool[ex_idx], stable=True)
+        var_idx, ex_idx, prefix = var_idx[order], ex_idx[order], prefix[order]
         resid = target_cache[f"blocks.{layer}.hook_resid_pre"]
-        for start in range(0, len(var_idx), batch_size):
-            v, b = var_idx[start : start + batch_size], ex_idx[start : start + batch_size]
-            hook = _patch_hook(src, b, pos_v[v], head_v[v], act_name)
-            with torch.no_grad(), text.hooks(fwd_hooks=[(name, hook)]):
-                outputs[v, b] = text(resid[b], start_at_layer=layer, pool_positions=target_pool[b],
-                                     return_type=return_type)
-            bar.update(len(v))
+        for offset in prefix.unique().tolist():
+            group = (prefix == offset).nonzero().flatten()
+            for start in range(0, len(group), batch_size):
+                sel = group[start : start + batch_size]
+                v, b = var_idx[sel], ex_idx[sel]
+                kv = None
+                if offset:
+                    kv = [(target_cache[f"blocks.{j}.attn.hook_k"][b, :offset], target_cache[f"blocks.{j}.attn.hook_v"][b, :offset])
+                          for j in range(layer, text.cfg.n_layers)]
+                hook = _patch_hook(src, b, pos_v[v], head_v[v], act_name, offset)
+                with torch.no_grad(), text.hooks(fwd_hooks=[(name, hook)]):
+                    outputs[v, b] = text(resid[b, offset:], start_at_layer=layer, pool_positions=target_pool[b] - offset,
+                                         prefix_kv=kv, return_type=return_type)
+                bar.update(len(v))
         values[li] = check_metric(metric, outputs).float().cpu()
         if missing is not None:
             values[li][_missing_mask(missing, pos_v, head_v)] = float("nan")
@@ -291,21 +305,23 @@ def _needs_patch(src: Tensor, tgt: Tensor, pos_v: Tensor, head_v: Tensor, pool: 
     return needs
 
 
-def _patch_hook(src: Tensor, rows: Tensor, pos: Tensor, head: Tensor, act_name: str):
-    """Hook writing, for chunk row n, the source activation of example rows[n] at (pos[n], head[n])."""
+def _patch_hook(src: Tensor, rows: Tensor, pos: Tensor, head: Tensor, act_name: str, offset: int = 0):
+    """Hook writing, for chunk row n, the source activation of example rows[n] at (pos[n], head[n]);
+    the run holds positions from ``offset`` on (prefix reuse), the source all of them."""
     n = torch.arange(len(rows), device=rows.device)
 
     def hook(act: Tensor, hook) -> Tensor:
         view = _canon(act, act_name)
-        source = _crop(src, view.shape[1], act_name)
-        if (head < 0).all() and (pos < 0).all():
-            view[n] = source[rows]
+        source = _crop(src, offset + view.shape[1], act_name)
+        if (pos < 0).all():  # all positions (then offset is 0)
+            if (head < 0).all():
+                view[n] = source[rows]
+            else:
+                view[n, :, head] = source[rows, :, head]
         elif (head < 0).all():
-            view[n, pos] = source[rows, pos]
-        elif (pos < 0).all():
-            view[n, :, head] = source[rows, :, head]
+            view[n, pos - offset] = source[rows, pos]
         else:
-            view[n, pos, head] = source[rows, pos, head]
+            view[n, pos - offset, head] = source[rows, pos, head]
         return act
 
     return hook

@@ -157,6 +157,7 @@ class HookedCLIPText(HookedRootModule):
         tokens: Optional[Int[Tensor, "batch pos"]] = None,
         pool_positions: Optional[Int[Tensor, "batch"]] = None,
         trim: Optional[bool] = None,
+        prefix_kv: Optional[Sequence[tuple[Tensor, Tensor]]] = None,
     ) -> Optional[Tensor]:
         """Run the tower.
 
@@ -170,6 +171,10 @@ class HookedCLIPText(HookedRootModule):
                 ``cfg.pooling == "last"``); with token input they are computed from the ids.
             trim: drop positions after the batch's last pooling position (default ``cfg.trim_after_pool``;
                 only ever applied where exact, see ``cfg.trims``).
+            prefix_kv: with ``start_at_layer`` in a causal tower, the keys and values [batch, prefix, head,
+                d_head] of each block from ``start_at_layer`` on for positions *before* the input, which
+                then holds only the later positions (pool positions count from the input's first
+                position). Used by the patching engine to skip an unchanged prefix.
         """
         if return_type not in _RETURN_TYPES:
             raise ValueError(f"return_type must be one of {_RETURN_TYPES}, got {return_type!r}.")
@@ -202,9 +207,14 @@ class HookedCLIPText(HookedRootModule):
                 )
             resid = resid[:, : self._kept_positions(pool, resid.shape[1], trim)]
             blocks = self.blocks[start_at_layer:stop_at_layer]
+        if prefix_kv is not None:
+            if start_at_layer is None or not self.cfg.causal:
+                raise ValueError("prefix_kv needs start_at_layer and a causal tower.")
+            if len(prefix_kv) != len(blocks):
+                raise ValueError(f"prefix_kv has {len(prefix_kv)} entries for {len(blocks)} blocks.")
 
-        for block in blocks:
-            resid = block(resid)
+        for i, block in enumerate(blocks):
+            resid = block(resid, None if prefix_kv is None else prefix_kv[i])
         if stop_at_layer is not None:
             return resid
         resid = self.ln_final(resid)

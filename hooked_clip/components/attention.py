@@ -8,6 +8,8 @@ Hooks: ``hook_q/k/v/z`` [batch, pos, head, d_head]; ``hook_attn_scores`` (masked
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float
@@ -58,7 +60,12 @@ class Attention(nn.Module):
         query_input: Float[Tensor, "batch pos *head d_model"],
         key_input: Float[Tensor, "batch pos *head d_model"],
         value_input: Float[Tensor, "batch pos *head d_model"],
+        prefix_kv: Optional[tuple[Tensor, Tensor]] = None,
     ) -> Float[Tensor, "batch pos d_model"]:
+        """``prefix_kv``: keys and values [batch, prefix, head, d_head] of positions before this input
+        (used by the patching engine to skip recomputing an unchanged prefix). The inputs are then the
+        positions after the prefix; ``hook_k``/``hook_v`` see only those, the scores and pattern see all
+        keys [batch, head, query, prefix + query]."""
         if query_input is key_input is value_input and query_input.ndim == 3:
             # One matmul for q, k and v (the common case: no split qkv input).
             W = torch.cat([self.W_Q, self.W_K, self.W_V], dim=0)
@@ -69,11 +76,14 @@ class Attention(nn.Module):
             k = self._project(key_input, self.W_K, self.b_K)
             v = self._project(value_input, self.W_V, self.b_V)
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
-        if self._needs_explicit_pattern():
+        offset = 0
+        if prefix_kv is not None:
+            offset = prefix_kv[0].shape[1]
+            k, v = torch.cat([prefix_kv[0], k], dim=1), torch.cat([prefix_kv[1], v], dim=1)
+        if self._needs_explicit_pattern() or (offset and self.cfg.causal):
             scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / self.attn_scale
             if self.cfg.causal:
-                n = scores.shape[-1]
-                mask = torch.ones(n, n, dtype=torch.bool, device=scores.device).triu(1)
+                mask = torch.ones(q.shape[1], k.shape[1], dtype=torch.bool, device=scores.device).triu(offset + 1)
                 scores = scores.masked_fill(mask, float("-inf"))
             scores = self.hook_attn_scores(scores)
             pattern = self.hook_pattern(torch.softmax(scores, dim=-1))

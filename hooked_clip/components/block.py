@@ -30,7 +30,7 @@ class TransformerBlock(nn.Module):
         self.hook_mlp_out = HookPoint()
         self.hook_resid_post = HookPoint()
 
-    def forward(self, resid_pre: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+    def forward(self, resid_pre: Float[Tensor, "batch pos d_model"], prefix_kv=None) -> Float[Tensor, "batch pos d_model"]:
         resid_pre = self.hook_resid_pre(resid_pre)
         if self.cfg.use_split_qkv_input:
             per_head = resid_pre.unsqueeze(2).repeat(1, 1, self.cfg.n_heads, 1)  # a copy: hooks may edit it in place
@@ -38,10 +38,11 @@ class TransformerBlock(nn.Module):
                 self.ln1(self.hook_q_input(per_head)),
                 self.ln1(self.hook_k_input(per_head)),
                 self.ln1(self.hook_v_input(per_head)),
+                prefix_kv,
             )
         else:
             x = self.ln1(resid_pre)
-            attn_out = self.attn(x, x, x)
+            attn_out = self.attn(x, x, x, prefix_kv)
         resid_mid = self.hook_resid_mid(resid_pre + self.hook_attn_out(attn_out))
         mlp_out = self.hook_mlp_out(self.mlp(self.ln2(resid_mid)))
         return self.hook_resid_post(resid_mid + mlp_out)
