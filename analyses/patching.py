@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional, Sequence, Union
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 

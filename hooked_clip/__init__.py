@@ -2,8 +2,11 @@
 
 from hooked_clip.clip import HookedCLIP, load_model
 from hooked_clip.config import CLIPTextConfig
+from hooked_clip.hub import WeightsUnavailableError
+from hooked_clip.loading import CheckpointMismatchError
 from hooked_clip.text import HookedCLIPText
 from hooked_clip.tokenizer import CLIPTokenizer
 
-__all__ = ["CLIPTextConfig", "CLIPTokenizer", "HookedCLIP", "HookedCLIPText", "load_model"]
+__all__ = ["CLIPTextConfig", "CLIPTokenizer", "CheckpointMismatchError", "HookedCLIP", "HookedCLIPText",
+           "WeightsUnavailableError", "load_model"]
 __version__ = "0.1.0"

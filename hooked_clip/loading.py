@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 from typing import Callable, Iterable, Optional
 
-import torch
 from torch import Tensor, nn
 
 from hooked_clip.config import CLIPTextConfig
