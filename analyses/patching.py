@@ -6,7 +6,9 @@ one. Numbers are the same as a one-forward-per-patch loop; the engine is faster 
 
 - runs many patched variants per forward (batch expansion), in chunks of at most ``batch_size`` rows;
 - starts every patched forward at the patched layer from the cached unpatched residual
-  (``start_at_layer``), so the prefix is computed once;
+  (``start_at_layer``), so the earlier layers are computed once;
+- for per-position patches in a causal tower, runs only the positions from the patched one on, reading
+  the earlier positions' keys and values from the unpatched run (``prefix_kv``): they cannot change;
 - skips, exactly, every (variant, example) whose patch cannot change anything, and reports the unpatched
   value for it: the patched state equals the state it replaces (e.g. the shared prefix of a minimal pair
   under the causal mask); it lies after the example's pooling position (a causal tower reads nothing from
@@ -229,7 +231,7 @@ def activation_patch(
         needs = _needs_patch(src, tgt, pos_v, head_v, target_pool if text.cfg.trims else None)
         if layer == text.cfg.n_layers - 1 and act_name in POOL_ONLY_LAST_LAYER and (pos_v >= 0).all():
             needs &= pos_v[:, None] == target_pool[None, :]  # nothing else reaches the pooled output
-        outputs = target_out.unsqueeze(0).repeat(n_var, *([1] * target_out.ndim)).clone()
+        outputs = target_out.unsqueeze(0).repeat(n_var, *([1] * target_out.ndim))
         var_idx, ex_idx = needs.nonzero(as_tuple=True)
         bar.update(n_var * n_ex - len(var_idx))
         # similar lengths share a chunk (less padding); with prefix reuse a chunk has one patched position
