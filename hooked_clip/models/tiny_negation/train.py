@@ -1,6 +1,6 @@
 """Train the ``tiny-negation`` demo model from scratch (fixed seed; reproduces the shipped weights).
 
-    python -m hooked_clip.models.tiny_negation.train [--steps 2000] [--out PATH]
+    python -m hooked_clip.models.tiny_negation.train [--steps 2800] [--out PATH]
 
 Objective, per batch of scenes (each with one statement pair about a subject that is present or absent):
   * pairwise: softplus(-(S(true statement) - S(its negation-flipped counterpart))) — the flipped
@@ -94,7 +94,7 @@ def pairwise_accuracy(model, tokenizer, scenes, true, false) -> float:
     return float(((t_true * v).sum(-1) > (t_false * v).sum(-1)).float().mean())
 
 
-def train(steps: int = 2000, batch: int = 128, lr: float = 2e-3, seed: int = 0, log_every: int = 250):
+def train(steps: int = 2800, batch: int = 128, lr: float = 1e-3, seed: int = 0, log_every: int = 250):
     torch.manual_seed(seed)
     rng = random.Random(seed)
     tokenizer = CLIPTokenizer()
@@ -129,7 +129,7 @@ def train(steps: int = 2000, batch: int = 128, lr: float = 2e-3, seed: int = 0, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=2800)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=WEIGHTS)

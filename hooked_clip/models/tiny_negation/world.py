@@ -94,9 +94,11 @@ TEMPLATES = {
             ("You see a {x}", "You see no {x}"), ("A {x} can be seen", "No {x} can be seen"),
             ("I can see a {x}", "I can see no {x}"), ("There is a {x}", "There is not a {x}")],
 }
-HELD_OUT_TEMPLATES = {  # used only by the held-out evaluation
-    True: [("The picture shows {x}", "The picture shows no {x}")],
-    False: [("The picture shows a {x}", "The picture shows no {x}")],
+HELD_OUT_TEMPLATES = {  # used only by the held-out evaluation: known words in new arrangements
+    True: [("In the picture there are {x}", "In the picture there are no {x}"),
+           ("Here you see {x}", "Here you see no {x}")],
+    False: [("In the picture there is a {x}", "In the picture there is no {x}"),
+            ("Here you see a {x}", "Here you see no {x}")],
 }
 
 
