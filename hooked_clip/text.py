@@ -185,7 +185,7 @@ class HookedCLIPText(HookedRootModule):
 
         if start_at_layer is None:
             tokens = self._check_tokens(input)
-            pool = self.pool_positions(tokens) if pool_positions is None else pool_positions
+            pool = self.pool_positions(tokens) if pool_positions is None else torch.as_tensor(pool_positions, device=tokens.device)
             n_pos = self._kept_positions(pool, tokens.shape[1], trim)
             tokens = tokens[:, :n_pos]
             embed = self.hook_embed(self.embed(tokens))
