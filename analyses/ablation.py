@@ -15,7 +15,7 @@ from typing import Callable, Literal, Optional, Sequence
 import torch
 from torch import Tensor
 
-from analyses.patching import ACT_HOOKS, Tokens, _is_text, _text
+from analyses.patching import ACT_HOOKS, Tokens, _text
 
 Kind = Literal["zero", "mean", "resample"]
 Hooks = list[tuple[str, Callable]]
@@ -24,7 +24,7 @@ Hooks = list[tuple[str, Callable]]
 def _reference_cache(text, reference: Optional[Tokens], names: list[str]):
     if reference is None:
         raise ValueError("mean and resample ablation need reference=... (texts or tokens to take activations from).")
-    tokens = text._check_tokens(text.to_tokens(reference) if _is_text(reference) else reference)
+    tokens = text.as_tokens(reference)
     with torch.no_grad():
         _, cache = text.run_with_cache(tokens, names_filter=names)
     return tokens, text.pool_positions(tokens), cache

@@ -16,7 +16,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from analyses.metrics import Metric, check_metric, similarity_metric
-from analyses.patching import Tokens, _is_text, _text, activation_patch
+from analyses.patching import Tokens, _text, activation_patch
 
 NegationIn = Literal["caption", "foil"]
 
@@ -27,8 +27,8 @@ def hidden_state_hook(layer: int) -> str:
 
 
 def _pair_tokens(text, negated: Tokens, affirmative: Tokens) -> tuple[Tensor, Tensor]:
-    neg = text._check_tokens(text.to_tokens(negated) if _is_text(negated) else negated)
-    aff = text._check_tokens(text.to_tokens(affirmative) if _is_text(affirmative) else affirmative)
+    neg = text.as_tokens(negated)
+    aff = text.as_tokens(affirmative)
     if neg.shape[0] != aff.shape[0]:
         raise ValueError(f"{neg.shape[0]} negated sentences but {aff.shape[0]} affirmative ones.")
     n_neg, n_aff = text.pool_positions(neg), text.pool_positions(aff)
@@ -118,7 +118,7 @@ class RomeTraceResult:
 def embedding_std(model, reference: Tokens) -> float:
     """Std of token embeddings (``hook_embed``) over the valid positions (up to EOT) of a reference set."""
     text = _text(model)
-    tokens = text._check_tokens(text.to_tokens(reference) if _is_text(reference) else reference)
+    tokens = text.as_tokens(reference)
     with torch.no_grad():
         emb = text.embed(tokens)
     valid = torch.arange(tokens.shape[1], device=tokens.device)[None, :] <= text.pool_positions(tokens)[:, None]
@@ -155,7 +155,7 @@ def rome_trace(
     for name, v in (("n_samples", n_samples), ("batch_size", batch_size), ("window", window)):
         if not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}.")
-    toks = text._check_tokens(text.to_tokens(tokens) if _is_text(tokens) else tokens)
+    toks = text.as_tokens(tokens)
     pool = text.pool_positions(toks)
     toks = toks[:, : int(pool.max()) + 1] if text.cfg.trims else toks
     n_ex, n_pos, n_layers = toks.shape[0], toks.shape[1], text.cfg.n_layers

@@ -176,8 +176,8 @@ def activation_patch(
     """
     text = _text(model)
     _validate(text, act_name, index, direction, batch_size)
-    clean_t = text._check_tokens(text.to_tokens(clean) if _is_text(clean) else clean)
-    corrupt_t = text._check_tokens(text.to_tokens(corrupt) if _is_text(corrupt) else corrupt)
+    clean_t = text.as_tokens(clean)
+    corrupt_t = text.as_tokens(corrupt)
     if clean_t.shape[0] != corrupt_t.shape[0]:
         raise ValueError(f"clean has {clean_t.shape[0]} examples but corrupt has {corrupt_t.shape[0]}.")
     source_t, target_t = (clean_t, corrupt_t) if direction == "denoise" else (corrupt_t, clean_t)
@@ -264,10 +264,6 @@ def activation_patch(
     clean_m, corrupt_m = (source_metric, target_metric) if direction == "denoise" else (target_metric, source_metric)
     return PatchingResult(values.reshape(shape), axes, {a: labels[a] for a in axes}, act_name, direction,
                           clean_m.float().cpu(), corrupt_m.float().cpu())
-
-
-def _is_text(x) -> bool:
-    return isinstance(x, str) or (isinstance(x, (list, tuple)) and len(x) > 0 and isinstance(x[0], str))
 
 
 def _align(src: Tensor, tgt: Tensor, alignment: Tensor) -> tuple[Tensor, Tensor]:

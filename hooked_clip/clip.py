@@ -15,6 +15,7 @@ from hooked_clip.config import CLIPTextConfig
 from hooked_clip.hub import hub_reachable, unavailable
 from hooked_clip.loading import (
     CheckpointMismatchError,
+    _list,
     config_from_hf,
     config_from_open_clip,
     hf_text_state_dict,
@@ -289,11 +290,11 @@ def _resolve_open_clip_weights(name: str, tag: str, pcfg: dict, cache_dir: Optio
     if hf_hub:
         from huggingface_hub import hf_hub_download
 
-        repo, filename = os.path.split(hf_hub.rstrip("/") if hf_hub.endswith("/") else hf_hub)
-        if hf_hub.endswith("/"):
-            repo, filenames = hf_hub.rstrip("/"), ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
-        else:
-            filenames = [filename]
+        # open_clip's convention: "org/repo/" means the default file names, "org/repo/file" one file
+        repo, filename = hf_hub.rstrip("/"), None
+        if not hf_hub.endswith("/"):
+            repo, filename = os.path.split(hf_hub)
+        filenames = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
         for fn in filenames:
             try:
                 return hf_hub_download(repo, fn, cache_dir=cache_dir, local_files_only=True)
@@ -335,8 +336,6 @@ def _load_open_clip_checkpoint(model: nn.Module, path: str, name: str) -> None:
     wrong = [f"{k}: {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
              if k in sd and tuple(sd[k].shape) != tuple(v.shape)]
     if missing or unexpected or wrong:
-        from hooked_clip.loading import _list
-
         parts = [f"missing keys ({len(missing)}): {_list(missing)}"] if missing else []
         parts += [f"unexpected keys ({len(unexpected)}): {_list(unexpected)}"] if unexpected else []
         parts += [f"shape mismatches ({len(wrong)}): {'; '.join(wrong[:6])}"] if wrong else []

@@ -121,6 +121,12 @@ class HookedCLIPText(HookedRootModule):
             )
         return is_eot.int().argmax(dim=-1)
 
+    def as_tokens(self, input: Union[Text, Tensor]) -> Int[Tensor, "batch pos"]:
+        """Validated token ids on the model's device, from texts or from ids [batch, pos]."""
+        if isinstance(input, str) or (isinstance(input, (list, tuple)) and input and isinstance(input[0], str)):
+            input = self.to_tokens(input)
+        return self._check_tokens(input)
+
     def _check_tokens(self, tokens: Tensor) -> Tensor:
         if not isinstance(tokens, Tensor):
             raise TypeError(f"tokens must be a tensor of ids or text, got {type(tokens).__name__}.")
@@ -178,13 +184,8 @@ class HookedCLIPText(HookedRootModule):
         """
         if return_type not in _RETURN_TYPES:
             raise ValueError(f"return_type must be one of {_RETURN_TYPES}, got {return_type!r}.")
-        if isinstance(input, str) or (isinstance(input, (list, tuple)) and input and isinstance(input[0], str)):
-            if start_at_layer is not None:
-                raise ValueError("start_at_layer needs a residual stream as input, not text.")
-            input = self.to_tokens(input)
-
         if start_at_layer is None:
-            tokens = self._check_tokens(input)
+            tokens = self.as_tokens(input)
             pool = self.pool_positions(tokens) if pool_positions is None else torch.as_tensor(pool_positions, device=tokens.device)
             n_pos = self._kept_positions(pool, tokens.shape[1], trim)
             tokens = tokens[:, :n_pos]
