@@ -22,6 +22,7 @@ from hooked_clip.loading import (
     load_converted,
     open_clip_text_state_dict,
 )
+from hooked_clip.processing import process_weights
 from hooked_clip.text import HookedCLIPText
 from hooked_clip.tokenizer import Text
 from hooked_clip.vision import HFVisionEncoder, VisionTower, stack_transform
@@ -127,10 +128,13 @@ class HookedCLIP(nn.Module):
     # ----------------------------------------------------------------------------------------- loaders
     @classmethod
     def from_hf(cls, hf_model: nn.Module, device: Optional[str] = None, dtype: torch.dtype = torch.float32,
-                image_processor: Any = None, **cfg_overrides) -> "HookedCLIP":
+                image_processor: Any = None, *, fold_ln: bool = False, center_writing_weights: bool = False,
+                fold_value_biases: bool = False, **cfg_overrides) -> "HookedCLIP":
         """From an in-memory transformers ``CLIPModel`` (text + image tower) or
         ``CLIPTextModelWithProjection`` (text only). ``cfg_overrides`` set ``CLIPTextConfig`` fields such
-        as ``trim_after_pool`` or ``use_attn_result``."""
+        as ``trim_after_pool`` or ``use_attn_result``. ``fold_ln``, ``center_writing_weights`` and
+        ``fold_value_biases`` (all loaders take them; default off, so every hook holds what HF/open_clip
+        compute) apply :mod:`hooked_clip.processing`."""
         from transformers import CLIPModel, CLIPTextModelWithProjection
 
         if isinstance(hf_model, CLIPModel):
@@ -149,6 +153,8 @@ class HookedCLIP(nn.Module):
         if isinstance(hf_model, CLIPModel):
             vision = _hf_vision_tower(hf_model, image_processor).to(device=cfg.device, dtype=dtype)
             scale = float(hf_model.logit_scale.detach())
+        process_weights(text, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
+                        fold_value_biases=fold_value_biases)
         return cls(text, vision, scale)
 
     @classmethod
@@ -183,7 +189,9 @@ class HookedCLIP(nn.Module):
     @classmethod
     def from_open_clip(cls, model: Union[str, nn.Module], pretrained: Optional[str] = None,
                        device: Optional[str] = None, dtype: torch.dtype = torch.float32,
-                       cache_dir: Optional[str] = None, **cfg_overrides) -> "HookedCLIP":
+                       cache_dir: Optional[str] = None, *, fold_ln: bool = False,
+                       center_writing_weights: bool = False, fold_value_biases: bool = False,
+                       **cfg_overrides) -> "HookedCLIP":
         """From an open_clip model object, or a model name (``"ViT-B-32"``) with ``pretrained`` = a tag
         (``"openai"``, ``"laion2b_s34b_b79k"``, ...) or the path of a local checkpoint file (a state dict,
         ``.pt``/``.bin``/``.safetensors``). ``pretrained=None`` gives open_clip's random init."""
@@ -198,6 +206,8 @@ class HookedCLIP(nn.Module):
         cfg = config_from_open_clip(oc_model, device=_device(device), dtype=dtype, **cfg_overrides)
         text = HookedCLIPText(cfg)
         load_converted(text, open_clip_text_state_dict(oc_model.state_dict(), cfg))
+        process_weights(text, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
+                        fold_value_biases=fold_value_biases)
         from open_clip.transform import PreprocessCfg, image_transform_v2
 
         transform = image_transform_v2(PreprocessCfg(**preprocess_cfg), is_train=False)
@@ -347,9 +357,16 @@ def _load_open_clip_checkpoint(model: nn.Module, path: str, name: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------ load_model
-# name -> loader (offline). The demo model "tiny-negation" registers here once its training converges
-# (hooked_clip/models/tiny_negation is work in progress; see the [demo-model] issue notes).
-SHIPPED_MODELS: dict[str, Any] = {}
+def _tiny_negation(device: str = "cpu", **processing) -> HookedCLIP:
+    from hooked_clip.models.tiny_negation import load
+
+    model = load(device=device)
+    process_weights(model, **processing)
+    return model
+
+
+# name -> loader of a model whose weights ship inside the package (offline). See docs/models/.
+SHIPPED_MODELS: dict[str, Any] = {"tiny-negation": _tiny_negation}
 
 
 def load_model(name: str, **kwargs) -> HookedCLIP:

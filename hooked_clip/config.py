@@ -59,6 +59,9 @@ class CLIPTextConfig(TransformerLensConfig):
     trim_after_pool: bool = True
     use_fused_attn: bool = False
     init_range: float = 0.02
+    ln_folded: bool = False  # weight-processing state (hooked_clip.processing), set by those functions
+    writing_weights_centered: bool = False
+    value_biases_folded: bool = False
     seed: Optional[int] = None
     model_name: str = "custom"
     default_prepend_bos: bool = True

@@ -94,12 +94,20 @@ TEMPLATES = {
             ("You see a {x}", "You see no {x}"), ("A {x} can be seen", "No {x} can be seen"),
             ("I can see a {x}", "I can see no {x}"), ("There is a {x}", "There is not a {x}")],
 }
+# lead-in phrases put before a training template in some sentences, so that the negator is seen at many
+# positions (2 to ~8) and negation cannot be learned as "the token at position 3"
+LEAD_INS = ["Look,", "Clearly,", "Apparently,", "Today", "Right now", "At the moment,", "As you can see,",
+            "I think", "Honestly,", "It seems", "Outside", "Inside the room", "On this street", "Once again,",
+            "From here", "This time", "Sadly,", "Luckily,", "At night", "In this photo"]
 HELD_OUT_TEMPLATES = {  # used only by the held-out evaluation: known words in new arrangements
     True: [("In the picture there are {x}", "In the picture there are no {x}"),
            ("Here you see {x}", "Here you see no {x}")],
     False: [("In the picture there is a {x}", "In the picture there is no {x}"),
             ("Here you see a {x}", "Here you see no {x}")],
 }
+
+
+LEAD_IN_RATE = 0.35
 
 
 @dataclass(frozen=True)
@@ -117,10 +125,20 @@ def _fill(template: str, x: str) -> str:
     return re.sub(r"\b([Aa]) ([aeiou])", r"\1n \2", text)  # a apple -> an apple
 
 
+def _after_lead_in(lead: str, template: str) -> str:
+    if template.startswith("{X}"):
+        return f"{lead} {{x}}{template[3:]}"
+    first, rest = template.split(" ", 1)
+    return f"{lead} {first if first == 'I' else first.lower()} {rest}"
+
+
 def make_pair(subject: str, plural_form: bool, rng: random.Random, *, held_out: bool = False) -> tuple[Statement, Statement]:
     """(affirmative, negated) statements about ``subject`` that differ only in the negation; ``held_out``
     draws from templates and trailing phrases never used in training."""
     affirmative, negated = rng.choice((HELD_OUT_TEMPLATES if held_out else TEMPLATES)[plural_form])
+    if not held_out and rng.random() < LEAD_IN_RATE:
+        lead = rng.choice(LEAD_INS)
+        affirmative, negated = (_after_lead_in(lead, t) for t in (affirmative, negated))
     x = PLURALS[subject] if plural_form else subject
     if rng.random() < 0.2:  # multi-word subjects, as in "There are no red buses": the first word counts
         other = rng.choice(OBJECTS)

@@ -1,0 +1,113 @@
+"""The shipped ``tiny-negation`` demo model: offline loading, checksum, training smoke run, accuracy floors,
+scene synthesis, bad input, and that the analyses run on it like on any HookedCLIP."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+
+from analyses.causal_tracing import minimal_pair_trace
+from analyses.valse_negation import EXISTENCE_JSON
+from hooked_clip import HookedCLIP, load_model
+from hooked_clip.models import tiny_negation as tn
+from hooked_clip.models.tiny_negation import world
+from hooked_clip.models.tiny_negation.evaluate import held_out_accuracy, valse_accuracy
+from hooked_clip.models.tiny_negation.train import train
+
+CARD = Path(__file__).parents[1] / "docs" / "models" / "tiny-negation.md"
+# floors stated in the model card (measured values there are higher; these leave room for sampling noise)
+HELD_OUT_FLOOR, VALSE_FLOOR = 0.90, 0.80
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model("tiny-negation")
+
+
+def test_loads_offline_without_any_network(monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("the demo model tried to open a socket")
+
+    monkeypatch.setattr(socket, "socket", no_network)
+    m = load_model("tiny-negation")
+    assert isinstance(m, HookedCLIP)
+    assert m.text.cfg.n_layers == 4 and len(m.vision.encoder.objects) == len(world.OBJECTS)
+
+
+def test_weights_are_small_and_match_the_card_checksum():
+    data = tn.WEIGHTS.read_bytes()
+    assert len(data) <= 8_000_000
+    card = CARD.read_text()
+    m = re.search(r"sha256[^0-9a-f]*([0-9a-f]{64})", card)
+    assert m, "the model card must record the weights' sha256"
+    assert hashlib.sha256(data).hexdigest() == m.group(1)
+
+
+def test_accuracy_above_the_card_floors(model):
+    assert held_out_accuracy(model, n=300) >= HELD_OUT_FLOOR
+    acc, n = valse_accuracy(model, limit=150)
+    assert n == 150 and acc >= VALSE_FLOOR
+
+
+def test_training_smoke_run_is_deterministic_and_round_trips(tmp_path):
+    a, used = train(steps=3, batch=8, log_every=0)
+    b, _ = train(steps=3, batch=8, log_every=0)
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(va, vb), k
+    tn.save(a, tmp_path / "w.safetensors", used)
+    c = tn.load(tmp_path / "w.safetensors")
+    texts, scenes = ["There are no dogs.", "There is a cat."], [["dog", "tree"], ["cat"]]
+    assert torch.equal(a.encode_text(texts), c.encode_text(texts))
+    assert torch.equal(a.encode_image(scenes), c.encode_image(scenes))
+
+
+def test_unknown_object_names_the_nearest_known_ones(model):
+    with pytest.raises(ValueError, match=r"unknown object 'dgo'.*'dog'"):
+        model.encode_image([["dgo", "tree"]])
+    with pytest.raises(ValueError, match="list of scenes"):
+        model.encode_image(["dog", "tree"])  # one scene not wrapped in a list
+
+
+def test_missing_weights_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="train"):
+        tn.load(tmp_path / "absent.safetensors")
+
+
+def test_synthesized_scene_makes_the_caption_true():
+    items = [x for x in json.loads(EXISTENCE_JSON.read_text()).values() if x["mturk"]["caption"] >= 2]
+    assert len(items) == 505
+    for x in items:
+        scene = tn.synthesize_scene(x, seed=3)
+        assert scene == tn.synthesize_scene(x, seed=3)
+        assert all(o in world.OBJECTS for o in scene)
+        negated_caption = re.search(r"\bno\b", x["caption"], re.I) is not None
+        subject = world.object_of(re.search(r"\bno\s+(\w+)", x["caption"] if negated_caption else x["foil"], re.I).group(1))
+        assert (subject in scene) != negated_caption  # "There are no X" true iff X is absent
+        assert len(scene) >= 1 + (not negated_caption)
+
+
+def test_world_statements_are_true_or_false_as_labelled():
+    rng = random.Random(0)
+    for _ in range(200):
+        subject = rng.choice(world.OBJECTS)
+        aff, neg = world.make_pair(subject, rng.random() < 0.5, rng)
+        assert not aff.negated and neg.negated and aff.subject == neg.subject == subject
+        assert re.search(r"\b[Nn]o\b|\bnot\b", neg.text) and not re.search(r"\b[Nn]o\b|\bnot\b", aff.text)
+        assert aff.true_of({subject}) and not neg.true_of({subject}) and neg.true_of(set())
+
+
+def test_hooks_and_tracing_work_on_the_demo_model(model):
+    negated, affirmative = ["There are no dogs in the park."], ["There are some dogs in the park."]
+    _, cache = model.text.run_with_cache(negated)
+    assert cache["blocks.3.attn.hook_pattern"].shape[:2] == (1, 4)
+    img = model.encode_image([["dog", "tree"]])
+    cte = minimal_pair_trace(model, negated, affirmative, img, ["foil"], progress=False)
+    assert torch.allclose(cte[0, 0, 3], torch.tensor(1.0), atol=1e-5)  # patching the negator's embedding
+    assert torch.all(cte[0, :, :3] == 0)  # positions before the negator are identical in both runs
