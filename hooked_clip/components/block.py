@@ -33,11 +33,12 @@ class TransformerBlock(nn.Module):
     def forward(self, resid_pre: Float[Tensor, "batch pos d_model"], prefix_kv=None) -> Float[Tensor, "batch pos d_model"]:
         resid_pre = self.hook_resid_pre(resid_pre)
         if self.cfg.use_split_qkv_input:
-            per_head = resid_pre.unsqueeze(2).repeat(1, 1, self.cfg.n_heads, 1)  # a copy: hooks may edit it in place
+            # one copy per input: a hook may edit its input in place without touching the other two
+            per_head = lambda: resid_pre.unsqueeze(2).repeat(1, 1, self.cfg.n_heads, 1)  # noqa: E731
             attn_out = self.attn(
-                self.ln1(self.hook_q_input(per_head)),
-                self.ln1(self.hook_k_input(per_head)),
-                self.ln1(self.hook_v_input(per_head)),
+                self.ln1(self.hook_q_input(per_head())),
+                self.ln1(self.hook_k_input(per_head())),
+                self.ln1(self.hook_v_input(per_head())),
                 prefix_kv,
             )
         else:

@@ -1,0 +1,218 @@
+"""Direct similarity attribution and attribution patching.
+
+**Direct similarity attribution** splits S(text, image) = logit_scale * cos(t, i) exactly into the
+contributions of the embeddings, every head (z @ W_O), each layer's attention bias, every MLP and one
+``bias`` row (ln_final's bias through the projection, plus the projection bias), holding two things at
+their values in the run: the ``ln_final`` scale at the pooling position and the text-embedding norm |t|.
+Given those, t is a sum of per-component terms and S is linear in t, so the rows sum to S (tested ≤1e-5).
+
+**Attribution patching** (Nanda 2023) estimates every activation patch at once from one forward and one
+backward of the run being patched plus one forward of the run the activations come from: the effect of
+patching activation a is ≈ (a_source - a_base) · ∂metric/∂a at the base run. For queries and keys the
+linear estimate through the softmax is poor, so (AtP*, Kramár et al. 2024) the attention pattern row(s)
+a patched query or key changes are recomputed exactly and only the step after the pattern is linearised:
+effect ≈ Σ ∂metric/∂pattern · (pattern_patched - pattern_base). Results are a :class:`PatchingResult`
+with the same axes and meaning as :func:`analyses.patching.activation_patch` (estimated metric of each
+patched run), so the two compare directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor
+
+from analyses.metrics import Metric, check_metric
+from analyses.patching import ACT_HOOKS, HEAD_ACTS, INDEX_AXES, Index, PatchingResult, Tokens, _canon, _text
+from hooked_clip.cache import apply_ln_to_stack, decompose_resid, embedding_bias, ln_final_scale, to_embedding_space
+
+
+@dataclass
+class Attribution:
+    """``values`` [component, batch] (similarity logits), ``labels`` one per component, ``total`` [batch]
+    the quantity split (``values.sum(0) == total``)."""
+
+    values: Tensor
+    labels: list[str]
+    total: Tensor
+
+    def to_dataframe(self):
+        import pandas as pd
+
+        comp, ex = torch.meshgrid(torch.arange(len(self.labels)), torch.arange(self.values.shape[1]), indexing="ij")
+        return pd.DataFrame({"component": [self.labels[i] for i in comp.flatten().tolist()],
+                             "example": ex.flatten().numpy(), "value": self.values.flatten().cpu().numpy()})
+
+
+_DSA_HOOKS = ("hook_embed", "hook_pos_embed", "ln_final.hook_scale")
+
+
+@torch.no_grad()
+def direct_attribution(model, texts: Tokens, directions: Float[Tensor, "batch d_proj"], *,
+                       heads: bool = True) -> Attribution:
+    """Split t · direction (t: the unnormalised text embedding) into components, ln_final scale frozen."""
+    text = _text(model)
+    tokens = text.as_tokens(texts)
+    keep = lambda name: name in _DSA_HOOKS or name.endswith(("hook_z", "hook_mlp_out", "hook_attn_out"))  # noqa: E731
+    embeds, cache = text.run_with_cache(tokens, names_filter=keep)
+    if directions.shape != embeds.shape:
+        raise ValueError(f"directions must be [batch, d_proj] = {tuple(embeds.shape)}, got {tuple(directions.shape)}.")
+    pool = text.pool_positions(tokens)
+    stack, labels = decompose_resid(text, cache, pool, heads=heads)
+    proj = to_embedding_space(text, apply_ln_to_stack(text, stack, ln_final_scale(cache, pool)))
+    values = torch.cat([(proj * directions).sum(-1), (embedding_bias(text) * directions).sum(-1)[None]])
+    return Attribution(values, labels + ["bias"], (embeds * directions).sum(-1))
+
+
+def direct_similarity_attribution(model, texts: Tokens, image_embeds: Float[Tensor, "batch d_proj"], *,
+                                  heads: bool = True) -> Attribution:
+    """S(text_b, image_b) (logit_scale x cosine) split exactly into per-component contributions, for
+    each (text, image) pair; the ln_final scale and |t| are those of the run."""
+    text = _text(model)
+    with torch.no_grad():
+        t = text(text.as_tokens(texts))
+    if image_embeds.shape != t.shape:
+        raise ValueError(f"image_embeds must be [batch, d_proj] = {tuple(t.shape)} (one image per text), got "
+                         f"{tuple(image_embeds.shape)}.")
+    directions = model.logit_scale.exp() * F.normalize(image_embeds.to(t), dim=-1) / t.norm(dim=-1, keepdim=True)
+    return direct_attribution(model, texts, directions, heads=heads)
+
+
+def direct_difference_attribution(model, captions: Tokens, foils: Tokens, image_embeds: Float[Tensor, "batch d_proj"], *,
+                                  heads: bool = True) -> Attribution:
+    """d = S(caption, image) - S(foil, image) split into per-component differences (each sentence with its
+    own frozen ln scale and norm); rows sum to d."""
+    c = direct_similarity_attribution(model, captions, image_embeds, heads=heads)
+    f = direct_similarity_attribution(model, foils, image_embeds, heads=heads)
+    return Attribution(c.values - f.values, c.labels, c.total - f.total)
+
+
+# ------------------------------------------------------------------------------- attribution patching
+def attribution_patch(
+    model,
+    clean: Tokens,
+    corrupt: Tokens,
+    metric: Metric,
+    act_name: str = "z",
+    index: Index = "layer_head",
+    *,
+    direction: Literal["denoise", "noise"] = "denoise",
+    atp_star: bool = True,
+    return_type: Literal["normalized", "embed", "pooled"] = "normalized",
+) -> PatchingResult:
+    """Estimated metric of every patch ``activation_patch`` would run, from two forwards and one backward.
+
+    Args:
+        clean / corrupt: texts or token ids, with the same pooling positions per example.
+        metric: embeddings [batch, d_proj] -> [batch] (see ``analyses.metrics``); must be differentiable.
+        act_name / index: as in ``activation_patch`` (``pattern`` is estimated per query row).
+        direction: ``denoise`` (run corrupt, patch clean) or ``noise`` (run clean, patch corrupt).
+        atp_star: for ``q``/``k``, recompute the attention pattern exactly (AtP*); False gives plain AtP.
+        return_type: the output the metric reads, as in ``activation_patch``.
+
+    Returns:
+        :class:`PatchingResult`, ``values`` [*axes, batch] = base metric + estimated effect;
+        ``extra["method"] == "attribution"``.
+    """
+    text = _text(model)
+    if act_name not in ACT_HOOKS:
+        raise ValueError(f"unknown act_name {act_name!r}; use one of {sorted(ACT_HOOKS)}.")
+    if index not in INDEX_AXES or ("head" in index and act_name not in HEAD_ACTS):
+        raise ValueError(f"index {index!r} does not fit act_name {act_name!r}; per-head indices need one of {HEAD_ACTS}.")
+    if direction not in ("denoise", "noise"):
+        raise ValueError(f"direction must be 'denoise' or 'noise', got {direction!r}.")
+    clean_t, corrupt_t = text.as_tokens(clean), text.as_tokens(corrupt)
+    if clean_t.shape[0] != corrupt_t.shape[0] or not torch.equal(text.pool_positions(clean_t), text.pool_positions(corrupt_t)):
+        raise ValueError("clean and corrupt must have the same number of examples and the same pooling (EOT) "
+                         "position per example; align the sentences first.")
+    width = int(text.pool_positions(clean_t).max()) + 1
+    base_t, src_t = (corrupt_t, clean_t) if direction == "denoise" else (clean_t, corrupt_t)
+    base_t, src_t = base_t[:, :width], src_t[:, :width]
+    L = text.cfg.n_layers
+    star = atp_star and act_name in ("q", "k")
+    names = [ACT_HOOKS[act_name].format(l) for l in range(L)]
+    grad_names = [ACT_HOOKS["pattern"].format(l) for l in range(L)] if star else names
+    extra_names = ([ACT_HOOKS["q"].format(l) for l in range(L)] + [ACT_HOOKS["k"].format(l) for l in range(L)]) if star else []
+
+    with torch.no_grad():
+        src_embeds, src_cache = text.run_with_cache(src_t, return_type=return_type, names_filter=lambda n: n in names)
+    acts: dict[str, Tensor] = {}
+
+    def keep(act, hook):
+        if hook.name in grad_names:
+            act.retain_grad()
+        acts[hook.name] = act
+        return act
+
+    def leaf(act, hook):  # makes every activation part of the graph, whatever the parameters' requires_grad
+        return act.detach().requires_grad_(True)
+
+    hooks = [("hook_embed", leaf)] + [(n, keep) for n in dict.fromkeys(grad_names + extra_names + names)]
+    with torch.enable_grad():
+        base_embeds = text.run_with_hooks(base_t, return_type=return_type, fwd_hooks=hooks)
+        base_metric = check_metric(metric, base_embeds)
+        base_metric.sum().backward()
+    base_metric = base_metric.detach()
+    with torch.no_grad():
+        src_metric = check_metric(metric, src_embeds)
+        per_layer = []
+        for l in range(L):
+            if star:
+                per_layer.append(_atp_star_qk(text, l, act_name, acts, src_cache[names[l]]))
+            else:
+                name = names[l]
+                delta = _canon(src_cache[name] - acts[name].detach(), act_name) * _canon(acts[name].grad, act_name)
+                per_layer.append(delta.sum(-1))  # [b, pos] or [b, pos, head]
+        effect = torch.stack(per_layer)  # [L, b, pos(, head)]
+        if effect.ndim == 3:
+            effect = effect.unsqueeze(-1)  # positional act: a single "head" axis to sum away
+        axes = INDEX_AXES[index]
+        if "pos" not in axes:
+            effect = effect.sum(2, keepdim=True)
+        if "head" not in axes:
+            effect = effect.sum(3, keepdim=True)
+        # [L, b, pos', head'] -> [L, (pos,) (head,), b]
+        effect = effect.permute(0, 2, 3, 1)
+        if "head" not in axes:
+            effect = effect.squeeze(2)
+        if "pos" not in axes:
+            effect = effect.squeeze(1)
+    labels = {"layer": list(range(L)), "pos": list(range(width)), "head": list(range(text.cfg.n_heads))}
+    clean_m, corrupt_m = (src_metric, base_metric) if direction == "denoise" else (base_metric, src_metric)
+    return PatchingResult(base_metric + effect, axes, {a: labels[a] for a in axes}, act_name, direction,
+                          clean_m, corrupt_m, extra={"method": "attribution", "atp_star": star})
+
+
+def _atp_star_qk(text, layer: int, act_name: str, acts: dict, src: Tensor) -> Float[Tensor, "batch pos head"]:
+    """AtP* for queries/keys of one layer: exact pattern change of each patched query row / key column,
+    times ∂metric/∂pattern. ``src``: the source run's q or k [batch, pos, head, d_head]."""
+    attn = text.blocks[layer].attn
+    q = acts[ACT_HOOKS["q"].format(layer)].detach()
+    k = acts[ACT_HOOKS["k"].format(layer)].detach()
+    pattern_name = ACT_HOOKS["pattern"].format(layer)
+    pattern, grad = acts[pattern_name].detach(), acts[pattern_name].grad  # [b, head, q, k]
+    n = q.shape[1]
+    mask = torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1) if text.cfg.causal else None
+
+    def softmax(scores):
+        return torch.softmax(scores if mask is None else scores.masked_fill(mask, float("-inf")), dim=-1)
+
+    if act_name == "q":  # each query row depends only on its own query: all positions at once
+        new = softmax(torch.einsum("bqhd,bkhd->bhqk", src, k) / attn.attn_scale)
+        return ((new - pattern) * grad).sum(-1).permute(0, 2, 1)  # [b, pos, head]
+    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / attn.attn_scale
+    column = torch.einsum("bqhd,bkhd->bhqk", q, src) / attn.attn_scale  # scores if key k were patched
+    out = torch.empty(q.shape[0], n, q.shape[2], device=q.device, dtype=q.dtype)
+    for p in range(n):
+        patched = scores.clone()
+        patched[..., p] = column[..., p]
+        out[:, p] = ((softmax(patched) - pattern) * grad).sum((-1, -2))
+    return out
+
+
+__all__ = ["Attribution", "attribution_patch", "direct_attribution", "direct_difference_attribution",
+           "direct_similarity_attribution"]

@@ -1,0 +1,119 @@
+"""Head scores from attention patterns.
+
+- :func:`negator_head_scores` — the paper's negator-selective head score. For a minimal pair (negated,
+  affirmative) of equal length with the negator at key position p:
+  Δ_{l,h} = max over query positions q > p of A^neg_{l,h}(q, p) − A^aff_{l,h}(q, p)
+  (post-softmax attention; q runs to the EOT, "." included). Returned per pair with the per-query-row
+  breakdown, so the paper's mean over pairs, its layer zoom, and correlations with d all follow.
+- :func:`head_correlation` — per-head Pearson r across pairs between a score and another per-pair value.
+- :func:`attention_to_tokens` — generic detector: mean attention mass each head puts on a chosen token
+  set (e.g. negators, the subject), over valid query positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence, Union
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from analyses.patching import Tokens, _text
+
+
+@dataclass
+class NegatorHeadScores:
+    """``delta`` [pairs, layer, head]: Δ per pair (0-indexed layers and heads); ``rows`` [pairs, layer, head,
+    query]: A_neg(q, p) − A_aff(q, p) for q > p, NaN elsewhere (before/at the negator, after the EOT);
+    ``negator_pos`` [pairs]."""
+
+    delta: Tensor
+    rows: Tensor
+    negator_pos: Tensor
+
+    def mean(self) -> Float[Tensor, "layer head"]:
+        """The paper's table: mean Δ over pairs."""
+        return self.delta.mean(0)
+
+
+def _patterns(text, tokens: Tensor) -> Float[Tensor, "batch layer head query key"]:
+    names = [f"blocks.{l}.attn.hook_pattern" for l in range(text.cfg.n_layers)]
+    with torch.no_grad():
+        _, cache = text.run_with_cache(tokens, names_filter=names, return_type=None)
+    return torch.stack([cache[n] for n in names], dim=1)
+
+
+def negator_head_scores(model, negated: Tokens, affirmative: Tokens,
+                        negator_pos: Union[int, Sequence[int], Int[Tensor, "pairs"]]) -> NegatorHeadScores:
+    """Δ per pair, layer and head (see the module docstring). ``negator_pos``: the negator's token
+    position in each negated sentence (3 for "There are no X" after the start token), one int for all."""
+    text = _text(model)
+    neg, aff = text.as_tokens(negated), text.as_tokens(affirmative)
+    if neg.shape[0] != aff.shape[0]:
+        raise ValueError(f"{neg.shape[0]} negated sentences but {aff.shape[0]} affirmative ones.")
+    pool_n, pool_a = text.pool_positions(neg), text.pool_positions(aff)
+    if not torch.equal(pool_n, pool_a):
+        bad = (pool_n != pool_a).nonzero().flatten().tolist()
+        raise ValueError(f"pairs {bad[:10]} differ in token length; Δ compares the same key position in both "
+                         "sentences, so align them first (e.g. 'There are some X' for 'There are no X').")
+    p = torch.as_tensor(negator_pos).to(neg.device).long()
+    p = p.expand(neg.shape[0]) if p.ndim == 0 else p
+    if p.shape != (neg.shape[0],) or bool((p < 1).any()) or bool((p >= pool_n).any()):
+        raise ValueError(f"negator_pos must give one position per pair between 1 and the EOT position; got {p.tolist()}.")
+    width = int(pool_n.max()) + 1
+    a_neg, a_aff = _patterns(text, neg[:, :width]), _patterns(text, aff[:, :width])
+    idx = torch.arange(neg.shape[0], device=neg.device)
+    diff = (a_neg - a_aff)[idx, :, :, :, p]  # [pairs, layer, head, query] attention to the negator slot
+    q = torch.arange(width, device=neg.device)
+    valid = (q[None, :] > p[:, None]) & (q[None, :] <= pool_n[:, None])  # [pairs, query]
+    rows = diff.masked_fill(~valid[:, None, None, :], float("nan"))
+    delta = rows.masked_fill(~valid[:, None, None, :], float("-inf")).amax(-1)
+    return NegatorHeadScores(delta, rows, p)
+
+
+def head_correlation(scores: Float[Tensor, "pairs layer head"], values: Float[Tensor, "pairs"]) -> Float[Tensor, "layer head"]:
+    """Pearson r across pairs between each head's score and ``values`` (e.g. d); NaN where either is constant."""
+    if scores.shape[0] != values.shape[0]:
+        raise ValueError(f"{scores.shape[0]} pairs of scores but {values.shape[0]} values.")
+    if scores.shape[0] < 3:
+        raise ValueError("a correlation needs at least 3 pairs.")
+    x = scores - scores.mean(0)
+    y = (values - values.mean()).to(scores)[:, None, None]
+    denom = x.pow(2).sum(0).sqrt() * y.pow(2).sum().sqrt()
+    r = (x * y).sum(0) / denom
+    return torch.where(denom > 0, r, torch.full_like(r, float("nan")))
+
+
+def attention_to_tokens(model, texts: Tokens, key_mask: Union[Bool[Tensor, "batch pos"], Sequence[str]]) -> Float[Tensor, "layer head"]:
+    """Mean over examples and valid query positions (up to the EOT) of the attention mass each head puts on
+    the keys in ``key_mask`` — a boolean [batch, pos] mask, or a list of token strings (as
+    ``to_str_tokens`` prints them, e.g. ``["no", "not"]``) to mark wherever they occur."""
+    text = _text(model)
+    tokens = text.as_tokens(texts)
+    pool = text.pool_positions(tokens)
+    width = int(pool.max()) + 1
+    tokens = tokens[:, :width]
+    if isinstance(key_mask, Tensor):
+        mask = key_mask.to(tokens.device).bool()
+        if mask.shape[0] != tokens.shape[0] or mask.shape[1] < width:
+            raise ValueError(f"key_mask must be [batch={tokens.shape[0]}, pos>={width}], got {tuple(mask.shape)}.")
+        mask = mask[:, :width]
+    else:
+        if isinstance(key_mask, str):
+            raise ValueError("key_mask must be a list of token strings (e.g. ['no']) or a [batch, pos] mask, not one string.")
+        ids = set()
+        for s in key_mask:
+            found = text.tokenizer.encode(s)[1:-1]  # without SOT, EOT
+            if len(found) != 1:
+                raise ValueError(f"{s!r} is {len(found)} tokens, not one; give single tokens as to_str_tokens prints them.")
+            ids |= set(found)
+        mask = torch.isin(tokens, torch.tensor(sorted(ids), device=tokens.device))
+    pattern = _patterns(text, tokens)  # [b, layer, head, q, k]
+    mass = (pattern * mask[:, None, None, None, :]).sum(-1)  # [b, layer, head, q]
+    q_valid = torch.arange(width, device=tokens.device)[None, :] <= pool[:, None]  # [b, q]
+    w = q_valid[:, None, None, :].to(mass)
+    return (mass * w).sum((0, 3)) / w.sum((0, 3))
+
+
+__all__ = ["NegatorHeadScores", "attention_to_tokens", "head_correlation", "negator_head_scores"]
