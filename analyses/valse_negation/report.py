@@ -1,0 +1,382 @@
+"""Aggregation of the per-item records into the paper's tables, and the outputs of a run directory:
+``results.json``, one CSV per table, PNG figures, an offline HTML attention view and ``report.md``.
+
+Indexing: in every table, hidden-state layers are the paper's (0 = embeddings output, l = output of block
+l); attention layers and heads are printed 1-indexed as in the paper ("L4H2" = ``blocks.3``, head 1).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from analyses.valse_negation.study import ROWS, atomic_write
+
+SEGMENTS = ("correct", "ambiguous", "incorrect")
+LOCATIONS = ("caption", "foil")
+NO_PEOPLE = "There are no people in the picture."
+SIZE_THRESHOLDS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.35)
+
+# The paper's numbers for OpenAI CLIP ViT-B/32 on Visual7W images (from the authors' released results,
+# see ../shared/PAPER.md); shown beside ours in the report, never mixed with them.
+REFERENCE = {
+    "model": "openai/clip-vit-base-patch32 (Quantmeyer et al. 2024, authors' released results)",
+    "accuracy_original_505": 0.691,
+    "accuracy_aligned_490": 0.686,
+    "segments_aligned": {"correct": 153, "ambiguous": 295, "incorrect": 42},
+    "head_delta": {"L4H2": (0.39, 0.38), "L4H3": (0.24, 0.23), "L3H6": (0.20, 0.23)},  # (caption, foil)
+    "cte_negator_layers_3_4": {"caption": (0.48, 0.04), "foil": (0.69, 0.18)},
+    "subject_size_r": 0.32,
+    "similarity_r": {"caption": 0.03, "caption_without_no_people": -0.20, "foil": -0.22},
+}
+
+
+def _pearson(x, y) -> Optional[float]:
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(x) < 3 or x.std() == 0 or y.std() == 0:
+        return None
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def _score_table(ds: list[float]) -> dict:
+    ds = np.asarray(ds, float)
+    seg = {"correct": int((ds >= 1).sum()), "ambiguous": int(((ds >= -1) & (ds < 1)).sum()), "incorrect": int((ds < -1).sum())}
+    return {"n": int(len(ds)), "accuracy": float((ds > 0).mean()) if len(ds) else None, "segments": seg}
+
+
+def _cte_matrix(recs: list[dict], key: str = "cte_rows") -> dict:
+    """Mean over items of [layer, row] values; the "subj further" row weighted by each item's number of
+    further tokens (items with none weigh 0), as the authors average. Returns rows x layers and the
+    per-layer std over rows from the negator on."""
+    if not recs:
+        return {"n": 0, "rows": ROWS, "matrix": None, "std": None, "mean_std": None}
+    rows = np.array([r["aligned"][key] for r in recs], float)  # [n, L+1, 8]
+    with warnings.catch_warnings():  # all-NaN columns (e.g. no further tokens anywhere) stay NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(rows, axis=0)
+    if key == "cte_rows":
+        w = np.array([r["aligned"]["n_further"] for r in recs], float)
+        fur = np.nan_to_num(rows[:, :, 5])
+        mean[:, 5] = (fur * w[:, None]).sum(0) / w.sum() if w.sum() > 0 else np.nan
+    std = np.nanstd(mean[:, 3:], axis=1, ddof=0)
+    return {"n": len(recs), "rows": ROWS, "matrix": mean.T.tolist(), "std": std.tolist(),
+            "mean_std": float(np.nanmean(std))}
+
+
+def aggregate(records: dict[str, dict], n_layers: int, n_heads: int) -> dict:
+    recs = list(records.values())
+    aligned = [r for r in recs if "aligned" in r]
+    has_d = any("d" in r for r in recs)
+    out: dict = {"indexing": "hidden-state layers: 0 = embeddings output, l = output of block l; attention layers "
+                             "and heads 1-indexed as in the paper (L4H2 = blocks.3 head 1)",
+                 "counts": {"valid": len(recs), "aligned": len(aligned),
+                            **{f"valid_{loc}": sum(r["negation_in"] == loc for r in recs) for loc in LOCATIONS},
+                            **{f"aligned_{loc}": sum(r["negation_in"] == loc for r in aligned) for loc in LOCATIONS}}}
+    if has_d:
+        out["scores"] = {
+            "original": {g: _score_table([r["d"] for r in recs if g == "all" or r["negation_in"] == g]) for g in ("all", *LOCATIONS)},
+            "aligned": {g: _score_table([r["aligned"]["d"] for r in aligned if g == "all" or r["negation_in"] == g]) for g in ("all", *LOCATIONS)},
+        }
+        out["cte"] = {loc: {seg: _cte_matrix([r for r in aligned if r["negation_in"] == loc and seg in ("all", r["aligned"]["segment"])])
+                            for seg in (*SEGMENTS, "all")} for loc in LOCATIONS}
+        if aligned and "rome_rows" in aligned[0]["aligned"]:
+            out["rome"] = {loc: _cte_matrix([r for r in aligned if r["negation_in"] == loc], "rome_rows") for loc in LOCATIONS}
+    heads, zoom = {}, {}
+    for loc in LOCATIONS:
+        group = [r for r in aligned if r["negation_in"] == loc]
+        if not group:
+            continue
+        delta = np.array([r["aligned"]["head_delta"] for r in group], float)  # [n, L, H]
+        mean = delta.mean(0)
+        order = np.dstack(np.unravel_index(np.argsort(-mean, axis=None), mean.shape))[0][:5]
+        entry = {"n": len(group), "delta_mean": mean.tolist(), "layer_mean": mean.mean(1).tolist(),
+                 "top": [{"head": f"L{l + 1}H{h + 1}", "delta": float(mean[l, h])} for l, h in order]}
+        if has_d:
+            d = np.array([r["aligned"]["d"] for r in group])
+            entry["corr_with_d"] = [[_pearson(delta[:, l, h], d) for h in range(n_heads)] for l in range(n_layers)]
+        heads[loc] = entry
+    if heads:
+        layer = int(np.argmax(np.mean([heads[loc]["layer_mean"] for loc in heads], axis=0)))
+        for loc in heads:
+            group = [r for r in aligned if r["negation_in"] == loc]
+            rows = np.array([r["aligned"]["head_rows"][layer] for r in group], float)  # [n, H, 8]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                zoom[loc] = np.nanmean(rows, axis=0).tolist()
+        out["heads"] = heads
+        out["zoom"] = {"layer": layer + 1, "rows": ROWS, **zoom}
+    out["confounds"] = _confounds(recs, aligned, has_d)
+    return out
+
+
+def _confounds(recs, aligned, has_d) -> dict:
+    out: dict = {"similarity_by_location": {loc: float(np.mean([r["aligned"]["similarity"] for r in aligned if r["negation_in"] == loc]))
+                                            for loc in LOCATIONS if any(r["negation_in"] == loc for r in aligned)}}
+    if not has_d:
+        return out
+    def rel(group, key):
+        return {"n": len(group), "r": _pearson([r["aligned"][key] for r in group], [r["aligned"]["d"] for r in group])}
+    for loc in LOCATIONS:
+        group = [r for r in aligned if r["negation_in"] == loc]
+        out[f"similarity_vs_d_{loc}"] = rel(group, "similarity")
+        out[f"length_vs_d_{loc}"] = rel(group, "n_tokens")
+        if loc == "caption":
+            rest = [r for r in group if r["caption"] != NO_PEOPLE]
+            out["similarity_vs_d_caption_without_no_people"] = rel(rest, "similarity")
+            out["length_vs_d_caption_without_no_people"] = rel(rest, "n_tokens")
+    out["similarity_vs_d_all"] = rel(aligned, "similarity")
+    sized = [r for r in aligned if r["negation_in"] == "foil" and r.get("subject_size") is not None]
+    if sized:
+        size, d = [r["subject_size"] for r in sized], [r["aligned"]["d"] for r in sized]
+        out["subject_size_vs_d_foil"] = {"n": len(sized), "r": _pearson(size, d)}
+        out["accuracy_above_size"] = [{"threshold": t, "n": int(sum(s > t for s in size)),
+                                       "accuracy": float(np.mean([x > 0 for s, x in zip(size, d) if s > t])) if any(s > t for s in size) else None}
+                                      for t in SIZE_THRESHOLDS]
+    return out
+
+
+# ------------------------------------------------------------------------------------------ outputs
+def write_outputs(run_dir, records: dict[str, dict], results: dict, *, model=None, model_id: str = "",
+                  images_note: str = "") -> None:
+    run_dir = Path(run_dir)
+    atomic_write(run_dir / "results.json", json.dumps(_clean(results), indent=1, allow_nan=False))
+    _write_csvs(run_dir, records, results)
+    figures = _figures(run_dir, records, results)
+    html = _attention_html(run_dir, model, records) if model is not None else None
+    atomic_write(run_dir / "report.md", _report(results, model_id, images_note, figures, html))
+
+
+def _clean(obj):
+    if isinstance(obj, float) and (math.isnan(obj) or math.isinf(obj)):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def _write_csvs(run_dir: Path, records, results) -> None:
+    import pandas as pd
+
+    flat = []
+    for r in records.values():
+        row = {k: r.get(k) for k in ("id", "negation_in", "caption", "foil", "s_caption", "s_foil", "d", "segment", "similarity", "n_tokens", "subject_size")}
+        a = r.get("aligned", {})
+        row.update({f"aligned_{k}": a.get(k) for k in ("caption", "foil", "s_caption", "s_foil", "d", "segment", "similarity", "n_tokens")})
+        flat.append(row)
+    pd.DataFrame(flat).to_csv(run_dir / "items.csv", index=False)
+    if "scores" in results:
+        rows = [{"sentences": s, "group": g, "n": t["n"], "accuracy": t["accuracy"], **t["segments"]}
+                for s, groups in results["scores"].items() for g, t in groups.items()]
+        pd.DataFrame(rows).to_csv(run_dir / "scores.csv", index=False)
+    for loc, segs in results.get("cte", {}).items():
+        for seg, m in segs.items():
+            if m["n"]:
+                df = pd.DataFrame(m["matrix"], index=ROWS, columns=[f"layer_{l}" for l in range(len(m["std"]))])
+                df.loc["CTE std (rows >= negator)"] = m["std"]
+                df.to_csv(run_dir / f"cte_{loc}_{seg}.csv", index_label="row")
+    for loc, h in results.get("heads", {}).items():
+        cols = [f"H{i + 1}" for i in range(len(h["delta_mean"][0]))]
+        idx = [f"L{l + 1}" for l in range(len(h["delta_mean"]))]
+        pd.DataFrame(h["delta_mean"], index=idx, columns=cols).to_csv(run_dir / f"heads_delta_{loc}.csv", index_label="layer (1-indexed)")
+        if "corr_with_d" in h:
+            pd.DataFrame(h["corr_with_d"], index=idx, columns=cols).to_csv(run_dir / f"heads_corr_d_{loc}.csv", index_label="layer (1-indexed)")
+    if "zoom" in results:
+        for loc in LOCATIONS:
+            if loc in results["zoom"]:
+                pd.DataFrame(results["zoom"][loc], index=[f"H{i + 1}" for i in range(len(results["zoom"][loc]))],
+                             columns=ROWS).to_csv(run_dir / f"zoom_layer{results['zoom']['layer']}_{loc}.csv", index_label="head")
+    conf = [{"relation": k, **v} for k, v in results["confounds"].items() if isinstance(v, dict) and "r" in v]
+    pd.DataFrame(conf).to_csv(run_dir / "confounds.csv", index=False)
+
+
+def _figures(run_dir: Path, records, results) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+
+    def save(fig, name):
+        fig.savefig(run_dir / name, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        made.append(name)
+
+    if "cte" in results:
+        fig, axes = plt.subplots(2, 2, figsize=(13, 6), gridspec_kw={"height_ratios": [4, 1]}, squeeze=False)
+        for col, loc in enumerate(("foil", "caption")):
+            m = results["cte"][loc]["correct"]
+            ax = axes[0, col]
+            if m["n"]:
+                mat = np.array(m["matrix"], float)
+                im = ax.imshow(mat, cmap="Purples", vmin=min(0, np.nanmin(mat)), vmax=1, aspect="auto")
+                for (i, j), v in np.ndenumerate(mat):
+                    if not np.isnan(v):
+                        ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7)
+                ax.set_yticks(range(len(ROWS)), ROWS)
+                ax.set_xticks(range(mat.shape[1]))
+                fig.colorbar(im, ax=ax)
+                axes[1, col].bar(range(len(m["std"])), m["std"], color="grey")
+                axes[1, col].set_xticks(range(len(m["std"])))
+            ax.set_title(f"Negation in {loc}, correct segment (n={m['n']})")
+            axes[1, col].set_xlabel("layer (0 = embeddings)")
+            axes[1, col].set_ylabel("CTE std dev")
+        save(fig, "cte_heatmaps.png")
+    if "heads" in results:
+        locs = [l for l in ("foil", "caption") if l in results["heads"]]
+        fig, axes = plt.subplots(2, len(locs), figsize=(6 * len(locs), 6), gridspec_kw={"height_ratios": [3, 1]}, squeeze=False)
+        for col, loc in enumerate(locs):
+            mat = np.array(results["heads"][loc]["delta_mean"]).T  # [head, layer]
+            im = axes[0, col].imshow(mat, cmap="Reds", vmin=0, vmax=max(0.6, mat.max()), aspect="auto")
+            axes[0, col].set_xticks(range(mat.shape[1]), [str(l + 1) for l in range(mat.shape[1])])
+            axes[0, col].set_yticks(range(mat.shape[0]), [str(h + 1) for h in range(mat.shape[0])])
+            axes[0, col].set_title(f"Negation in {loc}: mean max attention difference")
+            axes[0, col].set_ylabel("head (1-indexed)")
+            fig.colorbar(im, ax=axes[0, col])
+            axes[1, col].bar(range(mat.shape[1]), results["heads"][loc]["layer_mean"], color="grey")
+            axes[1, col].set_xticks(range(mat.shape[1]), [str(l + 1) for l in range(mat.shape[1])])
+            axes[1, col].set_xlabel("layer (1-indexed)")
+        save(fig, "heads.png")
+        zoom = results["zoom"]
+        fig, axes = plt.subplots(1, len(locs), figsize=(6 * len(locs), 4), squeeze=False)
+        for col, loc in enumerate(locs):
+            mat = np.array(zoom[loc], float).T  # [row, head]
+            im = axes[0, col].imshow(mat, cmap="RdBu_r", vmin=-0.5, vmax=0.5, aspect="auto")
+            axes[0, col].set_yticks(range(len(ROWS)), ROWS)
+            axes[0, col].set_xticks(range(mat.shape[1]), [str(h + 1) for h in range(mat.shape[1])])
+            axes[0, col].set_title(f"Layer {zoom['layer']}, negation in {loc}: attention to the negator by query row")
+            fig.colorbar(im, ax=axes[0, col])
+        save(fig, "heads_layer_zoom.png")
+    aligned = [r for r in records.values() if "aligned" in r and "d" in r["aligned"]]
+    if aligned:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4), squeeze=False)
+        for col, loc in enumerate(LOCATIONS):
+            g = [r for r in aligned if r["negation_in"] == loc]
+            sc = axes[0, col].scatter([r["aligned"]["similarity"] for r in g], [r["aligned"]["d"] for r in g],
+                                      c=[r["aligned"]["n_tokens"] for r in g], s=10, cmap="viridis")
+            rel = results["confounds"].get(f"similarity_vs_d_{loc}", {})
+            axes[0, col].set_title(f"Negation in {loc} (r = {rel.get('r') if rel.get('r') is None else round(rel['r'], 2)})")
+            axes[0, col].set_xlabel("similarity between caption and foil")
+            axes[0, col].set_ylabel("classification score d")
+            fig.colorbar(sc, ax=axes[0, col], label="tokens")
+        save(fig, "score_vs_similarity.png")
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        d = np.array([r["aligned"]["d"] for r in aligned])
+        bins = np.arange(np.floor(d.min() * 4) / 4, d.max() + 0.25, 0.25)
+        for seg, color, mask in (("incorrect", "tab:red", d < -1), ("ambiguous", "tab:grey", (d >= -1) & (d < 1)), ("correct", "tab:green", d >= 1)):
+            ax.hist(d[mask], bins=bins, color=color, label=f"{seg} ({int(mask.sum())})")
+        ax.set_xlabel("classification score d (logits)")
+        ax.legend()
+        save(fig, "score_histogram.png")
+        sized = [r for r in aligned if r["negation_in"] == "foil" and r.get("subject_size") is not None]
+        if sized:
+            fig, ax = plt.subplots(figsize=(7, 4))
+            ax.scatter([r["subject_size"] for r in sized], [r["aligned"]["d"] for r in sized], s=10)
+            ax.set_xlabel("relative size of subject")
+            ax.set_ylabel("classification score d")
+            acc = [a for a in results["confounds"]["accuracy_above_size"] if a["accuracy"] is not None]
+            ax2 = ax.twinx()
+            ax2.plot([a["threshold"] for a in acc], [a["accuracy"] for a in acc], color="tab:orange")
+            ax2.set_ylabel("accuracy above size")
+            save(fig, "score_vs_subject_size.png")
+    return made
+
+
+def _attention_html(run_dir: Path, model, records) -> Optional[str]:
+    """Self-contained circuitsvis views (no CDN: ``local_src``) of the top heads' layer for one example pair."""
+    import circuitsvis.attention as cv
+
+    pair = next((r for r in records.values() if "aligned" in r), None)
+    if pair is None:
+        return None
+    a = pair["aligned"]
+    negated = a["caption"] if pair["negation_in"] == "caption" else a["foil"]
+    affirmative = a["foil"] if pair["negation_in"] == "caption" else a["caption"]
+    parts = ["<html><head><meta charset='utf-8'><title>hooked_clip attention</title></head><body>"]
+    for sentence in (negated, affirmative):
+        _, cache = model.text.run_with_cache(sentence)
+        for layer in range(model.cfg.n_layers):
+            pattern = cache[f"blocks.{layer}.attn.hook_pattern"][0]
+            parts.append(f"<h3>{sentence!r}: layer {layer + 1} (1-indexed)</h3>")
+            parts.append(cv.attention_patterns(tokens=model.to_str_tokens(sentence), attention=pattern).local_src)
+            if layer == 0:
+                break  # one layer view per sentence keeps the file small; others via the API
+    parts.append("</body></html>")
+    atomic_write(run_dir / "attention.html", "\n".join(parts))
+    return "attention.html"
+
+
+def _fmt(x, digits=2) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _report(results: dict, model_id: str, images_note: str, figures: list[str], html: Optional[str]) -> str:
+    results = _clean(results)
+    ref = REFERENCE
+    c = results["counts"]
+    lines = [f"# VALSE existence negation study — {model_id}", "",
+             f"Images: {images_note or 'none (text-only parts)'}. {results['indexing']}.", "",
+             f"Items: {c['valid']} valid ({c.get('valid_caption')} negation in caption / {c.get('valid_foil')} in foil); "
+             f"{c['aligned']} aligned pairs ({c.get('aligned_caption')} / {c.get('aligned_foil')}).", ""]
+    if model_id.startswith("tiny-negation"):
+        lines += ["> This run uses the shipped toy model `tiny-negation` with synthesized scenes. Its findings are about "
+                  "that toy model, not about OpenAI's CLIP; the reference column is the paper's ViT-B/32.", ""]
+    if "scores" in results:
+        s = results["scores"]
+        lines += ["## Scores", "", "| sentences | group | n | accuracy | correct / ambiguous / incorrect | paper (ViT-B/32) |",
+                  "|---|---|---|---|---|---|"]
+        for kind, paper in (("original", ref["accuracy_original_505"]), ("aligned", ref["accuracy_aligned_490"])):
+            for g, t in s[kind].items():
+                seg = t["segments"]
+                pref = f"{paper:.1%}" + (" · 153 / 295 / 42" if kind == "aligned" else "") if g == "all" else ""
+                lines.append(f"| {kind} | {g} | {t['n']} | {_fmt(None if t['accuracy'] is None else 100 * t['accuracy'], 1)}% | "
+                             f"{seg['correct']} / {seg['ambiguous']} / {seg['incorrect']} | {pref} |")
+        lines.append("")
+    if "cte" in results:
+        lines += ["## Causal tracing (CTE = d*/d), correct segment", "",
+                  "Rows: generic positions; columns: hidden-state layer (0 = embeddings output).", ""]
+        for loc in LOCATIONS:
+            m = results["cte"][loc]["correct"]
+            lines.append(f"### Negation in {loc} (n = {m['n']}); paper's negator row at layers 3 → 4: "
+                         f"{ref['cte_negator_layers_3_4'][loc][0]} → {ref['cte_negator_layers_3_4'][loc][1]}")
+            lines.append("")
+            if m["n"]:
+                n_l = len(m["std"])
+                lines += ["| row | " + " | ".join(str(l) for l in range(n_l)) + " |", "|---" * (n_l + 1) + "|"]
+                for name, vals in zip(ROWS, m["matrix"]):
+                    lines.append(f"| {name} | " + " | ".join(_fmt(v) for v in vals) + " |")
+                lines.append("| CTE std (rows ≥ negator) | " + " | ".join(_fmt(v) for v in m["std"]) + " |")
+            lines.append("")
+    if "heads" in results:
+        lines += ["## Negator-selective heads (mean max attention difference Δ, 1-indexed)", ""]
+        for loc, h in results["heads"].items():
+            top = ", ".join(f"{t['head']} {_fmt(t['delta'])}" for t in h["top"])
+            lines.append(f"- negation in {loc} (n = {h['n']}): top heads {top}")
+        paper = ", ".join(f"{k} {v[0]} / {v[1]}" for k, v in ref["head_delta"].items())
+        lines += [f"- paper (ViT-B/32, caption / foil): {paper}", "",
+                  f"Layer zoom: layer {results['zoom']['layer']} (the layer with the largest mean Δ), see "
+                  f"`zoom_layer{results['zoom']['layer']}_*.csv` and `heads_layer_zoom.png`.", ""]
+    conf = results["confounds"]
+    lines += ["## Confounds (Pearson r with d)", "", "| relation | n | r | paper |", "|---|---|---|---|"]
+    paper_r = {"similarity_vs_d_caption": ref["similarity_r"]["caption"], "similarity_vs_d_foil": ref["similarity_r"]["foil"],
+               "similarity_vs_d_caption_without_no_people": ref["similarity_r"]["caption_without_no_people"],
+               "subject_size_vs_d_foil": ref["subject_size_r"]}
+    for k, v in conf.items():
+        if isinstance(v, dict) and "r" in v:
+            lines.append(f"| {k} | {v['n']} | {_fmt(v['r'])} | {paper_r.get(k, '')} |")
+    lines.append("")
+    if "similarity_vs_d_caption" not in conf:
+        lines += ["Image-dependent parts (scores, causal tracing, confounds with d) were skipped: no images were given.", ""]
+    if figures or html:
+        lines += ["## Figures", ""] + [f"![{f}]({f})" for f in figures]
+        if html:
+            lines.append(f"\nAttention view (offline HTML): [{html}]({html})")
+    lines += ["", "Files: `results.json` (every number with its n), CSV tables, `items.csv` (per item)."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,218 @@
+"""The VALSE negation study: per-item measurements, written incrementally and atomically, resumable.
+
+Built only from the generic analyses: scores (``analyses.metrics``), the paper's causal tracing
+(``analyses.causal_tracing.minimal_pair_trace``), optionally ROME noise tracing, and head scores
+(``analyses.heads.negator_head_scores``). Aggregation, tables, figures and the report are in ``report.py``.
+
+A run directory holds ``config.json`` (model, fingerprint, settings), ``image_embeds.safetensors`` (the
+image embeddings, computed once), ``items/<id>.json`` (one record per valid item, each written to a
+temporary file and renamed into place), then the outputs of ``report.write_outputs``. A run directory from
+another model or configuration is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from analyses.causal_tracing import minimal_pair_trace, rome_trace
+from analyses.heads import negator_head_scores
+from analyses.metrics import normalized_patching_metric, similarity_metric
+from analyses.valse_negation.data import NEGATOR_POS, Item, align, load_items
+
+STUDY_VERSION = 1
+ROWS = ["[SOT]", "there", "is/are", "a/some/no", "subj 1st", "subj further", ".", "[EOT]"]
+
+
+class RunDirMismatchError(ValueError):
+    """The run directory belongs to another model or configuration."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    limit: Optional[int] = None  # first N valid items (for quick runs)
+    chunk: int = 64  # items per incremental write
+    batch_size: int = 1024  # rows per forward in the patching engine
+    rome: bool = False  # also the ROME-noise variant of causal tracing (slower)
+    rome_samples: int = 10
+    seed: int = 0
+
+
+def segment(d: float) -> str:
+    """The paper's segments, thresholds in logits: incorrect d < -1, ambiguous -1 <= d < 1, correct d >= 1."""
+    return "incorrect" if d < -1 else "ambiguous" if d < 1 else "correct"
+
+
+def to_rows(values: torch.Tensor, eot: int, further: str = "mean") -> tuple[list, int]:
+    """Map [..., pos] values of one sentence (EOT at ``eot``) onto the paper's 8 generic rows ([..., 8]):
+    SOT, there, is/are, negator slot, first subject token, further subject tokens (positions 4 < p < eot - 1,
+    ``mean`` or ``max``; NaN when there are none), ".", EOT. Returns (rows, number of further tokens)."""
+    v = values[..., : eot + 1]
+    fur = v[..., 5: eot - 1]
+    n_further = fur.shape[-1]
+    if n_further == 0:
+        f = torch.full(v.shape[:-1], float("nan"))
+    else:
+        f = fur.mean(-1) if further == "mean" else fur.amax(-1)
+    rows = torch.stack([v[..., 0], v[..., 1], v[..., 2], v[..., 3], v[..., 4], f, v[..., eot - 1], v[..., eot]], -1)
+    return rows.tolist(), n_further
+
+
+def fingerprint(model) -> str:
+    """sha256 over the text tower's and image tower's parameters (identifies the weights)."""
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().cpu().float().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _check_config(run_dir: Path, config: dict) -> None:
+    path = run_dir / "config.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+        if diff:
+            raise RunDirMismatchError(
+                f"{run_dir} holds a run of another configuration (differs in {diff}: "
+                f"{ {k: old.get(k) for k in diff} } vs { {k: config.get(k) for k in diff} }); use a new --out "
+                "directory, or delete this one to start over.")
+    else:
+        atomic_write(path, json.dumps(config, indent=1))
+
+
+def _image_embeds(model, run_dir: Path, items: Sequence[Item], images) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file, save_file
+
+    path = run_dir / "image_embeds.safetensors"
+    cached = load_file(str(path)) if path.exists() else {}
+    todo = [x for x in items if x.id not in cached]
+    if todo:
+        emb = images.embed(model, todo)
+        cached.update({x.id: e.detach().cpu().contiguous() for x, e in zip(todo, emb)})
+        tmp = path.with_suffix(".tmp")
+        save_file(cached, str(tmp))
+        os.replace(tmp, path)
+    return cached
+
+
+@torch.no_grad()
+def _scores(model, captions, foils, img) -> tuple[torch.Tensor, torch.Tensor]:
+    scale = model.logit_scale.exp()
+    i = F.normalize(img, dim=-1)
+    s_c = scale * (F.normalize(model.text(captions), dim=-1) * i).sum(-1)
+    s_f = scale * (F.normalize(model.text(foils), dim=-1) * i).sum(-1)
+    return s_c, s_f
+
+
+def _subset(items: list[Item], limit: Optional[int]) -> list[Item]:
+    """The first ``limit`` items, alternating negation in caption / in foil (the file lists one kind first)."""
+    if limit is None:
+        return items
+    by_loc = [[x for x in items if x.negation_in == loc] for loc in ("caption", "foil")]
+    mixed = [x for pair in zip(*by_loc) for x in pair]
+    n = min(len(by_loc[0]), len(by_loc[1]))
+    mixed += by_loc[0][n:] + by_loc[1][n:]
+    return mixed[:limit]
+
+
+def run_items(model, run_dir, *, model_id: str, images=None, settings: Settings = Settings(),
+              items: Optional[list[Item]] = None, progress: bool = True) -> dict[str, dict]:
+    """Measure every valid item (resuming from ``run_dir/items``) and return the records by id.
+    ``images=None`` runs the text-only parts (head scores, caption-foil similarity, lengths)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    text = model.text
+    items = load_items() if items is None else items
+    items = _subset(items, settings.limit)
+    if images is not None and getattr(model, "vision", None) is None:
+        raise ValueError("this model has no image tower, so image scores cannot be computed; load a full CLIP "
+                         "(HookedCLIP.from_pretrained / from_open_clip) or run without --images.")
+    config = {"study_version": STUDY_VERSION, "model": model_id, "fingerprint": fingerprint(model),
+              "images": images.describe() if images is not None else None, "n_items": len(items),
+              **{k: v for k, v in asdict(settings).items() if k not in ("chunk", "batch_size")}}
+    _check_config(run_dir, config)
+    img = _image_embeds(model, run_dir, items, images) if images is not None else None
+    records: dict[str, dict] = {}
+    for path in (run_dir / "items").glob("*.json"):
+        rec = json.loads(path.read_text())
+        records[rec["id"]] = rec
+    todo = [x for x in items if x.id not in records]
+    bar = tqdm(total=len(items), initial=len(items) - len(todo), desc="VALSE items", disable=not progress)
+    for start in range(0, len(todo), settings.chunk):
+        chunk = todo[start:start + settings.chunk]
+        for rec in _measure(model, chunk, img, images, settings):
+            atomic_write(run_dir / "items" / f"{rec['id']}.json", json.dumps(rec))
+            records[rec["id"]] = rec
+        bar.update(len(chunk))
+    bar.close()
+    return {x.id: records[x.id] for x in items}
+
+
+def _measure(model, items: list[Item], img: Optional[dict], images, settings: Settings) -> list[dict]:
+    text = model.text
+    recs = [{"id": x.id, "negation_in": x.negation_in, "caption": x.caption, "foil": x.foil} for x in items]
+    with torch.no_grad():
+        e_c = F.normalize(text(text.as_tokens([x.caption for x in items])), dim=-1)
+        e_f = F.normalize(text(text.as_tokens([x.foil for x in items])), dim=-1)
+    for r, c, f, x in zip(recs, e_c, e_f, items):
+        r["similarity"] = float((c * f).sum())
+        r["n_tokens"] = len(text.tokenizer.encode(x.caption))
+    if img is not None:
+        im = torch.stack([img[x.id] for x in items])
+        s_c, s_f = _scores(model, [x.caption for x in items], [x.foil for x in items], im)
+        sizes = images.subject_sizes(items)
+        for r, a, b, size in zip(recs, s_c.tolist(), s_f.tolist(), sizes):
+            r.update(s_caption=a, s_foil=b, d=a - b, segment=segment(a - b), subject_size=size)
+    pairs = [(i, align(x)) for i, x in enumerate(items)]
+    pairs = [(i, p) for i, p in pairs if p is not None]
+    if not pairs:
+        return recs
+    idx = [i for i, _ in pairs]
+    pairs = [p for _, p in pairs]
+    neg, aff = [p.negated for p in pairs], [p.affirmative for p in pairs]
+    heads = negator_head_scores(model, neg, aff, NEGATOR_POS)
+    eots = text.pool_positions(text.as_tokens(neg)).tolist()
+    with torch.no_grad():
+        e_c = F.normalize(text(text.as_tokens([p.caption for p in pairs])), dim=-1)
+        e_f = F.normalize(text(text.as_tokens([p.foil for p in pairs])), dim=-1)
+    for k, (i, p) in enumerate(zip(idx, pairs)):
+        zoom, _ = to_rows(heads.rows[k], eots[k], further="max")
+        recs[i]["aligned"] = {"caption": p.caption, "foil": p.foil, "n_tokens": eots[k] + 1,
+                              "similarity": float((e_c[k] * e_f[k]).sum()),
+                              "head_delta": heads.delta[k].tolist(), "head_rows": zoom}
+    if img is None:
+        return recs
+    im = torch.stack([img[p.id] for p in pairs])
+    s_c, s_f = _scores(model, [p.caption for p in pairs], [p.foil for p in pairs], im)
+    cte = minimal_pair_trace(model, neg, aff, im, [p.negation_in for p in pairs], batch_size=settings.batch_size,
+                             progress=False)
+    for k, i in enumerate(idx):
+        d = float(s_c[k] - s_f[k])
+        rows, n_further = to_rows(cte[k], eots[k])
+        recs[i]["aligned"].update(s_caption=float(s_c[k]), s_foil=float(s_f[k]), d=d, segment=segment(d),
+                                  cte_rows=rows, n_further=n_further)
+    if settings.rome:  # ROME variant: noise on the negator embedding of the negated sentence, restore one state
+        trace = rome_trace(model, neg, similarity_metric(model, im), [NEGATOR_POS], n_samples=settings.rome_samples,
+                           seed=settings.seed, batch_size=settings.batch_size, progress=False)
+        norm = normalized_patching_metric(trace.scores, trace.clean[:, None, None], trace.corrupted[:, None, None])
+        for k, i in enumerate(idx):
+            recs[i]["aligned"]["rome_rows"], _ = to_rows(norm[k], eots[k])
+    return recs
