@@ -1,8 +1,8 @@
 """Quick start: hook, cache and patch CLIP's text tower, fully offline.
 
-Until the shipped demo model lands, this builds a small random CLIP with transformers (no download) and
-loads it exactly as a real checkpoint would be loaded. With network access, swap in
-``HookedCLIP.from_pretrained("openai/clip-vit-base-patch32")``.
+This builds a small random CLIP with transformers (no download) and loads it exactly as a real checkpoint
+would be loaded. With network access, swap in ``HookedCLIP.from_pretrained("openai/clip-vit-base-patch32")``;
+for a trained model offline, ``load_model("tiny-negation")`` (see docs/tutorials/).
 """
 
 from __future__ import annotations

@@ -266,3 +266,43 @@ def test_head_score_bad_inputs(model):
         negator_head_scores(model, NEG, ["There are cats."] * 4, 3)
     with pytest.raises(ValueError, match="negator_pos"):
         negator_head_scores(model, NEG, AFF, [3, 3])
+
+
+# ------------------------------------------------------------------------------ on the demo model
+DEMO_NEG = ["There are no dogs in the park.", "There is no cat on the bed.", "There are no cars parked.",
+            "There are no birds in the sky.", "There is no horse in the field.", "There are no cups on the table."]
+DEMO_AFF = ["There are some dogs in the park.", "There is a cat on the bed.", "There are some cars parked.",
+            "There are some birds in the sky.", "There is a horse in the field.", "There are some cups on the table."]
+DEMO_SCENES = [["dog", "tree"], ["cat", "bed"], ["car", "sign"], ["bird", "cloud"], ["horse", "fence"], ["cup", "plate"]]
+ATP_R_FLOOR = 0.6  # measured r = 0.74 on the shipped weights; per head and pair, denoising z
+
+
+@pytest.fixture(scope="module")
+def demo():
+    from hooked_clip import load_model
+
+    return load_model("tiny-negation")
+
+
+def test_attribution_patching_tracks_exact_patching_on_the_demo_model(demo):
+    from analyses.metrics import similarity_metric
+
+    metric = similarity_metric(demo, demo.encode_image(DEMO_SCENES))
+    est = attribution_patch(demo, DEMO_NEG, DEMO_AFF, metric, "z", index="layer_head")
+    exact = activation_patch(demo, DEMO_NEG, DEMO_AFF, metric, "z", index="layer_head", progress=False)
+    x, y = (est.values - est.corrupt).flatten(), (exact.values - exact.corrupt).flatten()
+    r = float(torch.corrcoef(torch.stack([x, y]))[0, 1])
+    assert r >= ATP_R_FLOOR, r
+
+
+def test_tuned_lens_beats_the_plain_lens_on_the_demo_model(demo):
+    import random
+
+    from hooked_clip.models.tiny_negation import world
+
+    rng = random.Random(0)
+    sents = [world.make_pair(rng.choice(world.OBJECTS), rng.random() < 0.5, rng)[i].text for _ in range(200) for i in (0, 1)]
+    lens = TunedLens.fit(demo, sents[:300], steps=150)
+    plain = lens_agreement(demo, sents[300:])
+    tuned = lens_agreement(demo, sents[300:], tuned=lens)
+    assert torch.all(tuned[:-1] > plain[:-1]), (plain, tuned)  # every layer before the output, held-out sentences

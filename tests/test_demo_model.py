@@ -22,8 +22,9 @@ from hooked_clip.models.tiny_negation.evaluate import held_out_accuracy, valse_a
 from hooked_clip.models.tiny_negation.train import train
 
 CARD = Path(__file__).parents[1] / "docs" / "models" / "tiny-negation.md"
-# floors stated in the model card (measured values there are higher; these leave room for sampling noise)
-HELD_OUT_FLOOR, VALSE_FLOOR = 0.90, 0.80
+# floors stated in the model card, on the fixed samples below (measured on the shipped weights: 0.743,
+# 0.897, 0.967); they catch a broken model or loader, and leave room for float differences across machines
+HELD_OUT_FLOOR, TRAIN_TEMPLATES_FLOOR, VALSE_FLOOR = 0.70, 0.85, 0.90
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +53,7 @@ def test_weights_are_small_and_match_the_card_checksum():
 
 def test_accuracy_above_the_card_floors(model):
     assert held_out_accuracy(model, n=300) >= HELD_OUT_FLOOR
+    assert held_out_accuracy(model, n=300, held_out_templates=False) >= TRAIN_TEMPLATES_FLOOR
     acc, n = valse_accuracy(model, limit=150)
     assert n == 150 and acc >= VALSE_FLOOR
 

@@ -18,7 +18,7 @@ def test_ci_runs_the_readme_test_command():
     install, test = readme_commands()
     assert "pytest" in test and ".[dev]" in test
     assert test in (ROOT / ".ci" / "run").read_text().splitlines()
-    assert "examples/quickstart.py" in install
+    assert install.endswith(".venv/bin/hooked-clip valse-negation")
 
 
 def test_quickstart_example_runs_offline():

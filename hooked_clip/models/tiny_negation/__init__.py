@@ -1,13 +1,10 @@
-"""``tiny-negation``: a small CLIP to be trained here on synthetic existence scenes and shipped as the
-offline demo model.
+"""``tiny-negation``: a small CLIP trained here on synthetic existence scenes, shipped as the offline demo
+model (``load_model("tiny-negation")``). Model card: docs/models/tiny-negation.md.
 
-WORK IN PROGRESS — not registered in ``load_model`` and no weights are shipped yet. The world (objects,
-templates, ``synthesize_scene``), the scene encoder, the training and the evaluation scripts exist.
-Current state (``python -m hooked_clip.models.tiny_negation.train``: 2800 steps, 13.5 min on 2 cores;
-then ``... .evaluate``): pairwise accuracy 93.5% on the 505 VALSE items with synthesized scenes
-(target >= 85%), 92.2% on held-out scenes with training templates, but 52.8% with the held-out templates
-("In the picture there are (no) X", "Here you see (no) X"): negation does not yet generalise to new
-positions of the negator (target >= 95% held-out). See the [demo-model] issue notes."""
+- ``world.py``: objects, statement templates, ``synthesize_scene`` for VALSE items;
+- ``scene.py``: the symbolic image tower (scenes = lists of object names);
+- ``train.py``: the training script that reproduces the shipped weights;
+- ``evaluate.py``: the quality numbers of the card."""
 
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ def training_vocabulary_ids(tokenizer: CLIPTokenizer, extra_sentences=()) -> set
     words = set()
     for o in w.OBJECTS:
         words |= {o, w.PLURALS[o], o.capitalize(), w.PLURALS[o].capitalize()}
-    for group in (w.PLACES, w.VERBS, w.SUFFIXES, w.HELD_OUT_SUFFIXES):
+    for group in (w.PLACES, w.VERBS, w.SUFFIXES, w.HELD_OUT_SUFFIXES, w.LEAD_INS):
         for phrase in group:
             words |= set(phrase.replace("{place}", "").split())
     for templates in list(w.TEMPLATES.values()) + list(w.HELD_OUT_TEMPLATES.values()):
@@ -44,6 +44,30 @@ def training_vocabulary_ids(tokenizer: CLIPTokenizer, extra_sentences=()) -> set
     for text in list(words) + list(extra_sentences):
         ids |= set(tokenizer.encode(text))
     return ids
+
+
+class CompactEmbed(torch.nn.Module):
+    """Training stand-in for the token embedding that holds only the rows of ids the data can produce.
+    The full 49408-row table would get a dense gradient and a dense AdamW update every step (most of the
+    step's time); the result is identical in form: the rows are written back into ``W_E`` after training."""
+
+    def __init__(self, W_E: torch.Tensor, ids):
+        super().__init__()
+        self.ids = torch.tensor(ids, dtype=torch.long)
+        self.rows = torch.nn.Parameter(W_E.detach()[self.ids].clone())
+        self.register_buffer("remap", torch.full((W_E.shape[0],), -1, dtype=torch.long), persistent=False)
+        self.remap[self.ids] = torch.arange(len(self.ids))
+
+    @property
+    def W_E(self) -> torch.Tensor:  # what the tower reads for device/dtype
+        return self.rows
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        idx = self.remap[tokens]
+        if bool((idx < 0).any()):
+            raise ValueError("a training sentence holds a token outside the training vocabulary; add its words to "
+                             "training_vocabulary_ids.")
+        return self.rows[idx]
 
 
 def sample_batch(rng: random.Random, n: int, held_out: bool = False):
@@ -63,7 +87,7 @@ def sample_batch(rng: random.Random, n: int, held_out: bool = False):
 
 
 def scores(model, tokenizer, scenes, statements):
-    tokens = tokenizer([s.text for s in statements]).to(model.text.W_E.device)
+    tokens = tokenizer([s.text for s in statements]).to(model.logit_scale.device)
     t = model.encode_text(tokens)
     v = F.normalize(model.encode_image(scenes), dim=-1)
     return t, v
@@ -95,16 +119,30 @@ def pairwise_accuracy(model, tokenizer, scenes, true, false) -> float:
 
 
 def train(steps: int = 2800, batch: int = 128, lr: float = 7e-4, seed: int = 0, log_every: int = 250):
+    """Train from scratch; returns (model, token ids trained). Deterministic: the same arguments give the
+    same weights bit for bit on the same machine (the embedding's scatter-add backward is the one kernel
+    that is not by default, hence ``use_deterministic_algorithms``)."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        return _train(steps, batch, lr, seed, log_every)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def _train(steps: int, batch: int, lr: float, seed: int, log_every: int):
     torch.manual_seed(seed)
     rng = random.Random(seed)
     tokenizer = CLIPTokenizer()
     model = build(w.OBJECTS, seed=seed)
     valse = json.loads((Path(__file__).parents[3] / "analyses" / "valse_negation" / "data" / "existence.json").read_text())
     used = training_vocabulary_ids(tokenizer, [s for x in valse.values() for s in (x["caption"], x["foil"])])
+    full_embed = model.text.embed
     with torch.no_grad():  # rows never trained stay zero, so the shipped sparse embedding is the trained one
         unused = torch.ones(model.text.cfg.d_vocab, dtype=torch.bool)
         unused[sorted(used)] = False
-        model.text.embed.W_E[unused] = 0.0
+        full_embed.W_E[unused] = 0.0
+    model.text.embed = CompactEmbed(full_embed.W_E, sorted(used))  # training only: see CompactEmbed
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     warmup = max(1, steps // 20)
@@ -127,6 +165,9 @@ def train(steps: int = 2800, batch: int = 128, lr: float = 7e-4, seed: int = 0, 
             print(f"step {step:5d}  loss {loss.item():.4f}  pairwise {pairwise.item():.4f}  "
                   f"scale {model.logit_scale.exp().item():.1f}  held-out-template acc "
                   f"{pairwise_accuracy(model, tokenizer, *probe):.3f}  {time.perf_counter() - start:.0f}s", flush=True)
+    with torch.no_grad():
+        full_embed.W_E[model.text.embed.ids] = model.text.embed.rows
+    model.text.embed = full_embed
     model.eval()
     return model, used
 
@@ -136,9 +177,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2800)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=7e-4)
     parser.add_argument("--out", type=Path, default=WEIGHTS)
     args = parser.parse_args()
-    model, used = train(args.steps, args.batch, seed=args.seed)
+    model, used = train(args.steps, args.batch, lr=args.lr, seed=args.seed)
     save(model, args.out, used)
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB)")
 
