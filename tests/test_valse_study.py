@@ -62,6 +62,7 @@ def test_cte_invariants_on_every_item(random_demo, tmp_path):
                              "aligned_caption": 250, "aligned_foil": 240}
     segs = res["scores"]["aligned"]["all"]["segments"]
     assert sum(segs.values()) == 490
+    assert res["confounds"]["similarity_vs_d_caption_without_no_people"]["n"] == 206  # the paper's 250 - 44
 
 
 def test_to_rows_and_weighted_further_row():
@@ -151,3 +152,30 @@ def test_cli_end_to_end_on_the_demo_model(tmp_path):
     html = (tmp_path / "attention.html").read_text()
     assert "unpkg.com" not in html and "cdn." not in html  # offline: JavaScript inline
     assert "toy model" in (tmp_path / "report.md").read_text()
+
+
+def test_cli_on_a_saved_hf_checkpoint_with_images_and_without(tmp_path, capsys):
+    """The real-model path: a transformers checkpoint directory and a folder of JPEGs named as in VALSE."""
+    from PIL import Image
+
+    from analyses.valse_negation.study import select_items
+    from hooked_clip.cli import main
+
+    hf_clip("laion_gelu").save_pretrained(tmp_path / "ckpt")
+    images = tmp_path / "images"
+    images.mkdir()
+    gen = torch.Generator().manual_seed(0)
+    for x in select_items(load_items(), 6):
+        Image.fromarray((torch.rand(40, 50, 3, generator=gen) * 255).byte().numpy()).save(images / x.image_file)
+    main(["valse-negation", "--model", str(tmp_path / "ckpt"), "--images", str(images), "--limit", "6",
+          "--out", str(tmp_path / "run"), "--no-progress"])
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert res["scores"]["original"]["all"]["n"] == 6 and "cte" in res
+    main(["valse-negation", "--model", str(tmp_path / "ckpt"), "--limit", "6", "--out", str(tmp_path / "text"),
+          "--no-progress"])
+    assert "skipping scores" in capsys.readouterr().err
+    res = json.loads((tmp_path / "text" / "results.json").read_text())
+    assert "scores" not in res and "heads" in res
+    with pytest.raises(FileNotFoundError, match="missing"):
+        main(["valse-negation", "--model", str(tmp_path / "ckpt"), "--images", str(images), "--limit", "8",
+              "--out", str(tmp_path / "run8"), "--no-progress"])

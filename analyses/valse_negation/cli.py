@@ -15,7 +15,7 @@ from pathlib import Path
 from analyses.valse_negation.data import load_items
 from analyses.valse_negation.images import FolderImages, SceneImages, clipseg_subject_size
 from analyses.valse_negation.report import aggregate, write_outputs
-from analyses.valse_negation.study import Settings, run_items
+from analyses.valse_negation.study import Settings, run_items, select_items
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> Path:
         images = SceneImages()
     elif args.images is not None:
         images = FolderImages(args.images, clipseg_subject_size(args.clipseg) if args.clipseg else None)
-        images.check(items[: args.limit] if args.limit else items)
+        images.check(select_items(items, args.limit))  # fail before any work
     else:
         print("No --images given: skipping scores, causal tracing and the confounds with d; running the text-only "
               "parts (head scores, caption-foil similarity).", file=sys.stderr)

@@ -19,7 +19,7 @@ from analyses.valse_negation.study import ROWS, atomic_write
 
 SEGMENTS = ("correct", "ambiguous", "incorrect")
 LOCATIONS = ("caption", "foil")
-NO_PEOPLE = "There are no people in the picture."
+NO_PEOPLE = "There are no people."  # 44 identical caption-negated items (PAPER.md §6.2)
 SIZE_THRESHOLDS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.35)
 
 # The paper's numbers for OpenAI CLIP ViT-B/32 on Visual7W images (from the authors' released results,

@@ -122,7 +122,7 @@ def _scores(model, captions, foils, img) -> tuple[torch.Tensor, torch.Tensor]:
     return s_c, s_f
 
 
-def _subset(items: list[Item], limit: Optional[int]) -> list[Item]:
+def select_items(items: list[Item], limit: Optional[int]) -> list[Item]:
     """The first ``limit`` items, alternating negation in caption / in foil (the file lists one kind first)."""
     if limit is None:
         return items
@@ -141,7 +141,7 @@ def run_items(model, run_dir, *, model_id: str, images=None, settings: Settings 
     run_dir.mkdir(parents=True, exist_ok=True)
     text = model.text
     items = load_items() if items is None else items
-    items = _subset(items, settings.limit)
+    items = select_items(items, settings.limit)
     if images is not None and getattr(model, "vision", None) is None:
         raise ValueError("this model has no image tower, so image scores cannot be computed; load a full CLIP "
                          "(HookedCLIP.from_pretrained / from_open_clip) or run without --images.")
