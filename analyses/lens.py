@@ -123,14 +123,15 @@ class TunedLens(nn.Module):
             resid = torch.cat(resids, dim=1)
             target = F.normalize(to_embedding_space(text, apply_ln_to_stack(text, resid[-1:], mode="recompute"),
                                                     with_bias=True)[0], dim=-1)
-        opt = torch.optim.Adam(lens.parameters(), lr=lr)
-        for _ in range(steps):
-            emb = to_embedding_space(text, apply_ln_to_stack(text, lens.translate(resid)[:-1], mode="recompute"),
-                                     with_bias=True)
-            loss = (1 - (F.normalize(emb, dim=-1) * target).sum(-1)).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        frozen = [(p, p.requires_grad) for p in text.parameters()]
+        for p, _ in frozen:  # the model is not trained and gets no .grad
+            p.requires_grad_(False)
+        try:
+            with torch.enable_grad():  # works under a global torch.set_grad_enabled(False) too
+                _fit_steps(lens, text, resid, target, steps, lr)
+        finally:
+            for p, flag in frozen:
+                p.requires_grad_(flag)
         return lens.eval()
 
     def save(self, path: Union[str, Path]) -> None:
@@ -155,6 +156,17 @@ class TunedLens(nn.Module):
                                  f"the model has d_model={cfg.d_model}, n_layers={cfg.n_layers}.")
         lens.load_state_dict(load_file(str(path)))
         return lens.eval()
+
+
+def _fit_steps(lens: TunedLens, text, resid: Tensor, target: Tensor, steps: int, lr: float) -> None:
+    opt = torch.optim.Adam(lens.parameters(), lr=lr)
+    for _ in range(steps):
+        emb = to_embedding_space(text, apply_ln_to_stack(text, lens.translate(resid)[:-1], mode="recompute"),
+                                 with_bias=True)
+        loss = (1 - (F.normalize(emb, dim=-1) * target).sum(-1)).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
 
 
 def lens_agreement(model, sentences: Tokens, *, ln: LnMode = "recompute",

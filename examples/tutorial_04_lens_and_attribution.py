@@ -21,9 +21,7 @@ import random
 rng = random.Random(0)
 sentences = [world.make_pair(rng.choice(world.OBJECTS), rng.random() < 0.5, rng)[i].text
              for _ in range(300) for i in (0, 1)]
-torch.set_grad_enabled(True)
 lens = TunedLens.fit(model, sentences[:500], steps=200)
-torch.set_grad_enabled(False)
 plain, tuned = lens_agreement(model, sentences[500:]), lens_agreement(model, sentences[500:], tuned=lens)
 print("cos to final, plain:", plain.round(decimals=3).tolist())
 print("cos to final, tuned:", tuned.round(decimals=3).tolist())

@@ -94,7 +94,10 @@ def test_lens_needs_a_projection_and_valid_targets(model):
 
 
 def test_tuned_lens_round_trips_and_refuses_a_wrong_model(model, tmp_path):
-    lens = TunedLens.fit(model, NEG + AFF, steps=5)
+    with torch.no_grad():  # fit enables gradients for the lens itself
+        lens = TunedLens.fit(model, NEG + AFF, steps=5)
+    assert all(p.grad is None for p in model.text.parameters())  # the model is frozen, not trained
+    assert all(p.requires_grad for p in model.text.parameters())  # and left as it was
     lens.save(tmp_path / "lens.safetensors")
     again = TunedLens.load(tmp_path / "lens.safetensors", model)
     assert torch.equal(lens_embeddings(model, NEG, tuned=lens), lens_embeddings(model, NEG, tuned=again))
