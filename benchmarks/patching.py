@@ -13,7 +13,6 @@ Run: ``python benchmarks/patching.py [--pairs 32] [--rome-pairs 8]``
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import resource
@@ -25,25 +24,14 @@ import torch
 
 from analyses.causal_tracing import hidden_state_hook, minimal_pair_trace, rome_trace
 from analyses.metrics import similarity_metric
-from analyses.valse_negation import EXISTENCE_JSON
+from analyses.valse_negation.data import aligned_pairs, load_items
 from hooked_clip import CLIPTextConfig, HookedCLIP, HookedCLIPText
 
 
 def valse_pairs(n: int) -> tuple[list[str], list[str]]:
     """(negated, affirmative) pairs in the paper's alignment: 'There are no X' / 'There are some X'."""
-    neg, aff = [], []
-    for item in json.loads(EXISTENCE_JSON.read_text()).values():
-        a, b = item["caption"], item["foil"]
-        n_, p_ = (a, b) if " no " in f" {a} " else (b, a)
-        if n_.startswith("There are no ") and p_.startswith("There are "):
-            neg.append(n_)
-            aff.append(p_.replace("There are ", "There are some ", 1))
-        elif n_.startswith("There is no ") and p_.startswith("There is a "):
-            neg.append(n_)
-            aff.append(p_)
-        if len(neg) == n:
-            break
-    return neg, aff
+    pairs = aligned_pairs(load_items())[:n]
+    return [p.negated for p in pairs], [p.affirmative for p in pairs]
 
 
 def paper_loop(model, neg_t, aff_t, image_embeds) -> torch.Tensor:
