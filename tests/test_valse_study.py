@@ -179,3 +179,14 @@ def test_cli_on_a_saved_hf_checkpoint_with_images_and_without(tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="missing"):
         main(["valse-negation", "--model", str(tmp_path / "ckpt"), "--images", str(images), "--limit", "8",
               "--out", str(tmp_path / "run8"), "--no-progress"])
+
+
+def test_rome_variant(random_demo, tmp_path):
+    records = run_items(random_demo, tmp_path, model_id="random", images=SceneImages(),
+                        settings=Settings(limit=6, rome=True, rome_samples=3), progress=False)
+    rows = [r["aligned"]["rome_rows"] for r in records.values() if "aligned" in r]
+    assert rows and all(len(r) == random_demo.cfg.n_layers + 1 for r in rows)
+    for r in rows:  # restoring the noised negator's own embedding restores the clean run exactly
+        assert abs(r[0][3] - 1) <= 1e-3
+    res = aggregate(records, random_demo.cfg.n_layers, random_demo.cfg.n_heads)
+    assert set(res["rome"]) == {"caption", "foil"}
