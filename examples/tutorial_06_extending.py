@@ -24,3 +24,22 @@ with torch.no_grad():
     ref = hf(input_ids=tokens).text_embeds
     for trim in (True, False):
         assert (ours(tokens, trim=trim) - ref).abs().max() <= 1e-5
+
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from pathlib import Path
+
+with torch.no_grad():
+    hidden = hf.text_model(input_ids=tokens, output_hidden_states=True).hidden_states  # embeddings + each block
+    _, cache = ours.run_with_cache(tokens, trim=False)
+errors = [(cache[f"blocks.{l}.hook_resid_post"] - hidden[l + 1]).abs().max().item() for l in range(cfg.n_layers)]
+assert max(errors) <= 1e-5
+Path("figures").mkdir(exist_ok=True)
+fig, ax = plt.subplots(figsize=(4, 3))
+ax.bar([f"block {l}" for l in range(cfg.n_layers)], errors)
+ax.axhline(1e-5, color="red", lw=0.8, label="tolerance 1e-5")
+ax.set_yscale("log")
+ax.set_ylabel("max |ours - HF|")
+ax.legend()
+fig.savefig("figures/06_parity.png", dpi=90, bbox_inches="tight")

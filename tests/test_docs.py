@@ -37,7 +37,9 @@ def test_every_tutorial_has_code_and_a_figure():
     assert len(TUTORIALS) == 6
     for t in TUTORIALS:
         assert blocks(t), t.name
-        for fig in __import__("re").findall(r"!\[[^\]]*\]\(\.\./figures/([^)]+)\)", t.read_text()):
+        figures = __import__("re").findall(r"!\[[^\]]*\]\(\.\./figures/([^)]+)\)", t.read_text())
+        assert figures, f"{t.name} shows no figure"
+        for fig in figures:
             assert (DOCS / "figures" / fig).is_file(), f"{t.name} shows figures/{fig}, which is missing"
 
 
