@@ -20,17 +20,12 @@ _REQUIRED = ("caption", "foil", "mturk", "provenance_of_foils", "image_file")
 _NO = re.compile(r"\bno\b", re.I)
 
 
-@dataclass(frozen=True)
-class Item:
-    """One valid VALSE existence item. ``negation_in``: "caption" or "foil" (the authors' label, from
-    ``provenance_of_foils``)."""
+class _Sides:
+    """``negated`` / ``affirmative`` from ``caption``, ``foil`` and ``negation_in``."""
 
-    id: str
     caption: str
     foil: str
-    image_file: str
     negation_in: str
-    raw: dict
 
     @property
     def negated(self) -> str:
@@ -42,7 +37,20 @@ class Item:
 
 
 @dataclass(frozen=True)
-class Pair:
+class Item(_Sides):
+    """One valid VALSE existence item. ``negation_in``: "caption" or "foil" (the authors' label, from
+    ``provenance_of_foils``)."""
+
+    id: str
+    caption: str
+    foil: str
+    image_file: str
+    negation_in: str
+    raw: dict
+
+
+@dataclass(frozen=True)
+class Pair(_Sides):
     """An aligned minimal pair: ``caption``/``foil`` as scored, ``negated``/``affirmative`` position-aligned."""
 
     item: Item
@@ -56,14 +64,6 @@ class Pair:
     @property
     def negation_in(self) -> str:
         return self.item.negation_in
-
-    @property
-    def negated(self) -> str:
-        return self.caption if self.negation_in == "caption" else self.foil
-
-    @property
-    def affirmative(self) -> str:
-        return self.foil if self.negation_in == "caption" else self.caption
 
 
 class DataFormatError(ValueError):
