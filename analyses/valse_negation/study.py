@@ -114,12 +114,15 @@ def _image_embeds(model, run_dir: Path, items: Sequence[Item], images) -> dict[s
 
 
 @torch.no_grad()
-def _scores(model, captions, foils, img) -> tuple[torch.Tensor, torch.Tensor]:
-    scale = model.logit_scale.exp()
+def _unit_text(model, texts: list[str]) -> torch.Tensor:
+    return F.normalize(model.text(model.text.as_tokens(texts)), dim=-1)
+
+
+def _scores(model, e_c: torch.Tensor, e_f: torch.Tensor, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """S(caption, image), S(foil, image) in logits, from unit text embeddings."""
     i = F.normalize(img, dim=-1)
-    s_c = scale * (F.normalize(model.text(captions), dim=-1) * i).sum(-1)
-    s_f = scale * (F.normalize(model.text(foils), dim=-1) * i).sum(-1)
-    return s_c, s_f
+    scale = model.logit_scale.exp()
+    return scale * (e_c * i).sum(-1), scale * (e_f * i).sum(-1)
 
 
 def select_items(items: list[Item], limit: Optional[int]) -> list[Item]:
@@ -169,15 +172,13 @@ def run_items(model, run_dir, *, model_id: str, images=None, settings: Settings 
 def _measure(model, items: list[Item], img: Optional[dict], images, settings: Settings) -> list[dict]:
     text = model.text
     recs = [{"id": x.id, "negation_in": x.negation_in, "caption": x.caption, "foil": x.foil} for x in items]
-    with torch.no_grad():
-        e_c = F.normalize(text(text.as_tokens([x.caption for x in items])), dim=-1)
-        e_f = F.normalize(text(text.as_tokens([x.foil for x in items])), dim=-1)
+    e_c, e_f = _unit_text(model, [x.caption for x in items]), _unit_text(model, [x.foil for x in items])
     for r, c, f, x in zip(recs, e_c, e_f, items):
         r["similarity"] = float((c * f).sum())
         r["n_tokens"] = len(text.tokenizer.encode(x.caption))
     if img is not None:
         im = torch.stack([img[x.id] for x in items])
-        s_c, s_f = _scores(model, [x.caption for x in items], [x.foil for x in items], im)
+        s_c, s_f = _scores(model, e_c, e_f, im)
         sizes = images.subject_sizes(items)
         for r, a, b, size in zip(recs, s_c.tolist(), s_f.tolist(), sizes):
             r.update(s_caption=a, s_foil=b, d=a - b, segment=segment(a - b), subject_size=size)
@@ -190,9 +191,7 @@ def _measure(model, items: list[Item], img: Optional[dict], images, settings: Se
     neg, aff = [p.negated for p in pairs], [p.affirmative for p in pairs]
     heads = negator_head_scores(model, neg, aff, NEGATOR_POS)
     eots = text.pool_positions(text.as_tokens(neg)).tolist()
-    with torch.no_grad():
-        e_c = F.normalize(text(text.as_tokens([p.caption for p in pairs])), dim=-1)
-        e_f = F.normalize(text(text.as_tokens([p.foil for p in pairs])), dim=-1)
+    e_c, e_f = _unit_text(model, [p.caption for p in pairs]), _unit_text(model, [p.foil for p in pairs])
     for k, (i, p) in enumerate(zip(idx, pairs)):
         zoom, _ = to_rows(heads.rows[k], eots[k], further="max")
         recs[i]["aligned"] = {"caption": p.caption, "foil": p.foil, "n_tokens": eots[k] + 1,
@@ -201,7 +200,7 @@ def _measure(model, items: list[Item], img: Optional[dict], images, settings: Se
     if img is None:
         return recs
     im = torch.stack([img[p.id] for p in pairs])
-    s_c, s_f = _scores(model, [p.caption for p in pairs], [p.foil for p in pairs], im)
+    s_c, s_f = _scores(model, e_c, e_f, im)
     cte = minimal_pair_trace(model, neg, aff, im, [p.negation_in for p in pairs], batch_size=settings.batch_size,
                              progress=False)
     for k, i in enumerate(idx):
