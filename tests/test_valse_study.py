@@ -190,3 +190,34 @@ def test_rome_variant(random_demo, tmp_path):
         assert abs(r[0][3] - 1) <= 1e-3
     res = aggregate(records, random_demo.cfg.n_layers, random_demo.cfg.n_heads)
     assert set(res["rome"]) == {"caption", "foil"}
+
+
+def test_clipseg_subject_size_from_local_weights(tmp_path):
+    """The subject-size plug-in loads CLIPSeg from a local save_pretrained folder (random tiny weights here)
+    and returns the mean sigmoid of its map for the subject prompt."""
+    from PIL import Image
+    from transformers import (CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor, CLIPTokenizer,
+                              ViTImageProcessor)
+
+    from analyses.valse_negation.images import clipseg_subject_size
+    from hooked_clip.tokenizer import CLIPTokenizer as OurTokenizer
+
+    OurTokenizer().save_hf_vocab(tmp_path)
+    processor = CLIPSegProcessor(image_processor=ViTImageProcessor(size={"height": 64, "width": 64}),
+                                 tokenizer=CLIPTokenizer.from_pretrained(tmp_path))
+    cfg = CLIPSegConfig(text_config=dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=2),
+                        vision_config=dict(hidden_size=32, intermediate_size=64, num_attention_heads=2,
+                                           num_hidden_layers=2, image_size=64, patch_size=16),
+                        projection_dim=16, reduce_dim=16, extract_layers=[0, 1])
+    torch.manual_seed(0)
+    seg = CLIPSegForImageSegmentation(cfg).eval()
+    seg.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    item = next(x for x in load_items() if x.negation_in == "foil" and x.affirmative == "There are cars parked.")
+    image = Image.new("RGB", (80, 60), (120, 30, 200))
+    size = clipseg_subject_size(tmp_path)(item, image)
+    with torch.no_grad():
+        ref = torch.sigmoid(seg(**processor(text=["cars"], images=[image], return_tensors="pt")).logits).mean()
+    assert 0 <= size <= 1 and abs(size - float(ref)) <= 1e-6
+    with pytest.raises(FileNotFoundError, match="CLIPSeg"):
+        clipseg_subject_size(tmp_path / "absent")

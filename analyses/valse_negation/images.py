@@ -5,6 +5,7 @@ An image source gives, per item, the image embedding and optionally the subject'
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -39,8 +40,6 @@ class SceneImages:
 
         out = []
         for x, scene in zip(items, self.scenes(items)):
-            import re
-
             subject = object_of(re.search(r"\bno\s+([A-Za-z']+)", x.negated, re.I).group(1))
             out.append(1.0 / len(scene) if subject in scene else None)
         return out
@@ -94,16 +93,16 @@ def clipseg_subject_size(model_dir) -> Callable:
     saved with ``save_pretrained``) prompted with the first noun chunk of the affirmative caption, here
     approximated as the words after "There is/are" up to the first preposition; area = mean sigmoid of the
     output map."""
-    import re
-
     from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
 
+    hint = "save CIDAS/clipseg-rd64-refined with save_pretrained (model and processor) where there is network and pass that folder."
+    if not Path(model_dir).is_dir():
+        raise FileNotFoundError(f"no CLIPSeg folder at {model_dir}; {hint}")
     try:
         processor = CLIPSegProcessor.from_pretrained(model_dir, local_files_only=True)
         seg = CLIPSegForImageSegmentation.from_pretrained(model_dir, local_files_only=True).eval()
-    except OSError as e:
-        raise FileNotFoundError(f"could not load CLIPSeg from {model_dir} ({e}); save CIDAS/clipseg-rd64-refined "
-                                "with save_pretrained where there is network and pass that folder.") from None
+    except (OSError, ValueError) as e:
+        raise FileNotFoundError(f"could not load CLIPSeg from {model_dir} ({e}); {hint}") from None
 
     def size(item: Item, image) -> float:
         m = re.match(r"There (?:is|are) (.+?)(?: (?:in|on|at|near|by|under|with|parked|sitting|standing)\b|\.|$)",
