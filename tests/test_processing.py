@@ -81,3 +81,16 @@ def test_fold_ln_without_projection_keeps_ln_final():
     fold_ln(text)
     assert not torch.equal(text.ln_final.w, torch.ones_like(text.ln_final.w))  # nothing to fold it into
     assert (text(["There are no cats."]) - before).abs().max() <= ATOL
+
+
+def test_every_loader_takes_the_processing_options(tmp_path):
+    from hooked_clip import load_model
+
+    hf = hf_clip("tiny_eot")
+    hf.save_pretrained(tmp_path)
+    plain = HookedCLIP.from_pretrained(tmp_path, device="cpu")
+    folded = HookedCLIP.from_pretrained(tmp_path, device="cpu", **ALL)
+    assert folded.cfg.ln_folded and folded.cfg.value_biases_folded and not plain.cfg.ln_folded
+    assert (folded.encode_text(MIXED_TEXTS) - plain.encode_text(MIXED_TEXTS)).abs().max() <= ATOL
+    demo = load_model("tiny-negation", fold_ln=True)
+    assert demo.cfg.ln_folded and not load_model("tiny-negation").cfg.ln_folded
