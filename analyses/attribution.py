@@ -27,7 +27,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from analyses.metrics import Metric, check_metric
-from analyses.patching import ACT_HOOKS, HEAD_ACTS, INDEX_AXES, Index, PatchingResult, Tokens, _canon, _text
+from analyses.patching import (ACT_HOOKS, HEAD_ACTS, INDEX_AXES, Index, PatchingResult, Tokens, _canon, _text,
+                               aligned_runs)
 from hooked_clip.cache import apply_ln_to_stack, decompose_resid, embedding_bias, ln_final_scale, to_embedding_space
 
 
@@ -123,15 +124,8 @@ def attribution_patch(
         raise ValueError(f"unknown act_name {act_name!r}; use one of {sorted(ACT_HOOKS)}.")
     if index not in INDEX_AXES or ("head" in index and act_name not in HEAD_ACTS):
         raise ValueError(f"index {index!r} does not fit act_name {act_name!r}; per-head indices need one of {HEAD_ACTS}.")
-    if direction not in ("denoise", "noise"):
-        raise ValueError(f"direction must be 'denoise' or 'noise', got {direction!r}.")
-    clean_t, corrupt_t = text.as_tokens(clean), text.as_tokens(corrupt)
-    if clean_t.shape[0] != corrupt_t.shape[0] or not torch.equal(text.pool_positions(clean_t), text.pool_positions(corrupt_t)):
-        raise ValueError("clean and corrupt must have the same number of examples and the same pooling (EOT) "
-                         "position per example; align the sentences first.")
-    width = int(text.pool_positions(clean_t).max()) + 1
-    base_t, src_t = (corrupt_t, clean_t) if direction == "denoise" else (clean_t, corrupt_t)
-    base_t, src_t = base_t[:, :width], src_t[:, :width]
+    base_t, src_t = aligned_runs(text, clean, corrupt, direction)
+    width = base_t.shape[1]
     L = text.cfg.n_layers
     star = atp_star and act_name in ("q", "k")
     names = [ACT_HOOKS[act_name].format(l) for l in range(L)]

@@ -94,6 +94,21 @@ def _text(model) -> HookedCLIPText:
     return text
 
 
+def aligned_runs(text: HookedCLIPText, clean: Tokens, corrupt: Tokens, direction: str) -> tuple[Tensor, Tensor]:
+    """(base run, source run) token ids for a paired analysis, cut after the last EOT: ``denoise`` runs
+    ``corrupt`` with ``clean`` activations, ``noise`` the reverse. Both must pool at the same positions."""
+    if direction not in ("denoise", "noise"):
+        raise ValueError(f"direction must be 'denoise' or 'noise', got {direction!r}.")
+    clean_t, corrupt_t = text.as_tokens(clean), text.as_tokens(corrupt)
+    pool = text.pool_positions(clean_t)
+    if clean_t.shape[0] != corrupt_t.shape[0] or not torch.equal(pool, text.pool_positions(corrupt_t)):
+        raise ValueError("clean and corrupt must have the same number of examples and the same pooling (EOT) "
+                         "position per example; align the sentences first.")
+    width = int(pool.max()) + 1
+    base, src = (corrupt_t, clean_t) if direction == "denoise" else (clean_t, corrupt_t)
+    return base[:, :width], src[:, :width]
+
+
 def _canon(act: Tensor, act_name: str) -> Tensor:
     """A view with positions on dim 1 (and heads on dim 2 for head activations): pattern
     [b, head, q, k] -> [b, q, head, k]. Writing into the view writes into ``act``."""

@@ -27,7 +27,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from analyses.metrics import Metric, check_metric
-from analyses.patching import PatchingResult, Tokens, _text
+from analyses.patching import PatchingResult, Tokens, _text, aligned_runs
 
 _SENDER = re.compile(r"^(embed|L(\d+)H(\d+)|L(\d+)_mlp)$")
 _RECEIVER = re.compile(r"^(pooled|L(\d+)H(\d+)\.([qkv])|L(\d+)_mlp)$")
@@ -109,15 +109,7 @@ def path_patch(
             if not _reaches(ps, pr):
                 raise ValueError(f"receiver {r!r} is upstream of (or level with) sender {s!r}: there is no path from "
                                  "the sender to it. Pick receivers in later layers.")
-    if direction not in ("noise", "denoise"):
-        raise ValueError(f"direction must be 'noise' or 'denoise', got {direction!r}.")
-    clean_t, corrupt_t = text.as_tokens(clean), text.as_tokens(corrupt)
-    pool = text.pool_positions(clean_t)
-    if clean_t.shape[0] != corrupt_t.shape[0] or not torch.equal(pool, text.pool_positions(corrupt_t)):
-        raise ValueError("clean and corrupt must have the same number of examples and the same pooling (EOT) position per example.")
-    width = int(pool.max()) + 1
-    base_t, src_t = (clean_t, corrupt_t) if direction == "noise" else (corrupt_t, clean_t)
-    base_t, src_t = base_t[:, :width], src_t[:, :width]
+    base_t, src_t = aligned_runs(text, clean, corrupt, direction)
 
     needs_split = any(r[0] == "head" for r in parsed_r)
     names = lambda n: n in ("hook_embed", "hook_pos_embed") or n.endswith(  # noqa: E731
