@@ -5,8 +5,17 @@
 Objective, per batch of scenes (each with one statement pair about a subject that is present or absent):
   * pairwise: softplus(-(S(true statement) - S(its negation-flipped counterpart))) — the flipped
     counterpart is the hard negative that forces the text tower to process negation;
+  * the same pairwise loss on ``extra_scenes`` more random scenes per statement pair (half of them hold
+    the subject): they cost only the small scene tower, not the text tower, and they teach the scene
+    embedding to keep each object visible in crowded scenes (with one scene per pair, statements about an
+    object present among 6 others were judged right 82% of the time, against 95% with 16 more scenes);
   * contrastive (CLIP's InfoNCE, both directions) over the batch, where a statement counts as a
     negative for a scene only if it is false of that scene (true ones are masked, not punished).
+
+Curriculum: the first ``plain_fraction`` of the steps use plain sentences ("There is no dog.": no
+lead-in, no multi-word subject, no trailing phrase); they are shorter, and the text tower finds the
+subject and the negator in far fewer steps than on the full mix (held-out accuracy at step 1000: 0.95
+against 0.88 without the curriculum).
 """
 
 from __future__ import annotations
@@ -32,14 +41,16 @@ def training_vocabulary_ids(tokenizer: CLIPTokenizer, extra_sentences=()) -> set
     words = set()
     for o in w.OBJECTS:
         words |= {o, w.PLURALS[o], o.capitalize(), w.PLURALS[o].capitalize()}
-    for group in (w.PLACES, w.VERBS, w.SUFFIXES, w.HELD_OUT_SUFFIXES, w.LEAD_INS):
+    for group in (w.PLACES, w.VERBS, w.SUFFIXES, w.HELD_OUT_SUFFIXES, w.LEAD_INS, w.LEAD_IN_PREPOSITIONS,
+                  w.LEAD_IN_DETERMINERS):
         for phrase in group:
             words |= set(phrase.replace("{place}", "").split())
     for templates in list(w.TEMPLATES.values()) + list(w.HELD_OUT_TEMPLATES.values()):
         for pair in templates:
             for t in pair:
                 words |= set(t.replace("{x}", "").replace("{X}", "").split())
-    words |= {"in", "on", "near", "by", "under", "the", "a", "an", ".", "A", "An"}
+    words |= {"in", "on", "near", "by", "under", "the", "a", "an", ".", ",", "A", "An"}
+    words |= {p.lower() for p in w.LEAD_IN_PREPOSITIONS}  # after a fixed lead-in: "Clearly, near the ..." 
     ids = {tokenizer.sot_token_id, tokenizer.eot_token_id, tokenizer.pad_token_id}
     for text in list(words) + list(extra_sentences):
         ids |= set(tokenizer.encode(text))
@@ -70,8 +81,9 @@ class CompactEmbed(torch.nn.Module):
         return self.rows[idx]
 
 
-def sample_batch(rng: random.Random, n: int, held_out: bool = False):
-    """n scenes, each with (true, false) statements about a subject present with probability 1/2."""
+def sample_batch(rng: random.Random, n: int, held_out: bool = False, plain: bool = False):
+    """n scenes, each with (true, false) statements about a subject present with probability 1/2
+    (``held_out`` and ``plain`` as in ``world.make_pair``)."""
     scenes, true, false = [], [], []
     for _ in range(n):
         subject = rng.choice(w.OBJECTS)
@@ -79,7 +91,7 @@ def sample_batch(rng: random.Random, n: int, held_out: bool = False):
         present = rng.random() < 0.5
         if present:
             scene.add(subject)
-        aff, neg = w.make_pair(subject, rng.random() < 0.5, rng, held_out=held_out)
+        aff, neg = w.make_pair(subject, rng.random() < 0.5, rng, held_out=held_out, plain=plain)
         scenes.append(sorted(scene))
         true.append(aff if present else neg)
         false.append(neg if present else aff)
@@ -93,7 +105,23 @@ def scores(model, tokenizer, scenes, statements):
     return t, v
 
 
-def loss_fn(model, tokenizer, scenes, true, false):
+def random_scenes_about(encoder, subjects: list[str], k: int, generator: torch.Generator):
+    """k random multi-hot scenes per subject (1-6 other objects, as ``world.random_scene``), the subject
+    present in each with probability 1/2: ([len(subjects) * k, n_objects] multi-hot, [len(subjects) * k]
+    bool present)."""
+    n = len(subjects) * k
+    rows = torch.arange(n)
+    subj = torch.tensor([encoder.index[s] for s in subjects]).repeat_interleave(k)
+    noise = torch.rand(n, len(encoder.objects), generator=generator)
+    noise[rows, subj] = 2.0  # never among the others
+    rank = noise.argsort(-1).argsort(-1)
+    hot = (rank < torch.randint(1, 7, (n, 1), generator=generator)).float()
+    present = torch.rand(n, generator=generator) < 0.5
+    hot[rows, subj] = present.float()
+    return hot, present
+
+
+def loss_fn(model, tokenizer, scenes, true, false, extra_scenes: int = 0, generator: torch.Generator | None = None):
     t, v = scores(model, tokenizer, scenes, true + false)
     n = len(scenes)
     scale = model.logit_scale.exp()
@@ -108,7 +136,17 @@ def loss_fn(model, tokenizer, scenes, true, false):
     img2txt = F.cross_entropy(masked, idx)
     masked_t = logits[:, :n].T.masked_fill(truth[:, :n].T & ~torch.eye(n, dtype=torch.bool), float("-inf"))
     txt2img = F.cross_entropy(masked_t, idx)
-    return pairwise + 0.5 * (img2txt + txt2img), pairwise
+    loss = pairwise + 0.5 * (img2txt + txt2img)
+    if extra_scenes:
+        hot, present = random_scenes_about(model.vision.encoder, [s.subject for s in true], extra_scenes, generator)
+        v_extra = F.normalize(model.vision.encoder(hot), dim=-1).view(n, extra_scenes, -1)
+        negated = torch.tensor([s.negated for s in true])[:, None]
+        t_aff = torch.where(negated, t[n:], t[:n])
+        t_neg = torch.where(negated, t[:n], t[n:])
+        margin = scale * torch.einsum("nkd,nd->nk", v_extra, t_aff - t_neg)  # S(aff) - S(neg) per scene
+        sign = present.view(n, extra_scenes).float() * 2 - 1
+        loss = loss + F.softplus(-sign * margin).mean()
+    return loss, pairwise
 
 
 @torch.no_grad()
@@ -118,21 +156,23 @@ def pairwise_accuracy(model, tokenizer, scenes, true, false) -> float:
     return float(((t_true * v).sum(-1) > (t_false * v).sum(-1)).float().mean())
 
 
-def train(steps: int = 2800, batch: int = 128, lr: float = 7e-4, seed: int = 0, log_every: int = 250):
+def train(steps: int = 2800, batch: int = 128, lr: float = 7e-4, seed: int = 0, log_every: int = 250,
+          extra_scenes: int = 16, plain_fraction: float = 0.2):
     """Train from scratch; returns (model, token ids trained). Deterministic: the same arguments give the
     same weights bit for bit on the same machine (the embedding's scatter-add backward is the one kernel
     that is not by default, hence ``use_deterministic_algorithms``)."""
     previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
-        return _train(steps, batch, lr, seed, log_every)
+        return _train(steps, batch, lr, seed, log_every, extra_scenes, plain_fraction)
     finally:
         torch.use_deterministic_algorithms(previous)
 
 
-def _train(steps: int, batch: int, lr: float, seed: int, log_every: int):
+def _train(steps: int, batch: int, lr: float, seed: int, log_every: int, extra_scenes: int, plain_fraction: float):
     torch.manual_seed(seed)
     rng = random.Random(seed)
+    generator = torch.Generator().manual_seed(seed)  # the extra scenes
     tokenizer = CLIPTokenizer()
     model = build(w.OBJECTS, seed=seed)
     valse = json.loads((Path(__file__).parents[3] / "analyses" / "valse_negation" / "data" / "existence.json").read_text())
@@ -152,8 +192,8 @@ def _train(steps: int, batch: int, lr: float, seed: int, log_every: int):
     # a fixed probe of held-out templates, for the log only (its own RNG: training is unaffected)
     probe = sample_batch(random.Random(seed + 1_000_003), 256, held_out=True)
     for step in range(steps):
-        scenes, true, false = sample_batch(rng, batch)
-        loss, pairwise = loss_fn(model, tokenizer, scenes, true, false)
+        scenes, true, false = sample_batch(rng, batch, plain=step < plain_fraction * steps)
+        loss, pairwise = loss_fn(model, tokenizer, scenes, true, false, extra_scenes, generator)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -178,9 +218,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lr", type=float, default=7e-4)
+    parser.add_argument("--extra-scenes", type=int, default=16, help="more scenes per statement pair (pairwise loss)")
+    parser.add_argument("--plain-fraction", type=float, default=0.2, help="fraction of steps on plain sentences")
     parser.add_argument("--out", type=Path, default=WEIGHTS)
     args = parser.parse_args()
-    model, used = train(args.steps, args.batch, lr=args.lr, seed=args.seed)
+    model, used = train(args.steps, args.batch, lr=args.lr, seed=args.seed, extra_scenes=args.extra_scenes,
+                        plain_fraction=args.plain_fraction)
     save(model, args.out, used)
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB)")
 

@@ -94,11 +94,31 @@ TEMPLATES = {
             ("You see a {x}", "You see no {x}"), ("A {x} can be seen", "No {x} can be seen"),
             ("I can see a {x}", "I can see no {x}"), ("There is a {x}", "There is not a {x}")],
 }
-# lead-in phrases put before a training template in some sentences, so that the negator is seen at many
-# positions (2 to ~8) and negation cannot be learned as "the token at position 3"
+# lead-ins put before a training template in half of the sentences (fixed phrases, prepositional phrases
+# about a place or an object, or both), so that the negator is seen at many positions (2 to ~10) and the
+# subject has to be found by its determiner, not by where it sits or by which nouns come before it. Without
+# the compositional prepositional phrases (20 fixed lead-ins only) negation learned on the training
+# templates did not carry over to "In the picture there is (no) X" (held-out accuracy 74%).
 LEAD_INS = ["Look,", "Clearly,", "Apparently,", "Today", "Right now", "At the moment,", "As you can see,",
             "I think", "Honestly,", "It seems", "Outside", "Inside the room", "On this street", "Once again,",
             "From here", "This time", "Sadly,", "Luckily,", "At night", "In this photo"]
+LEAD_IN_PREPOSITIONS = ["In", "On", "Near", "By", "Under", "Behind", "Inside", "Outside", "Next to", "Across"]
+LEAD_IN_DETERMINERS = ["the", "this", "that"]
+LEAD_IN_RATE = 0.5
+
+
+def lead_in(rng: random.Random) -> str:
+    """A random lead-in: a fixed phrase ("Clearly,"), a prepositional phrase ("Near the table,"), or both."""
+    pp = (f"{rng.choice(LEAD_IN_PREPOSITIONS)} {rng.choice(LEAD_IN_DETERMINERS)} "
+          f"{rng.choice(PLACES + OBJECTS)}{rng.choice(['', ','])}")
+    r = rng.random()
+    if r < 0.4:
+        return rng.choice(LEAD_INS)
+    if r < 0.8:
+        return pp
+    return f"{rng.choice(LEAD_INS)} {pp[0].lower()}{pp[1:]}"
+
+
 HELD_OUT_TEMPLATES = {  # used only by the held-out evaluation: known words in new arrangements
     True: [("In the picture there are {x}", "In the picture there are no {x}"),
            ("Here you see {x}", "Here you see no {x}")],
@@ -106,8 +126,6 @@ HELD_OUT_TEMPLATES = {  # used only by the held-out evaluation: known words in n
             ("Here you see a {x}", "Here you see no {x}")],
 }
 
-
-LEAD_IN_RATE = 0.35
 
 
 @dataclass(frozen=True)
@@ -132,18 +150,22 @@ def _after_lead_in(lead: str, template: str) -> str:
     return f"{lead} {first if first == 'I' else first.lower()} {rest}"
 
 
-def make_pair(subject: str, plural_form: bool, rng: random.Random, *, held_out: bool = False) -> tuple[Statement, Statement]:
+def make_pair(subject: str, plural_form: bool, rng: random.Random, *, held_out: bool = False,
+              plain: bool = False) -> tuple[Statement, Statement]:
     """(affirmative, negated) statements about ``subject`` that differ only in the negation; ``held_out``
-    draws from templates and trailing phrases never used in training."""
+    draws from templates and trailing phrases never used in training; ``plain`` leaves out lead-ins,
+    multi-word subjects and trailing phrases (the first steps of training: "There is no dog.")."""
     affirmative, negated = rng.choice((HELD_OUT_TEMPLATES if held_out else TEMPLATES)[plural_form])
-    if not held_out and rng.random() < LEAD_IN_RATE:
-        lead = rng.choice(LEAD_INS)
+    if not held_out and not plain and rng.random() < LEAD_IN_RATE:
+        lead = lead_in(rng)
         affirmative, negated = (_after_lead_in(lead, t) for t in (affirmative, negated))
     x = PLURALS[subject] if plural_form else subject
-    if rng.random() < 0.2:  # multi-word subjects, as in "There are no red buses": the first word counts
+    if not plain and rng.random() < 0.2:  # multi-word subjects, as in "There are no red buses": the first word counts
         other = rng.choice(OBJECTS)
         x = f"{x} {PLURALS[other] if plural_form else other}"
-    if held_out:
+    if plain:
+        suffix = ""
+    elif held_out:
         suffix = rng.choice(HELD_OUT_SUFFIXES).format(place=rng.choice(PLACES))
     else:
         r = rng.random()
