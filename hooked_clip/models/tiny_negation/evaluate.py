@@ -4,7 +4,7 @@
 
 Prints pairwise accuracy S(true statement) > S(negation-flipped statement):
   * held-out synthetic items: scenes from a seed never used in training, templates and trailing phrases
-    never used in training ("In the picture there are (no) X", "Here you see (no) X", "... near the
+    never used in training ("In the picture there are (no) X", "Here you see (no) X", "... beside the
     <place>", ...), and the same scenes with the training templates;
   * the 505 valid VALSE existence items (mturk caption >= 2) with scenes from ``synthesize_scene``:
     S(caption) > S(foil);

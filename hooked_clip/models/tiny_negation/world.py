@@ -83,7 +83,7 @@ VERBS = ["riding", "holding", "crossing", "eating", "touching", "wearing", "watc
 SUFFIXES = ["", " in the picture", " in the photo", " pictured", " shown", " visible", " here", " in the image",
             " in this picture", " in this photo", " seen", " in sight", " pictured here", " in the scene",
             " in the sky", " on the table", " parked", " in the room"]
-HELD_OUT_SUFFIXES = [" near the {place}", " to be seen", " around"]
+HELD_OUT_SUFFIXES = [" beside the {place}", " to be seen", " around"]  # never in training (tested)
 # (affirmative, negated) template pairs; {x} is the subject's surface form, {X} the same capitalised
 TEMPLATES = {
     True: [("There are {x}", "There are no {x}"), ("There are some {x}", "There are no {x}"),
@@ -101,7 +101,7 @@ TEMPLATES = {
 # templates did not carry over to "In the picture there is (no) X" (held-out accuracy 74%).
 LEAD_INS = ["Look,", "Clearly,", "Apparently,", "Today", "Right now", "At the moment,", "As you can see,",
             "I think", "Honestly,", "It seems", "Outside", "Inside the room", "On this street", "Once again,",
-            "From here", "This time", "Sadly,", "Luckily,", "At night", "In this photo"]
+            "From above", "This time", "Sadly,", "Luckily,", "At night", "In this photo"]
 LEAD_IN_PREPOSITIONS = ["In", "On", "Near", "By", "Under", "Behind", "Inside", "Outside", "Next to", "Across"]
 LEAD_IN_DETERMINERS = ["the", "this", "that"]
 LEAD_IN_RATE = 0.5
