@@ -103,9 +103,11 @@ def attribution_patch(
     *,
     direction: Literal["denoise", "noise"] = "denoise",
     atp_star: bool = True,
+    ig_steps: int = 0,
     return_type: Literal["normalized", "embed", "pooled"] = "normalized",
 ) -> PatchingResult:
-    """Estimated metric of every patch ``activation_patch`` would run, from two forwards and one backward.
+    """Estimated metric of every patch ``activation_patch`` would run, from two forwards and one backward
+    (or, with ``ig_steps``, one batched forward and backward over the interpolation steps).
 
     Args:
         clean / corrupt: texts or token ids, with the same pooling positions per example.
@@ -113,6 +115,12 @@ def attribution_patch(
         act_name / index: as in ``activation_patch`` (``pattern`` is estimated per query row).
         direction: ``denoise`` (run corrupt, patch clean) or ``noise`` (run clean, patch corrupt).
         atp_star: for ``q``/``k``, recompute the attention pattern exactly (AtP*); False gives plain AtP.
+        ig_steps: 0 for AtP (the gradient at the base run). k > 0: the gradient averaged over k points on
+            the straight path from the base run's token embeddings to the source run's (midpoint rule,
+            α = (i + ½) / k), as in EAP-IG (Hanna et al., 2024). Plain AtP reads a gradient that is flat
+            where a component acts through a threshold (a unit that fires only once the negation signal is
+            strong): the estimate can then have the wrong sign. Not combined with AtP* (q/k need
+            ``atp_star=False``).
         return_type: the output the metric reads, as in ``activation_patch``.
 
     Returns:
@@ -124,16 +132,24 @@ def attribution_patch(
         raise ValueError(f"unknown act_name {act_name!r}; use one of {sorted(ACT_HOOKS)}.")
     if index not in INDEX_AXES or ("head" in index and act_name not in HEAD_ACTS):
         raise ValueError(f"index {index!r} does not fit act_name {act_name!r}; per-head indices need one of {HEAD_ACTS}.")
+    if not isinstance(ig_steps, int) or isinstance(ig_steps, bool) or ig_steps < 0:
+        raise ValueError(f"ig_steps must be a non-negative int (0 = plain AtP), got {ig_steps!r}.")
     base_t, src_t = aligned_runs(text, clean, corrupt, direction)
     width = base_t.shape[1]
     L = text.cfg.n_layers
     star = atp_star and act_name in ("q", "k")
+    if star and ig_steps:
+        raise ValueError("ig_steps is not combined with AtP* (q/k); pass atp_star=False to integrate q/k gradients.")
     names = [ACT_HOOKS[act_name].format(l) for l in range(L)]
     grad_names = [ACT_HOOKS["pattern"].format(l) for l in range(L)] if star else names
     extra_names = ([ACT_HOOKS["q"].format(l) for l in range(L)] + [ACT_HOOKS["k"].format(l) for l in range(L)]) if star else []
 
+    cached = set(names) | {"hook_embed"}
     with torch.no_grad():
-        src_embeds, src_cache = text.run_with_cache(src_t, return_type=return_type, names_filter=lambda n: n in names)
+        src_embeds, src_cache = text.run_with_cache(src_t, return_type=return_type, names_filter=cached.__contains__)
+        if ig_steps:
+            base_embeds, base_cache = text.run_with_cache(base_t, return_type=return_type, names_filter=cached.__contains__)
+            base_metric = check_metric(metric, base_embeds)
     acts: dict[str, Tensor] = {}
 
     def keep(act, hook):
@@ -143,13 +159,22 @@ def attribution_patch(
         return act
 
     def leaf(act, hook):  # makes every activation part of the graph, whatever the parameters' requires_grad
+        if ig_steps:  # the k interpolation points, stacked on the batch axis
+            alpha = (torch.arange(ig_steps, dtype=act.dtype, device=act.device) + 0.5) / ig_steps
+            base_e, src_e = base_cache["hook_embed"], src_cache["hook_embed"]
+            act = (base_e + alpha[:, None, None, None] * (src_e - base_e)).flatten(0, 1)
         return act.detach().requires_grad_(True)
 
     hooks = [("hook_embed", leaf)] + [(n, keep) for n in dict.fromkeys(grad_names + extra_names + names)]
     with torch.enable_grad():
-        base_embeds = text.run_with_hooks(base_t, return_type=return_type, fwd_hooks=hooks)
-        base_metric = check_metric(metric, base_embeds)
-        base_metric.sum().backward()
+        run_t = base_t.repeat(ig_steps, 1) if ig_steps else base_t
+        embeds = text.run_with_hooks(run_t, return_type=return_type, fwd_hooks=hooks)
+        if ig_steps:
+            check_metric(metric, embeds.view(ig_steps, -1, embeds.shape[-1])[0])  # shape check on one batch
+            torch.cat([metric(e) for e in embeds.view(ig_steps, -1, embeds.shape[-1])]).sum().backward()
+        else:
+            base_metric = check_metric(metric, embeds)
+            base_metric.sum().backward()
     base_metric = base_metric.detach()
     with torch.no_grad():
         src_metric = check_metric(metric, src_embeds)
@@ -159,7 +184,12 @@ def attribution_patch(
                 per_layer.append(_atp_star_qk(text, l, act_name, acts, src_cache[names[l]]))
             else:
                 name = names[l]
-                delta = _canon(src_cache[name] - acts[name].detach(), act_name) * _canon(acts[name].grad, act_name)
+                if ig_steps:
+                    base_act = base_cache[name]
+                    grad = acts[name].grad.view(ig_steps, *base_act.shape).mean(0)
+                else:
+                    base_act, grad = acts[name].detach(), acts[name].grad
+                delta = _canon(src_cache[name] - base_act, act_name) * _canon(grad, act_name)
                 per_layer.append(delta.sum(-1))  # [b, pos] or [b, pos, head]
         effect = torch.stack(per_layer)  # [L, b, pos(, head)]
         if effect.ndim == 3:
@@ -178,7 +208,8 @@ def attribution_patch(
     labels = {"layer": list(range(L)), "pos": list(range(width)), "head": list(range(text.cfg.n_heads))}
     clean_m, corrupt_m = (src_metric, base_metric) if direction == "denoise" else (base_metric, src_metric)
     return PatchingResult(base_metric + effect, axes, {a: labels[a] for a in axes}, act_name, direction,
-                          clean_m, corrupt_m, extra={"method": "attribution", "atp_star": star})
+                          clean_m, corrupt_m, extra={"method": "attribution", "atp_star": star,
+                                                                                 "ig_steps": ig_steps})
 
 
 def _atp_star_qk(text, layer: int, act_name: str, acts: dict, src: Tensor) -> Float[Tensor, "batch pos head"]:

@@ -15,11 +15,15 @@ affirmative = ["There are some dogs in the park.", "There is a cat on the bed.",
 image = model.encode_image([["dog", "tree"], ["cat", "bed"], ["car", "sign"], ["bird", "cloud"]])
 metric = similarity_metric(model, image)
 
-est = attribution_patch(model, negated, affirmative, metric, "z", index="layer_head")
 exact = activation_patch(model, negated, affirmative, metric, "z", index="layer_head", progress=False)
-x, y = (est.values - est.corrupt).flatten(), (exact.values - exact.corrupt).flatten()
-r = torch.corrcoef(torch.stack([x, y]))[0, 1]
-print(f"AtP vs exact patching, per head and pair: Pearson r = {r:.3f}")
+y = (exact.values - exact.corrupt).flatten()
+est = attribution_patch(model, negated, affirmative, metric, "z", index="layer_head")
+x = (est.values - est.corrupt).flatten()
+print(f"AtP vs exact patching, per head and pair: Pearson r = {torch.corrcoef(torch.stack([x, y]))[0, 1]:.3f}")
+
+ig = attribution_patch(model, negated, affirmative, metric, "z", index="layer_head", ig_steps=16)
+x_ig = (ig.values - ig.corrupt).flatten()
+print(f"integrated gradients vs exact: Pearson r = {torch.corrcoef(torch.stack([x_ig, y]))[0, 1]:.3f}")
 
 import matplotlib
 matplotlib.use("Agg")
@@ -28,9 +32,11 @@ from pathlib import Path
 
 Path("figures").mkdir(exist_ok=True)
 fig, ax = plt.subplots(figsize=(4, 4))
-ax.scatter(y, x, s=12)
+ax.scatter(y, x, s=12, label="AtP")
+ax.scatter(y, x_ig, s=12, label="AtP, 16 IG steps")
 ax.set_xlabel("exact patching effect (logits)")
 ax.set_ylabel("attribution patching estimate")
+ax.legend()
 ax.axline((0, 0), slope=1, color="grey", lw=0.5)
 fig.savefig("figures/03_atp_vs_exact.png", dpi=90, bbox_inches="tight")
 

@@ -19,12 +19,12 @@ from hooked_clip import HookedCLIP, load_model
 from hooked_clip.models import tiny_negation as tn
 from hooked_clip.models.tiny_negation import world
 from hooked_clip.models.tiny_negation.evaluate import held_out_accuracy, valse_accuracy
-from hooked_clip.models.tiny_negation.train import train
+from hooked_clip.models.tiny_negation.train import random_scenes_about, sample_batch, train
 
 CARD = Path(__file__).parents[1] / "docs" / "models" / "tiny-negation.md"
-# floors stated in the model card, on the fixed samples below (measured on the shipped weights: 0.743,
-# 0.897, 0.967); they catch a broken model or loader, and leave room for float differences across machines
-HELD_OUT_FLOOR, TRAIN_TEMPLATES_FLOOR, VALSE_FLOOR = 0.70, 0.85, 0.90
+# floors stated in the model card, on the fixed samples below (measured on the shipped weights: 0.967,
+# 0.963, 0.993); they catch a broken model or loader, and leave room for float differences across machines
+HELD_OUT_FLOOR, TRAIN_TEMPLATES_FLOOR, VALSE_FLOOR = 0.93, 0.92, 0.95
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +103,33 @@ def test_world_statements_are_true_or_false_as_labelled():
         assert not aff.negated and neg.negated and aff.subject == neg.subject == subject
         assert re.search(r"\b[Nn]o\b|\bnot\b", neg.text) and not re.search(r"\b[Nn]o\b|\bnot\b", aff.text)
         assert aff.true_of({subject}) and not neg.true_of({subject}) and neg.true_of(set())
+
+
+def test_training_never_shows_the_held_out_templates_or_phrases():
+    """The held-out accuracy of the card is about word arrangements training never produced."""
+    frames = {t.split("{x}")[0].lower().replace(" a ", " ").strip()
+              for pairs in world.HELD_OUT_TEMPLATES.values() for pair in pairs for t in pair}
+    frames |= {s.split("{place}")[0].strip() for s in world.HELD_OUT_SUFFIXES}
+    assert frames >= {"in the picture there are", "here you see", "beside the", "to be seen", "around"}
+    rng = random.Random(0)
+    texts = [s.text.lower() for i in range(40) for pair in sample_batch(rng, 128, plain=i < 8)[1:] for s in pair]
+    assert not [t for t in texts if any(re.search(rf"\b{f}\b", t) for f in frames)]
+    held_out = [s.text.lower() for pair in sample_batch(random.Random(1), 64, held_out=True)[1:] for s in pair]
+    assert all(any(re.search(rf"\b{f}\b", t) for f in frames) for t in held_out)
+
+
+def test_extra_training_scenes_hold_the_subject_exactly_when_labelled():
+    encoder = load_model("tiny-negation").vision.encoder
+    subjects = ["dog", "people's", "sheep"]
+    hot, present = random_scenes_about(encoder, subjects, 200, torch.Generator().manual_seed(0))
+    assert hot.shape == (600, len(world.OBJECTS)) and present.shape == (600,)
+    subject_col = torch.tensor([encoder.index[s] for s in subjects]).repeat_interleave(200)
+    assert torch.equal(hot[torch.arange(600), subject_col].bool(), present)
+    others = hot.sum(-1) - present.float()
+    assert others.min() == 1 and others.max() == 6  # as world.random_scene: 1-6 objects besides the subject
+    assert 0.4 < present.float().mean() < 0.6
+    again, _ = random_scenes_about(encoder, subjects, 200, torch.Generator().manual_seed(0))
+    assert torch.equal(hot, again)
 
 
 def test_hooks_and_tracing_work_on_the_demo_model(model):
