@@ -70,6 +70,12 @@ def test_training_smoke_run_is_deterministic_and_round_trips(tmp_path):
     assert torch.equal(a.encode_image(scenes), c.encode_image(scenes))
 
 
+@pytest.mark.parametrize("kw", [dict(steps=0), dict(batch=1), dict(extra_scenes=-1), dict(plain_fraction=1.5)])
+def test_training_arguments_out_of_range_are_refused(kw):
+    with pytest.raises(ValueError, match=f"{next(iter(kw))}=.*out of range"):
+        train(**kw)
+
+
 def test_unknown_object_names_the_nearest_known_ones(model):
     with pytest.raises(ValueError, match=r"unknown object 'dgo'.*'dog'"):
         model.encode_image([["dgo", "tree"]])
