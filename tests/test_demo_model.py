@@ -18,7 +18,7 @@ from analyses.valse_negation import EXISTENCE_JSON
 from hooked_clip import HookedCLIP, load_model
 from hooked_clip.models import tiny_negation as tn
 from hooked_clip.models.tiny_negation import world
-from hooked_clip.models.tiny_negation.evaluate import held_out_accuracy, valse_accuracy
+from hooked_clip.models.tiny_negation.evaluate import held_out_accuracy, held_out_breakdown, valse_accuracy
 from hooked_clip.models.tiny_negation.train import random_scenes_about, sample_batch, train
 
 CARD = Path(__file__).parents[1] / "docs" / "models" / "tiny-negation.md"
@@ -56,6 +56,17 @@ def test_accuracy_above_the_card_floors(model):
     assert held_out_accuracy(model, n=300, held_out_templates=False) >= TRAIN_TEMPLATES_FLOOR
     acc, n = valse_accuracy(model, limit=150)
     assert n == 150 and acc >= VALSE_FLOOR
+
+
+def test_breakdown_partitions_the_held_out_items(model):
+    groups = held_out_breakdown(model, n=200)
+    for kind in ("form", "scene"):
+        part = {k: v for k, v in groups.items() if k.startswith(kind)}
+        assert sum(v["n"] for v in part.values()) == 200
+        correct = sum(v["n"] * v["accuracy"] for v in part.values())
+        assert abs(correct / 200 - held_out_accuracy(model, n=200)) < 1e-3
+    assert {k for k in groups if k.startswith("form")} == {
+        "form: Here you see no X", "form: In the picture there are no X", "form: In the picture there is no X"}
 
 
 def test_training_smoke_run_is_deterministic_and_round_trips(tmp_path):

@@ -8,7 +8,8 @@ Prints pairwise accuracy S(true statement) > S(negation-flipped statement):
     <place>", ...), and the same scenes with the training templates;
   * the 505 valid VALSE existence items (mturk caption >= 2) with scenes from ``synthesize_scene``:
     S(caption) > S(foil);
-and the sha256 of the weights file.
+a breakdown of the held-out items by sentence form and by scene size (subject present or absent), and
+the sha256 of the weights file.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 
 from analyses.valse_negation import EXISTENCE_JSON
 from hooked_clip.models.tiny_negation import WEIGHTS, load
-from hooked_clip.models.tiny_negation.train import pairwise_accuracy, sample_batch
+from hooked_clip.models.tiny_negation.train import pairwise_accuracy, sample_batch, scores
 from hooked_clip.models.tiny_negation.world import synthesize_scene
 from hooked_clip.tokenizer import CLIPTokenizer
 
@@ -32,6 +33,26 @@ HELD_OUT_SEED = 20261127
 def held_out_accuracy(model, n: int = 2000, seed: int = HELD_OUT_SEED, held_out_templates: bool = True) -> float:
     scenes, true, false = sample_batch(random.Random(seed), n, held_out=held_out_templates)
     return pairwise_accuracy(model, CLIPTokenizer(), scenes, true, false)
+
+
+@torch.no_grad()
+def held_out_breakdown(model, n: int = 2000, seed: int = HELD_OUT_SEED, held_out_templates: bool = True) -> dict:
+    """Pairwise accuracy of the ``held_out_accuracy`` items grouped by sentence form (the negated sentence up
+    to its negator, e.g. "In the picture there is no X") and by scene size and presence of the subject
+    ("4 objects, subject present"): {group: {"n": count, "accuracy": fraction}}."""
+    scenes, true, false = sample_batch(random.Random(seed), n, held_out=held_out_templates)
+    tokenizer = CLIPTokenizer()
+    t_true, v = scores(model, tokenizer, scenes, true)
+    t_false, _ = scores(model, tokenizer, scenes, false)
+    correct = ((t_true * v).sum(-1) > (t_false * v).sum(-1)).tolist()
+    groups: dict[str, list[bool]] = {}
+    for scene, a, b, ok in zip(scenes, true, false, correct):
+        negated = a if a.negated else b
+        form = negated.text.split(" no ")[0].split(" not ")[0] + (" not X" if " not " in negated.text else " no X")
+        present = "present" if a.subject in scene else "absent"
+        for key in (f"form: {form}", f"scene: {len(scene)} objects, subject {present}"):
+            groups.setdefault(key, []).append(ok)
+    return {k: {"n": len(v), "accuracy": round(sum(v) / len(v), 4)} for k, v in sorted(groups.items())}
 
 
 @torch.no_grad()
@@ -58,6 +79,7 @@ def main() -> None:
         "held_out_synthetic_pairwise_accuracy": held_out_accuracy(model, args.n),
         "held_out_scenes_train_templates_pairwise_accuracy": held_out_accuracy(model, args.n, held_out_templates=False),
         "n_synthetic": args.n,
+        "held_out_breakdown": held_out_breakdown(model, args.n),
         "valse_pairwise_accuracy": valse,
         "n_valse": n_valse,
         "weights_sha256": sha256(),
