@@ -208,8 +208,7 @@ def attribution_patch(
     labels = {"layer": list(range(L)), "pos": list(range(width)), "head": list(range(text.cfg.n_heads))}
     clean_m, corrupt_m = (src_metric, base_metric) if direction == "denoise" else (base_metric, src_metric)
     return PatchingResult(base_metric + effect, axes, {a: labels[a] for a in axes}, act_name, direction,
-                          clean_m, corrupt_m, extra={"method": "attribution", "atp_star": star,
-                                                                                 "ig_steps": ig_steps})
+                          clean_m, corrupt_m, extra={"method": "attribution", "atp_star": star, "ig_steps": ig_steps})
 
 
 def _atp_star_qk(text, layer: int, act_name: str, acts: dict, src: Tensor) -> Float[Tensor, "batch pos head"]:
