@@ -23,7 +23,7 @@ import torch
 
 from analyses.valse_negation import EXISTENCE_JSON
 from hooked_clip.models.tiny_negation import WEIGHTS, load
-from hooked_clip.models.tiny_negation.train import pairwise_accuracy, sample_batch, scores
+from hooked_clip.models.tiny_negation.train import pairwise_accuracy, pairwise_correct, sample_batch
 from hooked_clip.models.tiny_negation.world import synthesize_scene
 from hooked_clip.tokenizer import CLIPTokenizer
 
@@ -41,10 +41,7 @@ def held_out_breakdown(model, n: int = 2000, seed: int = HELD_OUT_SEED, held_out
     to its negator, e.g. "In the picture there is no X") and by scene size and presence of the subject
     ("4 objects, subject present"): {group: {"n": count, "accuracy": fraction}}."""
     scenes, true, false = sample_batch(random.Random(seed), n, held_out=held_out_templates)
-    tokenizer = CLIPTokenizer()
-    t_true, v = scores(model, tokenizer, scenes, true)
-    t_false, _ = scores(model, tokenizer, scenes, false)
-    correct = ((t_true * v).sum(-1) > (t_false * v).sum(-1)).tolist()
+    correct = pairwise_correct(model, CLIPTokenizer(), scenes, true, false).tolist()
     groups: dict[str, list[bool]] = {}
     for scene, a, b, ok in zip(scenes, true, false, correct):
         negated = a if a.negated else b

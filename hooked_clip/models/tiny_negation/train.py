@@ -150,10 +150,15 @@ def loss_fn(model, tokenizer, scenes, true, false, extra_scenes: int = 0, genera
 
 
 @torch.no_grad()
-def pairwise_accuracy(model, tokenizer, scenes, true, false) -> float:
+def pairwise_correct(model, tokenizer, scenes, true, false) -> torch.Tensor:
+    """[n] bool: S(true statement) > S(its negation-flipped counterpart) for each scene."""
     t_true, v = scores(model, tokenizer, scenes, true)
     t_false, _ = scores(model, tokenizer, scenes, false)
-    return float(((t_true * v).sum(-1) > (t_false * v).sum(-1)).float().mean())
+    return (t_true * v).sum(-1) > (t_false * v).sum(-1)
+
+
+def pairwise_accuracy(model, tokenizer, scenes, true, false) -> float:
+    return float(pairwise_correct(model, tokenizer, scenes, true, false).float().mean())
 
 
 def train(steps: int = 2800, batch: int = 128, lr: float = 7e-4, seed: int = 0, log_every: int = 250,
