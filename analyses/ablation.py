@@ -15,7 +15,7 @@ from typing import Callable, Literal, Optional, Sequence
 import torch
 from torch import Tensor
 
-from analyses.patching import ACT_HOOKS, Tokens, _text
+from hooked_clip.analyses.patching import ACT_HOOKS, Tokens, _text
 
 Kind = Literal["zero", "mean", "resample"]
 Hooks = list[tuple[str, Callable]]
@@ -110,7 +110,7 @@ def ablate_mlps(model, layers: Sequence[int], kind: Kind = "zero", *, reference:
 def ablate_positions(model, positions: Sequence[int], kind: Kind = "zero", *, act_name: str = "resid_pre",
                      layers: Optional[Sequence[int]] = None, reference: Optional[Tokens] = None,
                      seed: int = 0) -> Hooks:
-    """Hooks ablating ``act_name`` (any key of ``analyses.patching.ACT_HOOKS`` except pattern) at
+    """Hooks ablating ``act_name`` (any key of ``hooked_clip.analyses.patching.ACT_HOOKS`` except pattern) at
     ``positions`` in each block of ``layers`` (default: all)."""
     text = _text(model)
     _check_kind(kind)

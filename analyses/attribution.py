@@ -12,7 +12,7 @@ patching activation a is ≈ (a_source - a_base) · ∂metric/∂a at the base r
 linear estimate through the softmax is poor, so (AtP*, Kramár et al. 2024) the attention pattern row(s)
 a patched query or key changes are recomputed exactly and only the step after the pattern is linearised:
 effect ≈ Σ ∂metric/∂pattern · (pattern_patched - pattern_base). Results are a :class:`PatchingResult`
-with the same axes and meaning as :func:`analyses.patching.activation_patch` (estimated metric of each
+with the same axes and meaning as :func:`hooked_clip.analyses.patching.activation_patch` (estimated metric of each
 patched run), so the two compare directly.
 """
 
@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-from analyses.metrics import Metric, check_metric
-from analyses.patching import (ACT_HOOKS, HEAD_ACTS, INDEX_AXES, Index, PatchingResult, Tokens, _canon, _text,
+from hooked_clip.analyses.metrics import Metric, check_metric
+from hooked_clip.analyses.patching import (ACT_HOOKS, HEAD_ACTS, INDEX_AXES, Index, PatchingResult, Tokens, _canon, _text,
                                aligned_runs)
 from hooked_clip.cache import apply_ln_to_stack, decompose_resid, embedding_bias, ln_final_scale, to_embedding_space
 
@@ -111,7 +111,7 @@ def attribution_patch(
 
     Args:
         clean / corrupt: texts or token ids, with the same pooling positions per example.
-        metric: embeddings [batch, d_proj] -> [batch] (see ``analyses.metrics``); must be differentiable.
+        metric: embeddings [batch, d_proj] -> [batch] (see ``hooked_clip.analyses.metrics``); must be differentiable.
         act_name / index: as in ``activation_patch`` (``pattern`` is estimated per query row).
         direction: ``denoise`` (run corrupt, patch clean) or ``noise`` (run clean, patch corrupt).
         atp_star: for ``q``/``k``, recompute the attention pattern exactly (AtP*); False gives plain AtP.

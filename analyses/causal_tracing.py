@@ -15,8 +15,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from analyses.metrics import Metric, check_metric, similarity_metric
-from analyses.patching import Tokens, _text, activation_patch
+from hooked_clip.analyses.metrics import Metric, check_metric, similarity_metric
+from hooked_clip.analyses.patching import Tokens, _text, activation_patch
 
 NegationIn = Literal["caption", "foil"]
 

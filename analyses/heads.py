@@ -19,7 +19,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from analyses.patching import Tokens, _text
+from hooked_clip.analyses.patching import Tokens, _text
 
 
 @dataclass

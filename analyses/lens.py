@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from analyses.patching import Tokens, _text
+from hooked_clip.analyses.patching import Tokens, _text
 from hooked_clip.cache import accumulated_resid, apply_ln_to_stack, ln_final_scale, to_embedding_space
 
 LnMode = Literal["frozen", "recompute"]

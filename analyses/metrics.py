@@ -94,6 +94,6 @@ def check_metric(metric: Metric, embeds: Tensor, what: str = "metric") -> Tensor
         raise ValueError(
             f"{what} must map embeddings {tuple(embeds.shape)} to one value per example, shape {expected}; "
             f"got {got}. Write it to broadcast over leading dimensions and not to reduce over the batch "
-            "(e.g. use analyses.metrics.similarity_metric)."
+            "(e.g. use hooked_clip.analyses.metrics.similarity_metric)."
         )
     return out

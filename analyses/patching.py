@@ -15,7 +15,7 @@ one. Numbers are the same as a one-forward-per-patch loop; the engine is faster 
   there); or it is a last-block residual/MLP-output state away from the pooling position;
 - inherits EOT trimming from the model.
 
-The metric maps output embeddings [..., batch, d_proj] to [..., batch] (see ``analyses.metrics``).
+The metric maps output embeddings [..., batch, d_proj] to [..., batch] (see ``hooked_clip.analyses.metrics``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from analyses.metrics import Metric, check_metric, normalized_patching_metric
+from hooked_clip.analyses.metrics import Metric, check_metric, normalized_patching_metric
 from hooked_clip.text import HookedCLIPText
 
 POSITIONAL_ACTS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")

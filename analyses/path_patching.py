@@ -26,8 +26,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from analyses.metrics import Metric, check_metric
-from analyses.patching import PatchingResult, Tokens, _text, aligned_runs
+from hooked_clip.analyses.metrics import Metric, check_metric
+from hooked_clip.analyses.patching import PatchingResult, Tokens, _text, aligned_runs
 
 _SENDER = re.compile(r"^(embed|L(\d+)H(\d+)|L(\d+)_mlp)$")
 _RECEIVER = re.compile(r"^(pooled|L(\d+)H(\d+)\.([qkv])|L(\d+)_mlp)$")

@@ -20,10 +20,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-from analyses.attribution import attribution_patch
-from analyses.metrics import similarity_metric
-from analyses.patching import activation_patch
-from analyses.valse_negation.data import aligned_pairs, load_items
+from hooked_clip.analyses.attribution import attribution_patch
+from hooked_clip.analyses.metrics import similarity_metric
+from hooked_clip.analyses.patching import activation_patch
+from hooked_clip.analyses.valse_negation.data import aligned_pairs, load_items
 from hooked_clip import CLIPTextConfig, HookedCLIP, HookedCLIPText
 
 

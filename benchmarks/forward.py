@@ -23,7 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import open_clip
 import torch
 
-from analyses.valse_negation import EXISTENCE_JSON
+from hooked_clip.analyses.valse_negation import EXISTENCE_JSON
 from hooked_clip import HookedCLIP
 
 

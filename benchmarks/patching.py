@@ -22,9 +22,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-from analyses.causal_tracing import hidden_state_hook, minimal_pair_trace, rome_trace
-from analyses.metrics import similarity_metric
-from analyses.valse_negation.data import aligned_pairs, load_items
+from hooked_clip.analyses.causal_tracing import hidden_state_hook, minimal_pair_trace, rome_trace
+from hooked_clip.analyses.metrics import similarity_metric
+from hooked_clip.analyses.valse_negation.data import aligned_pairs, load_items
 from hooked_clip import CLIPTextConfig, HookedCLIP, HookedCLIPText
 
 

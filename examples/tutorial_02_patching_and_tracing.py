@@ -2,9 +2,9 @@
 
 import torch
 from hooked_clip import load_model
-from analyses.metrics import similarity_metric
-from analyses.patching import activation_patch
-from analyses.causal_tracing import minimal_pair_trace
+from hooked_clip.analyses.metrics import similarity_metric
+from hooked_clip.analyses.patching import activation_patch
+from hooked_clip.analyses.causal_tracing import minimal_pair_trace
 
 torch.set_grad_enabled(False)
 model = load_model("tiny-negation")
@@ -42,7 +42,7 @@ ax.set_xlabel("hidden state layer (0 = embeddings)")
 fig.colorbar(im, label="CTE")
 fig.savefig("figures/02_cte.png", dpi=90, bbox_inches="tight")
 
-from analyses.causal_tracing import rome_trace
+from hooked_clip.analyses.causal_tracing import rome_trace
 
 rome = rome_trace(model, negated, similarity_metric(model, image), noise_positions=[3], n_samples=4,
                   progress=False)

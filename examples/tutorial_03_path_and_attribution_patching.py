@@ -2,10 +2,10 @@
 
 import torch
 from hooked_clip import load_model
-from analyses.metrics import similarity_metric
-from analyses.patching import activation_patch
-from analyses.attribution import attribution_patch
-from analyses.path_patching import path_patch
+from hooked_clip.analyses.metrics import similarity_metric
+from hooked_clip.analyses.patching import activation_patch
+from hooked_clip.analyses.attribution import attribution_patch
+from hooked_clip.analyses.path_patching import path_patch
 
 model = load_model("tiny-negation")
 negated = ["There are no dogs in the park.", "There is no cat on the bed.", "There are no cars parked.",

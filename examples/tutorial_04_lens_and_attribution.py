@@ -2,7 +2,7 @@
 
 import torch
 from hooked_clip import load_model
-from analyses.lens import TunedLens, lens_agreement, lens_difference, lens_ranking
+from hooked_clip.analyses.lens import TunedLens, lens_agreement, lens_difference, lens_ranking
 
 torch.set_grad_enabled(False)
 model = load_model("tiny-negation")
@@ -42,7 +42,7 @@ ax.set_ylabel("cosine to the final embedding")
 ax.legend()
 fig.savefig("figures/04_lens.png", dpi=90, bbox_inches="tight")
 
-from analyses.attribution import direct_difference_attribution
+from hooked_clip.analyses.attribution import direct_difference_attribution
 
 att = direct_difference_attribution(model, captions, foils, image)   # splits d = S(caption) - S(foil)
 assert torch.allclose(att.values.sum(0), att.total, atol=1e-4)

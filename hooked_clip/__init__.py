@@ -1,9 +1,10 @@
 """hooked_clip: a mechanistic-interpretability toolkit for CLIP in the style of TransformerLens."""
 
-from hooked_clip.clip import HookedCLIP, load_model
+from hooked_clip.clip import HookedCLIP
 from hooked_clip.config import CLIPTextConfig
 from hooked_clip.hub import WeightsUnavailableError
 from hooked_clip.loading import CheckpointMismatchError
+from hooked_clip.registry import load_model
 from hooked_clip.text import HookedCLIPText
 from hooked_clip.tokenizer import CLIPTokenizer
 

@@ -354,29 +354,3 @@ def _load_open_clip_checkpoint(model: nn.Module, path: str, name: str) -> None:
             + ". Pass the open_clip model name the checkpoint was trained with."
         )
     model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
-
-
-# ------------------------------------------------------------------------------------------ load_model
-def _tiny_negation(device: str = "cpu", **processing) -> HookedCLIP:
-    from hooked_clip.models.tiny_negation import load
-
-    model = load(device=device)
-    process_weights(model, **processing)
-    return model
-
-
-# name -> loader of a model whose weights ship inside the package (offline). See docs/models/.
-SHIPPED_MODELS: dict[str, Any] = {"tiny-negation": _tiny_negation}
-
-
-def load_model(name: str, **kwargs) -> HookedCLIP:
-    """A model by name: one shipped with the package (offline), else a local directory or HF hub id
-    (see :meth:`HookedCLIP.from_pretrained`)."""
-    if name in SHIPPED_MODELS:
-        return SHIPPED_MODELS[name](**kwargs)
-    if os.path.isdir(name) or "/" in name:
-        return HookedCLIP.from_pretrained(name, **kwargs)
-    raise ValueError(
-        f"No shipped model {name!r} (shipped: {sorted(SHIPPED_MODELS) or 'none yet'}). Pass an HF hub id such "
-        "as 'openai/clip-vit-base-patch32', a local directory, or use HookedCLIP.from_open_clip(...)."
-    )

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import hf_clip
 
-from analyses.ablation import ablate_heads, ablate_mlps, ablate_positions
+from hooked_clip.analyses.ablation import ablate_heads, ablate_mlps, ablate_positions
 from hooked_clip import HookedCLIP
 
 TEXTS = ["There are no cats in the picture.", "There is a dog.", "no"]

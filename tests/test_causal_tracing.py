@@ -6,8 +6,8 @@ import pytest
 import torch
 from conftest import hf_clip
 
-from analyses.causal_tracing import hidden_state_hook, minimal_pair_trace, rome_trace
-from analyses.metrics import cosine_to_target
+from hooked_clip.analyses.causal_tracing import hidden_state_hook, minimal_pair_trace, rome_trace
+from hooked_clip.analyses.metrics import cosine_to_target
 from hooked_clip import HookedCLIP
 
 NEG = ["There are no cats in the picture.", "There is no dog.", "There are no people.", "There are no red buses parked here."]

@@ -9,12 +9,12 @@ import torch
 import torch.nn.functional as F
 from conftest import hf_clip
 
-from analyses.attribution import attribution_patch, direct_attribution, direct_difference_attribution, direct_similarity_attribution
-from analyses.heads import attention_to_tokens, head_correlation, negator_head_scores
-from analyses.lens import TunedLens, lens_agreement, lens_difference, lens_embeddings, lens_ranking, lens_similarity
-from analyses.metrics import cosine_to_target
-from analyses.path_patching import all_senders, path_patch
-from analyses.patching import activation_patch
+from hooked_clip.analyses.attribution import attribution_patch, direct_attribution, direct_difference_attribution, direct_similarity_attribution
+from hooked_clip.analyses.heads import attention_to_tokens, head_correlation, negator_head_scores
+from hooked_clip.analyses.lens import TunedLens, lens_agreement, lens_difference, lens_embeddings, lens_ranking, lens_similarity
+from hooked_clip.analyses.metrics import cosine_to_target
+from hooked_clip.analyses.path_patching import all_senders, path_patch
+from hooked_clip.analyses.patching import activation_patch
 from hooked_clip import CLIPTextConfig, HookedCLIP, HookedCLIPText
 from hooked_clip.cache import (accumulated_resid, apply_ln_to_stack, decompose_resid, embedding_bias, ln_final_scale,
                                stack_head_results, to_embedding_space)
@@ -326,7 +326,7 @@ def demo():
 
 @pytest.mark.parametrize("act,index", sorted(IG_R_FLOOR))
 def test_integrated_gradients_track_exact_patching_on_the_demo_model_where_atp_does_not(demo, act, index):
-    from analyses.metrics import similarity_metric
+    from hooked_clip.analyses.metrics import similarity_metric
 
     metric = similarity_metric(demo, demo.encode_image(DEMO_SCENES))
     exact = activation_patch(demo, DEMO_NEG, DEMO_AFF, metric, act, index=index, progress=False)

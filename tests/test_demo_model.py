@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from analyses.causal_tracing import minimal_pair_trace
-from analyses.valse_negation import EXISTENCE_JSON
+from hooked_clip.analyses.causal_tracing import minimal_pair_trace
+from hooked_clip.analyses.valse_negation import EXISTENCE_JSON
 from hooked_clip import HookedCLIP, load_model
 from hooked_clip.models import tiny_negation as tn
 from hooked_clip.models.tiny_negation import world
-from hooked_clip.models.tiny_negation.evaluate import held_out_accuracy, held_out_breakdown, valse_accuracy
+from hooked_clip.models.tiny_negation.evaluate import held_out_accuracy, held_out_breakdown
+from hooked_clip.analyses.valse_negation.demo_scenes import demo_model_accuracy, synthesize_scene
 from hooked_clip.models.tiny_negation.train import random_scenes_about, sample_batch, train
 
 CARD = Path(__file__).parents[1] / "docs" / "models" / "tiny-negation.md"
@@ -54,7 +55,7 @@ def test_weights_are_small_and_match_the_card_checksum():
 def test_accuracy_above_the_card_floors(model):
     assert held_out_accuracy(model, n=300) >= HELD_OUT_FLOOR
     assert held_out_accuracy(model, n=300, held_out_templates=False) >= TRAIN_TEMPLATES_FLOOR
-    acc, n = valse_accuracy(model, limit=150)
+    acc, n = demo_model_accuracy(model, limit=150)
     assert n == 150 and acc >= VALSE_FLOOR
 
 
@@ -103,8 +104,8 @@ def test_synthesized_scene_makes_the_caption_true():
     items = [x for x in json.loads(EXISTENCE_JSON.read_text()).values() if x["mturk"]["caption"] >= 2]
     assert len(items) == 505
     for x in items:
-        scene = tn.synthesize_scene(x, seed=3)
-        assert scene == tn.synthesize_scene(x, seed=3)
+        scene = synthesize_scene(x, seed=3)
+        assert scene == synthesize_scene(x, seed=3)
         assert all(o in world.OBJECTS for o in scene)
         negated_caption = re.search(r"\bno\b", x["caption"], re.I) is not None
         subject = world.object_of(re.search(r"\bno\s+(\w+)", x["caption"] if negated_caption else x["foil"], re.I).group(1))

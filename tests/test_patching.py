@@ -10,8 +10,8 @@ import torch
 from conftest import hf_clip
 from transformer_lens import patching as tl_patching
 
-from analyses.metrics import cosine_to_target, similarity_metric
-from analyses.patching import ACT_HOOKS, HEAD_ACTS, activation_patch
+from hooked_clip.analyses.metrics import cosine_to_target, similarity_metric
+from hooked_clip.analyses.patching import ACT_HOOKS, HEAD_ACTS, activation_patch
 from hooked_clip import HookedCLIP
 
 NEG = ["There are no cats in the picture.", "There is no dog.", "There are no people.", "no"]

@@ -10,11 +10,11 @@ import pytest
 import torch
 from conftest import hf_clip
 
-from analyses.valse_negation import study
-from analyses.valse_negation.data import DataFormatError, NEGATOR_POS, aligned_pairs, load_items
-from analyses.valse_negation.images import FolderImages, SceneImages
-from analyses.valse_negation.report import _cte_matrix, aggregate
-from analyses.valse_negation.study import RunDirMismatchError, Settings, run_items, to_rows
+from hooked_clip.analyses.valse_negation import study
+from hooked_clip.analyses.valse_negation.data import DataFormatError, NEGATOR_POS, aligned_pairs, load_items
+from hooked_clip.analyses.valse_negation.images import FolderImages, SceneImages
+from hooked_clip.analyses.valse_negation.report import _cte_matrix, aggregate
+from hooked_clip.analyses.valse_negation.study import RunDirMismatchError, Settings, run_items, to_rows
 from hooked_clip import HookedCLIP
 from hooked_clip.models.tiny_negation import build
 from hooked_clip.models.tiny_negation.world import OBJECTS
@@ -141,7 +141,7 @@ def test_text_only_run_still_gives_head_scores(tmp_path):
 
 
 def test_cli_end_to_end_on_the_demo_model(tmp_path):
-    from hooked_clip.cli import main
+    from hooked_clip.analyses.cli import main
 
     main(["valse-negation", "--limit", "40", "--out", str(tmp_path), "--no-progress"])
     results = json.loads((tmp_path / "results.json").read_text())
@@ -158,8 +158,8 @@ def test_cli_on_a_saved_hf_checkpoint_with_images_and_without(tmp_path, capsys):
     """The real-model path: a transformers checkpoint directory and a folder of JPEGs named as in VALSE."""
     from PIL import Image
 
-    from analyses.valse_negation.study import select_items
-    from hooked_clip.cli import main
+    from hooked_clip.analyses.valse_negation.study import select_items
+    from hooked_clip.analyses.cli import main
 
     hf_clip("laion_gelu").save_pretrained(tmp_path / "ckpt")
     images = tmp_path / "images"
@@ -199,7 +199,7 @@ def test_clipseg_subject_size_from_local_weights(tmp_path):
     from transformers import (CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor, CLIPTokenizer,
                               ViTImageProcessor)
 
-    from analyses.valse_negation.images import clipseg_subject_size
+    from hooked_clip.analyses.valse_negation.images import clipseg_subject_size
     from hooked_clip.tokenizer import CLIPTokenizer as OurTokenizer
 
     OurTokenizer().save_hf_vocab(tmp_path)
@@ -221,3 +221,15 @@ def test_clipseg_subject_size_from_local_weights(tmp_path):
     assert 0 <= size <= 1 and abs(size - float(ref)) <= 1e-6
     with pytest.raises(FileNotFoundError, match="CLIPSeg"):
         clipseg_subject_size(tmp_path / "absent")
+
+
+def test_demo_model_vocabulary_covers_every_valse_sentence():
+    """The demo model ships its extra words (vocabulary.txt) instead of reading the study's data."""
+    from hooked_clip.analyses.valse_negation.data import load_items
+    from hooked_clip.models.tiny_negation.train import extra_vocabulary
+    from hooked_clip.tokenizer import CLIPTokenizer
+
+    tok = CLIPTokenizer()
+    words = {i for w in extra_vocabulary() for i in tok.encode(w)}
+    sentences = {i for x in load_items() for s in (x.caption, x.foil) for i in tok.encode(s)}
+    assert sentences <= words

@@ -12,10 +12,10 @@ import sys
 import time
 from pathlib import Path
 
-from analyses.valse_negation.data import load_items
-from analyses.valse_negation.images import FolderImages, SceneImages, clipseg_subject_size
-from analyses.valse_negation.report import aggregate, write_outputs
-from analyses.valse_negation.study import Settings, run_items, select_items
+from hooked_clip.analyses.valse_negation.data import load_items
+from hooked_clip.analyses.valse_negation.images import FolderImages, SceneImages, clipseg_subject_size
+from hooked_clip.analyses.valse_negation.report import aggregate, write_outputs
+from hooked_clip.analyses.valse_negation.study import Settings, run_items, select_items
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

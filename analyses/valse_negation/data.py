@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
-from analyses.valse_negation import EXISTENCE_JSON
+from hooked_clip.analyses.valse_negation import EXISTENCE_JSON
 
 NEGATOR_POS = 3  # [SOT] there is/are no ...
 _REQUIRED = ("caption", "foil", "mturk", "provenance_of_foils", "image_file")

@@ -12,7 +12,8 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import Tensor
 
-from analyses.valse_negation.data import Item
+from hooked_clip.analyses.valse_negation.data import Item
+from hooked_clip.analyses.valse_negation.demo_scenes import synthesize_scene
 
 
 class SceneImages:
@@ -27,8 +28,6 @@ class SceneImages:
         return f"synthesized scenes (seed {self.seed})"
 
     def scenes(self, items: Sequence[Item]) -> list[list[str]]:
-        from hooked_clip.models.tiny_negation import synthesize_scene
-
         return [synthesize_scene(x.raw, seed=self.seed) for x in items]
 
     @torch.no_grad()

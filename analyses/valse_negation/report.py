@@ -15,7 +15,7 @@ from typing import Optional
 
 import numpy as np
 
-from analyses.valse_negation.study import ROWS, atomic_write
+from hooked_clip.analyses.valse_negation.study import ROWS, atomic_write
 
 SEGMENTS = ("correct", "ambiguous", "incorrect")
 LOCATIONS = ("caption", "foil")

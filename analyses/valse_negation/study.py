@@ -1,8 +1,8 @@
 """The VALSE negation study: per-item measurements, written incrementally and atomically, resumable.
 
-Built only from the generic analyses: scores (``analyses.metrics``), the paper's causal tracing
-(``analyses.causal_tracing.minimal_pair_trace``), optionally ROME noise tracing, and head scores
-(``analyses.heads.negator_head_scores``). Aggregation, tables, figures and the report are in ``report.py``.
+Built only from the generic analyses: scores (``hooked_clip.analyses.metrics``), the paper's causal tracing
+(``hooked_clip.analyses.causal_tracing.minimal_pair_trace``), optionally ROME noise tracing, and head scores
+(``hooked_clip.analyses.heads.negator_head_scores``). Aggregation, tables, figures and the report are in ``report.py``.
 
 A run directory holds ``config.json`` (model, fingerprint, settings), ``image_embeds.safetensors`` (the
 image embeddings, computed once), ``items/<id>.json`` (one record per valid item, each written to a
@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from analyses.causal_tracing import minimal_pair_trace, rome_trace
-from analyses.heads import negator_head_scores
-from analyses.metrics import normalized_patching_metric, similarity_metric
-from analyses.valse_negation.data import NEGATOR_POS, Item, align, load_items
+from hooked_clip.analyses.causal_tracing import minimal_pair_trace, rome_trace
+from hooked_clip.analyses.heads import negator_head_scores
+from hooked_clip.analyses.metrics import normalized_patching_metric, similarity_metric
+from hooked_clip.analyses.valse_negation.data import NEGATOR_POS, Item, align, load_items
 
 STUDY_VERSION = 1
 ROWS = ["[SOT]", "there", "is/are", "a/some/no", "subj 1st", "subj further", ".", "[EOT]"]

@@ -1,7 +1,9 @@
 """``tiny-negation``: a small CLIP trained here on synthetic existence scenes, shipped as the offline demo
 model (``load_model("tiny-negation")``). Model card: docs/models/tiny-negation.md.
 
-- ``world.py``: objects, statement templates, ``synthesize_scene`` for VALSE items;
+- ``world.py``: objects, statement templates, random scenes;
+- ``vocabulary.txt``: extra words the demo model knows beyond its world (every word of the VALSE
+  existence sentences, so the study runs on it);
 - ``scene.py``: the symbolic image tower (scenes = lists of object names);
 - ``train.py``: the training script that reproduces the shipped weights;
 - ``evaluate.py``: the quality numbers of the card."""
@@ -14,11 +16,11 @@ from pathlib import Path
 import torch
 
 from hooked_clip.models.tiny_negation.scene import SceneEncoder, SceneTower
-from hooked_clip.models.tiny_negation.world import synthesize_scene
 
 WEIGHTS = Path(__file__).parent / "tiny_negation.safetensors"
+VOCABULARY = Path(__file__).parent / "vocabulary.txt"
 
-__all__ = ["WEIGHTS", "build", "load", "synthesize_scene", "save"]
+__all__ = ["VOCABULARY", "WEIGHTS", "build", "load", "save"]
 
 
 def text_config(device: str = "cpu", **overrides):

@@ -21,7 +21,6 @@ against 0.88 without the curriculum).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import random
 import time
@@ -30,13 +29,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from hooked_clip.models.tiny_negation import WEIGHTS, build, save
+from hooked_clip.models.tiny_negation import VOCABULARY, WEIGHTS, build, save
 from hooked_clip.models.tiny_negation import world as w
 from hooked_clip.tokenizer import CLIPTokenizer
 
 
 def training_vocabulary_ids(tokenizer: CLIPTokenizer, extra_sentences=()) -> set[int]:
-    """Every token id the training data (and the VALSE sentences) can produce: BPE splits words
+    """Every token id the training data (and the extra words) can produce: BPE splits words
     independently, so the ids of a sentence are the ids of its words."""
     words = set()
     for o in w.OBJECTS:
@@ -55,6 +54,12 @@ def training_vocabulary_ids(tokenizer: CLIPTokenizer, extra_sentences=()) -> set
     for text in list(words) + list(extra_sentences):
         ids |= set(tokenizer.encode(text))
     return ids
+
+
+def extra_vocabulary(path: Path = VOCABULARY) -> list[str]:
+    """The extra words of ``vocabulary.txt`` (the words of the VALSE existence sentences)."""
+    lines = (line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
 
 
 class CompactEmbed(torch.nn.Module):
@@ -186,8 +191,7 @@ def _train(steps: int, batch: int, lr: float, seed: int, log_every: int, extra_s
     generator = torch.Generator().manual_seed(seed)  # the extra scenes
     tokenizer = CLIPTokenizer()
     model = build(w.OBJECTS, seed=seed)
-    valse = json.loads((Path(__file__).parents[3] / "analyses" / "valse_negation" / "data" / "existence.json").read_text())
-    used = training_vocabulary_ids(tokenizer, [s for x in valse.values() for s in (x["caption"], x["foil"])])
+    used = training_vocabulary_ids(tokenizer, extra_vocabulary())
     full_embed = model.text.embed
     with torch.no_grad():  # rows never trained stay zero, so the shipped sparse embedding is the trained one
         unused = torch.ones(model.text.cfg.d_vocab, dtype=torch.bool)

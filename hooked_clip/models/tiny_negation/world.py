@@ -183,22 +183,3 @@ def make_pair(subject: str, plural_form: bool, rng: random.Random, *, held_out: 
 def random_scene(rng: random.Random, n_min: int = 1, n_max: int = 6, exclude: str | None = None) -> set[str]:
     pool = [o for o in OBJECTS if o != exclude]
     return set(rng.sample(pool, rng.randint(n_min, n_max)))
-
-
-def synthesize_scene(item: dict, seed: int = 0, n_distractors: tuple[int, int] = (1, 5)) -> list[str]:
-    """A scene for a VALSE existence item: the subject (the word after "no" in the negated sentence) is
-    present iff the affirmative sentence is true, plus seeded random distractor objects."""
-    caption, foil = item["caption"], item["foil"]
-    negated_caption = re.search(r"\bno\b", caption, re.I) is not None
-    negated = caption if negated_caption else foil
-    m = re.search(r"\bno\s+([A-Za-z']+)", negated, re.I)
-    if m is None:
-        raise ValueError(f"no negator 'no' followed by a word in {negated!r}")
-    subject = object_of(m.group(1))
-    # the caption is the true sentence: the affirmative is true iff the negation sits in the foil
-    present = not negated_caption
-    rng = random.Random(f"{seed}:{item.get('dataset_idx', caption)}")
-    scene = random_scene(rng, *n_distractors, exclude=subject)
-    if present:
-        scene.add(subject)
-    return sorted(scene)

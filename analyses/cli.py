@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    from analyses.valse_negation import cli as valse
+    from hooked_clip.analyses.valse_negation import cli as valse
 
     parser = argparse.ArgumentParser(prog="hooked-clip", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)

@@ -1,0 +1,35 @@
+"""Models by name: the ones whose weights ship inside the package (offline), else a local directory or an
+HF hub id. ``load_model`` is the one entry point; ``SHIPPED_MODELS`` maps each shipped name to its loader
+(see docs/models/ for their cards)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+from hooked_clip.clip import HookedCLIP
+from hooked_clip.processing import process_weights
+
+
+def _tiny_negation(device: str = "cpu", **processing) -> HookedCLIP:
+    from hooked_clip.models.tiny_negation import load
+
+    model = load(device=device)
+    process_weights(model, **processing)
+    return model
+
+
+SHIPPED_MODELS: dict[str, Callable[..., HookedCLIP]] = {"tiny-negation": _tiny_negation}
+
+
+def load_model(name: str, **kwargs: Any) -> HookedCLIP:
+    """A model by name: one shipped with the package (offline), else a local directory or HF hub id
+    (see :meth:`HookedCLIP.from_pretrained`)."""
+    if name in SHIPPED_MODELS:
+        return SHIPPED_MODELS[name](**kwargs)
+    if os.path.isdir(name) or "/" in name:
+        return HookedCLIP.from_pretrained(name, **kwargs)
+    raise ValueError(
+        f"No shipped model {name!r} (shipped: {sorted(SHIPPED_MODELS) or 'none yet'}). Pass an HF hub id such "
+        "as 'openai/clip-vit-base-patch32', a local directory, or use HookedCLIP.from_open_clip(...)."
+    )
