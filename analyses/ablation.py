@@ -15,7 +15,10 @@ from typing import Callable, Literal, Optional, Sequence
 import torch
 from torch import Tensor
 
-from hooked_clip.analyses.patching import ACT_HOOKS, Tokens, _text
+from hooked_clip.analyses.pairs import Tokens
+from hooked_clip.analyses.patching import PATCHABLE
+from hooked_clip.hook_names import act_name as hook_name
+from hooked_clip.text import text_tower
 
 Kind = Literal["zero", "mean", "resample"]
 Hooks = list[tuple[str, Callable]]
@@ -86,7 +89,7 @@ def ablate_heads(model, heads: Sequence[tuple[int, int]], kind: Kind = "zero", *
                  reference: Optional[Tokens] = None, positions: Optional[Sequence[int]] = None,
                  seed: int = 0) -> Hooks:
     """Hooks ablating the output ``z`` of each (layer, head) (0-indexed), at all positions or ``positions``."""
-    text = _text(model)
+    text = text_tower(model)
     _check_kind(kind)
     heads = [(int(l), int(h)) for l, h in heads]
     bad = [(l, h) for l, h in heads if not (0 <= l < text.cfg.n_layers and 0 <= h < text.cfg.n_heads)]
@@ -95,31 +98,31 @@ def ablate_heads(model, heads: Sequence[tuple[int, int]], kind: Kind = "zero", *
     by_layer: dict[int, list[int]] = {}
     for l, h in heads:
         by_layer.setdefault(l, []).append(h)
-    return _hooks(text, kind, {ACT_HOOKS["z"].format(l): hs for l, hs in by_layer.items()}, positions, reference, seed)
+    return _hooks(text, kind, {hook_name("z", l): hs for l, hs in by_layer.items()}, positions, reference, seed)
 
 
 def ablate_mlps(model, layers: Sequence[int], kind: Kind = "zero", *, reference: Optional[Tokens] = None,
                 positions: Optional[Sequence[int]] = None, seed: int = 0) -> Hooks:
     """Hooks ablating the MLP output of each block in ``layers`` (0-indexed)."""
-    text = _text(model)
+    text = text_tower(model)
     _check_kind(kind)
     layers = _checked_layers(text, layers)
-    return _hooks(text, kind, {ACT_HOOKS["mlp_out"].format(l): None for l in layers}, positions, reference, seed)
+    return _hooks(text, kind, {hook_name("mlp_out", l): None for l in layers}, positions, reference, seed)
 
 
 def ablate_positions(model, positions: Sequence[int], kind: Kind = "zero", *, act_name: str = "resid_pre",
                      layers: Optional[Sequence[int]] = None, reference: Optional[Tokens] = None,
                      seed: int = 0) -> Hooks:
-    """Hooks ablating ``act_name`` (any key of ``hooked_clip.analyses.patching.ACT_HOOKS`` except pattern) at
+    """Hooks ablating ``act_name`` (any of ``hooked_clip.analyses.patching.PATCHABLE`` except pattern) at
     ``positions`` in each block of ``layers`` (default: all)."""
-    text = _text(model)
+    text = text_tower(model)
     _check_kind(kind)
-    if act_name not in ACT_HOOKS or act_name == "pattern":
-        raise ValueError(f"act_name must be one of {sorted(set(ACT_HOOKS) - {'pattern'})}, got {act_name!r}.")
+    if act_name not in PATCHABLE or act_name == "pattern":
+        raise ValueError(f"act_name must be one of {sorted(set(PATCHABLE) - {'pattern'})}, got {act_name!r}.")
     if not positions:
         raise ValueError("positions is empty: nothing would be ablated.")
     layers = _checked_layers(text, range(text.cfg.n_layers) if layers is None else layers)
-    return _hooks(text, kind, {ACT_HOOKS[act_name].format(l): None for l in layers}, positions, reference, seed)
+    return _hooks(text, kind, {hook_name(act_name, l): None for l in layers}, positions, reference, seed)
 
 
 def _checked_layers(text, layers) -> list[int]:

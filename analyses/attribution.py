@@ -19,7 +19,7 @@ patched run), so the two compare directly.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -27,8 +27,11 @@ from jaxtyping import Float
 from torch import Tensor
 
 from hooked_clip.analyses.metrics import Metric, check_metric
-from hooked_clip.analyses.patching import (ACT_HOOKS, HEAD_ACTS, INDEX_AXES, Index, PatchingResult, Tokens, _canon, _text,
-                               aligned_runs)
+from hooked_clip.analyses.pairs import Direction, RunPair, Tokens
+from hooked_clip.analyses.patching import INDEX_AXES, PATCHABLE, Index, PatchingResult, _canon
+from hooked_clip.hook_names import HEAD_ACTS, act_name as hook_name
+from hooked_clip.text import text_tower
+from hooked_clip.similarity import logit_parameters
 from hooked_clip.cache import apply_ln_to_stack, decompose_resid, embedding_bias, ln_final_scale, to_embedding_space
 
 
@@ -56,7 +59,7 @@ _DSA_HOOKS = ("hook_embed", "hook_pos_embed", "ln_final.hook_scale")
 def direct_attribution(model, texts: Tokens, directions: Float[Tensor, "batch d_proj"], *,
                        heads: bool = True) -> Attribution:
     """Split t · direction (t: the unnormalised text embedding) into components, ln_final scale frozen."""
-    text = _text(model)
+    text = text_tower(model)
     tokens = text.as_tokens(texts)
     keep = lambda name: name in _DSA_HOOKS or name.endswith(("hook_z", "hook_mlp_out", "hook_attn_out"))  # noqa: E731
     embeds, cache = text.run_with_cache(tokens, names_filter=keep)
@@ -71,16 +74,22 @@ def direct_attribution(model, texts: Tokens, directions: Float[Tensor, "batch d_
 
 def direct_similarity_attribution(model, texts: Tokens, image_embeds: Float[Tensor, "batch d_proj"], *,
                                   heads: bool = True) -> Attribution:
-    """S(text_b, image_b) (logit_scale x cosine) split exactly into per-component contributions, for
-    each (text, image) pair; the ln_final scale and |t| are those of the run."""
-    text = _text(model)
+    """S(text_b, image_b) (logit_scale x cosine, + logit_bias) split exactly into per-component
+    contributions, for each (text, image) pair; the ln_final scale and |t| are those of the run. A model
+    with a ``logit_bias`` (SigLIP) gets a last ``"logit_bias"`` row."""
+    text = text_tower(model)
     with torch.no_grad():
         t = text(text.as_tokens(texts))
     if image_embeds.shape != t.shape:
         raise ValueError(f"image_embeds must be [batch, d_proj] = {tuple(t.shape)} (one image per text), got "
                          f"{tuple(image_embeds.shape)}.")
-    directions = model.logit_scale.exp() * F.normalize(image_embeds.to(t), dim=-1) / t.norm(dim=-1, keepdim=True)
-    return direct_attribution(model, texts, directions, heads=heads)
+    scale, bias = logit_parameters(model)
+    directions = scale * F.normalize(image_embeds.to(t), dim=-1) / t.norm(dim=-1, keepdim=True)
+    out = direct_attribution(model, texts, directions, heads=heads)
+    if bias is None:
+        return out
+    bias_row = bias.to(out.values).expand(1, out.values.shape[1])  # the model's logit_bias: its own row
+    return Attribution(torch.cat([out.values, bias_row]), out.labels + ["logit_bias"], out.total + bias.to(out.total))
 
 
 def direct_difference_attribution(model, captions: Tokens, foils: Tokens, image_embeds: Float[Tensor, "batch d_proj"], *,
@@ -101,7 +110,7 @@ def attribution_patch(
     act_name: str = "z",
     index: Index = "layer_head",
     *,
-    direction: Literal["denoise", "noise"] = "denoise",
+    direction: Direction = "denoise",
     atp_star: bool = True,
     ig_steps: int = 0,
     return_type: Literal["normalized", "embed", "pooled"] = "normalized",
@@ -127,22 +136,23 @@ def attribution_patch(
         :class:`PatchingResult`, ``values`` [*axes, batch] = base metric + estimated effect;
         ``extra["method"] == "attribution"``.
     """
-    text = _text(model)
-    if act_name not in ACT_HOOKS:
-        raise ValueError(f"unknown act_name {act_name!r}; use one of {sorted(ACT_HOOKS)}.")
+    text = text_tower(model)
+    if act_name not in PATCHABLE:
+        raise ValueError(f"unknown act_name {act_name!r}; use one of {sorted(PATCHABLE)}.")
     if index not in INDEX_AXES or ("head" in index and act_name not in HEAD_ACTS):
         raise ValueError(f"index {index!r} does not fit act_name {act_name!r}; per-head indices need one of {HEAD_ACTS}.")
     if not isinstance(ig_steps, int) or isinstance(ig_steps, bool) or ig_steps < 0:
         raise ValueError(f"ig_steps must be a non-negative int (0 = plain AtP), got {ig_steps!r}.")
-    base_t, src_t = aligned_runs(text, clean, corrupt, direction)
+    pair = RunPair.build(text, clean, corrupt, direction)
+    base_t, src_t = pair.base, pair.source
     width = base_t.shape[1]
     L = text.cfg.n_layers
     star = atp_star and act_name in ("q", "k")
     if star and ig_steps:
         raise ValueError("ig_steps is not combined with AtP* (q/k); pass atp_star=False to integrate q/k gradients.")
-    names = [ACT_HOOKS[act_name].format(l) for l in range(L)]
-    grad_names = [ACT_HOOKS["pattern"].format(l) for l in range(L)] if star else names
-    extra_names = ([ACT_HOOKS["q"].format(l) for l in range(L)] + [ACT_HOOKS["k"].format(l) for l in range(L)]) if star else []
+    names = [hook_name(act_name, l) for l in range(L)]
+    grad_names = [hook_name("pattern", l) for l in range(L)] if star else names
+    extra_names = ([hook_name("q", l) for l in range(L)] + [hook_name("k", l) for l in range(L)]) if star else []
 
     cached = set(names) | {"hook_embed"}
     with torch.no_grad():
@@ -206,7 +216,7 @@ def attribution_patch(
         if "pos" not in axes:
             effect = effect.squeeze(1)
     labels = {"layer": list(range(L)), "pos": list(range(width)), "head": list(range(text.cfg.n_heads))}
-    clean_m, corrupt_m = (src_metric, base_metric) if direction == "denoise" else (base_metric, src_metric)
+    clean_m, corrupt_m = pair.clean_and_corrupt(base_metric, src_metric)
     return PatchingResult(base_metric + effect, axes, {a: labels[a] for a in axes}, act_name, direction,
                           clean_m, corrupt_m, extra={"method": "attribution", "atp_star": star, "ig_steps": ig_steps})
 
@@ -215,26 +225,25 @@ def _atp_star_qk(text, layer: int, act_name: str, acts: dict, src: Tensor) -> Fl
     """AtP* for queries/keys of one layer: exact pattern change of each patched query row / key column,
     times ∂metric/∂pattern. ``src``: the source run's q or k [batch, pos, head, d_head]."""
     attn = text.blocks[layer].attn
-    q = acts[ACT_HOOKS["q"].format(layer)].detach()
-    k = acts[ACT_HOOKS["k"].format(layer)].detach()
-    pattern_name = ACT_HOOKS["pattern"].format(layer)
+    q = acts[hook_name("q", layer)].detach()
+    k = acts[hook_name("k", layer)].detach()
+    pattern_name = hook_name("pattern", layer)
     pattern, grad = acts[pattern_name].detach(), acts[pattern_name].grad  # [b, head, q, k]
-    n = q.shape[1]
-    mask = torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1) if text.cfg.causal else None
 
-    def softmax(scores):
-        return torch.softmax(scores if mask is None else scores.masked_fill(mask, float("-inf")), dim=-1)
+    def pattern_of(scores):  # the tower's own mask and softmax
+        return attn.calculate_pattern(attn.apply_causal_mask(scores))
 
     if act_name == "q":  # each query row depends only on its own query: all positions at once
-        new = softmax(torch.einsum("bqhd,bkhd->bhqk", src, k) / attn.attn_scale)
+        new = pattern_of(attn.calculate_attention_scores(src, k))
         return ((new - pattern) * grad).sum(-1).permute(0, 2, 1)  # [b, pos, head]
-    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / attn.attn_scale
-    column = torch.einsum("bqhd,bkhd->bhqk", q, src) / attn.attn_scale  # scores if key k were patched
+    scores = attn.calculate_attention_scores(q, k)
+    column = attn.calculate_attention_scores(q, src)  # scores if key k were patched
+    n = q.shape[1]
     out = torch.empty(q.shape[0], n, q.shape[2], device=q.device, dtype=q.dtype)
     for p in range(n):
         patched = scores.clone()
         patched[..., p] = column[..., p]
-        out[:, p] = ((softmax(patched) - pattern) * grad).sum((-1, -2))
+        out[:, p] = ((pattern_of(patched) - pattern) * grad).sum((-1, -2))
     return out
 
 

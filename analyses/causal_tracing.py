@@ -7,6 +7,8 @@ l >= 1 the output of block l (``blocks.{l-1}.hook_resid_post``); maps are [n_lay
 
 from __future__ import annotations
 
+import hashlib
+import warnings
 from dataclasses import dataclass
 from typing import Literal, Optional, Sequence, Union
 
@@ -15,42 +17,20 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from hooked_clip.analyses.engine import BaseRun, Chunk, Hooks, Plan, execute
 from hooked_clip.analyses.metrics import Metric, check_metric, similarity_metric
-from hooked_clip.analyses.patching import Tokens, _text, activation_patch
+from hooked_clip.analyses.pairs import RunPair, Tokens
+from hooked_clip.analyses.patching import activation_patch
+from hooked_clip.hook_names import act_name, hidden_state_name, layer_of
+from hooked_clip.text import text_tower
 
 NegationIn = Literal["caption", "foil"]
 
 
-def hidden_state_hook(layer: int) -> str:
-    """Hook name of the paper's hidden state l (0 = embeddings output, l = output of block l)."""
-    return "blocks.0.hook_resid_pre" if layer == 0 else f"blocks.{layer - 1}.hook_resid_post"
-
-
-def _pair_tokens(text, negated: Tokens, affirmative: Tokens) -> tuple[Tensor, Tensor]:
-    neg = text.as_tokens(negated)
-    aff = text.as_tokens(affirmative)
-    if neg.shape[0] != aff.shape[0]:
-        raise ValueError(f"{neg.shape[0]} negated sentences but {aff.shape[0]} affirmative ones.")
-    n_neg, n_aff = text.pool_positions(neg), text.pool_positions(aff)
-    bad = (n_neg != n_aff).nonzero().flatten().tolist()
-    if bad:
-        raise ValueError(
-            f"pairs {bad[:10]} have different token lengths (negated {n_neg[bad[0]].item() + 1} vs affirmative "
-            f"{n_aff[bad[0]].item() + 1} tokens for pair {bad[0]}); the minimal-pair trace patches position p into "
-            "position p, so align the sentences first (e.g. 'There are some X' for 'There are no X')."
-        )
-    width = int(n_neg.max()) + 1
-    return neg[:, :width], aff[:, :width]
-
-
-def _negation_flags(negation_in: Union[NegationIn, Sequence[NegationIn]], n: int) -> Tensor:
-    values = [negation_in] * n if isinstance(negation_in, str) else list(negation_in)
-    if len(values) != n:
-        raise ValueError(f"negation_in has {len(values)} entries for {n} pairs; give one per pair (or one string).")
-    bad = sorted({v for v in values if v not in ("caption", "foil")})
-    if bad:
-        raise ValueError(f"negation_in entries must be 'caption' or 'foil', got {bad}.")
-    return torch.tensor([v == "caption" for v in values])
+def hidden_state_hook(layer: int, n_layers: Optional[int] = None) -> str:
+    """Hook name of the paper's hidden state l (0 = embeddings output, l = output of block l); see
+    :func:`hooked_clip.hook_names.hidden_state_name`."""
+    return hidden_state_name(layer, layer if n_layers is None else n_layers)
 
 
 def minimal_pair_trace(
@@ -58,41 +38,57 @@ def minimal_pair_trace(
     negated: Tokens,
     affirmative: Tokens,
     image_embeds: Float[Tensor, "pairs d_proj"],
-    negation_in: Union[NegationIn, Sequence[NegationIn]],
+    negation_in: Union[None, NegationIn, Sequence[NegationIn]] = None,
     *,
     batch_size: int = 1024,
     progress: bool = True,
 ) -> Float[Tensor, "pairs n_layers_plus_1 pos"]:
-    """The paper's causal-tracing effect CTE(l, p) = d*/d for every hidden state (l, p) of each pair.
+    """The causal-tracing effect CTE(l, p) = d*/d of Quantmeyer et al. (2024) for every hidden state (l, p)
+    of each minimal pair: an application of :func:`activation_patch` and the normalised patching metric.
 
-    For every l in 0..n_layers and position p, the negated sentence's hidden state (l, p) replaces the
-    affirmative sentence's, downstream states are recomputed, and the score is read again. With
-    d = S(caption, image) - S(foil, image) (logits):
+    For every hidden state l in 0..n_layers (0 = embeddings output, l = output of block l) and position p,
+    the negated sentence's state replaces the affirmative sentence's (denoising, with the negated sentence
+    as the clean run), downstream states are recomputed and S(affirmative, image) is read again. The paper
+    defines d = S(caption, image) - S(foil, image) and d* by where the negation sits, but both of its cases
+    reduce to the same ratio, the normalised patching metric::
 
-    - negation in the caption (the foil, affirmative, is patched): d* = S*(foil) - S(foil);
-    - negation in the foil (the caption, affirmative, is patched): d* = S(caption) - S*(caption).
+        CTE = (S*(affirmative) - S(affirmative)) / (S(negated) - S(affirmative))
+
+    (negation in the caption: d* = S*(foil) - S(foil), d = S(neg) - S(aff); in the foil: d* = S(caption) -
+    S*(caption), d = S(aff) - S(neg)). ``negation_in`` is therefore not needed; it is accepted (and checked)
+    for code written against the paper's description, with a ``DeprecationWarning``.
 
     Returns CTE [pairs, n_layers + 1, pos] (dimensionless; 1 = the single state carries the whole
-    caption-foil gap). Positions after a pair's EOT, and pairs with d = 0, are NaN.
+    caption-foil gap). Positions after a pair's EOT, and pairs with S(negated) = S(affirmative), are NaN.
     """
-    text = _text(model)
-    neg, aff = _pair_tokens(text, negated, affirmative)
-    is_caption = _negation_flags(negation_in, neg.shape[0])
-    if image_embeds.ndim != 2 or image_embeds.shape[0] != neg.shape[0]:
-        raise ValueError(f"image_embeds must be [pairs={neg.shape[0]}, d_proj], got {tuple(image_embeds.shape)}.")
+    text = text_tower(model)
+    pair = RunPair.build(text, negated, affirmative, "denoise", names=("negated", "affirmative"),
+                         hint="The minimal-pair trace patches position p into position p, so align the sentences first "
+                              "(e.g. 'There are some X' for 'There are no X').")
+    n_pairs = pair.base.shape[0]
+    if negation_in is not None:
+        _check_negation_in(negation_in, n_pairs)
+        warnings.warn("minimal_pair_trace: negation_in does not change the CTE (both of the paper's cases reduce to "
+                      "(S*_aff - S_aff) / (S_neg - S_aff)); drop the argument.", DeprecationWarning, stacklevel=2)
+    if not isinstance(image_embeds, Tensor) or image_embeds.ndim != 2 or image_embeds.shape[0] != n_pairs:
+        raise ValueError(f"image_embeds must be [pairs={n_pairs}, d_proj], got {tuple(getattr(image_embeds, 'shape', ()))}.")
     metric = similarity_metric(model, image_embeds)
     kw = dict(index="layer_pos", direction="denoise", batch_size=batch_size, progress=progress)
-    pre = activation_patch(model, neg, aff, metric, "resid_pre", **kw)  # hidden states 0..L-1
-    last = activation_patch(model, neg, aff, metric, "resid_post", layers=[text.cfg.n_layers - 1], **kw)
-    s_patched = torch.cat([pre.values, last.values], dim=0).permute(2, 0, 1)  # [pairs, L+1, pos]
-    s_neg, s_aff = pre.clean[:, None, None], pre.corrupt[:, None, None]
-    caption = is_caption[:, None, None]
-    d = torch.where(caption, s_neg - s_aff, s_aff - s_neg)
-    d_star = torch.where(caption, s_patched - s_aff, s_aff - s_patched)
-    cte = d_star / torch.where(d == 0, torch.ones_like(d), d)
-    cte = torch.where(d == 0, torch.full_like(cte, float("nan")), cte)
-    after_eot = torch.arange(cte.shape[-1])[None, :] > text.pool_positions(neg).cpu()[:, None]  # [pairs, pos]
+    neg, aff = pair.source, pair.base
+    states = activation_patch(model, neg, aff, metric, "resid_pre", **kw)  # hidden states 0..L-1
+    last = activation_patch(model, neg, aff, metric, "resid_post", layers=[text.cfg.n_layers - 1], **kw)  # state L
+    cte = torch.cat([states.normalized(), last.normalized()], dim=0).permute(2, 0, 1)  # [pairs, L+1, pos]
+    after_eot = torch.arange(cte.shape[-1])[None, :] > pair.base_pool.cpu()[:, None]  # [pairs, pos]
     return cte.masked_fill(after_eot[:, None, :], float("nan"))
+
+
+def _check_negation_in(negation_in, n: int) -> None:
+    values = [negation_in] * n if isinstance(negation_in, str) else list(negation_in)
+    if len(values) != n:
+        raise ValueError(f"negation_in has {len(values)} entries for {n} pairs; give one per pair (or one string).")
+    bad = sorted({v for v in values if v not in ("caption", "foil")})
+    if bad:
+        raise ValueError(f"negation_in entries must be 'caption' or 'foil', got {bad}.")
 
 
 # --------------------------------------------------------------------------------------- ROME tracing
@@ -117,12 +113,25 @@ class RomeTraceResult:
 
 def embedding_std(model, reference: Tokens) -> float:
     """Std of token embeddings (``hook_embed``) over the valid positions (up to EOT) of a reference set."""
-    text = _text(model)
+    text = text_tower(model)
     tokens = text.as_tokens(reference)
-    with torch.no_grad():
+    with torch.inference_mode():
         emb = text.embed(tokens)
     valid = torch.arange(tokens.shape[1], device=tokens.device)[None, :] <= text.pool_positions(tokens)[:, None]
     return float(emb[valid].std())
+
+
+def item_noise(tokens: Int[Tensor, "batch pos"], pool: Int[Tensor, "batch"], n_samples: int, d_model: int,
+               seed: int) -> Float[Tensor, "samples batch pos d_model"]:
+    """Standard normal noise per item, a function of (seed, the item's token ids up to its pooling position)
+    only: chunking, batch composition, padding and resuming cannot change an item's draws (identical
+    sentences get identical noise). Positions after the pooling position get zeros."""
+    out = torch.zeros(n_samples, tokens.shape[0], tokens.shape[1], d_model)
+    for b, (ids, p) in enumerate(zip(tokens.tolist(), pool.tolist())):
+        key = hashlib.sha256(f"rome-noise:{seed}:{ids[: p + 1]}".encode()).digest()
+        gen = torch.Generator().manual_seed(int.from_bytes(key[:8], "little") & (2**63 - 1))
+        out[:, b, : p + 1] = torch.randn(n_samples, p + 1, d_model, generator=gen)
+    return out
 
 
 def rome_trace(
@@ -144,16 +153,19 @@ def rome_trace(
 ) -> RomeTraceResult:
     """ROME causal tracing: corrupt ``noise_positions`` of the token embeddings with Gaussian noise of std
     ``noise_scale * sigma`` (sigma = ``noise_std``, else the embedding std over ``reference``, else over
-    ``tokens``), ``n_samples`` noise draws per example (seeded), and restore one clean state at a time.
+    ``tokens``), ``n_samples`` noise draws per example (a function of ``seed`` and the example's tokens only,
+    see :func:`item_noise`), and restore one clean state at a time.
 
     ``kind="resid"`` restores the hidden state (l, p); ``"mlp"``/``"attn"`` restore the MLP/attention
     output at position p of the ``window`` blocks centred on block l (clipped at the ends), as in ROME.
+    Runs on the batched engine: each restored (state, position) is a row started at its first restored
+    block, with the noisy run's keys/values reused before position p in a causal tower.
     """
-    text = _text(model)
+    text = text_tower(model)
     if kind not in ("resid", "mlp", "attn"):
         raise ValueError(f"kind must be 'resid', 'mlp' or 'attn', got {kind!r}.")
     for name, v in (("n_samples", n_samples), ("batch_size", batch_size), ("window", window)):
-        if not isinstance(v, int) or v < 1:
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}.")
     toks = text.as_tokens(tokens)
     pool = text.pool_positions(toks)
@@ -162,48 +174,39 @@ def rome_trace(
     noise_mask = _noise_mask(noise_positions, n_ex, n_pos, pool).to(toks.device)
     sigma = noise_std if noise_std is not None else embedding_std(text, reference if reference is not None else toks)
 
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    noise = torch.randn(n_samples, n_ex, n_pos, text.cfg.d_model, generator=gen) * (noise_scale * sigma)
+    noise = item_noise(toks, pool, n_samples, text.cfg.d_model, seed) * (noise_scale * sigma)
     noise = (noise.to(toks.device, text.W_E.dtype) * noise_mask[None, :, :, None]).flatten(0, 1)  # [S*B, pos, d]
 
     def add_noise(embed, hook):
         return embed + noise
 
     rows_tok = toks.repeat(n_samples, 1)  # noisy row r = sample r // B of example r % B
-    rows_pool = pool.repeat(n_samples)
     state_names = _state_names(kind, n_layers, window)
     restored = sorted({n for ns in state_names for n in ns})
-    starts = [f"blocks.{l}.hook_resid_pre" for l in range(n_layers)]
-    with torch.no_grad():
+    with torch.inference_mode():
         clean_out, clean_cache = text.run_with_cache(toks, return_type=return_type, names_filter=restored)
-        with text.hooks(fwd_hooks=[("hook_embed", add_noise)]):
-            corrupt_out, corrupt_cache = text.run_with_cache(
-                rows_tok, return_type=return_type, names_filter=sorted(set(starts) | set(restored)))
+    noisy = BaseRun.record(text, rows_tok, return_type=return_type, prefix_reuse=text.cfg.trims,
+                           extra_names=restored, hooks=[("hook_embed", add_noise)])
     clean_m = check_metric(metric, clean_out)
-    corrupt_m = check_metric(metric, corrupt_out.view(n_samples, n_ex, -1)).mean(0)
+    corrupt_m = check_metric(metric, noisy.output.view(n_samples, n_ex, -1)).mean(0)
 
-    scores = torch.empty(n_ex, len(state_names), n_pos)
     n_rows = n_samples * n_ex
+    scores = torch.empty(n_ex, len(state_names), n_pos)
+    positions = torch.arange(n_pos, device=toks.device)
     for row, names in enumerate(tqdm(state_names, disable=not progress, desc=f"ROME tracing ({kind})")):
-        start = _first_layer(names)
-        resid = corrupt_cache[f"blocks.{start}.hook_resid_pre"]
-        # [pos, noisy row]: restoring changes something only where a restored state differs from the noisy
-        # one (never before the first noised position) at or before the pooling position
+        # restoring changes something only where a restored state differs from the noisy one (never before
+        # the first noised position) at or before the pooling position
         differs = torch.zeros(n_rows, n_pos, dtype=torch.bool, device=toks.device)
         for name in names:
-            differs |= (clean_cache[name].repeat(n_samples, 1, 1) != corrupt_cache[name]).any(-1)
+            differs |= (clean_cache[name].repeat(n_samples, 1, 1) != noisy[name]).any(-1)
         if text.cfg.trims:
-            differs &= torch.arange(n_pos, device=toks.device)[None, :] <= rows_pool[:, None]
-        pos_idx, row_idx = differs.T.nonzero(as_tuple=True)
-        order = torch.argsort(rows_pool[row_idx], stable=True)  # similar lengths share a chunk
-        pos_idx, row_idx = pos_idx[order], row_idx[order]
-        outputs = corrupt_out.unsqueeze(0).repeat(n_pos, 1, 1)  # [pos, noisy row, d]
-        for s in range(0, len(pos_idx), batch_size):
-            p, r = pos_idx[s : s + batch_size], row_idx[s : s + batch_size]
-            hooks = [(name, _restore_hook(clean_cache[name], r % n_ex, p)) for name in names]
-            with torch.no_grad(), text.hooks(fwd_hooks=hooks):
-                outputs[p, r] = text(resid[r], start_at_layer=start, pool_positions=rows_pool[r],
-                                     return_type=return_type)
+            differs &= positions[None, :] <= noisy.pool[:, None]
+        row_idx, pos_idx = differs.nonzero(as_tuple=True)
+        offset = pos_idx if text.cfg.trims else torch.zeros_like(pos_idx)
+        plan = Plan(row_idx, torch.full_like(row_idx, _first_layer(names)), offset, pos_idx * n_rows + row_idx)
+        hooks = _restore_hooks(names, clean_cache, n_ex, pos_idx)
+        outputs = noisy.output.expand(n_pos, *noisy.output.shape).clone()  # [pos, noisy row, d]
+        execute(text, noisy, plan, hooks, outputs, batch_size=batch_size, progress=False)
         metric_out = check_metric(metric, outputs.view(n_pos, n_samples, n_ex, -1))  # [pos, sample, ex]
         scores[:, row, :] = metric_out.mean(1).T.float().cpu()
     return RomeTraceResult(scores, clean_m.float().cpu(), corrupt_m.float().cpu(), kind, float(sigma))
@@ -229,25 +232,33 @@ def _state_names(kind: str, n_layers: int, window: int) -> list[list[str]]:
     """Hook names restored together, one list per row of the map: the hidden state l for "resid"; the
     MLP/attention outputs of the ``window`` blocks centred on block l (clipped) for "mlp"/"attn"."""
     if kind == "resid":
-        return [[hidden_state_hook(l)] for l in range(n_layers + 1)]
-    hook = "blocks.{}.hook_mlp_out" if kind == "mlp" else "blocks.{}.hook_attn_out"
+        return [[hidden_state_name(l, n_layers)] for l in range(n_layers + 1)]
+    out = "mlp_out" if kind == "mlp" else "attn_out"
     rows = []
     for layer in range(n_layers):  # ROME's clipping: range(max(0, l - w//2), min(L, l - (-w // 2)))
-        rows.append([hook.format(j) for j in range(max(0, layer - window // 2), min(n_layers, layer - (-window // 2)))])
+        rows.append([act_name(out, j) for j in range(max(0, layer - window // 2), min(n_layers, layer - (-window // 2)))])
     return rows
 
 
 def _first_layer(names: list[str]) -> int:
-    return min(int(n.split(".")[1]) for n in names)
+    return min(layer_of(n) for n in names)
 
 
-def _restore_hook(clean: Tensor, examples: Tensor, positions: Tensor):
-    n = torch.arange(len(examples), device=examples.device)
+def _restore_hooks(names: list[str], clean_cache, n_ex: int, row_pos: Tensor):
+    """Hook factory: every row of a chunk restores, at each of ``names``, the clean state of its example at
+    its position (``row_pos`` per plan row); all rows of a ROME map row start at the first restored block."""
 
+    def hooks(chunk: Chunk) -> Hooks:
+        idx = torch.arange(len(chunk.rows), device=chunk.rows.device)
+        examples, pos = chunk.example % n_ex, row_pos[chunk.rows]
+        return [(name, _restore_hook(clean_cache[name], idx, examples, pos, chunk.offset)) for name in names]
+
+    return hooks
+
+
+def _restore_hook(clean: Tensor, idx: Tensor, examples: Tensor, positions: Tensor, offset: int):
     def hook(act, hook):
-        act[n, positions] = clean[examples, positions]
+        act[idx, positions - offset] = clean[examples, positions]
         return act
 
     return hook
-
-

@@ -19,7 +19,9 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from hooked_clip.analyses.patching import Tokens, _text
+from hooked_clip.analyses.pairs import RunPair, Tokens
+from hooked_clip.hook_names import act_name
+from hooked_clip.text import text_tower
 
 
 @dataclass
@@ -38,7 +40,7 @@ class NegatorHeadScores:
 
 
 def _patterns(text, tokens: Tensor) -> Float[Tensor, "batch layer head query key"]:
-    names = [f"blocks.{l}.attn.hook_pattern" for l in range(text.cfg.n_layers)]
+    names = [act_name("pattern", l) for l in range(text.cfg.n_layers)]
     with torch.no_grad():
         _, cache = text.run_with_cache(tokens, names_filter=names, return_type=None)
     return torch.stack([cache[n] for n in names], dim=1)
@@ -48,15 +50,11 @@ def negator_head_scores(model, negated: Tokens, affirmative: Tokens,
                         negator_pos: Union[int, Sequence[int], Int[Tensor, "pairs"]]) -> NegatorHeadScores:
     """Δ per pair, layer and head (see the module docstring). ``negator_pos``: the negator's token
     position in each negated sentence (3 for "There are no X" after the start token), one int for all."""
-    text = _text(model)
-    neg, aff = text.as_tokens(negated), text.as_tokens(affirmative)
-    if neg.shape[0] != aff.shape[0]:
-        raise ValueError(f"{neg.shape[0]} negated sentences but {aff.shape[0]} affirmative ones.")
-    pool_n, pool_a = text.pool_positions(neg), text.pool_positions(aff)
-    if not torch.equal(pool_n, pool_a):
-        bad = (pool_n != pool_a).nonzero().flatten().tolist()
-        raise ValueError(f"pairs {bad[:10]} differ in token length; Δ compares the same key position in both "
-                         "sentences, so align them first (e.g. 'There are some X' for 'There are no X').")
+    text = text_tower(model)
+    pair = RunPair.build(text, negated, affirmative, "noise", names=("negated", "affirmative"),
+                         hint="Δ compares the same key position in both sentences, so align them first (e.g. "
+                              "'There are some X' for 'There are no X').")
+    neg, aff, pool_n = pair.base, pair.source, pair.base_pool  # "noise": base = the first (negated) run
     p = torch.as_tensor(negator_pos).to(neg.device).long()
     p = p.expand(neg.shape[0]) if p.ndim == 0 else p
     if p.shape != (neg.shape[0],) or bool((p < 1).any()) or bool((p >= pool_n).any()):
@@ -89,7 +87,7 @@ def attention_to_tokens(model, texts: Tokens, key_mask: Union[Bool[Tensor, "batc
     """Mean over examples and valid query positions (up to the EOT) of the attention mass each head puts on
     the keys in ``key_mask`` — a boolean [batch, pos] mask, or a list of token strings (as
     ``to_str_tokens`` prints them, e.g. ``["no", "not"]``) to mark wherever they occur."""
-    text = _text(model)
+    text = text_tower(model)
     tokens = text.as_tokens(texts)
     pool = text.pool_positions(tokens)
     width = int(pool.max()) + 1

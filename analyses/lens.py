@@ -23,19 +23,21 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from hooked_clip.analyses.patching import Tokens, _text
+from hooked_clip.analyses.pairs import Tokens
+from hooked_clip.hook_names import act_name
+from hooked_clip.text import text_tower
 from hooked_clip.cache import accumulated_resid, apply_ln_to_stack, ln_final_scale, to_embedding_space
 
 LnMode = Literal["frozen", "recompute"]
 
 
 def _resid_names(n_layers: int) -> list[str]:
-    return [f"blocks.{l}.hook_resid_pre" for l in range(n_layers)] + [f"blocks.{n_layers - 1}.hook_resid_post", "ln_final.hook_scale"]
+    return [act_name("resid_pre", l) for l in range(n_layers)] + [act_name("resid_post", n_layers - 1), "ln_final.hook_scale"]
 
 
 def layer_residuals(model, texts: Tokens) -> tuple[Float[Tensor, "n_layers_plus_1 batch d_model"], Float[Tensor, "batch 1"]]:
     """The residual at the pooling position after the embeddings and each block, and ln_final's scale there."""
-    text = _text(model)
+    text = text_tower(model)
     tokens = text.as_tokens(texts)
     _, cache = text.run_with_cache(tokens, names_filter=_resid_names(text.cfg.n_layers))
     pool = text.pool_positions(tokens)
@@ -47,7 +49,7 @@ def lens_embeddings(model, texts: Tokens, *, ln: LnMode = "frozen",
                     tuned: Optional["TunedLens"] = None) -> Float[Tensor, "n_layers_plus_1 batch d_proj"]:
     """Each layer's read-out in the embedding space (unnormalised, bias included): row l is what the text
     embedding would be if the blocks after l were skipped. With ``tuned``, the tuned lens (ln recomputed)."""
-    text = _text(model)
+    text = text_tower(model)
     if text.W_proj is None:
         raise ValueError("the similarity lens needs a text projection into the joint embedding space; this model "
                          "has none (cfg.d_proj is None).")
@@ -60,22 +62,22 @@ def lens_embeddings(model, texts: Tokens, *, ln: LnMode = "frozen",
 
 def lens_similarity(model, texts: Tokens, image_embeds: Float[Tensor, "n_image d_proj"], *, ln: LnMode = "frozen",
                     tuned: Optional["TunedLens"] = None) -> Float[Tensor, "n_layers_plus_1 n_text n_image"]:
-    """Similarity (logit_scale x cosine) of each layer's read-out with every image embedding."""
-    emb = F.normalize(lens_embeddings(model, texts, ln=ln, tuned=tuned), dim=-1)
-    return model.logit_scale.exp() * emb @ F.normalize(image_embeds.to(emb), dim=-1).T
+    """Similarity (the model's own: logit_scale x cosine, + logit_bias) of each layer's read-out with every
+    image embedding."""
+    return model.similarity(lens_embeddings(model, texts, ln=ln, tuned=tuned), image_embeds)
 
 
 def lens_difference(model, captions: Tokens, foils: Tokens, image_embeds: Float[Tensor, "pairs d_proj"], *,
                     ln: LnMode = "frozen", tuned: Optional["TunedLens"] = None) -> Float[Tensor, "n_layers_plus_1 pairs"]:
     """Per layer, d = S(caption, image) - S(foil, image) (logits) of each pair's read-outs."""
-    img = F.normalize(image_embeds, dim=-1)
-    if img.ndim != 2:
+    if image_embeds.ndim != 2:
         raise ValueError(f"image_embeds must be [pairs, d_proj], got {tuple(image_embeds.shape)}.")
-    c = F.normalize(lens_embeddings(model, captions, ln=ln, tuned=tuned), dim=-1)
-    f = F.normalize(lens_embeddings(model, foils, ln=ln, tuned=tuned), dim=-1)
-    if c.shape[1] != img.shape[0] or f.shape[1] != img.shape[0]:
-        raise ValueError(f"{c.shape[1]} captions, {f.shape[1]} foils and {img.shape[0]} images: give one of each per pair.")
-    return model.logit_scale.exp() * ((c - f) * img).sum(-1)
+    c = lens_embeddings(model, captions, ln=ln, tuned=tuned)
+    f = lens_embeddings(model, foils, ln=ln, tuned=tuned)
+    if c.shape[1] != image_embeds.shape[0] or f.shape[1] != image_embeds.shape[0]:
+        raise ValueError(f"{c.shape[1]} captions, {f.shape[1]} foils and {image_embeds.shape[0]} images: give one of "
+                         "each per pair.")
+    return model.paired_similarity(c, image_embeds) - model.paired_similarity(f, image_embeds)
 
 
 def lens_ranking(model, texts: Tokens, image_embeds: Float[Tensor, "n_image d_proj"], targets: Int[Tensor, "n_text"], *,
@@ -110,7 +112,7 @@ class TunedLens(nn.Module):
     def fit(cls, model, sentences: Sequence[str], *, steps: int = 300, lr: float = 1e-3, seed: int = 0,
             batch_size: int = 256) -> "TunedLens":
         """Train on ``sentences`` (the objective is in the module docstring). The model is frozen."""
-        text = _text(model)
+        text = text_tower(model)
         if text.W_proj is None:
             raise ValueError("a tuned similarity lens needs a text projection (cfg.d_proj is None).")
         if len(sentences) == 0:
@@ -150,7 +152,7 @@ class TunedLens(nn.Module):
             meta = f.metadata()
         lens = cls(int(meta["d_model"]), int(meta["n_layers"]))
         if model is not None:
-            cfg = _text(model).cfg
+            cfg = text_tower(model).cfg
             if (cfg.d_model, cfg.n_layers) != (lens.translators[0].in_features, len(lens.translators)):
                 raise ValueError(f"the tuned lens at {path} is for d_model={meta['d_model']}, n_layers={meta['n_layers']}; "
                                  f"the model has d_model={cfg.d_model}, n_layers={cfg.n_layers}.")

@@ -7,50 +7,35 @@ Units: similarities are in logits (``logit_scale.exp() * cosine``; 100 x cosine 
 
 from __future__ import annotations
 
-from typing import Callable, Union
+from typing import Callable, Optional, Union
 
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
+
+from hooked_clip.similarity import logit_parameters, paired_similarity
 
 Metric = Callable[[Float[Tensor, "... batch d_proj"]], Float[Tensor, "... batch"]]
 
 
-def _scale(model_or_scale) -> Tensor:
-    if isinstance(model_or_scale, (int, float)):
-        return torch.tensor(float(model_or_scale))
+def _logit_parameters(model_or_scale) -> tuple[Tensor, Optional[Tensor]]:
+    """(scale, bias): a model's own (``hooked_clip.similarity.logit_parameters``), or a bare scale number."""
+    if isinstance(model_or_scale, (int, float)) and not isinstance(model_or_scale, bool):
+        return torch.tensor(float(model_or_scale)), None
     if isinstance(model_or_scale, Tensor):
-        return model_or_scale
-    scale = getattr(model_or_scale, "logit_scale", None)
-    if scale is None:
-        raise ValueError("this model has no logit_scale; pass the scale (e.g. 100.0) instead of the model.")
-    return scale.detach().exp()
-
-
-def paired_similarity(
-    text_embeds: Float[Tensor, "... batch d_proj"],
-    image_embeds: Float[Tensor, "batch d_proj"],
-    scale: Union[float, Tensor] = 1.0,
-) -> Float[Tensor, "... batch"]:
-    """``scale * cos(text_b, image_b)`` for each example b (row-wise, not all-pairs)."""
-    if text_embeds.shape[-2:] != image_embeds.shape:
-        raise ValueError(
-            f"text embeddings [..., batch, d] = {tuple(text_embeds.shape)} do not pair row by row with image "
-            f"embeddings {tuple(image_embeds.shape)}; pass one image embedding per example."
-        )
-    cos = (F.normalize(text_embeds, dim=-1) * F.normalize(image_embeds, dim=-1)).sum(-1)
-    return scale * cos
+        return model_or_scale.detach(), None
+    return logit_parameters(model_or_scale)
 
 
 def similarity_metric(model_or_scale, image_embeds: Float[Tensor, "batch d_proj"]) -> Metric:
     """Metric: S(text_b, image_b) in logits, one image per example. ``model_or_scale`` is a ``HookedCLIP``
-    (its ``logit_scale.exp()`` is used) or a number."""
-    scale = _scale(model_or_scale)
+    (its own similarity: ``logit_scale.exp() * cos`` + ``logit_bias`` where it has one) or a scale number."""
+    scale, bias = _logit_parameters(model_or_scale)
     image_embeds = image_embeds.detach()
 
     def metric(text_embeds: Tensor) -> Tensor:
-        return paired_similarity(text_embeds, image_embeds.to(text_embeds.device), scale.to(text_embeds.device))
+        dev = text_embeds.device
+        return paired_similarity(text_embeds, image_embeds.to(dev), scale.to(dev), None if bias is None else bias.to(dev))
 
     return metric
 

@@ -12,6 +12,8 @@ Two passes per sender, in the default ``noise`` direction (the base run is ``cle
    residual stream changes by exactly the sender's output difference Δ, so the receiver's input in this
    pass is base input + Δ (computed in closed form from the two caches: no forward is needed);
 2. the base run with each receiver's input replaced by that value and everything else free; read the metric.
+   Every (sender, example) is one row of the batched engine (:mod:`hooked_clip.analyses.engine`), started
+   at the first receiver's block from the cached base run.
 
 ``denoise`` swaps the runs (base = corrupt, sender values from clean). A receiver that lies upstream of a
 sender (or in the same layer, for a head sender and head receiver) has no path from it and is refused.
@@ -24,10 +26,13 @@ from typing import Literal, Sequence, Union
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from hooked_clip.analyses.engine import BaseRun, Chunk, Hooks, Plan, execute
 from hooked_clip.analyses.metrics import Metric, check_metric
-from hooked_clip.analyses.patching import PatchingResult, Tokens, _text, aligned_runs
+from hooked_clip.analyses.pairs import Direction, RunPair, Tokens
+from hooked_clip.analyses.patching import PatchingResult
+from hooked_clip.hook_names import act_name, head_label, mlp_label
+from hooked_clip.text import text_tower
 
 _SENDER = re.compile(r"^(embed|L(\d+)H(\d+)|L(\d+)_mlp)$")
 _RECEIVER = re.compile(r"^(pooled|L(\d+)H(\d+)\.([qkv])|L(\d+)_mlp)$")
@@ -35,10 +40,10 @@ _RECEIVER = re.compile(r"^(pooled|L(\d+)H(\d+)\.([qkv])|L(\d+)_mlp)$")
 
 def all_senders(model) -> list[str]:
     """Every sender name, in residual-stream order: embed, then per layer its heads and its MLP."""
-    cfg = _text(model).cfg
+    cfg = text_tower(model).cfg
     out = ["embed"]
     for l in range(cfg.n_layers):
-        out += [f"L{l}H{h}" for h in range(cfg.n_heads)] + [f"L{l}_mlp"]
+        out += [head_label(l, h) for h in range(cfg.n_heads)] + [mlp_label(l)]
     return out
 
 
@@ -84,17 +89,19 @@ def path_patch(
     receivers: Union[str, Sequence[str]],
     senders: Union[None, str, Sequence[str]] = None,
     *,
-    direction: Literal["noise", "denoise"] = "noise",
+    direction: Direction = "noise",
     return_type: Literal["normalized", "embed", "pooled"] = "normalized",
+    batch_size: int = 1024,
     progress: bool = True,
 ) -> PatchingResult:
     """The metric after path-patching each sender (one at a time) into the ``receivers`` (jointly).
 
     Returns a :class:`PatchingResult` with ``axes == ("sender",)``, ``values`` [sender, batch],
     ``extra["senders"]`` the sender names; ``clean``/``corrupt`` the unpatched metrics. ``senders=None``
-    means every sender upstream of all receivers. ``return_type``: the output the metric reads.
+    means every sender upstream of all receivers. ``return_type``: the output the metric reads;
+    ``batch_size``: most rows (sender x example) per forward.
     """
-    text = _text(model)
+    text = text_tower(model)
     cfg = text.cfg
     receivers = [receivers] if isinstance(receivers, str) else list(receivers)
     if not receivers:
@@ -103,74 +110,96 @@ def path_patch(
     if senders is None:
         senders = [s for s in all_senders(model) if all(_reaches(_parse_sender(s, cfg), r) for r in parsed_r)]
     senders = [senders] if isinstance(senders, str) else list(senders)
+    if not senders:
+        raise ValueError("senders is empty: give at least one sender (or senders=None for every sender upstream "
+                         "of the receivers).")
     parsed_s = [_parse_sender(s, cfg) for s in senders]
     for s, ps in zip(senders, parsed_s):
         for r, pr in zip(receivers, parsed_r):
             if not _reaches(ps, pr):
                 raise ValueError(f"receiver {r!r} is upstream of (or level with) sender {s!r}: there is no path from "
                                  "the sender to it. Pick receivers in later layers.")
-    base_t, src_t = aligned_runs(text, clean, corrupt, direction)
+    pair = RunPair.build(text, clean, corrupt, direction)
+    first = min(min(l, cfg.n_layers - 1) for _, l, _, _ in parsed_r)  # "pooled" is set at the last block's output
+    cached = ["hook_embed", "hook_pos_embed"] + [act_name(a, l) for l in range(cfg.n_layers)
+                                                  for a in ("z", "mlp_out", "resid_pre", "resid_mid", "resid_post")]
+    # per-head receivers need per-head inputs; the base run uses the same mode so that only the patch differs
+    with text.options(use_split_qkv_input=any(r[0] == "head" for r in parsed_r)):
+        base = BaseRun.record(text, pair.base, return_type=return_type, first_layer=first, extra_names=cached)
+        with torch.inference_mode():
+            src_out, src = text.run_with_cache(pair.source, return_type=return_type, names_filter=cached)
+        n_ex = pair.base.shape[0]
+        sender_of = torch.arange(len(senders), device=pair.base.device).repeat_interleave(n_ex)
+        example = torch.arange(n_ex, device=pair.base.device).repeat(len(senders))
+        plan = Plan(example, torch.full_like(example, first), torch.zeros_like(example), sender_of * n_ex + example)
 
-    needs_split = any(r[0] == "head" for r in parsed_r)
-    names = lambda n: n in ("hook_embed", "hook_pos_embed") or n.endswith(  # noqa: E731
-        ("attn.hook_z", "hook_mlp_out", "hook_resid_pre", "hook_resid_mid", "hook_resid_post"))
-    old_split = cfg.use_split_qkv_input
-    cfg.use_split_qkv_input = needs_split  # per-head inputs; base run in the same mode so only the patch differs
-    try:
-        with torch.no_grad():
-            base_out, base = text.run_with_cache(base_t, return_type=return_type, names_filter=names)
-            src_out, src = text.run_with_cache(src_t, return_type=return_type, names_filter=names)
-            base_metric, src_metric = check_metric(metric, base_out), check_metric(metric, src_out)
-            values = []
-            for ps in tqdm(parsed_s, desc="path patching", disable=not progress):
-                delta = _sender_delta(text, ps, base, src)
-                hooks = [h for pr in parsed_r for h in _receiver_hooks(pr, base, delta)]
-                values.append(check_metric(metric, text.run_with_hooks(base_t, return_type=return_type, fwd_hooks=hooks)))
-    finally:
-        cfg.use_split_qkv_input = old_split
-    clean_m, corrupt_m = (base_metric, src_metric) if direction == "noise" else (src_metric, base_metric)
-    return PatchingResult(torch.stack(values), ("sender",), {"sender": list(range(len(senders)))},
+        def hooks(chunk: Chunk) -> Hooks:
+            delta = _chunk_delta(text, parsed_s, sender_of[chunk.rows], chunk.example, base.cache, src.cache_dict)
+            return [h for pr in parsed_r for h in _receiver_hooks(pr, base.cache, chunk.example, delta)]
+
+        outputs = base.output.expand(len(senders), *base.output.shape).clone()
+        execute(text, base, plan, hooks, outputs, batch_size=batch_size, progress=progress, desc="path patching")
+    values = check_metric(metric, outputs)
+    clean_m, corrupt_m = pair.clean_and_corrupt(check_metric(metric, base.output), check_metric(metric, src_out))
+    return PatchingResult(values, ("sender",), {"sender": list(range(len(senders)))},
                           "path:" + ",".join(receivers), direction, clean_m, corrupt_m, extra={"senders": senders})
 
 
-def _sender_delta(text, sender, base, src) -> Tensor:
-    """The sender's output on the source run minus on the base run, [batch, pos, d_model]."""
+def _chunk_delta(text, senders: list, sender_of: Tensor, examples: Tensor, base: dict, src: dict) -> Tensor:
+    """Row n's sender output on the source run minus on the base run, [rows, pos, d_model]."""
+    first = base["hook_embed"]
+    delta = torch.empty(len(examples), *first.shape[1:], dtype=first.dtype, device=first.device)
+    for s in sender_of.unique().tolist():
+        rows = (sender_of == s).nonzero().flatten()
+        delta[rows] = _sender_delta(text, senders[s], base, src, examples[rows])
+    return delta
+
+
+def _sender_delta(text, sender, base: dict, src: dict, ex: Tensor) -> Tensor:
+    """The sender's output on the source run minus on the base run, for examples ``ex`` [n, pos, d_model]."""
     kind, l, h = sender
     if kind == "embed":
-        return (src["hook_embed"] + src["hook_pos_embed"]) - (base["hook_embed"] + base["hook_pos_embed"])
+        return (src["hook_embed"][ex] + src["hook_pos_embed"][ex]) - (base["hook_embed"][ex] + base["hook_pos_embed"][ex])
     if kind == "mlp":
-        return src[f"blocks.{l}.hook_mlp_out"] - base[f"blocks.{l}.hook_mlp_out"]
-    name = f"blocks.{l}.attn.hook_z"
-    return (src[name][:, :, h] - base[name][:, :, h]) @ text.blocks[l].attn.W_O[h]
+        name = act_name("mlp_out", l)
+        return src[name][ex] - base[name][ex]
+    name = act_name("z", l)
+    return (src[name][ex, :, h] - base[name][ex, :, h]) @ text.blocks[l].attn.W_O[h]
 
 
-def _receiver_hooks(receiver, base, delta: Tensor) -> list:
-    """Hooks that set the receiver's input to base input + delta (pass 1's value) and nothing else."""
+def _receiver_hooks(receiver, base: dict, ex: Tensor, delta: Tensor) -> Hooks:
+    """Hooks that set the receiver's input to base input + delta (pass 1's value) and nothing else, for the
+    chunk's rows (examples ``ex``, every row of the chunk present from the first receiver's block on)."""
     kind, l, h, qkv = receiver
+    width = delta.shape[1]
+
+    def target(name: str) -> Tensor:
+        return base[name][ex, :width] + delta
+
     if kind == "pooled":
-        target = base[f"blocks.{l - 1}.hook_resid_post"] + delta
-        return [(f"blocks.{l - 1}.hook_resid_post", lambda act, hook: target)]
+        name = act_name("resid_post", l - 1)
+        return [(name, lambda act, hook: target(name)[:, : act.shape[1]])]
     if kind == "head":
-        target = base[f"blocks.{l}.hook_resid_pre"] + delta
+        resid_pre = act_name("resid_pre", l)
 
         def set_head_input(act, hook):
-            act[:, :, h] = target
+            act[:, :, h] = target(resid_pre)[:, : act.shape[1]]
             return act
 
-        return [(f"blocks.{l}.hook_{qkv}_input", set_head_input)]
+        return [(act_name(f"{qkv}_input", l), set_head_input)]
     # MLP input: the residual after attention, seen by ln2 -> MLP only. Set resid_mid to the target for
     # the MLP, then take the difference back out of resid_post so the residual path itself is unchanged.
-    target = base[f"blocks.{l}.hook_resid_mid"] + delta
+    mid = target(act_name("resid_mid", l))
     actual = {}
 
     def set_mid(act, hook):
         actual["mid"] = act
-        return target
+        return mid[:, : act.shape[1]]
 
     def restore_post(act, hook):
-        return act - target + actual["mid"]
+        return act - mid[:, : act.shape[1]] + actual["mid"]
 
-    return [(f"blocks.{l}.hook_resid_mid", set_mid), (f"blocks.{l}.hook_resid_post", restore_post)]
+    return [(act_name("resid_mid", l), set_mid), (act_name("resid_post", l), restore_post)]
 
 
 __all__ = ["all_senders", "path_patch"]

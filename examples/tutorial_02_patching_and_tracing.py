@@ -22,7 +22,7 @@ print(frac[:, 3].mean(-1))                          # the negator position, per 
 df = res.to_dataframe()                             # one row per (layer, pos, example)
 print(df.head())
 
-cte = minimal_pair_trace(model, negated, affirmative, image, negation_in="foil", progress=False)
+cte = minimal_pair_trace(model, negated, affirmative, image, progress=False)
 print(cte.shape)                                    # [pairs, n_layers + 1, pos]
 assert torch.allclose(cte[:, 0, 3], torch.ones(3), atol=1e-3)  # the negator's embedding carries it all
 assert torch.all(cte[:, :, :3] == 0)                # causal mask: the shared prefix carries nothing

@@ -16,6 +16,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens.ActivationCache import ActivationCache
 
+from hooked_clip.hook_names import act_name, attn_bias_label, attn_label, head_label, mlp_label
 from hooked_clip.text import HookedCLIPText
 
 
@@ -37,12 +38,12 @@ def accumulated_resid(text: HookedCLIPText, cache: ActivationCache, pool: Int[Te
     paper's hidden state l (0 = embeddings output)."""
     rows, labels = [], []
     for layer in range(text.cfg.n_layers):
-        rows.append(at_pool(_get(cache, f"blocks.{layer}.hook_resid_pre"), pool))
+        rows.append(at_pool(_get(cache, act_name("resid_pre", layer)), pool))
         labels.append(f"{layer}_pre")
         if incl_mid:
-            rows.append(at_pool(_get(cache, f"blocks.{layer}.hook_resid_mid"), pool))
+            rows.append(at_pool(_get(cache, act_name("resid_mid", layer)), pool))
             labels.append(f"{layer}_mid")
-    rows.append(at_pool(_get(cache, f"blocks.{text.cfg.n_layers - 1}.hook_resid_post"), pool))
+    rows.append(at_pool(_get(cache, act_name("resid_post", text.cfg.n_layers - 1)), pool))
     labels.append("final_post")
     return torch.stack(rows), labels
 
@@ -53,9 +54,9 @@ def stack_head_results(text: HookedCLIPText, cache: ActivationCache,
     batch, d_model], labels ``L{layer}H{head}`` (0-indexed). Needs only ``hook_z`` in the cache."""
     rows, labels = [], []
     for layer in range(text.cfg.n_layers):
-        z = at_pool(_get(cache, f"blocks.{layer}.attn.hook_z"), pool)  # [batch, head, d_head]
+        z = at_pool(_get(cache, act_name("z", layer)), pool)  # [batch, head, d_head]
         rows.append(torch.einsum("bhd,hdm->hbm", z, text.blocks[layer].attn.W_O))
-        labels += [f"L{layer}H{h}" for h in range(text.cfg.n_heads)]
+        labels += [head_label(layer, h) for h in range(text.cfg.n_heads)]
     return torch.cat(rows), labels
 
 
@@ -73,12 +74,12 @@ def decompose_resid(text: HookedCLIPText, cache: ActivationCache, pool: Int[Tens
             rows += list(head_rows[layer * n_heads:(layer + 1) * n_heads])
             labels += head_labels[layer * n_heads:(layer + 1) * n_heads]
             rows.append(text.blocks[layer].attn.b_O.expand_as(rows[0]))
-            labels.append(f"L{layer}_attn_bias")
+            labels.append(attn_bias_label(layer))
         else:
-            rows.append(at_pool(_get(cache, f"blocks.{layer}.hook_attn_out"), pool))
-            labels.append(f"L{layer}_attn")
-        rows.append(at_pool(_get(cache, f"blocks.{layer}.hook_mlp_out"), pool))
-        labels.append(f"L{layer}_mlp")
+            rows.append(at_pool(_get(cache, act_name("attn_out", layer)), pool))
+            labels.append(attn_label(layer))
+        rows.append(at_pool(_get(cache, act_name("mlp_out", layer)), pool))
+        labels.append(mlp_label(layer))
     return torch.stack(rows), labels
 
 

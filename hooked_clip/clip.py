@@ -23,6 +23,7 @@ from hooked_clip.loading import (
     open_clip_text_state_dict,
 )
 from hooked_clip.processing import process_weights
+from hooked_clip.similarity import logit_parameters, paired_similarity, similarity
 from hooked_clip.text import HookedCLIPText
 from hooked_clip.tokenizer import Text
 from hooked_clip.vision import HFVisionEncoder, VisionTower, stack_transform
@@ -108,18 +109,14 @@ class HookedCLIP(nn.Module):
         self, text_embeds: Float[Tensor, "n_text d_proj"], image_embeds: Float[Tensor, "n_image d_proj"]
     ) -> Float[Tensor, "n_text n_image"]:
         """``exp(logit_scale) * cos(text, image)`` (+ ``logit_bias`` if the checkpoint has one), in logit
-        units (100 x cosine for OpenAI CLIP). Inputs need not be normalised."""
-        if self.logit_scale is None:
-            raise ValueError("This model has no logit_scale (text-only checkpoint); compare embeddings by cosine.")
-        for name, t in (("text_embeds", text_embeds), ("image_embeds", image_embeds)):
-            if not isinstance(t, Tensor) or t.ndim != 2:
-                raise ValueError(f"{name} must be a [n, d_proj] tensor, got {getattr(t, 'shape', type(t))}.")
-        if text_embeds.shape[-1] != image_embeds.shape[-1]:
-            raise ValueError(
-                f"text_embeds have width {text_embeds.shape[-1]} but image_embeds {image_embeds.shape[-1]}."
-            )
-        logits = self.logit_scale.exp() * F.normalize(text_embeds, dim=-1) @ F.normalize(image_embeds, dim=-1).T
-        return logits + self.logit_bias if self.logit_bias is not None else logits
+        units (100 x cosine for OpenAI CLIP), every text with every image. Inputs need not be normalised."""
+        return similarity(text_embeds, image_embeds, *logit_parameters(self))
+
+    def paired_similarity(
+        self, text_embeds: Float[Tensor, "... batch d_proj"], image_embeds: Float[Tensor, "batch d_proj"]
+    ) -> Float[Tensor, "... batch"]:
+        """As :meth:`similarity`, text b with image b only (broadcast over leading text dimensions)."""
+        return paired_similarity(text_embeds, image_embeds, *logit_parameters(self))
 
     def forward(self, text, images) -> Float[Tensor, "n_text n_image"]:
         """Similarity of every text with every image."""

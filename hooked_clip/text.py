@@ -9,6 +9,7 @@ Every activation passes through a ``HookPoint`` with TransformerLens's name, so 
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 from typing import Callable, Literal, Optional, Sequence, Union
 
@@ -19,12 +20,21 @@ from torch import Tensor, nn
 from transformer_lens import ActivationCache, HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from hooked_clip.components import Embed, LayerNorm, PosEmbed, TransformerBlock
+from hooked_clip.components import Embed, KeyValuePrefix, LayerNorm, PosEmbed, TransformerBlock
 from hooked_clip.config import CLIPTextConfig
 from hooked_clip.tokenizer import CLIPTokenizer, Text
 
 ReturnType = Literal["normalized", "embed", "pooled", None]
 _RETURN_TYPES = ("normalized", "embed", "pooled", None)
+
+
+def text_tower(model) -> "HookedCLIPText":
+    """The hooked text tower of a ``HookedCLIP`` (its ``.text``) or a ``HookedCLIPText`` itself: what every
+    analysis runs on."""
+    tower = getattr(model, "text", model)
+    if not isinstance(tower, HookedCLIPText):
+        raise TypeError(f"expected a HookedCLIP or HookedCLIPText, got {type(model).__name__}.")
+    return tower
 
 
 class UnknownHookError(KeyError):
@@ -163,9 +173,9 @@ class HookedCLIPText(HookedRootModule):
         tokens: Optional[Int[Tensor, "batch pos"]] = None,
         pool_positions: Optional[Int[Tensor, "batch"]] = None,
         trim: Optional[bool] = None,
-        prefix_kv: Optional[Sequence[tuple[Tensor, Tensor]]] = None,
+        prefix: Optional[Sequence[KeyValuePrefix]] = None,
     ) -> Optional[Tensor]:
-        """Run the tower.
+        """Run the tower: embed, find the pooling positions, run the blocks, read out.
 
         Args:
             input: texts, token ids [batch, pos], or (with ``start_at_layer``) the residual stream
@@ -177,63 +187,84 @@ class HookedCLIPText(HookedRootModule):
                 ``cfg.pooling == "last"``); with token input they are computed from the ids.
             trim: drop positions after the batch's last pooling position (default ``cfg.trim_after_pool``;
                 only ever applied where exact, see ``cfg.trims``).
-            prefix_kv: with ``start_at_layer`` in a causal tower, the keys and values [batch, prefix, head,
-                d_head] of each block from ``start_at_layer`` on for positions *before* the input, which
-                then holds only the later positions (pool positions count from the input's first
-                position). Used by the patching engine to skip an unchanged prefix.
+            prefix: with ``start_at_layer`` in a causal tower, one :class:`KeyValuePrefix` per block run:
+                the keys and values of the positions *before* the input, which then holds only the later
+                positions (pool positions count from the input's first position). The patching engine
+                uses it to skip an unchanged prefix.
         """
         if return_type not in _RETURN_TYPES:
             raise ValueError(f"return_type must be one of {_RETURN_TYPES}, got {return_type!r}.")
+        if prefix is not None and start_at_layer is None:
+            raise ValueError("a key/value prefix needs start_at_layer: the input is then the residual stream of "
+                             "the positions after the prefix.")
         if start_at_layer is None:
             tokens = self.as_tokens(input)
             pool = self.pool_positions(tokens) if pool_positions is None else torch.as_tensor(pool_positions, device=tokens.device)
-            n_pos = self._kept_positions(pool, tokens.shape[1], trim)
-            tokens = tokens[:, :n_pos]
-            embed = self.hook_embed(self.embed(tokens))
-            pos_embed = self.hook_pos_embed(self.pos_embed(tokens.shape[0], n_pos))
-            resid = embed + pos_embed
-            blocks = self.blocks[:stop_at_layer]
+            resid = self.embed_tokens(tokens[:, : self._kept_positions(pool, tokens.shape[1], trim)])
         else:
             resid = self._check_resid(input)
-            if pool_positions is not None:
-                pool = torch.as_tensor(pool_positions, device=resid.device)
-            elif tokens is not None:
-                pool = self.pool_positions(self._check_tokens(tokens))
-            elif self.cfg.pooling == "last" or stop_at_layer is not None:
-                pool = torch.full((resid.shape[0],), resid.shape[1] - 1, device=resid.device)
-            else:
-                raise ValueError(
-                    "with start_at_layer, pass tokens=... or pool_positions=... so the tower knows where "
-                    f"to pool (cfg.pooling={self.cfg.pooling!r})."
-                )
+            pool = self._resid_pool_positions(resid, tokens, pool_positions, stop_at_layer)
             resid = resid[:, : self._kept_positions(pool, resid.shape[1], trim)]
-            blocks = self.blocks[start_at_layer:stop_at_layer]
-        if prefix_kv is not None:
-            if start_at_layer is None or not self.cfg.causal:
-                raise ValueError("prefix_kv needs start_at_layer and a causal tower.")
-            if len(prefix_kv) != len(blocks):
-                raise ValueError(f"prefix_kv has {len(prefix_kv)} entries for {len(blocks)} blocks.")
-
-        for i, block in enumerate(blocks):
-            resid = block(resid, None if prefix_kv is None else prefix_kv[i])
+        resid = self.run_blocks(resid, start_at_layer or 0, stop_at_layer, prefix)
         if stop_at_layer is not None:
             return resid
+        return self.read_out(resid, pool, return_type)
+
+    def embed_tokens(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
+        """The residual stream entering block 0: token + position embeddings (``hook_embed``,
+        ``hook_pos_embed``)."""
+        embed = self.hook_embed(self.embed(tokens))
+        return embed + self.hook_pos_embed(self.pos_embed(tokens.shape[0], tokens.shape[1]))
+
+    def run_blocks(
+        self,
+        resid: Float[Tensor, "batch pos d_model"],
+        start: int = 0,
+        stop: Optional[int] = None,
+        prefix: Optional[Sequence[KeyValuePrefix]] = None,
+    ) -> Float[Tensor, "batch pos d_model"]:
+        """Blocks ``start`` .. ``stop - 1`` on the residual stream (``prefix``: one per block run)."""
+        blocks = self.blocks[start:stop]
+        if prefix is not None:
+            if not self.cfg.causal:
+                raise ValueError("a key/value prefix needs a causal tower.")
+            if len(prefix) != len(blocks):
+                raise ValueError(f"prefix has {len(prefix)} entries for {len(blocks)} blocks.")
+        for i, block in enumerate(blocks):
+            resid = block(resid, None if prefix is None else KeyValuePrefix(*prefix[i]))
+        return resid
+
+    def read_out(
+        self, resid: Float[Tensor, "batch pos d_model"], pool: Int[Tensor, "batch"], return_type: ReturnType = "embed"
+    ) -> Optional[Tensor]:
+        """``ln_final`` -> the row at each pooling position (``hook_pooled``) -> ``text_projection``
+        (``hook_text_embed``) -> L2 normalisation (``hook_text_embed_normalized``), up to ``return_type``."""
         resid = self.ln_final(resid)
         if return_type is None:
             return None
         pooled = self.hook_pooled(resid[torch.arange(resid.shape[0], device=resid.device), pool])
         if return_type == "pooled":
             return pooled
-        if self.W_proj is None:
-            embed_out = self.hook_text_embed(pooled)
-        else:
-            embed_out = pooled @ self.W_proj
-            if self.b_proj is not None:
-                embed_out = embed_out + self.b_proj
-            embed_out = self.hook_text_embed(embed_out)
+        embed = pooled if self.W_proj is None else pooled @ self.W_proj
+        if self.b_proj is not None:
+            embed = embed + self.b_proj
+        embed = self.hook_text_embed(embed)
         if return_type == "embed":
-            return embed_out
-        return self.hook_text_embed_normalized(F.normalize(embed_out, dim=-1))
+            return embed
+        return self.hook_text_embed_normalized(F.normalize(embed, dim=-1))
+
+    def _resid_pool_positions(self, resid: Tensor, tokens: Optional[Tensor], pool_positions: Optional[Tensor],
+                              stop_at_layer: Optional[int]) -> Tensor:
+        if pool_positions is not None:
+            return torch.as_tensor(pool_positions, device=resid.device)
+        if tokens is not None:
+            return self.pool_positions(self._check_tokens(tokens))
+        if self.cfg.pooling == "last" or stop_at_layer is not None:
+            return torch.full((resid.shape[0],), resid.shape[1] - 1, device=resid.device)
+        raise ValueError(
+            "with start_at_layer, pass tokens=... or pool_positions=... so the tower knows where "
+            f"to pool (cfg.pooling={self.cfg.pooling!r})."
+        )
 
     def _kept_positions(self, pool: Tensor, n_pos: int, trim: Optional[bool]) -> int:
         do_trim = self.cfg.trim_after_pool if trim is None else trim
@@ -285,6 +316,27 @@ class HookedCLIPText(HookedRootModule):
         if return_cache_object:
             cache = ActivationCache(cache, self, has_batch_dim=not kwargs.get("remove_batch_dim", False))
         return out, cache
+
+    @contextlib.contextmanager
+    def options(self, **fields):
+        """Temporarily set config fields that change what the forward computes but not the weights
+        (``use_split_qkv_input``, ``use_attn_result``, ``use_fused_attn``, ``trim_after_pool``)::
+
+            with text.options(use_split_qkv_input=True):
+                ...  # per-head query/key/value inputs exist here
+        """
+        allowed = ("use_split_qkv_input", "use_attn_result", "use_fused_attn", "trim_after_pool")
+        bad = sorted(set(fields) - set(allowed))
+        if bad:
+            raise ValueError(f"options() sets only {allowed}, not {bad}.")
+        old = {k: getattr(self.cfg, k) for k in fields}
+        for k, v in fields.items():
+            setattr(self.cfg, k, v)
+        try:
+            yield self
+        finally:
+            for k, v in old.items():
+                setattr(self.cfg, k, v)
 
     # ------------------------------------------------------------------------ TL weight accessors
     @property

@@ -185,7 +185,7 @@ def test_attribution_patching_bad_inputs(model):
         attribution_patch(model, NEG, AFF, metric, "resid")
     with pytest.raises(ValueError, match="does not fit"):
         attribution_patch(model, NEG, AFF, metric, "mlp_out", "layer_head")
-    with pytest.raises(ValueError, match="same pooling"):
+    with pytest.raises(ValueError, match="differ in token length"):
         attribution_patch(model, NEG, ["There are no cats."] * 4, metric)
     with pytest.raises(ValueError, match="ig_steps must be"):
         attribution_patch(model, NEG, AFF, metric, ig_steps=-1)
@@ -202,7 +202,8 @@ def test_path_patching_through_a_blind_receiver_has_no_effect(fresh):
     metric = cosine_to_target(images(fresh, 4))
     res = path_patch(fresh, NEG, AFF, metric, "L2H1.q", progress=False)
     assert res.extra["senders"] == [s for s in all_senders(fresh) if s == "embed" or int(s[1]) < 2]
-    assert torch.equal(res.values, res.clean.expand_as(res.values))
+    # zero up to float rounding: the rows run batched (sender x example), the clean run alone
+    assert (res.values - res.clean).abs().max() <= 1e-6
 
 
 def test_direct_path_to_the_pooled_residual_equals_direct_attribution(fresh):

@@ -16,6 +16,14 @@ sys.path.insert(0, str(DOCS))
 from run_blocks import TUTORIALS, as_script, blocks, example_path, run_markdown  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def restore_grad_mode():
+    """Tutorials run in this process and switch gradients off at the top, as scripts do: restore it."""
+    enabled = torch.is_grad_enabled()
+    yield
+    torch.set_grad_enabled(enabled)
+
+
 @pytest.fixture(scope="module")
 def substitutions(tmp_path_factory):
     """Real checkpoint names -> random local checkpoints in the same formats (HF directory, open_clip file)."""

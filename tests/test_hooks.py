@@ -236,7 +236,7 @@ def test_layer_norm_scale_hook_semantics(tiny_model, tokens):
     assert torch.allclose(recon, cache["blocks.1.ln2.hook_normalized"], atol=1e-5)
 
 
-def test_prefix_kv_run_equals_full_run(tiny_model, tokens):
+def test_prefix_run_equals_full_run(tiny_model, tokens):
     """Running only the positions after a prefix, with the prefix's keys/values, gives the same output."""
     text = tiny_model.text
     tokens = tokens[text.pool_positions(tokens) >= 3]  # rows long enough for a 3-token prefix
@@ -246,9 +246,9 @@ def test_prefix_kv_run_equals_full_run(tiny_model, tokens):
         pool = text.pool_positions(tokens)
         for start, prefix in [(0, 1), (1, 3)]:
             kv = [(cache["k", j][:, :prefix], cache["v", j][:, :prefix]) for j in range(start, text.cfg.n_layers)]
-            out = text(cache["resid_pre", start][:, prefix:], start_at_layer=start, pool_positions=pool - prefix, prefix_kv=kv)
+            out = text(cache["resid_pre", start][:, prefix:], start_at_layer=start, pool_positions=pool - prefix, prefix=kv)
             assert (out - full).abs().max() <= 1e-6
-        with pytest.raises(ValueError, match="prefix_kv needs start_at_layer"):
-            text(tokens, prefix_kv=kv)
-        with pytest.raises(ValueError, match="prefix_kv has 1 entries for 2 blocks"):
-            text(cache["resid_pre", 0][:, 3:], start_at_layer=0, pool_positions=pool - 3, prefix_kv=kv)
+        with pytest.raises(ValueError, match="prefix needs start_at_layer"):
+            text(tokens, prefix=kv)
+        with pytest.raises(ValueError, match="prefix has 1 entries for 2 blocks"):
+            text(cache["resid_pre", 0][:, 3:], start_at_layer=0, pool_positions=pool - 3, prefix=kv)

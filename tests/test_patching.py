@@ -9,14 +9,18 @@ import pytest
 import torch
 from conftest import hf_clip
 from transformer_lens import patching as tl_patching
+from transformer_lens.utilities import get_act_name
 
 from hooked_clip.analyses.metrics import cosine_to_target, similarity_metric
-from hooked_clip.analyses.patching import ACT_HOOKS, HEAD_ACTS, activation_patch
+from hooked_clip.analyses.patching import activation_patch
 from hooked_clip import HookedCLIP
 
 NEG = ["There are no cats in the picture.", "There is no dog.", "There are no people.", "no"]
 AFF = ["There are some cats in the picture.", "There is a dog.", "There are some people.", "a"]
 ATOL = 1e-5
+# written here, not imported from the engine: the reference must not share the engine's tables
+POSITIONAL = ["resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"]
+PER_HEAD = ["z", "q", "k", "v", "pattern"]
 
 
 @pytest.fixture(scope="module")
@@ -38,14 +42,14 @@ def loop_reference(model, result, clean, corrupt, metric):
     ref = torch.empty_like(result.values)
     act = result.act_name
     for li, layer in enumerate(result.labels["layer"]):
-        name = ACT_HOOKS[act].format(layer)
+        name = get_act_name(act, layer)
         for idx in itertools.product(*[range(len(result.labels[a])) for a in result.axes[1:]]):
             where = {a: result.labels[a][i] for a, i in zip(result.axes[1:], idx)}
 
             def hook(x, hook, where=where):
                 x = x.clone()
                 pos, head = where.get("pos", slice(None)), where.get("head", slice(None))
-                sl = (slice(None), head, pos) if act == "pattern" else (slice(None), pos, head) if act in HEAD_ACTS else (slice(None), pos)
+                sl = (slice(None), head, pos) if act == "pattern" else (slice(None), pos, head) if act in PER_HEAD else (slice(None), pos)
                 x[sl] = cache[hook.name][sl]
                 return x
 
@@ -54,7 +58,7 @@ def loop_reference(model, result, clean, corrupt, metric):
     return ref
 
 
-CASES = [(a, "layer_pos") for a in ACT_HOOKS] + [(a, i) for a in HEAD_ACTS for i in ("layer_head", "layer_pos_head")]
+CASES = [(a, "layer_pos") for a in POSITIONAL + PER_HEAD] + [(a, i) for a in PER_HEAD for i in ("layer_head", "layer_pos_head")]
 
 
 @pytest.mark.parametrize("act,index", CASES)
@@ -149,7 +153,7 @@ def test_bad_inputs(model, metric):
         activation_patch(model, NEG, AFF, metric, layers=[5], progress=False)
     with pytest.raises(ValueError, match="batch_size.*positive integer, got 0"):
         activation_patch(model, NEG, AFF, metric, batch_size=0, progress=False)
-    with pytest.raises(ValueError, match="clean has 4 examples but corrupt has 3"):
+    with pytest.raises(ValueError, match="4 clean examples but 3 corrupt ones"):
         activation_patch(model, NEG, AFF[:3], metric, progress=False)
     with pytest.raises(ValueError, match="direction must be"):
         activation_patch(model, NEG, AFF, metric, direction="both", progress=False)

@@ -114,15 +114,16 @@ def _image_embeds(model, run_dir: Path, items: Sequence[Item], images) -> dict[s
 
 
 @torch.no_grad()
-def _unit_text(model, texts: list[str]) -> torch.Tensor:
-    return F.normalize(model.text(model.text.as_tokens(texts)), dim=-1)
+def _text_embeds(model, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(raw, unit-norm) text embeddings."""
+    raw = model.text(model.text.as_tokens(texts))
+    return raw, F.normalize(raw, dim=-1)
 
 
 def _scores(model, e_c: torch.Tensor, e_f: torch.Tensor, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """S(caption, image), S(foil, image) in logits, from unit text embeddings."""
-    i = F.normalize(img, dim=-1)
-    scale = model.logit_scale.exp()
-    return scale * (e_c * i).sum(-1), scale * (e_f * i).sum(-1)
+    """S(caption, image), S(foil, image) in logits (the model's own similarity, bias included), from raw
+    text embeddings."""
+    return model.paired_similarity(e_c, img), model.paired_similarity(e_f, img)
 
 
 def select_items(items: list[Item], limit: Optional[int]) -> list[Item]:
@@ -172,13 +173,13 @@ def run_items(model, run_dir, *, model_id: str, images=None, settings: Settings 
 def _measure(model, items: list[Item], img: Optional[dict], images, settings: Settings) -> list[dict]:
     text = model.text
     recs = [{"id": x.id, "negation_in": x.negation_in, "caption": x.caption, "foil": x.foil} for x in items]
-    e_c, e_f = _unit_text(model, [x.caption for x in items]), _unit_text(model, [x.foil for x in items])
+    (raw_c, e_c), (raw_f, e_f) = _text_embeds(model, [x.caption for x in items]), _text_embeds(model, [x.foil for x in items])
     for r, c, f, x in zip(recs, e_c, e_f, items):
         r["similarity"] = float((c * f).sum())
         r["n_tokens"] = len(text.tokenizer.encode(x.caption))
     if img is not None:
         im = torch.stack([img[x.id] for x in items])
-        s_c, s_f = _scores(model, e_c, e_f, im)
+        s_c, s_f = _scores(model, raw_c, raw_f, im)
         sizes = images.subject_sizes(items)
         for r, a, b, size in zip(recs, s_c.tolist(), s_f.tolist(), sizes):
             r.update(s_caption=a, s_foil=b, d=a - b, segment=segment(a - b), subject_size=size)
@@ -191,7 +192,7 @@ def _measure(model, items: list[Item], img: Optional[dict], images, settings: Se
     neg, aff = [p.negated for p in pairs], [p.affirmative for p in pairs]
     heads = negator_head_scores(model, neg, aff, NEGATOR_POS)
     eots = text.pool_positions(text.as_tokens(neg)).tolist()
-    e_c, e_f = _unit_text(model, [p.caption for p in pairs]), _unit_text(model, [p.foil for p in pairs])
+    (raw_c, e_c), (raw_f, e_f) = _text_embeds(model, [p.caption for p in pairs]), _text_embeds(model, [p.foil for p in pairs])
     for k, (i, p) in enumerate(zip(idx, pairs)):
         zoom, _ = to_rows(heads.rows[k], eots[k], further="max")
         recs[i]["aligned"] = {"caption": p.caption, "foil": p.foil, "n_tokens": eots[k] + 1,
@@ -200,9 +201,8 @@ def _measure(model, items: list[Item], img: Optional[dict], images, settings: Se
     if img is None:
         return recs
     im = torch.stack([img[p.id] for p in pairs])
-    s_c, s_f = _scores(model, e_c, e_f, im)
-    cte = minimal_pair_trace(model, neg, aff, im, [p.negation_in for p in pairs], batch_size=settings.batch_size,
-                             progress=False)
+    s_c, s_f = _scores(model, raw_c, raw_f, im)
+    cte = minimal_pair_trace(model, neg, aff, im, batch_size=settings.batch_size, progress=False)
     for k, i in enumerate(idx):
         d = float(s_c[k] - s_f[k])
         rows, n_further = to_rows(cte[k], eots[k])

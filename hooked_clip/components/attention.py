@@ -1,14 +1,18 @@
-"""Multi-head self-attention with TransformerLens's weight layout and hooks.
+"""Multi-head self-attention with TransformerLens's weight layout and hooks, as named steps.
 
 Weights: ``W_Q, W_K, W_V`` [head, d_model, d_head], ``W_O`` [head, d_head, d_model], biases per head.
 Hooks: ``hook_q/k/v/z`` [batch, pos, head, d_head]; ``hook_attn_scores`` (masked, pre-softmax) and
 ``hook_pattern`` [batch, head, query, key]; ``hook_result`` [batch, pos, head, d_model] when
 ``cfg.use_attn_result``.
+
+The steps (``calculate_qkv``, ``calculate_attention_scores``, ``apply_causal_mask``, ``calculate_pattern``,
+``calculate_z``, ``calculate_output``) are public so that analyses which recompute part of attention
+(AtP*'s exact pattern of a patched query or key) call them instead of copying scale, mask and softmax.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +21,14 @@ from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
 from hooked_clip.config import CLIPTextConfig
+
+
+class KeyValuePrefix(NamedTuple):
+    """Keys and values [batch, prefix, head, d_head] of the positions before a block's input: with them a
+    causal tower runs only the later positions (the patching engine's prefix reuse)."""
+
+    keys: Float[Tensor, "batch prefix head d_head"]
+    values: Float[Tensor, "batch prefix head d_head"]
 
 
 class Attention(nn.Module):
@@ -33,14 +45,78 @@ class Attention(nn.Module):
         self.b_V = nn.Parameter(torch.zeros(h, d, dtype=cfg.dtype))
         self.b_O = nn.Parameter(torch.zeros(m, dtype=cfg.dtype))
         self.attn_scale = d**0.5
-        self.hook_q = HookPoint()
+        self.hook_q = HookPoint()  # [batch, pos, head, d_head]
         self.hook_k = HookPoint()
         self.hook_v = HookPoint()
-        self.hook_z = HookPoint()
-        self.hook_attn_scores = HookPoint()
-        self.hook_pattern = HookPoint()
-        self.hook_result = HookPoint()
+        self.hook_attn_scores = HookPoint()  # [batch, head, query, key], masked, before softmax
+        self.hook_pattern = HookPoint()  # [batch, head, query, key]
+        self.hook_z = HookPoint()  # [batch, pos, head, d_head]
+        self.hook_result = HookPoint()  # [batch, pos, head, d_model], with cfg.use_attn_result
 
+    def forward(
+        self,
+        query_input: Float[Tensor, "batch pos *head d_model"],
+        key_input: Float[Tensor, "batch pos *head d_model"],
+        value_input: Float[Tensor, "batch pos *head d_model"],
+        prefix: Optional[KeyValuePrefix] = None,
+    ) -> Float[Tensor, "batch pos d_model"]:
+        """With ``prefix`` the inputs are the positions after it; ``hook_k``/``hook_v`` see only those, the
+        scores and pattern see all keys [batch, head, query, prefix + query]."""
+        q, k, v = self.calculate_qkv(query_input, key_input, value_input)
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
+        offset = 0
+        if prefix is not None:
+            offset = prefix.keys.shape[1]
+            k, v = torch.cat([prefix.keys, k], dim=1), torch.cat([prefix.values, v], dim=1)
+        if self._needs_explicit_pattern() or (offset and self.cfg.causal):  # SDPA's causal mask ignores offsets
+            scores = self.hook_attn_scores(self.apply_causal_mask(self.calculate_attention_scores(q, k), offset))
+            z = self.calculate_z(self.hook_pattern(self.calculate_pattern(scores)), v)
+        else:
+            z = F.scaled_dot_product_attention(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=self.cfg.causal
+            ).transpose(1, 2)
+        return self.calculate_output(self.hook_z(z))
+
+    # ------------------------------------------------------------------------------------------- steps
+    def calculate_qkv(self, query_input: Tensor, key_input: Tensor, value_input: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries, keys, values [batch, pos, head, d_head]; inputs [batch, pos, d_model] or, with split qkv
+        input, one per head [batch, pos, head, d_model]."""
+        if query_input is key_input is value_input and query_input.ndim == 3:  # one matmul for all three
+            W = torch.cat([self.W_Q, self.W_K, self.W_V], dim=0)
+            b = torch.cat([self.b_Q, self.b_K, self.b_V], dim=0)
+            return self._project(query_input, W, b).chunk(3, dim=-2)
+        return (self._project(query_input, self.W_Q, self.b_Q), self._project(key_input, self.W_K, self.b_K),
+                self._project(value_input, self.W_V, self.b_V))
+
+    def calculate_attention_scores(
+        self, q: Float[Tensor, "batch query head d_head"], k: Float[Tensor, "batch key head d_head"]
+    ) -> Float[Tensor, "batch head query key"]:
+        return torch.einsum("bqhd,bkhd->bhqk", q, k) / self.attn_scale
+
+    def apply_causal_mask(self, scores: Float[Tensor, "batch head query key"], offset: int = 0) -> Tensor:
+        """-inf where a query would read a later key (no-op for a bidirectional tower). ``offset``: the
+        number of keys before the first query (prefix reuse)."""
+        if not self.cfg.causal:
+            return scores
+        n_q, n_k = scores.shape[-2:]
+        mask = torch.ones(n_q, n_k, dtype=torch.bool, device=scores.device).triu(offset + 1)
+        return scores.masked_fill(mask, float("-inf"))
+
+    def calculate_pattern(self, scores: Float[Tensor, "batch head query key"]) -> Tensor:
+        return torch.softmax(scores, dim=-1)
+
+    def calculate_z(self, pattern: Float[Tensor, "batch head query key"],
+                    v: Float[Tensor, "batch key head d_head"]) -> Float[Tensor, "batch query head d_head"]:
+        return torch.einsum("bhqk,bkhd->bqhd", pattern, v)
+
+    def calculate_output(self, z: Float[Tensor, "batch pos head d_head"]) -> Float[Tensor, "batch pos d_model"]:
+        if self.cfg.use_attn_result:
+            result = self.hook_result(torch.einsum("bphd,hdm->bphm", z, self.W_O))
+            return result.sum(dim=2) + self.b_O
+        h, d, m = self.W_O.shape
+        return F.linear(z.reshape(*z.shape[:2], h * d), self.W_O.reshape(h * d, m).T, self.b_O)
+
+    # ----------------------------------------------------------------------------------------- helpers
     def _project(self, x: Tensor, W: Tensor, b: Tensor) -> Float[Tensor, "batch pos head d_head"]:
         if x.ndim == 4:  # split qkv input: one input per head [batch, pos, head, d_model]
             return torch.einsum("bphm,hmd->bphd", x, W) + b
@@ -49,52 +125,5 @@ class Attention(nn.Module):
         return out.view(*x.shape[:-1], h, d)
 
     def _needs_explicit_pattern(self) -> bool:
-        return (
-            not self.cfg.use_fused_attn
-            or self.hook_attn_scores.has_hooks()
-            or self.hook_pattern.has_hooks()
-        )
-
-    def forward(
-        self,
-        query_input: Float[Tensor, "batch pos *head d_model"],
-        key_input: Float[Tensor, "batch pos *head d_model"],
-        value_input: Float[Tensor, "batch pos *head d_model"],
-        prefix_kv: Optional[tuple[Tensor, Tensor]] = None,
-    ) -> Float[Tensor, "batch pos d_model"]:
-        """``prefix_kv``: keys and values [batch, prefix, head, d_head] of positions before this input
-        (used by the patching engine to skip recomputing an unchanged prefix). The inputs are then the
-        positions after the prefix; ``hook_k``/``hook_v`` see only those, the scores and pattern see all
-        keys [batch, head, query, prefix + query]."""
-        if query_input is key_input is value_input and query_input.ndim == 3:
-            # One matmul for q, k and v (the common case: no split qkv input).
-            W = torch.cat([self.W_Q, self.W_K, self.W_V], dim=0)
-            b = torch.cat([self.b_Q, self.b_K, self.b_V], dim=0)
-            q, k, v = self._project(query_input, W, b).chunk(3, dim=-2)
-        else:
-            q = self._project(query_input, self.W_Q, self.b_Q)
-            k = self._project(key_input, self.W_K, self.b_K)
-            v = self._project(value_input, self.W_V, self.b_V)
-        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
-        offset = 0
-        if prefix_kv is not None:
-            offset = prefix_kv[0].shape[1]
-            k, v = torch.cat([prefix_kv[0], k], dim=1), torch.cat([prefix_kv[1], v], dim=1)
-        if self._needs_explicit_pattern() or (offset and self.cfg.causal):
-            scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / self.attn_scale
-            if self.cfg.causal:
-                mask = torch.ones(q.shape[1], k.shape[1], dtype=torch.bool, device=scores.device).triu(offset + 1)
-                scores = scores.masked_fill(mask, float("-inf"))
-            scores = self.hook_attn_scores(scores)
-            pattern = self.hook_pattern(torch.softmax(scores, dim=-1))
-            z = torch.einsum("bhqk,bkhd->bqhd", pattern, v)
-        else:
-            z = F.scaled_dot_product_attention(
-                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=self.cfg.causal
-            ).transpose(1, 2)
-        z = self.hook_z(z)
-        if self.cfg.use_attn_result:
-            result = self.hook_result(torch.einsum("bphd,hdm->bphm", z, self.W_O))
-            return result.sum(dim=2) + self.b_O
-        h, d, m = self.W_O.shape
-        return F.linear(z.reshape(*z.shape[:2], h * d), self.W_O.reshape(h * d, m).T, self.b_O)
+        """The fused kernel is used only when asked for and nothing reads or edits the scores/pattern."""
+        return not self.cfg.use_fused_attn or self.hook_attn_scores.has_hooks() or self.hook_pattern.has_hooks()

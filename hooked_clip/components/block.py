@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 from jaxtyping import Float
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
-from hooked_clip.components.attention import Attention
+from hooked_clip.components.attention import Attention, KeyValuePrefix
 from hooked_clip.components.layer_norm import LayerNorm
 from hooked_clip.components.mlp import MLP
 from hooked_clip.config import CLIPTextConfig
@@ -30,7 +32,8 @@ class TransformerBlock(nn.Module):
         self.hook_mlp_out = HookPoint()
         self.hook_resid_post = HookPoint()
 
-    def forward(self, resid_pre: Float[Tensor, "batch pos d_model"], prefix_kv=None) -> Float[Tensor, "batch pos d_model"]:
+    def forward(self, resid_pre: Float[Tensor, "batch pos d_model"],
+                prefix: Optional[KeyValuePrefix] = None) -> Float[Tensor, "batch pos d_model"]:
         resid_pre = self.hook_resid_pre(resid_pre)
         if self.cfg.use_split_qkv_input:
             # one copy per input: a hook may edit its input in place without touching the other two
@@ -39,11 +42,11 @@ class TransformerBlock(nn.Module):
                 self.ln1(self.hook_q_input(per_head())),
                 self.ln1(self.hook_k_input(per_head())),
                 self.ln1(self.hook_v_input(per_head())),
-                prefix_kv,
+                prefix,
             )
         else:
             x = self.ln1(resid_pre)
-            attn_out = self.attn(x, x, x, prefix_kv)
+            attn_out = self.attn(x, x, x, prefix)
         resid_mid = self.hook_resid_mid(resid_pre + self.hook_attn_out(attn_out))
         mlp_out = self.hook_mlp_out(self.mlp(self.ln2(resid_mid)))
         return self.hook_resid_post(resid_mid + mlp_out)
