@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from conftest import hf_clip
@@ -194,7 +195,7 @@ def test_rome_variant(random_demo, tmp_path):
 
 def test_clipseg_subject_size_from_local_weights(tmp_path):
     """The subject-size plug-in loads CLIPSeg from a local save_pretrained folder (random tiny weights here)
-    and returns the mean sigmoid of its map for the subject prompt."""
+    and returns the mean sigmoid of its map for the prompt and the share of the map above 0.25."""
     from PIL import Image
     from transformers import (CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor, CLIPTokenizer,
                               ViTImageProcessor)
@@ -213,14 +214,136 @@ def test_clipseg_subject_size_from_local_weights(tmp_path):
     seg = CLIPSegForImageSegmentation(cfg).eval()
     seg.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
-    item = next(x for x in load_items() if x.negation_in == "foil" and x.affirmative == "There are cars parked.")
-    image = Image.new("RGB", (80, 60), (120, 30, 200))
-    size = clipseg_subject_size(tmp_path)(item, image)
+    image = Image.new("L", (80, 60), 120)  # grayscale: the authors stack it to 3 channels
+    area, binary = clipseg_subject_size(tmp_path)("some cars", image)
+    rgb = Image.merge("RGB", [image] * 3)
     with torch.no_grad():
-        ref = torch.sigmoid(seg(**processor(text=["cars"], images=[image], return_tensors="pt")).logits).mean()
-    assert 0 <= size <= 1 and abs(size - float(ref)) <= 1e-6
+        p = torch.sigmoid(seg(**processor(text=["some cars"], images=[rgb], return_tensors="pt")).logits)
+    assert abs(area - float(p.mean())) <= 1e-6 and abs(binary - float((p > 0.25).float().mean())) <= 1e-6
+    assert 0 < binary < 1  # the random map straddles the threshold, so the binary area is not trivially 0 or 1
     with pytest.raises(FileNotFoundError, match="CLIPSeg"):
         clipseg_subject_size(tmp_path / "absent")
+
+
+# ------------------------------------------------------------------------------ the paper's layer zoom
+def _zoom_record(loc, layer3_rows):
+    """A record whose layer-4 (blocks.3) zoom rows are given ([heads][8]); other layers zero (so layer 4
+    also has the largest mean Δ)."""
+    zero = [[0.0] * 8 for _ in layer3_rows]
+    return {"id": str(id(layer3_rows)), "negation_in": loc, "caption": "", "foil": "",
+            "aligned": {"similarity": 0.9, "head_delta": [[0.0] * len(layer3_rows)] * 3 + [[0.5] * len(layer3_rows)],
+                        "head_rows": [zero, zero, zero, layer3_rows]}}
+
+
+def test_paper_zoom_counts_missing_further_rows_as_zero_and_keeps_the_negator_row():
+    nan = float("nan")
+    # two heads; rows: SOT, there, is/are, negator (own query row), subj 1st, subj further (max), ".", EOT
+    # (SOT..is/are are NaN in the records: queries before the negator cannot see it)
+    items = [[[nan, nan, nan, -0.2, 0.4, 0.3, 0.5, 0.1], [nan, nan, nan, 0.0, 0.0, 0.0, 0.0, 0.0]],
+             [[nan, nan, nan, 0.1, 0.2, nan, 0.3, 0.0], [nan, nan, nan, 0.0, 0.0, nan, 0.0, 0.0]],  # T = 7
+             [[nan, nan, nan, 0.0, 0.0, 0.6, 0.1, 0.2], [nan, nan, nan, 0.9, 0.0, 0.0, 0.0, 0.0]]]
+    records = {str(k): {**_zoom_record("caption", rows), "id": str(k)} for k, rows in enumerate(items)}
+    paper = aggregate(records, 4, 2)["zoom"]
+    assert paper["rule"] == "paper" and paper["layer"] == 4  # always the paper's layer 4, not the largest Δ
+    h1 = paper["caption"][0]
+    # written out by hand: plain means over all 3 items, the T = 7 item counting 0 in "subj further"
+    assert h1 == pytest.approx([0, 0, 0, (-0.2 + 0.1 + 0.0) / 3, (0.4 + 0.2 + 0.0) / 3, (0.3 + 0 + 0.6) / 3,
+                                (0.5 + 0.3 + 0.1) / 3, (0.1 + 0.0 + 0.2) / 3])
+    assert paper["caption"][1][3] == pytest.approx(0.3)  # H2's negator row: 0.9 / 3, kept
+    other = aggregate(records, 4, 2, zoom="strongest-layer")["zoom"]
+    assert other["rule"] == "strongest-layer"
+    assert other["caption"][0][5] == pytest.approx((0.3 + 0.6) / 2)  # over the items that have further tokens
+    assert other["caption"][0][3] == pytest.approx(-0.1 / 3)
+    with pytest.raises(ValueError, match="zoom rule"):
+        aggregate(records, 4, 2, zoom="largest")
+    assert aggregate(records, 3, 2)["zoom"]["layer"] is None  # a 3-layer model has no layer 4: said, not faked
+
+
+def test_zoom_rows_measured_on_the_model_keep_the_negator_row(random_demo, tmp_path):
+    """The stored zoom rows against a plain loop over attention patterns, the negator's own row included."""
+    records = run_items(random_demo, tmp_path, model_id="random", images=None, settings=Settings(limit=6), progress=False)
+    rec = next(r for r in records.values() if "aligned" in r)
+    a = rec["aligned"]
+    neg = a["caption"] if rec["negation_in"] == "caption" else a["foil"]
+    aff = a["foil"] if rec["negation_in"] == "caption" else a["caption"]
+    _, c_neg = random_demo.text.run_with_cache(neg)
+    _, c_aff = random_demo.text.run_with_cache(aff)
+    eot = a["n_tokens"] - 1
+    for layer in range(random_demo.cfg.n_layers):
+        diff = (c_neg[f"blocks.{layer}.attn.hook_pattern"] - c_aff[f"blocks.{layer}.attn.hook_pattern"])[0, :, :, 3]
+        for h in range(random_demo.cfg.n_heads):
+            rows = a["head_rows"][layer][h]
+            assert abs(rows[3] - float(diff[h, 3])) <= 1e-6  # the negator attending to itself
+            assert abs(rows[4] - float(diff[h, 4])) <= 1e-6 and abs(rows[7] - float(diff[h, eot])) <= 1e-6
+            further = [float(diff[h, q]) for q in range(5, eot - 1)]
+            assert (math.isnan(rows[5]) if not further else abs(rows[5] - max(further)) <= 1e-6)
+
+
+# ------------------------------------------------------------------------------ subjects
+class _Chunk:
+    def __init__(self, text):
+        self.text = text
+
+
+class _StubNLP:
+    """Stands in for spaCy's en_core_web_sm (not installable offline): noun chunks from a table."""
+
+    def __init__(self, table):
+        self.table, self.calls = table, []
+
+    def __call__(self, text):
+        self.calls.append(text)
+        return type("Doc", (), {"noun_chunks": iter(_Chunk(t) for t in self.table.get(text, []))})()
+
+
+def test_subject_prompt_is_the_first_noun_chunk_of_the_aligned_caption(tmp_path):
+    from hooked_clip.analyses.valse_negation.data import SubjectParser
+
+    pairs = [p for p in aligned_pairs(load_items()) if p.negation_in == "foil"][:3]
+    assert pairs[0].caption.startswith("There are some ")  # the aligned caption, not VALSE's original
+    nlp = _StubNLP({pairs[0].caption: ["some cars", "the street"], pairs[1].caption: ["a dog"]})
+    parser = SubjectParser(nlp)
+    folder = FolderImages(tmp_path, segmenter=lambda prompt, image: (0.5, 0.25), subject_parser=parser)
+    folder.open = lambda item: None  # the stub segmenter needs no pixels
+    subjects = folder.subjects(pairs + [p for p in aligned_pairs(load_items()) if p.negation_in == "caption"][:1])
+    assert subjects[0] == {"subject": "some cars", "subject_area": 0.5, "subject_area_binary": 0.25}
+    assert subjects[1]["subject"] == "a dog"
+    assert subjects[2] == {"subject": None, "subject_area": None, "subject_area_binary": None}  # no chunk: no subject
+    assert subjects[3] is None  # negation in the caption: the subject is not in the image, no size
+    assert nlp.calls == [p.caption for p in pairs]
+    assert SubjectParser.regex()("There are some cars parked.") == "some cars"
+    assert "NOT the authors'" in SubjectParser.regex().name
+
+
+def test_missing_spacy_pipeline_names_the_install_command(monkeypatch):
+    import sys
+
+    from hooked_clip.analyses.valse_negation.data import SubjectParser
+
+    pytest.importorskip("spacy")  # the spacy extra; its English pipeline is a separate user download
+    with pytest.raises(OSError, match=r"python -m spacy download en_core_web_sm"):
+        SubjectParser.spacy("en_core_web_sm_not_installed")
+    monkeypatch.setitem(sys.modules, "spacy", None)
+    with pytest.raises(ImportError, match=r"hooked-clip\[spacy\]"):
+        SubjectParser.spacy()
+
+
+def test_subject_confound_uses_both_areas_and_pairs_with_a_subject():
+    recs = {}
+    for k, (area, binary, d) in enumerate([(0.1, 0.0, -1.0), (0.3, 0.5, 0.5), (0.5, 1.0, 2.0), (0.2, 0.0, 0.0)]):
+        recs[str(k)] = {"id": str(k), "negation_in": "foil", "caption": "", "d": d,
+                        "aligned": {"d": d, "segment": study.segment(d), "cte_rows": [[0.0] * 8] * 2, "n_further": 0,
+                                    "similarity": 0.9, "n_tokens": 8, "head_delta": [[0.0]], "head_rows": [[[0.0] * 8]],
+                                    "subject": f"s{k}", "subject_area": area, "subject_area_binary": binary}}
+    recs["4"] = {"id": "4", "negation_in": "foil", "caption": "", "d": 1.0,
+                 "aligned": {"d": 1.0, "segment": "correct", "cte_rows": [[0.0] * 8] * 2, "n_further": 0,
+                             "similarity": 0.9, "n_tokens": 8, "head_delta": [[0.0]], "head_rows": [[[0.0] * 8]],
+                             "subject": None, "subject_area": None, "subject_area_binary": None}}
+    conf = aggregate(recs, 1, 1)["confounds"]
+    assert conf["subjects"] == {"foil_pairs": 5, "with_subject": 4, "without_subject": ["4"]}
+    assert conf["subject_size_vs_d_foil"]["n"] == 4 and conf["subject_size_binary_vs_d_foil"]["n"] == 4
+    assert conf["subject_size_vs_d_foil"]["r"] == pytest.approx(np.corrcoef([0.1, 0.3, 0.5, 0.2], [-1, 0.5, 2, 0])[0, 1])
+    assert conf["subject_size_binary_vs_d_foil"]["r"] == pytest.approx(np.corrcoef([0, 0.5, 1, 0], [-1, 0.5, 2, 0])[0, 1])
 
 
 def test_demo_model_vocabulary_covers_every_valse_sentence():
@@ -233,3 +356,115 @@ def test_demo_model_vocabulary_covers_every_valse_sentence():
     words = {i for w in extra_vocabulary() for i in tok.encode(w)}
     sentences = {i for x in load_items() for s in (x.caption, x.foil) for i in tok.encode(s)}
     assert sentences <= words
+
+
+# ------------------------------------------------------------------------------ image preprocessing
+MODES = [("RGB", "JPEG"), ("L", "JPEG"), ("CMYK", "JPEG"), ("RGB", "PNG"), ("L", "PNG"), ("RGBA", "PNG"), ("P", "PNG")]
+SIZES = [(50, 70), (300, 200), (64, 64), (17, 90), (640, 480)]
+
+
+def _write_images(folder, items):
+    """One file per item (VALSE's names), cycling through modes, formats and sizes; RGBA with varied alpha,
+    P with a transparent palette entry (both composited onto white by CLIPProcessor, not by PIL's convert)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder.mkdir(exist_ok=True)
+    made = []
+    for k, x in enumerate(items):
+        mode, fmt = MODES[k % len(MODES)]
+        w, h = SIZES[k % len(SIZES)]
+        rgba = Image.fromarray(rng.integers(0, 256, (h, w, 4), dtype=np.uint8), "RGBA")
+        if mode == "RGBA":
+            im = rgba
+        elif mode == "P":
+            im = rgba.convert("RGB").convert("P", palette=Image.ADAPTIVE, colors=64)
+            im.info["transparency"] = 0
+        else:
+            im = rgba.convert(mode)
+        im.save(folder / x.image_file, format=fmt)
+        made.append((mode, fmt, (w, h)))
+    return made
+
+
+def _fed_pixels(model, folder, items):
+    """The pixel batches the study's FolderImages feeds the image encoder."""
+    seen = []
+    handle = model.vision.encoder.register_forward_pre_hook(lambda mod, args: seen.append(args[0].clone()))
+    try:
+        FolderImages(folder, batch_size=3).embed(model, items)
+    finally:
+        handle.remove()
+    return torch.cat(seen)
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    from transformers import CLIPImageProcessor
+
+    from hooked_clip.tokenizer import CLIPTokenizer as OurTokenizer
+
+    path = tmp_path_factory.mktemp("hf_ckpt")
+    hf_clip("laion_gelu").save_pretrained(path)
+    CLIPImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}).save_pretrained(path)
+    OurTokenizer().save_hf_vocab(path)
+    return path
+
+
+def test_pixels_for_an_hf_model_equal_clipprocessor(hf_dir, tmp_path):
+    from PIL import Image
+    from transformers import CLIPProcessor
+
+    from hooked_clip.analyses.valse_negation.images import preprocessing_name
+    from hooked_clip.analyses.valse_negation.study import select_items
+
+    items = select_items(load_items(), 14)
+    made = _write_images(tmp_path, items)
+    assert {m for m, _, _ in made} == {"RGB", "L", "CMYK", "RGBA", "P"}
+    model = HookedCLIP.from_pretrained(str(hf_dir))
+    processor = CLIPProcessor.from_pretrained(str(hf_dir))  # the authors' entry point
+    ref = torch.cat([processor(images=Image.open(tmp_path / x.image_file), return_tensors="pt")["pixel_values"]
+                     for x in items])
+    assert torch.equal(_fed_pixels(model, tmp_path, items), ref)
+    assert preprocessing_name(model).startswith("transformers CLIP image processor")
+
+
+def test_pixels_for_an_open_clip_model_equal_open_clips_preprocess(tmp_path):
+    import open_clip
+    from PIL import Image
+    from conftest import open_clip_model
+
+    from hooked_clip.analyses.valse_negation.images import preprocessing_name
+    from hooked_clip.analyses.valse_negation.study import select_items
+
+    items = select_items(load_items(), 14)
+    _write_images(tmp_path, items)
+    oc = open_clip_model("laion_gelu")
+    model = HookedCLIP.from_open_clip(oc)
+    preprocess = open_clip.image_transform(oc.visual.image_size, is_train=False)  # open_clip's eval transform
+    ref = torch.stack([preprocess(Image.open(tmp_path / x.image_file)) for x in items])
+    assert torch.equal(_fed_pixels(model, tmp_path, items), ref)
+    assert preprocessing_name(model).startswith("open_clip preprocess")
+
+
+def test_d_gap_between_the_two_pixel_pipelines_on_a_random_model(hf_dir, tmp_path):
+    """Not an equality: how far d moves when the same (random) model sees open_clip's pixels instead of
+    CLIPProcessor's. Printed (pytest -s) and recorded in docs/tutorials/05-valse-study.md."""
+    import open_clip
+    from PIL import Image
+
+    from hooked_clip.analyses.valse_negation.study import _scores, _unit_text, select_items
+
+    items = select_items(load_items(), 28)
+    _write_images(tmp_path, items)
+    model = HookedCLIP.from_pretrained(str(hf_dir))
+    hf_pixels = _fed_pixels(model, tmp_path, items)
+    oc_pixels = torch.stack([open_clip.image_transform(64, is_train=False)(Image.open(tmp_path / x.image_file)) for x in items])
+    with torch.no_grad():
+        e_c, e_f = _unit_text(model, [x.caption for x in items]), _unit_text(model, [x.foil for x in items])
+        d = [torch.sub(*_scores(model, e_c, e_f, model.encode_image(px, normalize=False))) for px in (hf_pixels, oc_pixels)]
+    gap = (d[0] - d[1]).abs()
+    print(f"\nmax |d(CLIPProcessor pixels) - d(open_clip pixels)| = {gap.max():.4g} logits "
+          f"(median {gap.median():.3g}; logit scale {model.logit_scale.exp():.1f}; pixels differ by up to "
+          f"{(hf_pixels - oc_pixels).abs().max():.3g})")
+    assert gap.max() > 0  # the pipelines differ (resampling, transparency), so which one ran is reported

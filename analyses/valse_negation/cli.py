@@ -14,7 +14,8 @@ from pathlib import Path
 
 from hooked_clip.analyses.valse_negation.data import load_items
 from hooked_clip.analyses.valse_negation.images import FolderImages, SceneImages, clipseg_subject_size
-from hooked_clip.analyses.valse_negation.report import aggregate, write_outputs
+from hooked_clip.analyses.valse_negation.data import SubjectParser
+from hooked_clip.analyses.valse_negation.report import ZOOM_RULES, aggregate, write_outputs
 from hooked_clip.analyses.valse_negation.study import Settings, run_items, select_items
 
 
@@ -28,6 +29,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk", type=int, default=64, help="items per incremental, atomic write")
     p.add_argument("--rome", action="store_true", help="also run the ROME-noise variant of causal tracing")
     p.add_argument("--clipseg", type=Path, help="local CLIPSeg weights (save_pretrained dir) for subject size")
+    p.add_argument("--subject-parser", choices=("spacy", "regex"), default="spacy",
+                   help="subject prompts: spacy (the authors' first noun chunk, needs the spacy extra and "
+                        "en_core_web_sm) or regex (approximate fallback, reported as such)")
+    p.add_argument("--zoom", choices=sorted(ZOOM_RULES), default="paper",
+                   help="layer-zoom rule: paper (default: layer 4, missing rows count 0) or strongest-layer")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true")
 
@@ -55,7 +61,11 @@ def run(args: argparse.Namespace) -> Path:
             raise SystemExit("the demo model sees synthesized scenes, not photos; drop --images or pass --model.")
         images = SceneImages()
     elif args.images is not None:
-        images = FolderImages(args.images, clipseg_subject_size(args.clipseg) if args.clipseg else None)
+        parser = None  # subject prompts are needed for subject size and for the comparison with a reference
+        if args.clipseg or getattr(args, "reference", None):
+            parser = SubjectParser.regex() if args.subject_parser == "regex" else SubjectParser.spacy()
+        images = FolderImages(args.images, clipseg_subject_size(args.clipseg) if args.clipseg else None,
+                              subject_parser=parser)
         images.check(select_items(items, args.limit))  # fail before any work
     else:
         print("No --images given: skipping scores, causal tracing and the confounds with d; running the text-only "
@@ -65,7 +75,7 @@ def run(args: argparse.Namespace) -> Path:
     settings = Settings(limit=args.limit, chunk=args.chunk, rome=args.rome)
     records = run_items(model, out, model_id=args.model, images=images, settings=settings, items=items,
                         progress=not args.no_progress)
-    results = aggregate(records, model.cfg.n_layers, model.cfg.n_heads)
+    results = aggregate(records, model.cfg.n_layers, model.cfg.n_heads, zoom=args.zoom)
     results["model"] = args.model
     write_outputs(out, records, results, model=model, model_id=args.model,
                   images_note=images.describe() if images is not None else "")

@@ -21,6 +21,15 @@ SEGMENTS = ("correct", "ambiguous", "incorrect")
 LOCATIONS = ("caption", "foil")
 NO_PEOPLE = "There are no people."  # 44 identical caption-negated items (PAPER.md §6.2)
 SIZE_THRESHOLDS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.35)
+PAPER_ZOOM_LAYER = 3  # blocks.3, the paper's "layer 4"
+ZOOM_RULES = {
+    "paper": "the paper's rules: always layer 4 (blocks.3); every row a plain mean over all items, an item "
+             "without further subject tokens counting 0 in the 'subj further' row (the max over them); the "
+             "negator's own query row kept",
+    "strongest-layer": "the layer with the largest mean Δ of this model; each row averaged over the items that "
+                       "have it (the 'subj further' row over items with further subject tokens only), i.e. how "
+                       "strongly those tokens attend to the negator where they exist",
+}
 
 # The paper's numbers for OpenAI CLIP ViT-B/32 on Visual7W images (from the authors' released results,
 # see ../shared/PAPER.md); shown beside ours in the report, never mixed with them.
@@ -32,6 +41,7 @@ REFERENCE = {
     "head_delta": {"L4H2": (0.39, 0.38), "L4H3": (0.24, 0.23), "L3H6": (0.20, 0.23)},  # (caption, foil)
     "cte_negator_layers_3_4": {"caption": (0.48, 0.04), "foil": (0.69, 0.18)},
     "subject_size_r": 0.32,
+    "subject_size_binary_r": 0.28,
     "similarity_r": {"caption": 0.03, "caption_without_no_people": -0.20, "foil": -0.22},
 }
 
@@ -68,7 +78,24 @@ def _cte_matrix(recs: list[dict], key: str = "cte_rows") -> dict:
             "mean_std": float(np.nanmean(std))}
 
 
-def aggregate(records: dict[str, dict], n_layers: int, n_heads: int) -> dict:
+def zoom_rows(rows, rule: str = "paper") -> np.ndarray:
+    """One layer's per-item zoom rows [items, heads, 8] (NaN where an item has no such query row) → [heads, 8]
+    by ``rule`` (see ``ZOOM_RULES``): "paper" counts a missing row as 0 in a plain mean over all items;
+    "strongest-layer" averages over the items that have the row."""
+    rows = np.asarray(rows, float)
+    if rule == "paper":
+        return np.nan_to_num(rows, nan=0.0).mean(0)
+    if rule == "strongest-layer":
+        with warnings.catch_warnings():  # a row no item has stays NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nanmean(rows, axis=0)
+    raise ValueError(f"zoom rule {rule!r} is not one of {sorted(ZOOM_RULES)}.")
+
+
+def aggregate(records: dict[str, dict], n_layers: int, n_heads: int, zoom: str = "paper") -> dict:
+    """The paper's tables from the per-item records; ``zoom`` picks the layer-zoom rule (``ZOOM_RULES``)."""
+    if zoom not in ZOOM_RULES:
+        raise ValueError(f"zoom rule {zoom!r} is not one of {sorted(ZOOM_RULES)}.")
     recs = list(records.values())
     aligned = [r for r in recs if "aligned" in r]
     has_d = any("d" in r for r in recs)
@@ -86,7 +113,7 @@ def aggregate(records: dict[str, dict], n_layers: int, n_heads: int) -> dict:
                             for seg in (*SEGMENTS, "all")} for loc in LOCATIONS}
         if aligned and "rome_rows" in aligned[0]["aligned"]:
             out["rome"] = {loc: _cte_matrix([r for r in aligned if r["negation_in"] == loc], "rome_rows") for loc in LOCATIONS}
-    heads, zoom = {}, {}
+    heads = {}
     for loc in LOCATIONS:
         group = [r for r in aligned if r["negation_in"] == loc]
         if not group:
@@ -101,15 +128,19 @@ def aggregate(records: dict[str, dict], n_layers: int, n_heads: int) -> dict:
             entry["corr_with_d"] = [[_pearson(delta[:, l, h], d) for h in range(n_heads)] for l in range(n_layers)]
         heads[loc] = entry
     if heads:
-        layer = int(np.argmax(np.mean([heads[loc]["layer_mean"] for loc in heads], axis=0)))
-        for loc in heads:
-            group = [r for r in aligned if r["negation_in"] == loc]
-            rows = np.array([r["aligned"]["head_rows"][layer] for r in group], float)  # [n, H, 8]
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                zoom[loc] = np.nanmean(rows, axis=0).tolist()
         out["heads"] = heads
-        out["zoom"] = {"layer": layer + 1, "rows": ROWS, **zoom}
+        if zoom == "paper":
+            layer = PAPER_ZOOM_LAYER if n_layers > PAPER_ZOOM_LAYER else None
+        else:
+            layer = int(np.argmax(np.mean([heads[loc]["layer_mean"] for loc in heads], axis=0)))
+        out["zoom"] = {"rule": zoom, "definition": ZOOM_RULES[zoom], "rows": ROWS,
+                       "layer": None if layer is None else layer + 1}
+        if layer is None:
+            out["zoom"]["note"] = f"the model has {n_layers} layers, so there is no layer 4 to zoom on"
+        else:
+            for loc in heads:
+                group = [r for r in aligned if r["negation_in"] == loc]
+                out["zoom"][loc] = zoom_rows([r["aligned"]["head_rows"][layer] for r in group], zoom).tolist()
     out["confounds"] = _confounds(recs, aligned, has_d)
     return out
 
@@ -130,10 +161,18 @@ def _confounds(recs, aligned, has_d) -> dict:
             out["similarity_vs_d_caption_without_no_people"] = rel(rest, "similarity")
             out["length_vs_d_caption_without_no_people"] = rel(rest, "n_tokens")
     out["similarity_vs_d_all"] = rel(aligned, "similarity")
-    sized = [r for r in aligned if r["negation_in"] == "foil" and r.get("subject_size") is not None]
+    sized = [r for r in aligned if r["negation_in"] == "foil" and r["aligned"].get("subject_area") is not None]
+    foil = [r for r in aligned if r["negation_in"] == "foil"]
+    if any("subject" in r["aligned"] for r in foil):
+        out["subjects"] = {"foil_pairs": len(foil), "with_subject": sum(r["aligned"].get("subject") is not None for r in foil),
+                           "without_subject": [r["id"] for r in foil if r["aligned"].get("subject") is None]}
     if sized:
-        size, d = [r["subject_size"] for r in sized], [r["aligned"]["d"] for r in sized]
+        size, d = [r["aligned"]["subject_area"] for r in sized], [r["aligned"]["d"] for r in sized]
         out["subject_size_vs_d_foil"] = {"n": len(sized), "r": _pearson(size, d)}
+        binary = [r for r in sized if r["aligned"].get("subject_area_binary") is not None]
+        if binary:
+            out["subject_size_binary_vs_d_foil"] = {"n": len(binary), "r": _pearson(
+                [r["aligned"]["subject_area_binary"] for r in binary], [r["aligned"]["d"] for r in binary])}
         out["accuracy_above_size"] = [{"threshold": t, "n": int(sum(s > t for s in size)),
                                        "accuracy": float(np.mean([x > 0 for s, x in zip(size, d) if s > t])) if any(s > t for s in size) else None}
                                       for t in SIZE_THRESHOLDS]
@@ -166,9 +205,10 @@ def _write_csvs(run_dir: Path, records, results) -> None:
 
     flat = []
     for r in records.values():
-        row = {k: r.get(k) for k in ("id", "negation_in", "caption", "foil", "s_caption", "s_foil", "d", "segment", "similarity", "n_tokens", "subject_size")}
+        row = {k: r.get(k) for k in ("id", "negation_in", "caption", "foil", "s_caption", "s_foil", "d", "segment", "similarity", "n_tokens")}
         a = r.get("aligned", {})
-        row.update({f"aligned_{k}": a.get(k) for k in ("caption", "foil", "s_caption", "s_foil", "d", "segment", "similarity", "n_tokens")})
+        row.update({f"aligned_{k}": a.get(k) for k in ("caption", "foil", "s_caption", "s_foil", "d", "segment", "similarity", "n_tokens",
+                                                         "subject", "subject_area", "subject_area_binary")})
         flat.append(row)
     pd.DataFrame(flat).to_csv(run_dir / "items.csv", index=False)
     if "scores" in results:
@@ -187,7 +227,7 @@ def _write_csvs(run_dir: Path, records, results) -> None:
         pd.DataFrame(h["delta_mean"], index=idx, columns=cols).to_csv(run_dir / f"heads_delta_{loc}.csv", index_label="layer (1-indexed)")
         if "corr_with_d" in h:
             pd.DataFrame(h["corr_with_d"], index=idx, columns=cols).to_csv(run_dir / f"heads_corr_d_{loc}.csv", index_label="layer (1-indexed)")
-    if "zoom" in results:
+    if results.get("zoom", {}).get("layer") is not None:
         for loc in LOCATIONS:
             if loc in results["zoom"]:
                 pd.DataFrame(results["zoom"][loc], index=[f"H{i + 1}" for i in range(len(results["zoom"][loc]))],
@@ -244,14 +284,16 @@ def _figures(run_dir: Path, records, results) -> list[str]:
             axes[1, col].set_xticks(range(mat.shape[1]), [str(l + 1) for l in range(mat.shape[1])])
             axes[1, col].set_xlabel("layer (1-indexed)")
         save(fig, "heads.png")
+    if results.get("zoom", {}).get("layer") is not None:
         zoom = results["zoom"]
+        locs = [l for l in ("foil", "caption") if l in zoom]
         fig, axes = plt.subplots(1, len(locs), figsize=(6 * len(locs), 4), squeeze=False)
         for col, loc in enumerate(locs):
             mat = np.array(zoom[loc], float).T  # [row, head]
             im = axes[0, col].imshow(mat, cmap="RdBu_r", vmin=-0.5, vmax=0.5, aspect="auto")
             axes[0, col].set_yticks(range(len(ROWS)), ROWS)
             axes[0, col].set_xticks(range(mat.shape[1]), [str(h + 1) for h in range(mat.shape[1])])
-            axes[0, col].set_title(f"Layer {zoom['layer']}, negation in {loc}: attention to the negator by query row")
+            axes[0, col].set_title(f"Layer {zoom['layer']} ({zoom['rule']} rule), negation in {loc}:\nattention to the negator by query row")
             fig.colorbar(im, ax=axes[0, col])
         save(fig, "heads_layer_zoom.png")
     aligned = [r for r in records.values() if "aligned" in r and "d" in r["aligned"]]
@@ -275,10 +317,10 @@ def _figures(run_dir: Path, records, results) -> list[str]:
         ax.set_xlabel("classification score d (logits)")
         ax.legend()
         save(fig, "score_histogram.png")
-        sized = [r for r in aligned if r["negation_in"] == "foil" and r.get("subject_size") is not None]
+        sized = [r for r in aligned if r["negation_in"] == "foil" and r["aligned"].get("subject_area") is not None]
         if sized:
             fig, ax = plt.subplots(figsize=(7, 4))
-            ax.scatter([r["subject_size"] for r in sized], [r["aligned"]["d"] for r in sized], s=10)
+            ax.scatter([r["aligned"]["subject_area"] for r in sized], [r["aligned"]["d"] for r in sized], s=10)
             ax.set_xlabel("relative size of subject")
             ax.set_ylabel("classification score d")
             acc = [a for a in results["confounds"]["accuracy_above_size"] if a["accuracy"] is not None]
@@ -315,6 +357,33 @@ def _attention_html(run_dir: Path, model, records) -> Optional[str]:
 
 def _fmt(x, digits=2) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+PAPER_ZOOM = {  # PAPER.md §5.3, layer 4, (caption, foil) per head and row from the negator on
+    "H2": {"a/some/no": (-0.04, -0.01), "subj 1st": (0.25, 0.08), "subj further": (0.14, 0.15), ".": (0.35, 0.34), "[EOT]": (0.12, 0.15)},
+    "H3": {"a/some/no": (0.05, 0.06), "subj 1st": (0.23, 0.19), "subj further": (0.03, 0.09), ".": (0.04, 0.07), "[EOT]": (-0.01, -0.00)},
+}
+
+
+def _zoom_section(zoom: dict) -> list[str]:
+    lines = [f"### Layer zoom ({zoom['rule']} rule)", "", f"Definition: {zoom['definition']}.", ""]
+    if zoom["layer"] is None:
+        return lines + [f"Not computed: {zoom['note']}.", ""]
+    lines += [f"Mean attention difference to the negator, layer {zoom['layer']} (1-indexed), per head (1-indexed) and "
+              "query row; paper's ViT-B/32 value in brackets where §5.3 gives one. "
+              f"Tables: `zoom_layer{zoom['layer']}_caption.csv`, `zoom_layer{zoom['layer']}_foil.csv`; figure "
+              "`heads_layer_zoom.png`.", ""]
+    shown = ROWS[3:]
+    for k, loc in enumerate(LOCATIONS):
+        if loc not in zoom:
+            continue
+        lines += [f"Negation in {loc}:", "", "| head | " + " | ".join(shown) + " |", "|---" * (len(shown) + 1) + "|"]
+        for h, vals in enumerate(zoom[loc]):
+            paper = PAPER_ZOOM.get(f"H{h + 1}", {}) if zoom["rule"] == "paper" and zoom["layer"] == 4 else {}
+            cells = [_fmt(v) + (f" ({paper[row][k]:.2f})" if row in paper else "") for row, v in zip(ROWS, vals) if row in shown]
+            lines.append(f"| H{h + 1} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
 
 
 def _report(results: dict, model_id: str, images_note: str, figures: list[str], html: Optional[str]) -> str:
@@ -360,18 +429,21 @@ def _report(results: dict, model_id: str, images_note: str, figures: list[str], 
             top = ", ".join(f"{t['head']} {_fmt(t['delta'])}" for t in h["top"])
             lines.append(f"- negation in {loc} (n = {h['n']}): top heads {top}")
         paper = ", ".join(f"{k} {v[0]} / {v[1]}" for k, v in ref["head_delta"].items())
-        lines += [f"- paper (ViT-B/32, caption / foil): {paper}", "",
-                  f"Layer zoom: layer {results['zoom']['layer']} (the layer with the largest mean Δ), see "
-                  f"`zoom_layer{results['zoom']['layer']}_*.csv` and `heads_layer_zoom.png`.", ""]
+        lines += [f"- paper (ViT-B/32, caption / foil): {paper}", ""]
+        lines += _zoom_section(results["zoom"])
     conf = results["confounds"]
     lines += ["## Confounds (Pearson r with d)", "", "| relation | n | r | paper |", "|---|---|---|---|"]
     paper_r = {"similarity_vs_d_caption": ref["similarity_r"]["caption"], "similarity_vs_d_foil": ref["similarity_r"]["foil"],
                "similarity_vs_d_caption_without_no_people": ref["similarity_r"]["caption_without_no_people"],
-               "subject_size_vs_d_foil": ref["subject_size_r"]}
+               "subject_size_vs_d_foil": ref["subject_size_r"], "subject_size_binary_vs_d_foil": ref["subject_size_binary_r"]}
     for k, v in conf.items():
         if isinstance(v, dict) and "r" in v:
             lines.append(f"| {k} | {v['n']} | {_fmt(v['r'])} | {paper_r.get(k, '')} |")
     lines.append("")
+    if "subjects" in conf:
+        sub = conf["subjects"]
+        lines += [f"Subjects: {sub['with_subject']} of {sub['foil_pairs']} foil-negated pairs have a subject prompt "
+                  f"(paper: 236 of 240); without one: {sub['without_subject'] or 'none'}.", ""]
     if "similarity_vs_d_caption" not in conf:
         lines += ["Image-dependent parts (scores, causal tracing, confounds with d) were skipped: no images were given.", ""]
     if figures or html:

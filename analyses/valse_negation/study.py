@@ -29,7 +29,7 @@ from hooked_clip.analyses.heads import negator_head_scores
 from hooked_clip.analyses.metrics import normalized_patching_metric, similarity_metric
 from hooked_clip.analyses.valse_negation.data import NEGATOR_POS, Item, align, load_items
 
-STUDY_VERSION = 1
+STUDY_VERSION = 2  # 2: the negator's own zoom row; subject prompt and both areas on the aligned pair
 ROWS = ["[SOT]", "there", "is/are", "a/some/no", "subj 1st", "subj further", ".", "[EOT]"]
 
 
@@ -118,6 +118,7 @@ def _unit_text(model, texts: list[str]) -> torch.Tensor:
     return F.normalize(model.text(model.text.as_tokens(texts)), dim=-1)
 
 
+@torch.no_grad()
 def _scores(model, e_c: torch.Tensor, e_f: torch.Tensor, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """S(caption, image), S(foil, image) in logits, from unit text embeddings."""
     i = F.normalize(img, dim=-1)
@@ -179,9 +180,8 @@ def _measure(model, items: list[Item], img: Optional[dict], images, settings: Se
     if img is not None:
         im = torch.stack([img[x.id] for x in items])
         s_c, s_f = _scores(model, e_c, e_f, im)
-        sizes = images.subject_sizes(items)
-        for r, a, b, size in zip(recs, s_c.tolist(), s_f.tolist(), sizes):
-            r.update(s_caption=a, s_foil=b, d=a - b, segment=segment(a - b), subject_size=size)
+        for r, a, b in zip(recs, s_c.tolist(), s_f.tolist()):
+            r.update(s_caption=a, s_foil=b, d=a - b, segment=segment(a - b))
     pairs = [(i, align(x)) for i, x in enumerate(items)]
     pairs = [(i, p) for i, p in pairs if p is not None]
     if not pairs:
@@ -192,13 +192,18 @@ def _measure(model, items: list[Item], img: Optional[dict], images, settings: Se
     heads = negator_head_scores(model, neg, aff, NEGATOR_POS)
     eots = text.pool_positions(text.as_tokens(neg)).tolist()
     e_c, e_f = _unit_text(model, [p.caption for p in pairs]), _unit_text(model, [p.foil for p in pairs])
+    head_rows = heads.rows.clone()
+    head_rows[:, :, :, NEGATOR_POS] = heads.self_row  # the negator's own query row, kept as the authors do
     for k, (i, p) in enumerate(zip(idx, pairs)):
-        zoom, _ = to_rows(heads.rows[k], eots[k], further="max")
+        zoom, _ = to_rows(head_rows[k], eots[k], further="max")  # no further tokens: NaN (see report._zoom)
         recs[i]["aligned"] = {"caption": p.caption, "foil": p.foil, "n_tokens": eots[k] + 1,
                               "similarity": float((e_c[k] * e_f[k]).sum()),
                               "head_delta": heads.delta[k].tolist(), "head_rows": zoom}
     if img is None:
         return recs
+    for i, subject in zip(idx, images.subjects(pairs)):
+        if subject is not None:  # foil-negated pairs only: the subject is in the image (PAPER.md §6.1)
+            recs[i]["aligned"].update(subject)
     im = torch.stack([img[p.id] for p in pairs])
     s_c, s_f = _scores(model, e_c, e_f, im)
     cte = minimal_pair_trace(model, neg, aff, im, [p.negation_in for p in pairs], batch_size=settings.batch_size,
