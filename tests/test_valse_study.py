@@ -468,3 +468,144 @@ def test_d_gap_between_the_two_pixel_pipelines_on_a_random_model(hf_dir, tmp_pat
           f"(median {gap.median():.3g}; logit scale {model.logit_scale.exp():.1f}; pixels differ by up to "
           f"{(hf_pixels - oc_pixels).abs().max():.3g})")
     assert gap.max() > 0  # the pipelines differ (resampling, transparency), so which one ran is reported
+
+
+# ------------------------------------------------------------------------------ --reference
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    from hooked_clip import load_model
+
+    path = tmp_path_factory.mktemp("demo_run")
+    model = load_model("tiny-negation")
+    records = run_items(model, path, model_id="tiny-negation", images=SceneImages(), settings=Settings(limit=30),
+                        progress=False)
+    return model, records
+
+
+def test_reference_of_our_own_run_reproduces_and_perturbations_are_found(demo_run, tmp_path):
+    from hooked_clip.analyses.valse_negation.reference import compare, load_reference, section, to_reference_format
+
+    _, records = demo_run
+    ref = to_reference_format(records)
+    assert len(ref) == sum("aligned" in r for r in records.values()) >= 25
+    path = tmp_path / "ref.json"
+    path.write_text(json.dumps(ref))
+    same = compare(records, load_reference(path))
+    assert same["verdict"].startswith("REPRODUCED") and same["abs_diff"]["score"]["max"] == 0
+    assert same["segments"]["agree"] == same["n_common"] and same["similarity"]["r"] == pytest.approx(1)
+
+    ids = list(ref)
+    foil_id = next(k for k in ids if ref[k]["negation"] == "foil" and ref[k]["subject"])
+    other = next(k for k in ids if k != foil_id)
+    bumped = dict(ref[foil_id], logit_foil=ref[foil_id]["logit_foil"] + 0.5, subject="a different thing")
+    bumped["score"] = bumped["logit_caption"] - bumped["logit_foil"]
+    bumped["segment"] = next(s for s in ("correct", "ambiguous", "incorrect") if s != ref[foil_id]["segment"])
+    ref2 = {**ref, foil_id: bumped, other: dict(ref[other], positions=ref[other]["positions"] + 1),
+            "existence_visual7w_999999999": dict(ref[other])}
+    dropped = ids[-1]
+    del ref2[dropped]
+    path.write_text(json.dumps(ref2))
+    c = compare(records, load_reference(path))
+    assert c["abs_diff"]["score"]["max"] == pytest.approx(0.5) and c["abs_diff"]["logit_caption"]["max"] == 0
+    assert c["abs_diff"]["logit_foil"]["median"] == 0
+    assert c["segments"]["moved"] == [{"id": foil_id, "run": ref[foil_id]["segment"], "reference": bumped["segment"]}]
+    assert [d["id"] for d in c["positions"]["differ"]] == [other]
+    assert c["subjects"]["differ"] == [{"id": foil_id, "run": ref[foil_id]["subject"], "reference": "a different thing"}]
+    assert c["missing_from_run"] == ["existence_visual7w_999999999"] and c["extra_in_run"] == [dropped]
+    assert c["verdict"].startswith("DIFFERS") and "1 items in another segment" in c["verdict"]
+    text = "\n".join(section(c, str(path)))
+    for needle in ("Verdict: DIFFERS", "|Δ d|", foil_id, dropped, "existence_visual7w_999999999", "positions (token count) equal"):
+        assert needle in text, needle
+
+
+def test_malformed_reference_files_are_refused_with_the_problem_named(demo_run, tmp_path):
+    from hooked_clip.analyses.valse_negation.reference import ReferenceFormatError, load_reference, to_reference_format
+
+    ref = to_reference_format(demo_run[1])
+    key = next(iter(ref))
+    path = tmp_path / "ref.json"
+    cases = [({key: {k: v for k, v in ref[key].items() if k != "positions"}}, r"lacks the field\(s\) \['positions'\]"),
+             ({key: dict(ref[key], logit_caption="20.1")}, "logit_caption='20.1' is not a finite number"),
+             ({key: dict(ref[key], segment="right")}, "segment='right' must be one of"),
+             ({key: dict(ref[key], negation="both")}, "negation='both'"),
+             ({key: dict(ref[key], score=ref[key]["score"] + 1)}, "is not logit_caption - logit_foil"),
+             ({key: [1, 2]}, "not an object"),
+             ([ref[key]], "keyed by VALSE id")]
+    for data, message in cases:
+        path.write_text(json.dumps(data))
+        with pytest.raises(ReferenceFormatError, match=message):
+            load_reference(path)
+    path.write_text("{oops")
+    with pytest.raises(ReferenceFormatError, match="not valid JSON"):
+        load_reference(path)
+
+
+def test_cli_reference_section_end_to_end(tmp_path):
+    from hooked_clip.analyses.cli import main
+    from hooked_clip.analyses.valse_negation.reference import ReferenceFormatError
+
+    main(["valse-negation", "--limit", "10", "--out", str(tmp_path / "a"), "--no-progress"])
+    ref = json.loads((tmp_path / "a" / "per_item.json").read_text())  # our run, in the authors' format
+    first = next(iter(ref))
+    ref[first]["logit_caption"] += 0.25
+    ref[first]["score"] += 0.25
+    (tmp_path / "ref.json").write_text(json.dumps(ref))
+    main(["valse-negation", "--limit", "10", "--out", str(tmp_path / "a"), "--no-progress", "--reference", str(tmp_path / "ref.json")])
+    report = (tmp_path / "a" / "report.md").read_text()
+    assert "## Replication" in report and "Verdict: DIFFERS" in report and "up to 0.25" in report
+    res = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert res["replication"]["abs_diff"]["logit_caption"]["max"] == pytest.approx(0.25, abs=1e-9)
+    (tmp_path / "bad.json").write_text(json.dumps({first: {"caption": "x"}}))
+    with pytest.raises(ReferenceFormatError, match="lacks the field"):
+        main(["valse-negation", "--limit", "10", "--out", str(tmp_path / "b"), "--no-progress", "--reference", str(tmp_path / "bad.json")])
+    assert not (tmp_path / "b").exists()  # refused before any work
+
+
+# ------------------------------------------------------------------------------ several models
+def test_comparison_of_the_demo_model_and_a_demo_sized_random_model(demo_run, tmp_path):
+    from hooked_clip.analyses.valse_negation.comparison import write_comparison
+    from hooked_clip.analyses.valse_negation.report import write_outputs
+
+    model, records = demo_run
+    runs = []
+    for name, m, recs in (("tiny-negation", model, records),
+                          ("tiny-negation-random", build(OBJECTS, seed=7), None)):
+        if recs is None:
+            recs = run_items(m, tmp_path / name, model_id=name, images=SceneImages(), settings=Settings(limit=30), progress=False)
+        write_outputs(tmp_path / name, recs, aggregate(recs, m.cfg.n_layers, m.cfg.n_heads), model_id=name)
+        runs.append((name, tmp_path / name))
+    path = write_comparison(tmp_path, runs)
+    text = path.read_text()
+    data = json.loads((tmp_path / "comparison.json").read_text())
+    a, b = data["summaries"]
+    assert a["scores"]["aligned"]["all"]["accuracy"] > b["scores"]["aligned"]["all"]["accuracy"]  # trained vs random
+    for s, name in zip((a, b), ("tiny-negation", "tiny-negation-random")):
+        res = json.loads((tmp_path / name / "results.json").read_text()) if name != "tiny-negation" else None
+        if res is not None:  # the summary carries the run's own numbers, not recomputed ones
+            assert s["cte"]["foil"]["negator"] == (res["cte"]["foil"]["correct"]["matrix"] or [None] * 8)[3]
+            assert s["top_heads"]["caption"] == res["heads"]["caption"]["top"][:3]
+    assert "`tiny-negation` | `tiny-negation-random`" in text and "## Top negator-selective heads" in text
+    assert (tmp_path / "comparison_cte.png").is_file()
+    with pytest.raises(ValueError, match="at least two"):
+        write_comparison(tmp_path, runs[:1])
+
+
+def test_cli_several_models_end_to_end_and_resumable(hf_dir, tmp_path):
+    from hooked_clip.analyses.cli import main
+    from hooked_clip.analyses.valse_negation.study import select_items
+
+    _write_images(tmp_path / "images", select_items(load_items(), 8))
+    argv = ["valse-negation", "--model", "tiny-negation", "--model", str(hf_dir), "--images", str(tmp_path / "images"),
+            "--limit", "8", "--out", str(tmp_path / "cmp"), "--no-progress"]
+    main(argv)
+    dirs = sorted(p.name for p in (tmp_path / "cmp").iterdir() if p.is_dir())
+    assert len(dirs) == 2 and "tiny-negation" in dirs
+    for d in dirs:
+        assert (tmp_path / "cmp" / d / "report.md").is_file()
+    text = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "tiny-negation" in text and str(hf_dir) in text and "## Confounds" in text
+    stamp = {p: p.stat().st_mtime_ns for p in (tmp_path / "cmp").rglob("items/*.json")}
+    main(argv)  # resumes: every item is already measured, nothing is rewritten
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cmp").rglob("items/*.json")} == stamp
+    with pytest.raises(SystemExit, match="twice"):
+        main(["valse-negation", "--model", "tiny-negation", "--model", "tiny-negation"])

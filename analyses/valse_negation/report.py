@@ -15,6 +15,8 @@ from typing import Optional
 
 import numpy as np
 
+from hooked_clip.analyses.valse_negation.reference import section as replication_section
+from hooked_clip.analyses.valse_negation.reference import to_reference_format
 from hooked_clip.analyses.valse_negation.study import ROWS, atomic_write
 
 SEGMENTS = ("correct", "ambiguous", "incorrect")
@@ -44,6 +46,10 @@ REFERENCE = {
     "subject_size_binary_r": 0.28,
     "similarity_r": {"caption": 0.03, "caption_without_no_people": -0.20, "foil": -0.22},
 }
+
+PAPER_R = {"similarity_vs_d_caption": REFERENCE["similarity_r"]["caption"], "similarity_vs_d_foil": REFERENCE["similarity_r"]["foil"],
+           "similarity_vs_d_caption_without_no_people": REFERENCE["similarity_r"]["caption_without_no_people"],
+           "subject_size_vs_d_foil": REFERENCE["subject_size_r"], "subject_size_binary_vs_d_foil": REFERENCE["subject_size_binary_r"]}
 
 
 def _pearson(x, y) -> Optional[float]:
@@ -184,6 +190,7 @@ def write_outputs(run_dir, records: dict[str, dict], results: dict, *, model=Non
                   images_note: str = "") -> None:
     run_dir = Path(run_dir)
     atomic_write(run_dir / "results.json", json.dumps(_clean(results), indent=1, allow_nan=False))
+    atomic_write(run_dir / "per_item.json", json.dumps(_clean(to_reference_format(records)), indent=1, allow_nan=False))
     _write_csvs(run_dir, records, results)
     figures = _figures(run_dir, records, results)
     html = _attention_html(run_dir, model, records) if model is not None else None
@@ -397,6 +404,8 @@ def _report(results: dict, model_id: str, images_note: str, figures: list[str], 
     if model_id.startswith("tiny-negation"):
         lines += ["> This run uses the shipped toy model `tiny-negation` with synthesized scenes. Its findings are about "
                   "that toy model, not about OpenAI's CLIP; the reference column is the paper's ViT-B/32.", ""]
+    if "replication" in results:
+        lines += replication_section(results["replication"], results.get("replication_reference"))
     if "scores" in results:
         s = results["scores"]
         lines += ["## Scores", "", "| sentences | group | n | accuracy | correct / ambiguous / incorrect | paper (ViT-B/32) |",
@@ -433,9 +442,7 @@ def _report(results: dict, model_id: str, images_note: str, figures: list[str], 
         lines += _zoom_section(results["zoom"])
     conf = results["confounds"]
     lines += ["## Confounds (Pearson r with d)", "", "| relation | n | r | paper |", "|---|---|---|---|"]
-    paper_r = {"similarity_vs_d_caption": ref["similarity_r"]["caption"], "similarity_vs_d_foil": ref["similarity_r"]["foil"],
-               "similarity_vs_d_caption_without_no_people": ref["similarity_r"]["caption_without_no_people"],
-               "subject_size_vs_d_foil": ref["subject_size_r"], "subject_size_binary_vs_d_foil": ref["subject_size_binary_r"]}
+    paper_r = PAPER_R
     for k, v in conf.items():
         if isinstance(v, dict) and "r" in v:
             lines.append(f"| {k} | {v['n']} | {_fmt(v['r'])} | {paper_r.get(k, '')} |")
