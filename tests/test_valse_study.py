@@ -226,12 +226,12 @@ def test_clipseg_subject_size_from_local_weights(tmp_path):
 
 
 # ------------------------------------------------------------------------------ the paper's layer zoom
-def _zoom_record(loc, layer3_rows):
+def _zoom_record(loc, layer3_rows, n_tokens=8):
     """A record whose layer-4 (blocks.3) zoom rows are given ([heads][8]); other layers zero (so layer 4
     also has the largest mean Δ)."""
     zero = [[0.0] * 8 for _ in layer3_rows]
     return {"id": str(id(layer3_rows)), "negation_in": loc, "caption": "", "foil": "",
-            "aligned": {"similarity": 0.9, "head_delta": [[0.0] * len(layer3_rows)] * 3 + [[0.5] * len(layer3_rows)],
+            "aligned": {"similarity": 0.9, "n_tokens": n_tokens, "head_delta": [[0.0] * len(layer3_rows)] * 3 + [[0.5] * len(layer3_rows)],
                         "head_rows": [zero, zero, zero, layer3_rows]}}
 
 
@@ -242,9 +242,10 @@ def test_paper_zoom_counts_missing_further_rows_as_zero_and_keeps_the_negator_ro
     items = [[[nan, nan, nan, -0.2, 0.4, 0.3, 0.5, 0.1], [nan, nan, nan, 0.0, 0.0, 0.0, 0.0, 0.0]],
              [[nan, nan, nan, 0.1, 0.2, nan, 0.3, 0.0], [nan, nan, nan, 0.0, 0.0, nan, 0.0, 0.0]],  # T = 7
              [[nan, nan, nan, 0.0, 0.0, 0.6, 0.1, 0.2], [nan, nan, nan, 0.9, 0.0, 0.0, 0.0, 0.0]]]
-    records = {str(k): {**_zoom_record("caption", rows), "id": str(k)} for k, rows in enumerate(items)}
+    records = {str(k): {**_zoom_record("caption", rows, n), "id": str(k)} for k, (rows, n) in enumerate(zip(items, (8, 7, 9)))}
     paper = aggregate(records, 4, 2)["zoom"]
     assert paper["rule"] == "paper" and paper["layer"] == 4  # always the paper's layer 4, not the largest Δ
+    assert paper["n_caption"] == 3 and paper["n_caption_without_further"] == 1
     h1 = paper["caption"][0]
     # written out by hand: plain means over all 3 items, the T = 7 item counting 0 in "subj further"
     assert h1 == pytest.approx([0, 0, 0, (-0.2 + 0.1 + 0.0) / 3, (0.4 + 0.2 + 0.0) / 3, (0.3 + 0 + 0.6) / 3,
@@ -320,7 +321,7 @@ def test_missing_spacy_pipeline_names_the_install_command(monkeypatch):
 
     from hooked_clip.analyses.valse_negation.data import SubjectParser
 
-    pytest.importorskip("spacy")  # the spacy extra; its English pipeline is a separate user download
+    import spacy  # noqa: F401  (in the dev extra; its English pipeline is a separate user download)
     with pytest.raises(OSError, match=r"python -m spacy download en_core_web_sm"):
         SubjectParser.spacy("en_core_web_sm_not_installed")
     monkeypatch.setitem(sys.modules, "spacy", None)
@@ -512,9 +513,9 @@ def test_reference_of_our_own_run_reproduces_and_perturbations_are_found(demo_ru
     assert [d["id"] for d in c["positions"]["differ"]] == [other]
     assert c["subjects"]["differ"] == [{"id": foil_id, "run": ref[foil_id]["subject"], "reference": "a different thing"}]
     assert c["missing_from_run"] == ["existence_visual7w_999999999"] and c["extra_in_run"] == [dropped]
-    assert c["verdict"].startswith("DIFFERS") and "1 items in another segment" in c["verdict"]
+    assert c["verdict"].startswith("DIFFERS") and "1 item in another segment" in c["verdict"]
     text = "\n".join(section(c, str(path)))
-    for needle in ("Verdict: DIFFERS", "|Δ d|", foil_id, dropped, "existence_visual7w_999999999", "positions (token count) equal"):
+    for needle in ("Verdict: DIFFERS", "\\|Δ d\\|", foil_id, dropped, "existence_visual7w_999999999", "positions (token count) equal"):
         assert needle in text, needle
 
 

@@ -75,6 +75,7 @@ def _figure(out_dir: Path, summaries: list[dict]):
             ax.plot(layers, c["negator"], color=color, marker="o", label=f"{s['model']}: negator (n={c['n']})")
             ax.plot(layers, c["eot"], color=color, marker="s", linestyle="--", label=f"{s['model']}: [EOT]")
         ax.set_title(f"Negation in {loc}, correct segment")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_xlabel("hidden-state layer (0 = embeddings output)")
         ax.axhline(0, color="grey", linewidth=0.5)
         ax.legend(fontsize=7)

@@ -137,29 +137,33 @@ def compare(records: dict[str, dict], reference: dict[str, dict], *, limited: bo
     return out
 
 
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
 def _verdict(c: dict) -> str:
     failed, skipped = [], []
     if c["extra_in_run"]:
-        failed.append(f"{len(c['extra_in_run'])} run ids not in the reference")
+        failed.append(f"{_n(len(c['extra_in_run']), 'run id')} not in the reference")
     if c["missing_from_run"] and not c["limited"]:
-        failed.append(f"{len(c['missing_from_run'])} reference ids not in the run")
+        failed.append(f"{_n(len(c['missing_from_run']), 'reference id')} not in the run")
     if c["text_differs"]:
-        failed.append(f"{len({d['id'] for d in c['text_differs']})} items with other sentences or negation side")
+        failed.append(f"{_n(len({d['id'] for d in c['text_differs']}), 'item')} with other sentences or negation side")
     if "abs_diff" in c:
         worst = c["abs_diff"]["score"]["max"]
         if max(s["max"] for s in c["abs_diff"].values()) > c["tolerance"]:
             failed.append(f"logits differ by up to {max(s['max'] for s in c['abs_diff'].values()):.3g} "
                           f"(max |Δd| {worst:.3g}) > {c['tolerance']}")
         if c["segments"]["moved"]:
-            failed.append(f"{len(c['segments']['moved'])} items in another segment")
+            failed.append(f"{_n(len(c['segments']['moved']), 'item')} in another segment")
     else:
         skipped.append("logits, d and segments (no image scores in this run)")
     if c.get("positions", {}).get("differ"):
-        failed.append(f"{len(c['positions']['differ'])} items with another token count")
+        failed.append(f"{_n(len(c['positions']['differ']), 'item')} with another token count")
     if "subjects" not in c:
         skipped.append("subject prompts (none in this run: pass --clipseg, or --reference with images)")
     elif c["subjects"]["differ"]:
-        failed.append(f"{len(c['subjects']['differ'])} items with another subject prompt")
+        failed.append(f"{_n(len(c['subjects']['differ']), 'item')} with another subject prompt")
     scope = f"{c['n_common']} common items" + (f" (this run was limited: {len(c['missing_from_run'])} reference ids not run)"
                                                if c["limited"] and c["missing_from_run"] else "")
     head = ("REPRODUCED" if not failed else "DIFFERS") + f" on {scope}"
@@ -189,7 +193,7 @@ def section(c: dict, reference_path: Optional[str] = None) -> list[str]:
         lines += [f"- Sentences or negation side differ ({len(c['text_differs'])}):"] + _listing(c["text_differs"])
     if "abs_diff" in c:
         lines += ["", "| per item | n | median | 95th percentile | max |", "|---|---|---|---|---|"]
-        for f, label in (("logit_caption", "|Δ logit_caption|"), ("logit_foil", "|Δ logit_foil|"), ("score", "|Δ d|")):
+        for f, label in (("logit_caption", "\\|Δ logit_caption\\|"), ("logit_foil", "\\|Δ logit_foil\\|"), ("score", "\\|Δ d\\|")):
             s = c["abs_diff"][f]
             lines.append(f"| {label} | {s['n']} | {s['median']:.4g} | {s['p95']:.4g} | {s['max']:.4g} |")
         seg = c["segments"]

@@ -147,6 +147,8 @@ def aggregate(records: dict[str, dict], n_layers: int, n_heads: int, zoom: str =
             for loc in heads:
                 group = [r for r in aligned if r["negation_in"] == loc]
                 out["zoom"][loc] = zoom_rows([r["aligned"]["head_rows"][layer] for r in group], zoom).tolist()
+                out["zoom"][f"n_{loc}"] = len(group)
+                out["zoom"][f"n_{loc}_without_further"] = sum(r["aligned"]["n_tokens"] == 7 for r in group)
     out["confounds"] = _confounds(recs, aligned, has_d)
     return out
 
@@ -384,7 +386,8 @@ def _zoom_section(zoom: dict) -> list[str]:
     for k, loc in enumerate(LOCATIONS):
         if loc not in zoom:
             continue
-        lines += [f"Negation in {loc}:", "", "| head | " + " | ".join(shown) + " |", "|---" * (len(shown) + 1) + "|"]
+        lines += [f"Negation in {loc} (n = {zoom[f'n_{loc}']}, of which {zoom[f'n_{loc}_without_further']} without further "
+                  "subject tokens):", "", "| head | " + " | ".join(shown) + " |", "|---" * (len(shown) + 1) + "|"]
         for h, vals in enumerate(zoom[loc]):
             paper = PAPER_ZOOM.get(f"H{h + 1}", {}) if zoom["rule"] == "paper" and zoom["layer"] == 4 else {}
             cells = [_fmt(v) + (f" ({paper[row][k]:.2f})" if row in paper else "") for row, v in zip(ROWS, vals) if row in shown]
