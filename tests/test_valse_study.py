@@ -610,3 +610,42 @@ def test_cli_several_models_end_to_end_and_resumable(hf_dir, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cmp").rglob("items/*.json")} == stamp
     with pytest.raises(SystemExit, match="twice"):
         main(["valse-negation", "--model", "tiny-negation", "--model", "tiny-negation"])
+
+
+def test_figures_name_the_model_share_colour_ranges_and_clip_nothing(demo_run, tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    from hooked_clip.analyses.valse_negation.report import write_outputs
+
+    model, records = demo_run
+    results = aggregate(records, model.cfg.n_layers, model.cfg.n_heads)
+    seen = {}
+    real = Figure.savefig
+
+    def spy(fig, path, *args, **kwargs):
+        images = [ax.images[0] for ax in fig.axes if ax.images]
+        seen[str(path).rsplit("/", 1)[-1]] = (fig._suptitle.get_text() if fig._suptitle else "",
+                                              [im.get_clim() for im in images], fig)
+        return real(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", spy)
+    write_outputs(tmp_path, records, results, model=model, model_id="tiny-negation")
+    assert {"cte_heatmaps.png", "heads.png", "heads_layer_zoom.png", "score_histogram.png"} <= set(seen)
+    for name, (title, clims, _) in seen.items():
+        assert title.startswith("tiny-negation: "), name
+        assert len(set(clims)) <= 1, name  # both panels on one colour range
+    cte = [np.array(results["cte"][loc]["correct"]["matrix"], float) for loc in ("foil", "caption")]
+    lo, hi = seen["cte_heatmaps.png"][1][0]
+    assert lo <= min(np.nanmin(m) for m in cte) and hi >= max(np.nanmax(m) for m in cte) > 1  # > 1 shown, not clipped
+    assert lo <= min(0, min(np.nanmin(m) for m in cte))
+    hist = seen["score_histogram.png"][2].axes[0]
+    assert all(float(t).is_integer() for t in hist.get_yticks()) and hist.get_ylabel() == "items"
+    for name in ("cte_heatmaps.png", "heads.png", "heads_layer_zoom.png"):
+        fig = seen[name][2]
+        assert all(ax.get_ylabel() for ax in fig.axes), name  # every axis and colour bar is labelled
+    assert "<title>tiny-negation: attention patterns" in (tmp_path / "attention.html").read_text()
+    report = (tmp_path / "report.md").read_text()
+    assert "heads_delta_caption.csv" in report and "heads_corr_d_caption.csv" in report and "zoom_layer4_caption.csv" in report

@@ -194,8 +194,8 @@ def write_outputs(run_dir, records: dict[str, dict], results: dict, *, model=Non
     atomic_write(run_dir / "results.json", json.dumps(_clean(results), indent=1, allow_nan=False))
     atomic_write(run_dir / "per_item.json", json.dumps(_clean(to_reference_format(records)), indent=1, allow_nan=False))
     _write_csvs(run_dir, records, results)
-    figures = _figures(run_dir, records, results)
-    html = _attention_html(run_dir, model, records) if model is not None else None
+    figures = _figures(run_dir, records, results, model_id)
+    html = _attention_html(run_dir, model, records, model_id) if model is not None else None
     atomic_write(run_dir / "report.md", _report(results, model_id, images_note, figures, html))
 
 
@@ -245,102 +245,132 @@ def _write_csvs(run_dir: Path, records, results) -> None:
     pd.DataFrame(conf).to_csv(run_dir / "confounds.csv", index=False)
 
 
-def _figures(run_dir: Path, records, results) -> list[str]:
+def _limits(mats, low: float, high: float) -> tuple[float, float]:
+    """One colour range for every panel: at least [low, high], widened to the data (nothing clipped)."""
+    vals = np.concatenate([np.asarray(m, float).ravel() for m in mats])
+    vals = vals[~np.isnan(vals)]
+    return (min(low, float(vals.min())), max(high, float(vals.max()))) if len(vals) else (low, high)
+
+
+def _figures(run_dir: Path, records, results, model_id: str = "") -> list[str]:
+    """The paper's figures as PNGs; every title names the model, panels of one figure share a colour range
+    that covers the data (CTE above 1 or below 0 is shown, not clipped)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     made = []
+    name = model_id or results.get("model", "")
 
-    def save(fig, name):
-        fig.savefig(run_dir / name, dpi=110, bbox_inches="tight")
+    def save(fig, file, title):
+        fig.suptitle(f"{name}: {title}" if name else title)
+        fig.savefig(run_dir / file, dpi=110, bbox_inches="tight")
         plt.close(fig)
-        made.append(name)
+        made.append(file)
 
     if "cte" in results:
-        fig, axes = plt.subplots(2, 2, figsize=(13, 6), gridspec_kw={"height_ratios": [4, 1]}, squeeze=False)
+        fig, axes = plt.subplots(2, 2, figsize=(13, 6.5), gridspec_kw={"height_ratios": [4, 1]}, squeeze=False)
+        mats = {loc: np.array(results["cte"][loc]["correct"]["matrix"], float)
+                for loc in ("foil", "caption") if results["cte"][loc]["correct"]["n"]}
+        vmin, vmax = _limits(mats.values(), 0.0, 1.0)
         for col, loc in enumerate(("foil", "caption")):
             m = results["cte"][loc]["correct"]
             ax = axes[0, col]
-            if m["n"]:
-                mat = np.array(m["matrix"], float)
-                im = ax.imshow(mat, cmap="Purples", vmin=min(0, np.nanmin(mat)), vmax=1, aspect="auto")
+            if loc in mats:
+                mat = mats[loc]
+                im = ax.imshow(mat, cmap="Purples", vmin=vmin, vmax=vmax, aspect="auto")
                 for (i, j), v in np.ndenumerate(mat):
                     if not np.isnan(v):
                         ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7)
                 ax.set_yticks(range(len(ROWS)), ROWS)
                 ax.set_xticks(range(mat.shape[1]))
-                fig.colorbar(im, ax=ax)
+                fig.colorbar(im, ax=ax, label="mean CTE (d*/d)")
                 axes[1, col].bar(range(len(m["std"])), m["std"], color="grey")
                 axes[1, col].set_xticks(range(len(m["std"])))
             ax.set_title(f"Negation in {loc}, correct segment (n={m['n']})")
-            axes[1, col].set_xlabel("layer (0 = embeddings)")
+            ax.set_ylabel("position")
+            axes[1, col].set_xlabel("hidden-state layer (0 = embeddings output)")
             axes[1, col].set_ylabel("CTE std dev")
-        save(fig, "cte_heatmaps.png")
+        save(fig, "cte_heatmaps.png", "causal tracing (CTE), colour range shared by both panels")
     if "heads" in results:
         locs = [l for l in ("foil", "caption") if l in results["heads"]]
-        fig, axes = plt.subplots(2, len(locs), figsize=(6 * len(locs), 6), gridspec_kw={"height_ratios": [3, 1]}, squeeze=False)
+        mats = {loc: np.array(results["heads"][loc]["delta_mean"]).T for loc in locs}  # [head, layer]
+        vmin, vmax = _limits(mats.values(), 0.0, 0.6)
+        fig, axes = plt.subplots(2, len(locs), figsize=(6 * len(locs), 6.5), gridspec_kw={"height_ratios": [3, 1]}, squeeze=False)
         for col, loc in enumerate(locs):
-            mat = np.array(results["heads"][loc]["delta_mean"]).T  # [head, layer]
-            im = axes[0, col].imshow(mat, cmap="Reds", vmin=0, vmax=max(0.6, mat.max()), aspect="auto")
+            mat = mats[loc]
+            im = axes[0, col].imshow(mat, cmap="Reds", vmin=vmin, vmax=vmax, aspect="auto")
             axes[0, col].set_xticks(range(mat.shape[1]), [str(l + 1) for l in range(mat.shape[1])])
             axes[0, col].set_yticks(range(mat.shape[0]), [str(h + 1) for h in range(mat.shape[0])])
-            axes[0, col].set_title(f"Negation in {loc}: mean max attention difference")
+            axes[0, col].set_title(f"Negation in {loc} (n={results['heads'][loc]['n']})")
             axes[0, col].set_ylabel("head (1-indexed)")
-            fig.colorbar(im, ax=axes[0, col])
+            axes[0, col].set_xlabel("layer (1-indexed)")
+            fig.colorbar(im, ax=axes[0, col], label="mean max attention difference Δ")
             axes[1, col].bar(range(mat.shape[1]), results["heads"][loc]["layer_mean"], color="grey")
             axes[1, col].set_xticks(range(mat.shape[1]), [str(l + 1) for l in range(mat.shape[1])])
             axes[1, col].set_xlabel("layer (1-indexed)")
-        save(fig, "heads.png")
+            axes[1, col].set_ylabel("mean Δ over heads")
+        save(fig, "heads.png", "negator-selective heads")
     if results.get("zoom", {}).get("layer") is not None:
         zoom = results["zoom"]
         locs = [l for l in ("foil", "caption") if l in zoom]
-        fig, axes = plt.subplots(1, len(locs), figsize=(6 * len(locs), 4), squeeze=False)
+        mats = {loc: np.array(zoom[loc], float).T for loc in locs}  # [row, head]
+        lo, hi = _limits(mats.values(), -0.5, 0.5)
+        lim = max(-lo, hi)  # symmetric around 0 for the diverging map
+        fig, axes = plt.subplots(1, len(locs), figsize=(6 * len(locs), 4.5), squeeze=False)
         for col, loc in enumerate(locs):
-            mat = np.array(zoom[loc], float).T  # [row, head]
-            im = axes[0, col].imshow(mat, cmap="RdBu_r", vmin=-0.5, vmax=0.5, aspect="auto")
+            mat = mats[loc]
+            im = axes[0, col].imshow(mat, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
             axes[0, col].set_yticks(range(len(ROWS)), ROWS)
             axes[0, col].set_xticks(range(mat.shape[1]), [str(h + 1) for h in range(mat.shape[1])])
-            axes[0, col].set_title(f"Layer {zoom['layer']} ({zoom['rule']} rule), negation in {loc}:\nattention to the negator by query row")
-            fig.colorbar(im, ax=axes[0, col])
-        save(fig, "heads_layer_zoom.png")
+            axes[0, col].set_title(f"Negation in {loc}")
+            axes[0, col].set_xlabel("head (1-indexed)")
+            axes[0, col].set_ylabel("query row")
+            fig.colorbar(im, ax=axes[0, col], label="mean attention difference to the negator")
+        save(fig, "heads_layer_zoom.png", f"layer {zoom['layer']} zoom ({zoom['rule']} rule)")
     aligned = [r for r in records.values() if "aligned" in r and "d" in r["aligned"]]
     if aligned:
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4), squeeze=False)
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.3), squeeze=False)
         for col, loc in enumerate(LOCATIONS):
             g = [r for r in aligned if r["negation_in"] == loc]
             sc = axes[0, col].scatter([r["aligned"]["similarity"] for r in g], [r["aligned"]["d"] for r in g],
                                       c=[r["aligned"]["n_tokens"] for r in g], s=10, cmap="viridis")
             rel = results["confounds"].get(f"similarity_vs_d_{loc}", {})
-            axes[0, col].set_title(f"Negation in {loc} (r = {rel.get('r') if rel.get('r') is None else round(rel['r'], 2)})")
-            axes[0, col].set_xlabel("similarity between caption and foil")
-            axes[0, col].set_ylabel("classification score d")
-            fig.colorbar(sc, ax=axes[0, col], label="tokens")
-        save(fig, "score_vs_similarity.png")
-        fig, ax = plt.subplots(figsize=(7, 3.5))
+            axes[0, col].set_title(f"Negation in {loc} (n = {len(g)}, r = {_fmt(rel.get('r'))})")
+            axes[0, col].set_xlabel("cosine similarity of caption and foil")
+            axes[0, col].set_ylabel("classification score d (logits)")
+            bar = fig.colorbar(sc, ax=axes[0, col], label="tokens")
+            bar.locator = MaxNLocator(integer=True)
+            bar.update_ticks()
+        save(fig, "score_vs_similarity.png", "score vs caption-foil similarity")
+        fig, ax = plt.subplots(figsize=(7, 3.8))
         d = np.array([r["aligned"]["d"] for r in aligned])
         bins = np.arange(np.floor(d.min() * 4) / 4, d.max() + 0.25, 0.25)
         for seg, color, mask in (("incorrect", "tab:red", d < -1), ("ambiguous", "tab:grey", (d >= -1) & (d < 1)), ("correct", "tab:green", d >= 1)):
             ax.hist(d[mask], bins=bins, color=color, label=f"{seg} ({int(mask.sum())})")
-        ax.set_xlabel("classification score d (logits)")
+        ax.set_xlabel("classification score d (logits), bins of 0.25")
+        ax.set_ylabel("items")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend()
-        save(fig, "score_histogram.png")
+        save(fig, "score_histogram.png", f"score distribution (n = {len(d)})")
         sized = [r for r in aligned if r["negation_in"] == "foil" and r["aligned"].get("subject_area") is not None]
         if sized:
-            fig, ax = plt.subplots(figsize=(7, 4))
+            fig, ax = plt.subplots(figsize=(7, 4.3))
             ax.scatter([r["aligned"]["subject_area"] for r in sized], [r["aligned"]["d"] for r in sized], s=10)
-            ax.set_xlabel("relative size of subject")
-            ax.set_ylabel("classification score d")
+            ax.set_xlabel("relative size of subject (mean sigmoid area)")
+            ax.set_ylabel("classification score d (logits)")
             acc = [a for a in results["confounds"]["accuracy_above_size"] if a["accuracy"] is not None]
             ax2 = ax.twinx()
             ax2.plot([a["threshold"] for a in acc], [a["accuracy"] for a in acc], color="tab:orange")
-            ax2.set_ylabel("accuracy above size")
-            save(fig, "score_vs_subject_size.png")
+            ax2.set_ylabel("accuracy of items with area > x", color="tab:orange")
+            rel = results["confounds"]["subject_size_vs_d_foil"]
+            save(fig, "score_vs_subject_size.png", f"negation in foil: score vs subject size (n = {rel['n']}, r = {_fmt(rel['r'])})")
     return made
 
 
-def _attention_html(run_dir: Path, model, records) -> Optional[str]:
+def _attention_html(run_dir: Path, model, records, model_id: str = "") -> Optional[str]:
     """Self-contained circuitsvis views (no CDN: ``local_src``) of the top heads' layer for one example pair."""
     import circuitsvis.attention as cv
 
@@ -350,12 +380,15 @@ def _attention_html(run_dir: Path, model, records) -> Optional[str]:
     a = pair["aligned"]
     negated = a["caption"] if pair["negation_in"] == "caption" else a["foil"]
     affirmative = a["foil"] if pair["negation_in"] == "caption" else a["caption"]
-    parts = ["<html><head><meta charset='utf-8'><title>hooked_clip attention</title></head><body>"]
+    import html as _html
+
+    title = _html.escape(f"{model_id or 'model'}: attention patterns (hooked_clip)")
+    parts = [f"<html><head><meta charset='utf-8'><title>{title}</title></head><body><h1>{title}</h1>"]
     for sentence in (negated, affirmative):
         _, cache = model.text.run_with_cache(sentence)
         for layer in range(model.cfg.n_layers):
             pattern = cache[f"blocks.{layer}.attn.hook_pattern"][0]
-            parts.append(f"<h3>{sentence!r}: layer {layer + 1} (1-indexed)</h3>")
+            parts.append(f"<h3>{_html.escape(repr(sentence))}: layer {layer + 1} (1-indexed)</h3>")
             parts.append(cv.attention_patterns(tokens=model.to_str_tokens(sentence), attention=pattern).local_src)
             if layer == 0:
                 break  # one layer view per sentence keeps the file small; others via the API
@@ -441,7 +474,11 @@ def _report(results: dict, model_id: str, images_note: str, figures: list[str], 
             top = ", ".join(f"{t['head']} {_fmt(t['delta'])}" for t in h["top"])
             lines.append(f"- negation in {loc} (n = {h['n']}): top heads {top}")
         paper = ", ".join(f"{k} {v[0]} / {v[1]}" for k, v in ref["head_delta"].items())
-        lines += [f"- paper (ViT-B/32, caption / foil): {paper}", ""]
+        lines += [f"- paper (ViT-B/32, caption / foil): {paper}", "",
+                  "The full Δ matrix (layer × head) is in `heads_delta_caption.csv` / `heads_delta_foil.csv` and "
+                  "`heads.png`; the per-head Pearson r of Δ with d in `heads_corr_d_caption.csv` / "
+                  "`heads_corr_d_foil.csv` (with image scores only); the layer zoom below also in "
+                  "`zoom_layer<L>_<location>.csv` and `heads_layer_zoom.png`.", ""]
         lines += _zoom_section(results["zoom"])
     conf = results["confounds"]
     lines += ["## Confounds (Pearson r with d)", "", "| relation | n | r | paper |", "|---|---|---|---|"]
