@@ -247,7 +247,7 @@ def _write_csvs(run_dir: Path, records, results) -> None:
 
 def _limits(mats, low: float, high: float) -> tuple[float, float]:
     """One colour range for every panel: at least [low, high], widened to the data (nothing clipped)."""
-    vals = np.concatenate([np.asarray(m, float).ravel() for m in mats])
+    vals = np.concatenate([np.asarray(m, float).ravel() for m in mats] + [np.zeros(0)])
     vals = vals[~np.isnan(vals)]
     return (min(low, float(vals.min())), max(high, float(vals.max()))) if len(vals) else (low, high)
 
@@ -271,7 +271,7 @@ def _figures(run_dir: Path, records, results, model_id: str = "") -> list[str]:
         made.append(file)
 
     if "cte" in results:
-        fig, axes = plt.subplots(2, 2, figsize=(13, 6.5), gridspec_kw={"height_ratios": [4, 1]}, squeeze=False)
+        fig, axes = plt.subplots(2, 2, figsize=(14, 6.5), gridspec_kw={"height_ratios": [4, 1], "wspace": 0.35}, squeeze=False)
         mats = {loc: np.array(results["cte"][loc]["correct"]["matrix"], float)
                 for loc in ("foil", "caption") if results["cte"][loc]["correct"]["n"]}
         vmin, vmax = _limits(mats.values(), 0.0, 1.0)
@@ -319,7 +319,7 @@ def _figures(run_dir: Path, records, results, model_id: str = "") -> list[str]:
         mats = {loc: np.array(zoom[loc], float).T for loc in locs}  # [row, head]
         lo, hi = _limits(mats.values(), -0.5, 0.5)
         lim = max(-lo, hi)  # symmetric around 0 for the diverging map
-        fig, axes = plt.subplots(1, len(locs), figsize=(6 * len(locs), 4.5), squeeze=False)
+        fig, axes = plt.subplots(1, len(locs), figsize=(6.5 * len(locs), 4.5), gridspec_kw={"wspace": 0.6}, squeeze=False)
         for col, loc in enumerate(locs):
             mat = mats[loc]
             im = axes[0, col].imshow(mat, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
