@@ -649,3 +649,20 @@ def test_figures_name_the_model_share_colour_ranges_and_clip_nothing(demo_run, t
     assert "<title>tiny-negation: attention patterns" in (tmp_path / "attention.html").read_text()
     report = (tmp_path / "report.md").read_text()
     assert "heads_delta_caption.csv" in report and "heads_corr_d_caption.csv" in report and "zoom_layer4_caption.csv" in report
+
+
+def test_outputs_of_a_run_with_an_empty_correct_segment(demo_run, tmp_path):
+    """A random model can have no item in the correct segment: the CTE panels are then empty, not an error."""
+    import copy
+
+    from hooked_clip.analyses.valse_negation.report import write_outputs
+
+    model, records = demo_run
+    records = copy.deepcopy(records)
+    for r in records.values():
+        if "aligned" in r:
+            r["aligned"]["segment"] = "ambiguous"
+    results = aggregate(records, model.cfg.n_layers, model.cfg.n_heads)
+    assert results["cte"]["caption"]["correct"]["n"] == results["cte"]["foil"]["correct"]["n"] == 0
+    write_outputs(tmp_path, records, results, model_id="empty")
+    assert (tmp_path / "cte_heatmaps.png").is_file() and "n = 0" in (tmp_path / "report.md").read_text()
