@@ -195,7 +195,7 @@ def _measure(model, items: list[Item], img: Optional[dict], images, settings: Se
     head_rows = heads.rows.clone()
     head_rows[:, :, :, NEGATOR_POS] = heads.self_row  # the negator's own query row, kept as the authors do
     for k, (i, p) in enumerate(zip(idx, pairs)):
-        zoom, _ = to_rows(head_rows[k], eots[k], further="max")  # no further tokens: NaN (see report._zoom)
+        zoom, _ = to_rows(head_rows[k], eots[k], further="max")  # no further tokens: NaN (see report.zoom_rows)
         recs[i]["aligned"] = {"caption": p.caption, "foil": p.foil, "n_tokens": eots[k] + 1,
                               "similarity": float((e_c[k] * e_f[k]).sum()),
                               "head_delta": heads.delta[k].tolist(), "head_rows": zoom}
