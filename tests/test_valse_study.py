@@ -297,23 +297,34 @@ class _StubNLP:
         return type("Doc", (), {"noun_chunks": iter(_Chunk(t) for t in self.table.get(text, []))})()
 
 
-def test_subject_prompt_is_the_first_noun_chunk_of_the_aligned_caption(tmp_path):
+def test_subject_prompt_is_the_first_noun_chunk_of_the_aligned_caption(random_demo, tmp_path):
     from hooked_clip.analyses.valse_negation.data import SubjectParser
+    from hooked_clip.analyses.valse_negation.study import select_items
 
-    pairs = [p for p in aligned_pairs(load_items()) if p.negation_in == "foil"][:3]
-    assert pairs[0].caption.startswith("There are some ")  # the aligned caption, not VALSE's original
-    nlp = _StubNLP({pairs[0].caption: ["some cars", "the street"], pairs[1].caption: ["a dog"]})
-    parser = SubjectParser(nlp)
-    folder = FolderImages(tmp_path, segmenter=lambda prompt, image: (0.5, 0.25), subject_parser=parser)
-    folder.open = lambda item: None  # the stub segmenter needs no pixels
-    subjects = folder.subjects(pairs + [p for p in aligned_pairs(load_items()) if p.negation_in == "caption"][:1])
-    assert subjects[0] == {"subject": "some cars", "subject_area": 0.5, "subject_area_binary": 0.25}
-    assert subjects[1]["subject"] == "a dog"
-    assert subjects[2] == {"subject": None, "subject_area": None, "subject_area_binary": None}  # no chunk: no subject
-    assert subjects[3] is None  # negation in the caption: the subject is not in the image, no size
-    assert nlp.calls == [p.caption for p in pairs]
+    chosen = {x.id for x in select_items(load_items(), 16)}
+    foil = [p for p in aligned_pairs(load_items()) if p.negation_in == "foil" and p.id in chosen]
+    assert len(foil) >= 4 and foil[0].caption.startswith("There are some ")  # the aligned caption, not VALSE's
+    nlp = _StubNLP({foil[0].caption: ["some cars", "the street"], foil[1].caption: ["a dog"]})
+    records = run_items(random_demo, tmp_path, model_id="random", images=None, settings=Settings(limit=16),
+                        progress=False, subject_parser=SubjectParser(nlp, "stub"))
+    assert records[foil[0].id]["aligned"]["subject"] == "some cars"  # the first chunk
+    assert records[foil[1].id]["aligned"]["subject"] == "a dog"
+    assert records[foil[2].id]["aligned"]["subject"] is None  # no noun chunk: no subject (the paper's 236 of 240)
+    assert all("subject" not in r["aligned"] for r in records.values() if "aligned" in r and r["negation_in"] == "caption")
+    assert sorted(nlp.calls) == sorted(p.caption for p in foil)  # only the foil-negated aligned captions
+    subjects = aggregate(records, random_demo.cfg.n_layers, random_demo.cfg.n_heads)["confounds"]["subjects"]
+    assert subjects["foil_pairs"] == len(foil) and subjects["with_subject"] == 2
+    with pytest.raises(RunDirMismatchError, match="subject_parser"):
+        run_items(random_demo, tmp_path, model_id="random", images=None, settings=Settings(limit=16),
+                  progress=False, subject_parser=SubjectParser.regex())
     assert SubjectParser.regex()("There are some cars parked.") == "some cars"
     assert "NOT the authors'" in SubjectParser.regex().name
+    # the image side adds both areas where there is a prompt
+    folder = FolderImages(tmp_path, segmenter=lambda prompt, image: (0.5, 0.25))
+    folder.open = lambda item: None  # the stub segmenter needs no pixels
+    got = folder.subjects(foil[:3], [{"subject": "some cars"}, {"subject": None}, None])
+    assert got == [{"subject": "some cars", "subject_area": 0.5, "subject_area_binary": 0.25},
+                   {"subject": None, "subject_area": None, "subject_area_binary": None}, None]
 
 
 def test_missing_spacy_pipeline_names_the_install_command(monkeypatch):
@@ -666,3 +677,26 @@ def test_outputs_of_a_run_with_an_empty_correct_segment(demo_run, tmp_path):
     assert results["cte"]["caption"]["correct"]["n"] == results["cte"]["foil"]["correct"]["n"] == 0
     write_outputs(tmp_path, records, results, model_id="empty")
     assert (tmp_path / "cte_heatmaps.png").is_file() and "n = 0" in (tmp_path / "report.md").read_text()
+
+
+def test_cli_reference_on_a_text_only_run_compares_subject_prompts(hf_dir, tmp_path):
+    """Without images the text parts are still compared: token counts, similarity, subject prompts (regex
+    fallback here, named as such); logits are listed as not compared."""
+    from hooked_clip.analyses.cli import main
+    from hooked_clip.analyses.valse_negation.data import SubjectParser
+
+    main(["valse-negation", "--model", str(hf_dir), "--limit", "10", "--out", str(tmp_path / "a"), "--no-progress"])
+    ref = json.loads((tmp_path / "a" / "per_item.json").read_text())
+    regex = SubjectParser.regex()
+    for k, r in ref.items():
+        r.update(logit_caption=21.0, logit_foil=20.0, score=1.0, segment="correct")
+        r["subject"] = regex(r["caption"]) if r["negation"] == "foil" else None
+    changed = next(k for k, r in ref.items() if r["subject"])
+    ref[changed]["subject"] = "the authors' prompt"
+    (tmp_path / "ref.json").write_text(json.dumps(ref))
+    main(["valse-negation", "--model", str(hf_dir), "--limit", "10", "--out", str(tmp_path / "b"), "--no-progress",
+          "--reference", str(tmp_path / "ref.json"), "--subject-parser", "regex"])
+    report = (tmp_path / "b" / "report.md").read_text()
+    assert "regex fallback" in report and "Not compared: logits, d and segments" in report
+    c = json.loads((tmp_path / "b" / "results.json").read_text())["replication"]
+    assert [d["id"] for d in c["subjects"]["differ"]] == [changed] and c["positions"]["equal"] == c["n_common"]

@@ -63,15 +63,20 @@ def run(args: argparse.Namespace) -> Path:
     models = args.model or ["tiny-negation"]
     if len(set(models)) != len(models):
         raise SystemExit(f"--model lists a model twice ({models}); name each model once.")
+    if args.clipseg and args.images is None:
+        raise SystemExit("--clipseg measures subjects in the images; pass --images DIR too.")
     items = load_items(args.data)
     reference = load_reference(args.reference) if args.reference else None  # fail before any work
+    parser = None  # subject prompts: for subject size (--clipseg) and for the comparison with a reference
+    if (args.clipseg or args.reference) and any(m != "tiny-negation" for m in models):
+        parser = SubjectParser.regex() if args.subject_parser == "regex" else SubjectParser.spacy()
     if len(models) == 1:
-        return run_one(args, models[0], args.out, items, reference)
+        return run_one(args, models[0], args.out, items, reference, parser)
     root = args.out or Path("runs") / "valse-negation-comparison"
     runs, elapsed = [], {}
     for model_id in models:
         start = time.perf_counter()
-        out = run_one(args, model_id, root / run_dir_name(model_id), items, reference, several=True)
+        out = run_one(args, model_id, root / run_dir_name(model_id), items, reference, parser, several=True)
         runs.append((model_id, out))
         elapsed[model_id] = time.perf_counter() - start
     path = write_comparison(root, runs, elapsed)
@@ -79,36 +84,36 @@ def run(args: argparse.Namespace) -> Path:
     return root
 
 
-def run_one(args: argparse.Namespace, model_id: str, out, items, reference, several: bool = False) -> Path:
-    """One model's study into ``out``. With ``several``, the demo model keeps its scenes while the others
-    use ``--images``."""
+def run_one(args: argparse.Namespace, model_id: str, out, items, reference, parser=None, several: bool = False) -> Path:
+    """One model's study into ``out``. ``parser``: the subject prompts (not used by the demo model, whose
+    scenes have their own subjects). With ``several``, the demo model keeps its scenes while the others use
+    ``--images``."""
     start = time.perf_counter()
     model = load(model_id, args.device)
     if model_id == "tiny-negation":
         if args.images is not None and not several:
             raise SystemExit("the demo model sees synthesized scenes, not photos; drop --images or pass --model.")
-        images = SceneImages()
-    elif args.images is not None:
-        parser = None  # subject prompts are needed for subject size and for the comparison with a reference
-        if args.clipseg or args.reference:
-            parser = SubjectParser.regex() if args.subject_parser == "regex" else SubjectParser.spacy()
-        images = FolderImages(args.images, clipseg_subject_size(args.clipseg) if args.clipseg else None,
-                              subject_parser=parser)
-        images.check(select_items(items, args.limit))  # fail before any work
+        images, parser = SceneImages(), None  # its subjects are the toy scenes' objects
     else:
-        print(f"{model_id}: no --images given: skipping scores, causal tracing and the confounds with d; running "
-              "the text-only parts (head scores, caption-foil similarity).", file=sys.stderr)
-        images = None
+        if args.images is not None:
+            images = FolderImages(args.images, clipseg_subject_size(args.clipseg) if args.clipseg else None)
+            images.check(select_items(items, args.limit))  # fail before any work
+        else:
+            print(f"{model_id}: no --images given: skipping scores, causal tracing and the confounds with d; running "
+                  "the text-only parts (head scores, caption-foil similarity).", file=sys.stderr)
+            images = None
     out = out or Path("runs") / ("valse-negation-" + run_dir_name(model_id))
     settings = Settings(limit=args.limit, chunk=args.chunk, rome=args.rome)
     records = run_items(model, out, model_id=model_id, images=images, settings=settings, items=items,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, subject_parser=parser)
     results = aggregate(records, model.cfg.n_layers, model.cfg.n_heads, zoom=args.zoom)
     results["model"] = model_id
     if reference is not None:
         results["replication"] = compare(records, reference, limited=args.limit is not None)
         results["replication_reference"] = str(args.reference)
-    note = "" if images is None else f"{images.describe()}; pixels: {preprocessing_name(model)}"
+    note = "none (text-only parts)" if images is None else f"{images.describe()}; pixels: {preprocessing_name(model)}"
+    if parser is not None:
+        note += f"; subject prompts: {parser.name}"
     write_outputs(out, records, results, model=model, model_id=model_id, images_note=note)
     print(f"wrote {out}/report.md and results.json ({time.perf_counter() - start:.1f} s)")
     return out

@@ -1,7 +1,8 @@
 """Image sources for the study: synthesized scenes (the demo model) or a folder of VALSE images (real CLIP).
 
-An image source gives, per item, the image embedding and, per foil-negated aligned pair, the subject
-(``subjects``): its prompt and its size in the image.
+An image source gives, per item, the image embedding and, per foil-negated aligned pair, the subject's
+size in the image (``subjects``: it adds the areas to the prompts the study found with its
+:class:`~hooked_clip.analyses.valse_negation.data.SubjectParser`).
 
 Pixels: :class:`FolderImages` hands each file, opened by PIL and otherwise untouched, to the model's own
 preprocessing (``model.encode_image``): transformers' CLIP image processor for a model loaded from HF (what
@@ -18,7 +19,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import Tensor
 
-from hooked_clip.analyses.valse_negation.data import Item, Pair, SubjectParser
+from hooked_clip.analyses.valse_negation.data import Item, Pair
 from hooked_clip.analyses.valse_negation.demo_scenes import synthesize_scene
 
 
@@ -40,8 +41,9 @@ class SceneImages:
     def embed(self, model, items: Sequence[Item]) -> Tensor:
         return model.encode_image(self.scenes(items), normalize=False)
 
-    def subjects(self, pairs: Sequence[Pair]) -> list[Optional[dict]]:
-        """Foil-negated pairs: the subject word and its share of the scene's objects (no binary area here)."""
+    def subjects(self, pairs: Sequence[Pair], prompts: Sequence[Optional[dict]] = ()) -> list[Optional[dict]]:
+        """Foil-negated pairs: the toy scene's own subject (the object word after "no"; ``prompts`` are not
+        used) and its share of the scene's objects (no binary area here)."""
         from hooked_clip.models.tiny_negation.world import object_of
 
         out = []
@@ -53,26 +55,19 @@ class SceneImages:
 
 
 class FolderImages:
-    """VALSE images (Visual7W) from a folder: ``item.image_file`` under ``root``. ``subject_parser``: the
-    subject prompt of an aligned caption (:class:`SubjectParser`); ``segmenter``: an optional callable
-    (prompt, PIL image) -> (mean area, binary area) such as :func:`clipseg_subject_size`."""
+    """VALSE images (Visual7W) from a folder: ``item.image_file`` under ``root``. ``segmenter``: an optional
+    callable (prompt, PIL image) -> (mean area, binary area) such as :func:`clipseg_subject_size`."""
 
-    def __init__(self, root, segmenter: Optional[Callable] = None, batch_size: int = 32,
-                 subject_parser: Optional[SubjectParser] = None):
+    def __init__(self, root, segmenter: Optional[Callable] = None, batch_size: int = 32):
         self.root = Path(root)
         self.segmenter = segmenter
-        self.subject_parser = subject_parser
         self.batch_size = batch_size
-        if segmenter is not None and subject_parser is None:
-            raise ValueError("a segmenter needs a subject_parser to prompt it (SubjectParser.spacy()).")
         if not self.root.is_dir():
             raise FileNotFoundError(f"images folder {self.root} does not exist; pass the folder holding the "
                                     "Visual7W images (v7w_<id>.jpg).")
 
     def describe(self) -> str:
         parts = [f"images from {self.root}"]
-        if self.subject_parser is not None:
-            parts.append(f"subject prompts: {self.subject_parser.name}")
         if self.segmenter is not None:
             parts.append(f"subject size: {getattr(self.segmenter, 'name', 'custom segmenter')}")
         return "; ".join(parts)
@@ -102,18 +97,16 @@ class FolderImages:
             out.append(model.encode_image([self.open(x) for x in items[i:i + self.batch_size]], normalize=False))
         return torch.cat(out)
 
-    def subjects(self, pairs: Sequence[Pair]) -> list[Optional[dict]]:
-        """Foil-negated pairs (the subject is in the image): the prompt (None: the caption has no noun chunk)
-        and, with a segmenter, ``subject_area`` (mean sigmoid) and ``subject_area_binary`` (share > 0.25)."""
+    def subjects(self, pairs: Sequence[Pair], prompts: Sequence[Optional[dict]]) -> list[Optional[dict]]:
+        """``prompts``: per pair None or {"subject": prompt or None} (the study's, foil-negated pairs only).
+        Adds ``subject_area`` (mean sigmoid) and ``subject_area_binary`` (share > 0.25) where there is a
+        prompt and a segmenter (None otherwise)."""
         out: list[Optional[dict]] = []
-        for p in pairs:
-            if p.negation_in != "foil" or self.subject_parser is None:
-                out.append(None)
-                continue
-            prompt = self.subject_parser(p.caption)
-            rec = {"subject": prompt, "subject_area": None, "subject_area_binary": None}
-            if prompt is not None and self.segmenter is not None:
-                rec["subject_area"], rec["subject_area_binary"] = self.segmenter(prompt, self.open(p.item))
+        for p, rec in zip(pairs, prompts):
+            if rec is not None:
+                rec = {**rec, "subject_area": None, "subject_area_binary": None}
+                if rec["subject"] is not None and self.segmenter is not None:
+                    rec["subject_area"], rec["subject_area_binary"] = self.segmenter(rec["subject"], self.open(p.item))
             out.append(rec)
         return out
 

@@ -161,7 +161,7 @@ def _verdict(c: dict) -> str:
     if c.get("positions", {}).get("differ"):
         failed.append(f"{_n(len(c['positions']['differ']), 'item')} with another token count")
     if "subjects" not in c:
-        skipped.append("subject prompts (none in this run: pass --clipseg, or --reference with images)")
+        skipped.append("subject prompts (none in this run)")
     elif c["subjects"]["differ"]:
         failed.append(f"{_n(len(c['subjects']['differ']), 'item')} with another subject prompt")
     scope = f"{c['n_common']} common items" + (f" (this run was limited: {len(c['missing_from_run'])} reference ids not run)"

@@ -156,8 +156,13 @@ def aggregate(records: dict[str, dict], n_layers: int, n_heads: int, zoom: str =
 def _confounds(recs, aligned, has_d) -> dict:
     out: dict = {"similarity_by_location": {loc: float(np.mean([r["aligned"]["similarity"] for r in aligned if r["negation_in"] == loc]))
                                             for loc in LOCATIONS if any(r["negation_in"] == loc for r in aligned)}}
+    foil = [r for r in aligned if r["negation_in"] == "foil"]
+    if any("subject" in r["aligned"] for r in foil):
+        out["subjects"] = {"foil_pairs": len(foil), "with_subject": sum(r["aligned"].get("subject") is not None for r in foil),
+                           "without_subject": [r["id"] for r in foil if r["aligned"].get("subject") is None]}
     if not has_d:
         return out
+
     def rel(group, key):
         return {"n": len(group), "r": _pearson([r["aligned"][key] for r in group], [r["aligned"]["d"] for r in group])}
     for loc in LOCATIONS:
@@ -170,10 +175,6 @@ def _confounds(recs, aligned, has_d) -> dict:
             out["length_vs_d_caption_without_no_people"] = rel(rest, "n_tokens")
     out["similarity_vs_d_all"] = rel(aligned, "similarity")
     sized = [r for r in aligned if r["negation_in"] == "foil" and r["aligned"].get("subject_area") is not None]
-    foil = [r for r in aligned if r["negation_in"] == "foil"]
-    if any("subject" in r["aligned"] for r in foil):
-        out["subjects"] = {"foil_pairs": len(foil), "with_subject": sum(r["aligned"].get("subject") is not None for r in foil),
-                           "without_subject": [r["id"] for r in foil if r["aligned"].get("subject") is None]}
     if sized:
         size, d = [r["aligned"]["subject_area"] for r in sized], [r["aligned"]["d"] for r in sized]
         out["subject_size_vs_d_foil"] = {"n": len(sized), "r": _pearson(size, d)}

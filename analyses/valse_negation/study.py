@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from hooked_clip.analyses.causal_tracing import minimal_pair_trace, rome_trace
 from hooked_clip.analyses.heads import negator_head_scores
 from hooked_clip.analyses.metrics import normalized_patching_metric, similarity_metric
-from hooked_clip.analyses.valse_negation.data import NEGATOR_POS, Item, align, load_items
+from hooked_clip.analyses.valse_negation.data import NEGATOR_POS, Item, SubjectParser, align, load_items
 
 STUDY_VERSION = 2  # 2: the negator's own zoom row; subject prompt and both areas on the aligned pair
 ROWS = ["[SOT]", "there", "is/are", "a/some/no", "subj 1st", "subj further", ".", "[EOT]"]
@@ -138,9 +138,11 @@ def select_items(items: list[Item], limit: Optional[int]) -> list[Item]:
 
 
 def run_items(model, run_dir, *, model_id: str, images=None, settings: Settings = Settings(),
-              items: Optional[list[Item]] = None, progress: bool = True) -> dict[str, dict]:
+              items: Optional[list[Item]] = None, progress: bool = True,
+              subject_parser: Optional[SubjectParser] = None) -> dict[str, dict]:
     """Measure every valid item (resuming from ``run_dir/items``) and return the records by id.
-    ``images=None`` runs the text-only parts (head scores, caption-foil similarity, lengths)."""
+    ``images=None`` runs the text-only parts (head scores, caption-foil similarity, lengths).
+    ``subject_parser``: the subject prompt of each foil-negated aligned pair (the image source adds its size)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     text = model.text
@@ -151,6 +153,7 @@ def run_items(model, run_dir, *, model_id: str, images=None, settings: Settings 
                          "(HookedCLIP.from_pretrained / from_open_clip) or run without --images.")
     config = {"study_version": STUDY_VERSION, "model": model_id, "fingerprint": fingerprint(model),
               "images": images.describe() if images is not None else None, "n_items": len(items),
+              "subject_parser": subject_parser.name if subject_parser is not None else None,
               **{k: v for k, v in asdict(settings).items() if k not in ("chunk", "batch_size")}}
     _check_config(run_dir, config)
     img = _image_embeds(model, run_dir, items, images) if images is not None else None
@@ -162,7 +165,7 @@ def run_items(model, run_dir, *, model_id: str, images=None, settings: Settings 
     bar = tqdm(total=len(items), initial=len(items) - len(todo), desc="VALSE items", disable=not progress)
     for start in range(0, len(todo), settings.chunk):
         chunk = todo[start:start + settings.chunk]
-        for rec in _measure(model, chunk, img, images, settings):
+        for rec in _measure(model, chunk, img, images, settings, subject_parser):
             atomic_write(run_dir / "items" / f"{rec['id']}.json", json.dumps(rec))
             records[rec["id"]] = rec
         bar.update(len(chunk))
@@ -170,7 +173,8 @@ def run_items(model, run_dir, *, model_id: str, images=None, settings: Settings 
     return {x.id: records[x.id] for x in items}
 
 
-def _measure(model, items: list[Item], img: Optional[dict], images, settings: Settings) -> list[dict]:
+def _measure(model, items: list[Item], img: Optional[dict], images, settings: Settings,
+             subject_parser: Optional[SubjectParser] = None) -> list[dict]:
     text = model.text
     recs = [{"id": x.id, "negation_in": x.negation_in, "caption": x.caption, "foil": x.foil} for x in items]
     e_c, e_f = _unit_text(model, [x.caption for x in items]), _unit_text(model, [x.foil for x in items])
@@ -199,11 +203,16 @@ def _measure(model, items: list[Item], img: Optional[dict], images, settings: Se
         recs[i]["aligned"] = {"caption": p.caption, "foil": p.foil, "n_tokens": eots[k] + 1,
                               "similarity": float((e_c[k] * e_f[k]).sum()),
                               "head_delta": heads.delta[k].tolist(), "head_rows": zoom}
+    # the subject: foil-negated pairs only (it is in the image, PAPER.md §6.1); prompt from the text, size from the image
+    subjects = [{"subject": subject_parser(p.caption)} if subject_parser is not None and p.negation_in == "foil" else None
+                for p in pairs]
+    if img is not None:
+        subjects = images.subjects(pairs, subjects)
+    for i, subject in zip(idx, subjects):
+        if subject is not None:
+            recs[i]["aligned"].update(subject)
     if img is None:
         return recs
-    for i, subject in zip(idx, images.subjects(pairs)):
-        if subject is not None:  # foil-negated pairs only: the subject is in the image (PAPER.md §6.1)
-            recs[i]["aligned"].update(subject)
     im = torch.stack([img[p.id] for p in pairs])
     s_c, s_f = _scores(model, e_c, e_f, im)
     cte = minimal_pair_trace(model, neg, aff, im, [p.negation_in for p in pairs], batch_size=settings.batch_size,
