@@ -336,7 +336,7 @@ def test_missing_spacy_pipeline_names_the_install_command(monkeypatch):
     with pytest.raises(OSError, match=r"python -m spacy download en_core_web_sm"):
         SubjectParser.spacy("en_core_web_sm_not_installed")
     monkeypatch.setitem(sys.modules, "spacy", None)
-    with pytest.raises(ImportError, match=r"hooked-clip\[spacy\]"):
+    with pytest.raises(ImportError, match=r"pip install -e '\.\[spacy\]'"):
         SubjectParser.spacy()
 
 

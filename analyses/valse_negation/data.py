@@ -121,7 +121,7 @@ def aligned_pairs(items: list[Item]) -> list[Pair]:
 
 
 # ------------------------------------------------------------------------------------------ subjects
-SPACY_INSTALL = ("pip install 'hooked-clip[spacy]' && python -m spacy download en_core_web_sm "
+SPACY_INSTALL = ("pip install -e '.[spacy]' (the spacy extra of this repository) && python -m spacy download en_core_web_sm "
                  "(or pass --subject-parser regex for the approximate fallback, reported as such)")
 _REGEX_SUBJECT = re.compile(r"There (?:is|are) (.+?)(?: (?:in|on|at|near|by|under|with|parked|sitting|standing)\b|\.|$)")
 
