@@ -607,8 +607,10 @@ def test_cli_several_models_end_to_end_and_resumable(hf_dir, tmp_path):
     from hooked_clip.analyses.valse_negation.study import select_items
 
     _write_images(tmp_path / "images", select_items(load_items(), 8))
+    main(["valse-negation", "--limit", "8", "--out", str(tmp_path / "demo"), "--no-progress"])
     argv = ["valse-negation", "--model", "tiny-negation", "--model", str(hf_dir), "--images", str(tmp_path / "images"),
-            "--limit", "8", "--out", str(tmp_path / "cmp"), "--no-progress"]
+            "--limit", "8", "--out", str(tmp_path / "cmp"), "--no-progress",
+            "--reference", str(tmp_path / "demo" / "per_item.json"), "--subject-parser", "regex"]
     main(argv)
     dirs = sorted(p.name for p in (tmp_path / "cmp").iterdir() if p.is_dir())
     assert len(dirs) == 2 and "tiny-negation" in dirs
@@ -616,6 +618,8 @@ def test_cli_several_models_end_to_end_and_resumable(hf_dir, tmp_path):
         assert (tmp_path / "cmp" / d / "report.md").is_file()
     text = (tmp_path / "cmp" / "comparison.md").read_text()
     assert "tiny-negation" in text and str(hf_dir) in text and "## Confounds" in text
+    verdicts = text.split("## Against the reference file")[1].split("##")[0]
+    assert "`tiny-negation`: REPRODUCED" in verdicts and f"`{hf_dir}`: DIFFERS" in verdicts  # its own run vs another model
     stamp = {p: p.stat().st_mtime_ns for p in (tmp_path / "cmp").rglob("items/*.json")}
     main(argv)  # resumes: every item is already measured, nothing is rewritten
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cmp").rglob("items/*.json")} == stamp

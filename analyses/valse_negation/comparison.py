@@ -37,6 +37,8 @@ def _summary(model_id: str, results: dict) -> dict:
                                "eot": None if m["matrix"] is None else m["matrix"][EOT_ROW]}
     out["top_heads"] = {loc: h["top"][:3] for loc, h in results.get("heads", {}).items()}
     out["confounds"] = {k: v for k, v in results["confounds"].items() if isinstance(v, dict) and "r" in v}
+    if "replication" in results:
+        out["replication_verdict"] = results["replication"]["verdict"]
     return out
 
 
@@ -112,6 +114,9 @@ def _markdown(summaries: list[dict], run_dirs: dict, figure, elapsed_s: dict) ->
         " / ".join(str(s["scores"]["aligned"]["all"]["segments"][k]) for k in ("correct", "ambiguous", "incorrect"))
         if "scores" in s else "–" for s in summaries) + f" | {seg['correct']} / {seg['ambiguous']} / {seg['incorrect']} |")
     lines.append("")
+    if any("replication_verdict" in s for s in summaries):
+        lines += ["## Against the reference file", ""]
+        lines += [f"- `{s['model']}`: {s.get('replication_verdict', 'not compared')}" for s in summaries] + [""]
     if figure:
         lines += ["## Causal tracing: the negator row and the [EOT] row", "", f"![{figure}]({figure})", ""]
         for loc in LOCATIONS:
