@@ -457,6 +457,7 @@ def test_pixels_for_an_open_clip_model_equal_open_clips_preprocess(tmp_path):
     ref = torch.stack([preprocess(Image.open(tmp_path / x.image_file)) for x in items])
     assert torch.equal(_fed_pixels(model, tmp_path, items), ref)
     assert preprocessing_name(model).startswith("open_clip preprocess")
+    assert "open_clip" not in preprocessing_name(build(OBJECTS[:3])) and "CLIPProcessor" not in preprocessing_name(build(OBJECTS[:3]))
 
 
 def test_d_gap_between_the_two_pixel_pipelines_on_a_random_model(hf_dir, tmp_path):

@@ -143,8 +143,9 @@ def preprocessing_name(model) -> str:
     vision = getattr(model, "vision", None)
     if vision is None:
         return "none (no image tower)"
-    if isinstance(getattr(vision, "encoder", None), HFVisionEncoder):
+    encoder = getattr(vision, "encoder", None)
+    if isinstance(encoder, HFVisionEncoder):
         return "transformers CLIP image processor (as CLIPProcessor)"
-    if hasattr(vision, "encoder"):
+    if type(encoder).__module__.startswith("open_clip"):
         return "open_clip preprocess (torchvision transform)"
-    return f"{type(vision).__name__} (the model's own)"
+    return f"the {type(vision).__name__}'s own input (no photo preprocessing)"
