@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -28,11 +28,13 @@ from hooked_clip.text import text_tower
 class NegatorHeadScores:
     """``delta`` [pairs, layer, head]: Δ per pair (0-indexed layers and heads); ``rows`` [pairs, layer, head,
     query]: A_neg(q, p) − A_aff(q, p) for q > p, NaN elsewhere (before/at the negator, after the EOT);
-    ``negator_pos`` [pairs]."""
+    ``negator_pos`` [pairs]; ``self_row`` [pairs, layer, head]: A_neg(p, p) − A_aff(p, p), the negator's own
+    query row (the authors' layer zoom keeps it; Δ does not use it)."""
 
     delta: Tensor
     rows: Tensor
     negator_pos: Tensor
+    self_row: Optional[Tensor] = None
 
     def mean(self) -> Float[Tensor, "layer head"]:
         """The paper's table: mean Δ over pairs."""
@@ -67,7 +69,8 @@ def negator_head_scores(model, negated: Tokens, affirmative: Tokens,
     valid = (q[None, :] > p[:, None]) & (q[None, :] <= pool_n[:, None])  # [pairs, query]
     rows = diff.masked_fill(~valid[:, None, None, :], float("nan"))
     delta = rows.masked_fill(~valid[:, None, None, :], float("-inf")).amax(-1)
-    return NegatorHeadScores(delta, rows, p)
+    self_row = diff[idx, :, :, p]  # [pairs, layer, head]
+    return NegatorHeadScores(delta, rows, p, self_row)
 
 
 def head_correlation(scores: Float[Tensor, "pairs layer head"], values: Float[Tensor, "pairs"]) -> Float[Tensor, "layer head"]:

@@ -19,3 +19,33 @@ from pathlib import Path
 
 Path("figures").mkdir(exist_ok=True)
 shutil.copy("runs/tutorial/cte_heatmaps.png", "figures/05_cte_heatmaps.png")
+
+import json
+from pathlib import Path
+
+from hooked_clip.analyses.cli import main
+
+main(["valse-negation", "--limit", "60", "--out", "runs/tutorial-ref", "--no-progress"])
+ref = json.loads(Path("runs/tutorial-ref/per_item.json").read_text())
+first = next(iter(ref))
+ref[first]["logit_foil"] += 0.3  # one item's foil scored 0.3 logits higher
+ref[first]["score"] = ref[first]["logit_caption"] - ref[first]["logit_foil"]
+Path("runs/perturbed.json").write_text(json.dumps(ref))
+main(["valse-negation", "--limit", "60", "--out", "runs/tutorial-ref", "--no-progress",
+      "--reference", "runs/perturbed.json"])
+replication = json.loads(Path("runs/tutorial-ref/results.json").read_text())["replication"]
+print(replication["verdict"])
+
+from hooked_clip.analyses.valse_negation.comparison import write_comparison
+from hooked_clip.models.tiny_negation import build
+from hooked_clip.models.tiny_negation.world import OBJECTS
+
+runs = [("tiny-negation", Path("runs/tutorial"))]
+random_model = build(OBJECTS, seed=7)  # the demo architecture, untrained
+records = run_items(random_model, "runs/tutorial-random", model_id="random", images=SceneImages(),
+                    settings=Settings(limit=60), progress=False)
+write_outputs("runs/tutorial-random", records,
+              aggregate(records, random_model.cfg.n_layers, random_model.cfg.n_heads), model_id="random")
+runs.append(("random", Path("runs/tutorial-random")))
+print(write_comparison("runs", runs).read_text()[:600])
+shutil.copy("runs/comparison_cte.png", "figures/05_comparison_cte.png")

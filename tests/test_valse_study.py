@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from conftest import hf_clip
@@ -194,7 +195,7 @@ def test_rome_variant(random_demo, tmp_path):
 
 def test_clipseg_subject_size_from_local_weights(tmp_path):
     """The subject-size plug-in loads CLIPSeg from a local save_pretrained folder (random tiny weights here)
-    and returns the mean sigmoid of its map for the subject prompt."""
+    and returns the mean sigmoid of its map for the prompt and the share of the map above 0.25."""
     from PIL import Image
     from transformers import (CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor, CLIPTokenizer,
                               ViTImageProcessor)
@@ -213,14 +214,148 @@ def test_clipseg_subject_size_from_local_weights(tmp_path):
     seg = CLIPSegForImageSegmentation(cfg).eval()
     seg.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
-    item = next(x for x in load_items() if x.negation_in == "foil" and x.affirmative == "There are cars parked.")
-    image = Image.new("RGB", (80, 60), (120, 30, 200))
-    size = clipseg_subject_size(tmp_path)(item, image)
+    image = Image.new("L", (80, 60), 120)  # grayscale: the authors stack it to 3 channels
+    area, binary = clipseg_subject_size(tmp_path)("some cars", image)
+    rgb = Image.merge("RGB", [image] * 3)
     with torch.no_grad():
-        ref = torch.sigmoid(seg(**processor(text=["cars"], images=[image], return_tensors="pt")).logits).mean()
-    assert 0 <= size <= 1 and abs(size - float(ref)) <= 1e-6
+        p = torch.sigmoid(seg(**processor(text=["some cars"], images=[rgb], return_tensors="pt")).logits)
+    assert abs(area - float(p.mean())) <= 1e-6 and abs(binary - float((p > 0.25).float().mean())) <= 1e-6
+    assert 0 < binary < 1  # the random map straddles the threshold, so the binary area is not trivially 0 or 1
     with pytest.raises(FileNotFoundError, match="CLIPSeg"):
         clipseg_subject_size(tmp_path / "absent")
+
+
+# ------------------------------------------------------------------------------ the paper's layer zoom
+def _zoom_record(loc, layer3_rows, n_tokens=8):
+    """A record whose layer-4 (blocks.3) zoom rows are given ([heads][8]); other layers zero (so layer 4
+    also has the largest mean Δ)."""
+    zero = [[0.0] * 8 for _ in layer3_rows]
+    return {"id": str(id(layer3_rows)), "negation_in": loc, "caption": "", "foil": "",
+            "aligned": {"similarity": 0.9, "n_tokens": n_tokens, "head_delta": [[0.0] * len(layer3_rows)] * 3 + [[0.5] * len(layer3_rows)],
+                        "head_rows": [zero, zero, zero, layer3_rows]}}
+
+
+def test_paper_zoom_counts_missing_further_rows_as_zero_and_keeps_the_negator_row():
+    nan = float("nan")
+    # two heads; rows: SOT, there, is/are, negator (own query row), subj 1st, subj further (max), ".", EOT
+    # (SOT..is/are are NaN in the records: queries before the negator cannot see it)
+    items = [[[nan, nan, nan, -0.2, 0.4, 0.3, 0.5, 0.1], [nan, nan, nan, 0.0, 0.0, 0.0, 0.0, 0.0]],
+             [[nan, nan, nan, 0.1, 0.2, nan, 0.3, 0.0], [nan, nan, nan, 0.0, 0.0, nan, 0.0, 0.0]],  # T = 7
+             [[nan, nan, nan, 0.0, 0.0, 0.6, 0.1, 0.2], [nan, nan, nan, 0.9, 0.0, 0.0, 0.0, 0.0]]]
+    records = {str(k): {**_zoom_record("caption", rows, n), "id": str(k)} for k, (rows, n) in enumerate(zip(items, (8, 7, 9)))}
+    paper = aggregate(records, 4, 2)["zoom"]
+    assert paper["rule"] == "paper" and paper["layer"] == 4  # always the paper's layer 4, not the largest Δ
+    assert paper["n_caption"] == 3 and paper["n_caption_without_further"] == 1
+    h1 = paper["caption"][0]
+    # written out by hand: plain means over all 3 items, the T = 7 item counting 0 in "subj further"
+    assert h1 == pytest.approx([0, 0, 0, (-0.2 + 0.1 + 0.0) / 3, (0.4 + 0.2 + 0.0) / 3, (0.3 + 0 + 0.6) / 3,
+                                (0.5 + 0.3 + 0.1) / 3, (0.1 + 0.0 + 0.2) / 3])
+    assert paper["caption"][1][3] == pytest.approx(0.3)  # H2's negator row: 0.9 / 3, kept
+    other = aggregate(records, 4, 2, zoom="strongest-layer")["zoom"]
+    assert other["rule"] == "strongest-layer"
+    assert other["caption"][0][5] == pytest.approx((0.3 + 0.6) / 2)  # over the items that have further tokens
+    assert other["caption"][0][3] == pytest.approx(-0.1 / 3)
+    with pytest.raises(ValueError, match="zoom rule"):
+        aggregate(records, 4, 2, zoom="largest")
+    assert aggregate(records, 3, 2)["zoom"]["layer"] is None  # a 3-layer model has no layer 4: said, not faked
+
+
+def test_zoom_rows_measured_on_the_model_keep_the_negator_row(random_demo, tmp_path):
+    """The stored zoom rows against a plain loop over attention patterns, the negator's own row included."""
+    records = run_items(random_demo, tmp_path, model_id="random", images=None, settings=Settings(limit=6), progress=False)
+    rec = next(r for r in records.values() if "aligned" in r)
+    a = rec["aligned"]
+    neg = a["caption"] if rec["negation_in"] == "caption" else a["foil"]
+    aff = a["foil"] if rec["negation_in"] == "caption" else a["caption"]
+    _, c_neg = random_demo.text.run_with_cache(neg)
+    _, c_aff = random_demo.text.run_with_cache(aff)
+    eot = a["n_tokens"] - 1
+    for layer in range(random_demo.cfg.n_layers):
+        diff = (c_neg[f"blocks.{layer}.attn.hook_pattern"] - c_aff[f"blocks.{layer}.attn.hook_pattern"])[0, :, :, 3]
+        for h in range(random_demo.cfg.n_heads):
+            rows = a["head_rows"][layer][h]
+            assert abs(rows[3] - float(diff[h, 3])) <= 1e-6  # the negator attending to itself
+            assert abs(rows[4] - float(diff[h, 4])) <= 1e-6 and abs(rows[7] - float(diff[h, eot])) <= 1e-6
+            further = [float(diff[h, q]) for q in range(5, eot - 1)]
+            assert (math.isnan(rows[5]) if not further else abs(rows[5] - max(further)) <= 1e-6)
+
+
+# ------------------------------------------------------------------------------ subjects
+class _Chunk:
+    def __init__(self, text):
+        self.text = text
+
+
+class _StubNLP:
+    """Stands in for spaCy's en_core_web_sm (not installable offline): noun chunks from a table."""
+
+    def __init__(self, table):
+        self.table, self.calls = table, []
+
+    def __call__(self, text):
+        self.calls.append(text)
+        return type("Doc", (), {"noun_chunks": iter(_Chunk(t) for t in self.table.get(text, []))})()
+
+
+def test_subject_prompt_is_the_first_noun_chunk_of_the_aligned_caption(random_demo, tmp_path):
+    from hooked_clip.analyses.valse_negation.data import SubjectParser
+    from hooked_clip.analyses.valse_negation.study import select_items
+
+    chosen = {x.id for x in select_items(load_items(), 16)}
+    foil = [p for p in aligned_pairs(load_items()) if p.negation_in == "foil" and p.id in chosen]
+    assert len(foil) >= 4 and foil[0].caption.startswith("There are some ")  # the aligned caption, not VALSE's
+    nlp = _StubNLP({foil[0].caption: ["some cars", "the street"], foil[1].caption: ["a dog"]})
+    records = run_items(random_demo, tmp_path, model_id="random", images=None, settings=Settings(limit=16),
+                        progress=False, subject_parser=SubjectParser(nlp, "stub"))
+    assert records[foil[0].id]["aligned"]["subject"] == "some cars"  # the first chunk
+    assert records[foil[1].id]["aligned"]["subject"] == "a dog"
+    assert records[foil[2].id]["aligned"]["subject"] is None  # no noun chunk: no subject (the paper's 236 of 240)
+    assert all("subject" not in r["aligned"] for r in records.values() if "aligned" in r and r["negation_in"] == "caption")
+    assert sorted(nlp.calls) == sorted(p.caption for p in foil)  # only the foil-negated aligned captions
+    subjects = aggregate(records, random_demo.cfg.n_layers, random_demo.cfg.n_heads)["confounds"]["subjects"]
+    assert subjects["foil_pairs"] == len(foil) and subjects["with_subject"] == 2
+    with pytest.raises(RunDirMismatchError, match="subject_parser"):
+        run_items(random_demo, tmp_path, model_id="random", images=None, settings=Settings(limit=16),
+                  progress=False, subject_parser=SubjectParser.regex())
+    assert SubjectParser.regex()("There are some cars parked.") == "some cars"
+    assert "NOT the authors'" in SubjectParser.regex().name
+    # the image side adds both areas where there is a prompt
+    folder = FolderImages(tmp_path, segmenter=lambda prompt, image: (0.5, 0.25))
+    folder.open = lambda item: None  # the stub segmenter needs no pixels
+    got = folder.subjects(foil[:3], [{"subject": "some cars"}, {"subject": None}, None])
+    assert got == [{"subject": "some cars", "subject_area": 0.5, "subject_area_binary": 0.25},
+                   {"subject": None, "subject_area": None, "subject_area_binary": None}, None]
+
+
+def test_missing_spacy_pipeline_names_the_install_command(monkeypatch):
+    import sys
+
+    from hooked_clip.analyses.valse_negation.data import SubjectParser
+
+    import spacy  # noqa: F401  (in the dev extra; its English pipeline is a separate user download)
+    with pytest.raises(OSError, match=r"python -m spacy download en_core_web_sm"):
+        SubjectParser.spacy("en_core_web_sm_not_installed")
+    monkeypatch.setitem(sys.modules, "spacy", None)
+    with pytest.raises(ImportError, match=r"pip install -e '\.\[spacy\]'"):
+        SubjectParser.spacy()
+
+
+def test_subject_confound_uses_both_areas_and_pairs_with_a_subject():
+    recs = {}
+    for k, (area, binary, d) in enumerate([(0.1, 0.0, -1.0), (0.3, 0.5, 0.5), (0.5, 1.0, 2.0), (0.2, 0.0, 0.0)]):
+        recs[str(k)] = {"id": str(k), "negation_in": "foil", "caption": "", "d": d,
+                        "aligned": {"d": d, "segment": study.segment(d), "cte_rows": [[0.0] * 8] * 2, "n_further": 0,
+                                    "similarity": 0.9, "n_tokens": 8, "head_delta": [[0.0]], "head_rows": [[[0.0] * 8]],
+                                    "subject": f"s{k}", "subject_area": area, "subject_area_binary": binary}}
+    recs["4"] = {"id": "4", "negation_in": "foil", "caption": "", "d": 1.0,
+                 "aligned": {"d": 1.0, "segment": "correct", "cte_rows": [[0.0] * 8] * 2, "n_further": 0,
+                             "similarity": 0.9, "n_tokens": 8, "head_delta": [[0.0]], "head_rows": [[[0.0] * 8]],
+                             "subject": None, "subject_area": None, "subject_area_binary": None}}
+    conf = aggregate(recs, 1, 1)["confounds"]
+    assert conf["subjects"] == {"foil_pairs": 5, "with_subject": 4, "without_subject": ["4"]}
+    assert conf["subject_size_vs_d_foil"]["n"] == 4 and conf["subject_size_binary_vs_d_foil"]["n"] == 4
+    assert conf["subject_size_vs_d_foil"]["r"] == pytest.approx(np.corrcoef([0.1, 0.3, 0.5, 0.2], [-1, 0.5, 2, 0])[0, 1])
+    assert conf["subject_size_binary_vs_d_foil"]["r"] == pytest.approx(np.corrcoef([0, 0.5, 1, 0], [-1, 0.5, 2, 0])[0, 1])
 
 
 def test_demo_model_vocabulary_covers_every_valse_sentence():
@@ -233,3 +368,340 @@ def test_demo_model_vocabulary_covers_every_valse_sentence():
     words = {i for w in extra_vocabulary() for i in tok.encode(w)}
     sentences = {i for x in load_items() for s in (x.caption, x.foil) for i in tok.encode(s)}
     assert sentences <= words
+
+
+# ------------------------------------------------------------------------------ image preprocessing
+MODES = [("RGB", "JPEG"), ("L", "JPEG"), ("CMYK", "JPEG"), ("RGB", "PNG"), ("L", "PNG"), ("RGBA", "PNG"), ("P", "PNG")]
+SIZES = [(50, 70), (300, 200), (64, 64), (17, 90), (640, 480)]
+
+
+def _write_images(folder, items):
+    """One file per item (VALSE's names), cycling through modes, formats and sizes; RGBA with varied alpha,
+    P with a transparent palette entry (both composited onto white by CLIPProcessor, not by PIL's convert)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder.mkdir(exist_ok=True)
+    made = []
+    for k, x in enumerate(items):
+        mode, fmt = MODES[k % len(MODES)]
+        w, h = SIZES[k % len(SIZES)]
+        rgba = Image.fromarray(rng.integers(0, 256, (h, w, 4), dtype=np.uint8), "RGBA")
+        if mode == "RGBA":
+            im = rgba
+        elif mode == "P":
+            im = rgba.convert("RGB").convert("P", palette=Image.ADAPTIVE, colors=64)
+            im.info["transparency"] = 0
+        else:
+            im = rgba.convert(mode)
+        im.save(folder / x.image_file, format=fmt)
+        made.append((mode, fmt, (w, h)))
+    return made
+
+
+def _fed_pixels(model, folder, items):
+    """The pixel batches the study's FolderImages feeds the image encoder."""
+    seen = []
+    handle = model.vision.encoder.register_forward_pre_hook(lambda mod, args: seen.append(args[0].clone()))
+    try:
+        FolderImages(folder, batch_size=3).embed(model, items)
+    finally:
+        handle.remove()
+    return torch.cat(seen)
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    from transformers import CLIPImageProcessor
+
+    from hooked_clip.tokenizer import CLIPTokenizer as OurTokenizer
+
+    path = tmp_path_factory.mktemp("hf_ckpt")
+    hf_clip("laion_gelu").save_pretrained(path)
+    CLIPImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}).save_pretrained(path)
+    OurTokenizer().save_hf_vocab(path)
+    return path
+
+
+def test_pixels_for_an_hf_model_equal_clipprocessor(hf_dir, tmp_path):
+    from PIL import Image
+    from transformers import CLIPProcessor
+
+    from hooked_clip.analyses.valse_negation.images import preprocessing_name
+    from hooked_clip.analyses.valse_negation.study import select_items
+
+    items = select_items(load_items(), 14)
+    made = _write_images(tmp_path, items)
+    assert {m for m, _, _ in made} == {"RGB", "L", "CMYK", "RGBA", "P"}
+    model = HookedCLIP.from_pretrained(str(hf_dir))
+    processor = CLIPProcessor.from_pretrained(str(hf_dir))  # the authors' entry point
+    ref = torch.cat([processor(images=Image.open(tmp_path / x.image_file), return_tensors="pt")["pixel_values"]
+                     for x in items])
+    assert torch.equal(_fed_pixels(model, tmp_path, items), ref)
+    assert preprocessing_name(model).startswith("transformers CLIP image processor")
+
+
+def test_pixels_for_an_open_clip_model_equal_open_clips_preprocess(tmp_path):
+    import open_clip
+    from PIL import Image
+    from conftest import open_clip_model
+
+    from hooked_clip.analyses.valse_negation.images import preprocessing_name
+    from hooked_clip.analyses.valse_negation.study import select_items
+
+    items = select_items(load_items(), 14)
+    _write_images(tmp_path, items)
+    oc = open_clip_model("laion_gelu")
+    model = HookedCLIP.from_open_clip(oc)
+    preprocess = open_clip.image_transform(oc.visual.image_size, is_train=False)  # open_clip's eval transform
+    ref = torch.stack([preprocess(Image.open(tmp_path / x.image_file)) for x in items])
+    assert torch.equal(_fed_pixels(model, tmp_path, items), ref)
+    assert preprocessing_name(model).startswith("open_clip preprocess")
+    assert "open_clip" not in preprocessing_name(build(OBJECTS[:3])) and "CLIPProcessor" not in preprocessing_name(build(OBJECTS[:3]))
+
+
+def test_d_gap_between_the_two_pixel_pipelines_on_a_random_model(hf_dir, tmp_path):
+    """Not an equality: how far d moves when the same (random) model sees open_clip's pixels instead of
+    CLIPProcessor's. Printed (pytest -s) and recorded in docs/tutorials/05-valse-study.md."""
+    import open_clip
+    from PIL import Image
+
+    from hooked_clip.analyses.valse_negation.study import _scores, _unit_text, select_items
+
+    items = select_items(load_items(), 28)
+    _write_images(tmp_path, items)
+    model = HookedCLIP.from_pretrained(str(hf_dir))
+    hf_pixels = _fed_pixels(model, tmp_path, items)
+    oc_pixels = torch.stack([open_clip.image_transform(64, is_train=False)(Image.open(tmp_path / x.image_file)) for x in items])
+    with torch.no_grad():
+        e_c, e_f = _unit_text(model, [x.caption for x in items]), _unit_text(model, [x.foil for x in items])
+        d = [torch.sub(*_scores(model, e_c, e_f, model.encode_image(px, normalize=False))) for px in (hf_pixels, oc_pixels)]
+    gap = (d[0] - d[1]).abs()
+    print(f"\nmax |d(CLIPProcessor pixels) - d(open_clip pixels)| = {gap.max():.4g} logits "
+          f"(median {gap.median():.3g}; logit scale {model.logit_scale.exp():.1f}; pixels differ by up to "
+          f"{(hf_pixels - oc_pixels).abs().max():.3g})")
+    assert gap.max() > 0  # the pipelines differ (resampling, transparency), so which one ran is reported
+
+
+# ------------------------------------------------------------------------------ --reference
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    from hooked_clip import load_model
+
+    path = tmp_path_factory.mktemp("demo_run")
+    model = load_model("tiny-negation")
+    records = run_items(model, path, model_id="tiny-negation", images=SceneImages(), settings=Settings(limit=30),
+                        progress=False)
+    return model, records
+
+
+def test_reference_of_our_own_run_reproduces_and_perturbations_are_found(demo_run, tmp_path):
+    from hooked_clip.analyses.valse_negation.reference import compare, load_reference, section, to_reference_format
+
+    _, records = demo_run
+    ref = to_reference_format(records)
+    assert len(ref) == sum("aligned" in r for r in records.values()) >= 25
+    path = tmp_path / "ref.json"
+    path.write_text(json.dumps(ref))
+    same = compare(records, load_reference(path))
+    assert same["verdict"].startswith("REPRODUCED") and same["abs_diff"]["score"]["max"] == 0
+    assert same["segments"]["agree"] == same["n_common"] and same["similarity"]["r"] == pytest.approx(1)
+
+    ids = list(ref)
+    foil_id = next(k for k in ids if ref[k]["negation"] == "foil" and ref[k]["subject"])
+    other = next(k for k in ids if k != foil_id)
+    bumped = dict(ref[foil_id], logit_foil=ref[foil_id]["logit_foil"] + 0.5, subject="a different thing")
+    bumped["score"] = bumped["logit_caption"] - bumped["logit_foil"]
+    bumped["segment"] = next(s for s in ("correct", "ambiguous", "incorrect") if s != ref[foil_id]["segment"])
+    ref2 = {**ref, foil_id: bumped, other: dict(ref[other], positions=ref[other]["positions"] + 1),
+            "existence_visual7w_999999999": dict(ref[other])}
+    dropped = ids[-1]
+    del ref2[dropped]
+    path.write_text(json.dumps(ref2))
+    c = compare(records, load_reference(path))
+    assert c["abs_diff"]["score"]["max"] == pytest.approx(0.5) and c["abs_diff"]["logit_caption"]["max"] == 0
+    assert c["abs_diff"]["logit_foil"]["median"] == 0
+    assert c["segments"]["moved"] == [{"id": foil_id, "run": ref[foil_id]["segment"], "reference": bumped["segment"]}]
+    assert [d["id"] for d in c["positions"]["differ"]] == [other]
+    assert c["subjects"]["differ"] == [{"id": foil_id, "run": ref[foil_id]["subject"], "reference": "a different thing"}]
+    assert c["missing_from_run"] == ["existence_visual7w_999999999"] and c["extra_in_run"] == [dropped]
+    assert c["verdict"].startswith("DIFFERS") and "1 item in another segment" in c["verdict"]
+    text = "\n".join(section(c, str(path)))
+    for needle in ("Verdict: DIFFERS", "\\|Δ d\\|", foil_id, dropped, "existence_visual7w_999999999", "positions (token count) equal"):
+        assert needle in text, needle
+
+
+def test_malformed_reference_files_are_refused_with_the_problem_named(demo_run, tmp_path):
+    from hooked_clip.analyses.valse_negation.reference import ReferenceFormatError, load_reference, to_reference_format
+
+    ref = to_reference_format(demo_run[1])
+    key = next(iter(ref))
+    path = tmp_path / "ref.json"
+    cases = [({key: {k: v for k, v in ref[key].items() if k != "positions"}}, r"lacks the field\(s\) \['positions'\]"),
+             ({key: dict(ref[key], logit_caption="20.1")}, "logit_caption='20.1' is not a finite number"),
+             ({key: dict(ref[key], segment="right")}, "segment='right' must be one of"),
+             ({key: dict(ref[key], negation="both")}, "negation='both'"),
+             ({key: dict(ref[key], score=ref[key]["score"] + 1)}, "is not logit_caption - logit_foil"),
+             ({key: [1, 2]}, "not an object"),
+             ([ref[key]], "keyed by VALSE id")]
+    for data, message in cases:
+        path.write_text(json.dumps(data))
+        with pytest.raises(ReferenceFormatError, match=message):
+            load_reference(path)
+    path.write_text("{oops")
+    with pytest.raises(ReferenceFormatError, match="not valid JSON"):
+        load_reference(path)
+
+
+def test_cli_reference_section_end_to_end(tmp_path):
+    from hooked_clip.analyses.cli import main
+    from hooked_clip.analyses.valse_negation.reference import ReferenceFormatError
+
+    main(["valse-negation", "--limit", "10", "--out", str(tmp_path / "a"), "--no-progress"])
+    ref = json.loads((tmp_path / "a" / "per_item.json").read_text())  # our run, in the authors' format
+    first = next(iter(ref))
+    ref[first]["logit_caption"] += 0.25
+    ref[first]["score"] += 0.25
+    (tmp_path / "ref.json").write_text(json.dumps(ref))
+    main(["valse-negation", "--limit", "10", "--out", str(tmp_path / "a"), "--no-progress", "--reference", str(tmp_path / "ref.json")])
+    report = (tmp_path / "a" / "report.md").read_text()
+    assert "## Replication" in report and "Verdict: DIFFERS" in report and "up to 0.25" in report
+    res = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert res["replication"]["abs_diff"]["logit_caption"]["max"] == pytest.approx(0.25, abs=1e-9)
+    (tmp_path / "bad.json").write_text(json.dumps({first: {"caption": "x"}}))
+    with pytest.raises(ReferenceFormatError, match="lacks the field"):
+        main(["valse-negation", "--limit", "10", "--out", str(tmp_path / "b"), "--no-progress", "--reference", str(tmp_path / "bad.json")])
+    assert not (tmp_path / "b").exists()  # refused before any work
+
+
+# ------------------------------------------------------------------------------ several models
+def test_comparison_of_the_demo_model_and_a_demo_sized_random_model(demo_run, tmp_path):
+    from hooked_clip.analyses.valse_negation.comparison import write_comparison
+    from hooked_clip.analyses.valse_negation.report import write_outputs
+
+    model, records = demo_run
+    runs = []
+    for name, m, recs in (("tiny-negation", model, records),
+                          ("tiny-negation-random", build(OBJECTS, seed=7), None)):
+        if recs is None:
+            recs = run_items(m, tmp_path / name, model_id=name, images=SceneImages(), settings=Settings(limit=30), progress=False)
+        write_outputs(tmp_path / name, recs, aggregate(recs, m.cfg.n_layers, m.cfg.n_heads), model_id=name)
+        runs.append((name, tmp_path / name))
+    path = write_comparison(tmp_path, runs)
+    text = path.read_text()
+    data = json.loads((tmp_path / "comparison.json").read_text())
+    a, b = data["summaries"]
+    assert a["scores"]["aligned"]["all"]["accuracy"] > b["scores"]["aligned"]["all"]["accuracy"]  # trained vs random
+    for s, name in zip((a, b), ("tiny-negation", "tiny-negation-random")):
+        res = json.loads((tmp_path / name / "results.json").read_text()) if name != "tiny-negation" else None
+        if res is not None:  # the summary carries the run's own numbers, not recomputed ones
+            assert s["cte"]["foil"]["negator"] == (res["cte"]["foil"]["correct"]["matrix"] or [None] * 8)[3]
+            assert s["top_heads"]["caption"] == res["heads"]["caption"]["top"][:3]
+    assert "`tiny-negation` | `tiny-negation-random`" in text and "## Top negator-selective heads" in text
+    assert (tmp_path / "comparison_cte.png").is_file()
+    with pytest.raises(ValueError, match="at least two"):
+        write_comparison(tmp_path, runs[:1])
+
+
+def test_cli_several_models_end_to_end_and_resumable(hf_dir, tmp_path):
+    from hooked_clip.analyses.cli import main
+    from hooked_clip.analyses.valse_negation.study import select_items
+
+    _write_images(tmp_path / "images", select_items(load_items(), 8))
+    main(["valse-negation", "--limit", "8", "--out", str(tmp_path / "demo"), "--no-progress"])
+    argv = ["valse-negation", "--model", "tiny-negation", "--model", str(hf_dir), "--images", str(tmp_path / "images"),
+            "--limit", "8", "--out", str(tmp_path / "cmp"), "--no-progress",
+            "--reference", str(tmp_path / "demo" / "per_item.json"), "--subject-parser", "regex"]
+    main(argv)
+    dirs = sorted(p.name for p in (tmp_path / "cmp").iterdir() if p.is_dir())
+    assert len(dirs) == 2 and "tiny-negation" in dirs
+    for d in dirs:
+        assert (tmp_path / "cmp" / d / "report.md").is_file()
+    text = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "tiny-negation" in text and str(hf_dir) in text and "## Confounds" in text
+    verdicts = text.split("## Against the reference file")[1].split("##")[0]
+    assert "`tiny-negation`: REPRODUCED" in verdicts and f"`{hf_dir}`: DIFFERS" in verdicts  # its own run vs another model
+    stamp = {p: p.stat().st_mtime_ns for p in (tmp_path / "cmp").rglob("items/*.json")}
+    main(argv)  # resumes: every item is already measured, nothing is rewritten
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cmp").rglob("items/*.json")} == stamp
+    with pytest.raises(SystemExit, match="twice"):
+        main(["valse-negation", "--model", "tiny-negation", "--model", "tiny-negation"])
+
+
+def test_figures_name_the_model_share_colour_ranges_and_clip_nothing(demo_run, tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    from hooked_clip.analyses.valse_negation.report import write_outputs
+
+    model, records = demo_run
+    results = aggregate(records, model.cfg.n_layers, model.cfg.n_heads)
+    seen = {}
+    real = Figure.savefig
+
+    def spy(fig, path, *args, **kwargs):
+        images = [ax.images[0] for ax in fig.axes if ax.images]
+        seen[str(path).rsplit("/", 1)[-1]] = (fig._suptitle.get_text() if fig._suptitle else "",
+                                              [im.get_clim() for im in images], fig)
+        return real(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", spy)
+    write_outputs(tmp_path, records, results, model=model, model_id="tiny-negation")
+    assert {"cte_heatmaps.png", "heads.png", "heads_layer_zoom.png", "score_histogram.png"} <= set(seen)
+    for name, (title, clims, _) in seen.items():
+        assert title.startswith("tiny-negation: "), name
+        assert len(set(clims)) <= 1, name  # both panels on one colour range
+    cte = [np.array(results["cte"][loc]["correct"]["matrix"], float) for loc in ("foil", "caption")]
+    lo, hi = seen["cte_heatmaps.png"][1][0]
+    assert lo <= min(np.nanmin(m) for m in cte) and hi >= max(np.nanmax(m) for m in cte) > 1  # > 1 shown, not clipped
+    assert lo <= min(0, min(np.nanmin(m) for m in cte))
+    hist = seen["score_histogram.png"][2].axes[0]
+    assert all(float(t).is_integer() for t in hist.get_yticks()) and hist.get_ylabel() == "items"
+    for name in ("cte_heatmaps.png", "heads.png", "heads_layer_zoom.png"):
+        fig = seen[name][2]
+        assert all(ax.get_ylabel() for ax in fig.axes), name  # every axis and colour bar is labelled
+    assert "<title>tiny-negation: attention patterns" in (tmp_path / "attention.html").read_text()
+    report = (tmp_path / "report.md").read_text()
+    assert "heads_delta_caption.csv" in report and "heads_corr_d_caption.csv" in report and "zoom_layer4_caption.csv" in report
+
+
+def test_outputs_of_a_run_with_an_empty_correct_segment(demo_run, tmp_path):
+    """A random model can have no item in the correct segment: the CTE panels are then empty, not an error."""
+    import copy
+
+    from hooked_clip.analyses.valse_negation.report import write_outputs
+
+    model, records = demo_run
+    records = copy.deepcopy(records)
+    for r in records.values():
+        if "aligned" in r:
+            r["aligned"]["segment"] = "ambiguous"
+    results = aggregate(records, model.cfg.n_layers, model.cfg.n_heads)
+    assert results["cte"]["caption"]["correct"]["n"] == results["cte"]["foil"]["correct"]["n"] == 0
+    write_outputs(tmp_path, records, results, model_id="empty")
+    assert (tmp_path / "cte_heatmaps.png").is_file() and "n = 0" in (tmp_path / "report.md").read_text()
+
+
+def test_cli_reference_on_a_text_only_run_compares_subject_prompts(hf_dir, tmp_path):
+    """Without images the text parts are still compared: token counts, similarity, subject prompts (regex
+    fallback here, named as such); logits are listed as not compared."""
+    from hooked_clip.analyses.cli import main
+    from hooked_clip.analyses.valse_negation.data import SubjectParser
+
+    main(["valse-negation", "--model", str(hf_dir), "--limit", "10", "--out", str(tmp_path / "a"), "--no-progress"])
+    ref = json.loads((tmp_path / "a" / "per_item.json").read_text())
+    regex = SubjectParser.regex()
+    for k, r in ref.items():
+        r.update(logit_caption=21.0, logit_foil=20.0, score=1.0, segment="correct")
+        r["subject"] = regex(r["caption"]) if r["negation"] == "foil" else None
+    changed = next(k for k, r in ref.items() if r["subject"])
+    ref[changed]["subject"] = "the authors' prompt"
+    (tmp_path / "ref.json").write_text(json.dumps(ref))
+    main(["valse-negation", "--model", str(hf_dir), "--limit", "10", "--out", str(tmp_path / "b"), "--no-progress",
+          "--reference", str(tmp_path / "ref.json"), "--subject-parser", "regex"])
+    report = (tmp_path / "b" / "report.md").read_text()
+    assert "regex fallback" in report and "Not compared: logits, d and segments" in report
+    c = json.loads((tmp_path / "b" / "results.json").read_text())["replication"]
+    assert [d["id"] for d in c["subjects"]["differ"]] == [changed] and c["positions"]["equal"] == c["n_common"]

@@ -2,7 +2,9 @@
 
 Default: the shipped demo model ``tiny-negation`` with synthesized scenes, fully offline. With ``--model``
 (an HF hub id or directory, or ``open_clip:NAME:TAG``) and ``--images DIR`` the real study; without
-``--images`` the image-dependent parts are skipped and the text-only parts still run.
+``--images`` the image-dependent parts are skipped and the text-only parts still run. ``--reference FILE``
+compares the run item by item with a per-item file in the authors' format; ``--model A --model B`` runs each
+model into its own run directory and writes a comparison report beside them.
 """
 
 from __future__ import annotations
@@ -12,22 +14,34 @@ import sys
 import time
 from pathlib import Path
 
-from hooked_clip.analyses.valse_negation.data import load_items
-from hooked_clip.analyses.valse_negation.images import FolderImages, SceneImages, clipseg_subject_size
-from hooked_clip.analyses.valse_negation.report import aggregate, write_outputs
+from hooked_clip.analyses.valse_negation.comparison import run_dir_name, write_comparison
+from hooked_clip.analyses.valse_negation.data import SubjectParser, load_items
+from hooked_clip.analyses.valse_negation.images import FolderImages, SceneImages, clipseg_subject_size, preprocessing_name
+from hooked_clip.analyses.valse_negation.reference import compare, load_reference
+from hooked_clip.analyses.valse_negation.report import ZOOM_RULES, aggregate, write_outputs
 from hooked_clip.analyses.valse_negation.study import Settings, run_items, select_items
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="tiny-negation",
-                   help="tiny-negation (default, offline), an HF hub id or local directory, or open_clip:NAME:TAG")
+    p.add_argument("--model", action="append", default=None,
+                   help="tiny-negation (default, offline), an HF hub id or local directory, or open_clip:NAME:TAG; "
+                        "repeat (--model A --model B) to run each and write a comparison report")
     p.add_argument("--images", type=Path, help="folder with the Visual7W images (v7w_<id>.jpg) for a real model")
     p.add_argument("--data", type=Path, help="a VALSE existence.json (default: the shipped copy)")
-    p.add_argument("--out", type=Path, default=None, help="run directory (default: runs/valse-negation-<model>)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="run directory (default: runs/valse-negation-<model>); with several models the parent of "
+                        "one run directory per model (default: runs/valse-negation-comparison)")
     p.add_argument("--limit", type=int, help="only the first N valid items (quick runs)")
     p.add_argument("--chunk", type=int, default=64, help="items per incremental, atomic write")
     p.add_argument("--rome", action="store_true", help="also run the ROME-noise variant of causal tracing")
     p.add_argument("--clipseg", type=Path, help="local CLIPSeg weights (save_pretrained dir) for subject size")
+    p.add_argument("--subject-parser", choices=("spacy", "regex"), default="spacy",
+                   help="subject prompts: spacy (the authors' first noun chunk, needs the spacy extra and "
+                        "en_core_web_sm) or regex (approximate fallback, reported as such)")
+    p.add_argument("--zoom", choices=sorted(ZOOM_RULES), default="paper",
+                   help="layer-zoom rule: paper (default: layer 4, missing rows count 0) or strongest-layer")
+    p.add_argument("--reference", type=Path,
+                   help="a per-item file in the authors' format (JSON keyed by VALSE id): adds a replication section")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true")
 
@@ -46,28 +60,60 @@ def load(model_id: str, device: str):
 def run(args: argparse.Namespace) -> Path:
     if args.limit is not None and args.limit < 1:
         raise SystemExit("--limit must be a positive number of items.")
-    start = time.perf_counter()
+    models = args.model or ["tiny-negation"]
+    if len(set(models)) != len(models):
+        raise SystemExit(f"--model lists a model twice ({models}); name each model once.")
+    if args.clipseg and args.images is None:
+        raise SystemExit("--clipseg measures subjects in the images; pass --images DIR too.")
     items = load_items(args.data)
-    model = load(args.model, args.device)
-    demo = args.model == "tiny-negation"
-    if demo:
-        if args.images is not None:
+    reference = load_reference(args.reference) if args.reference else None  # fail before any work
+    parser = None  # subject prompts: for subject size (--clipseg) and for the comparison with a reference
+    if (args.clipseg or args.reference) and any(m != "tiny-negation" for m in models):
+        parser = SubjectParser.regex() if args.subject_parser == "regex" else SubjectParser.spacy()
+    if len(models) == 1:
+        return run_one(args, models[0], args.out, items, reference, parser)
+    root = args.out or Path("runs") / "valse-negation-comparison"
+    runs, elapsed = [], {}
+    for model_id in models:
+        start = time.perf_counter()
+        out = run_one(args, model_id, root / run_dir_name(model_id), items, reference, parser, several=True)
+        runs.append((model_id, out))
+        elapsed[model_id] = time.perf_counter() - start
+    path = write_comparison(root, runs, elapsed)
+    print(f"wrote {path}")
+    return root
+
+
+def run_one(args: argparse.Namespace, model_id: str, out, items, reference, parser=None, several: bool = False) -> Path:
+    """One model's study into ``out``. ``parser``: the subject prompts (not used by the demo model, whose
+    scenes have their own subjects). With ``several``, the demo model keeps its scenes while the others use
+    ``--images``."""
+    start = time.perf_counter()
+    model = load(model_id, args.device)
+    if model_id == "tiny-negation":
+        if args.images is not None and not several:
             raise SystemExit("the demo model sees synthesized scenes, not photos; drop --images or pass --model.")
-        images = SceneImages()
-    elif args.images is not None:
-        images = FolderImages(args.images, clipseg_subject_size(args.clipseg) if args.clipseg else None)
-        images.check(select_items(items, args.limit))  # fail before any work
+        images, parser = SceneImages(), None  # its subjects are the toy scenes' objects
     else:
-        print("No --images given: skipping scores, causal tracing and the confounds with d; running the text-only "
-              "parts (head scores, caption-foil similarity).", file=sys.stderr)
-        images = None
-    out = args.out or Path("runs") / ("valse-negation-" + args.model.replace("/", "_").replace(":", "_"))
+        if args.images is not None:
+            images = FolderImages(args.images, clipseg_subject_size(args.clipseg) if args.clipseg else None)
+            images.check(select_items(items, args.limit))  # fail before any work
+        else:
+            print(f"{model_id}: no --images given: skipping scores, causal tracing and the confounds with d; running "
+                  "the text-only parts (head scores, caption-foil similarity).", file=sys.stderr)
+            images = None
+    out = out or Path("runs") / ("valse-negation-" + run_dir_name(model_id))
     settings = Settings(limit=args.limit, chunk=args.chunk, rome=args.rome)
-    records = run_items(model, out, model_id=args.model, images=images, settings=settings, items=items,
-                        progress=not args.no_progress)
-    results = aggregate(records, model.cfg.n_layers, model.cfg.n_heads)
-    results["model"] = args.model
-    write_outputs(out, records, results, model=model, model_id=args.model,
-                  images_note=images.describe() if images is not None else "")
+    records = run_items(model, out, model_id=model_id, images=images, settings=settings, items=items,
+                        progress=not args.no_progress, subject_parser=parser)
+    results = aggregate(records, model.cfg.n_layers, model.cfg.n_heads, zoom=args.zoom)
+    results["model"] = model_id
+    if reference is not None:
+        results["replication"] = compare(records, reference, limited=args.limit is not None)
+        results["replication_reference"] = str(args.reference)
+    note = "none (text-only parts)" if images is None else f"{images.describe()}; pixels: {preprocessing_name(model)}"
+    if parser is not None:
+        note += f"; subject prompts: {parser.name}"
+    write_outputs(out, records, results, model=model, model_id=model_id, images_note=note)
     print(f"wrote {out}/report.md and results.json ({time.perf_counter() - start:.1f} s)")
     return out

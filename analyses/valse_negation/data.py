@@ -118,3 +118,47 @@ def align(item: Item) -> Optional[Pair]:
 
 def aligned_pairs(items: list[Item]) -> list[Pair]:
     return [p for p in (align(x) for x in items) if p is not None]
+
+
+# ------------------------------------------------------------------------------------------ subjects
+SPACY_INSTALL = ("pip install -e '.[spacy]' (the spacy extra of this repository) && python -m spacy download en_core_web_sm "
+                 "(or pass --subject-parser regex for the approximate fallback, reported as such)")
+_REGEX_SUBJECT = re.compile(r"There (?:is|are) (.+?)(?: (?:in|on|at|near|by|under|with|parked|sitting|standing)\b|\.|$)")
+
+
+class SubjectParser:
+    """The subject prompt of an aligned affirmative caption, e.g. "some cars" for "There are some cars parked.".
+
+    The authors' rule (PAPER.md §6.1): the first noun chunk of the caption by spaCy's English pipeline
+    ``en_core_web_sm``; a caption without one has no subject (236 of the 240 foil-negated pairs have one).
+    Build it with :meth:`spacy` (the real pipeline) or pass any callable ``nlp(text) -> doc`` whose doc has
+    ``noun_chunks``; :meth:`regex` is an approximation kept only as a fallback (``name`` says which ran)."""
+
+    def __init__(self, nlp=None, name: str = "spacy"):
+        self.nlp = nlp
+        self.name = name
+
+    @classmethod
+    def spacy(cls, pipeline: str = "en_core_web_sm") -> "SubjectParser":
+        try:
+            import spacy
+        except ImportError:
+            raise ImportError(f"spaCy is not installed; the authors' subject rule needs it: {SPACY_INSTALL}.") from None
+        try:
+            nlp = spacy.load(pipeline)
+        except OSError:
+            raise OSError(f"spaCy's English pipeline {pipeline!r} is not installed (a separate download): "
+                          f"{SPACY_INSTALL}.") from None
+        return cls(nlp, f"spacy {spacy.__version__} {pipeline} (first noun chunk)")
+
+    @classmethod
+    def regex(cls) -> "SubjectParser":
+        return cls(None, "regex fallback (words after 'There is/are' up to a preposition or participle; "
+                         "NOT the authors' spaCy noun-chunk rule)")
+
+    def __call__(self, caption: str) -> Optional[str]:
+        if self.nlp is None:
+            m = _REGEX_SUBJECT.match(caption)
+            return m.group(1) if m else None
+        chunk = next(iter(self.nlp(caption).noun_chunks), None)
+        return None if chunk is None else chunk.text

@@ -1,6 +1,13 @@
 """Image sources for the study: synthesized scenes (the demo model) or a folder of VALSE images (real CLIP).
 
-An image source gives, per item, the image embedding and optionally the subject's size in the image.
+An image source gives, per item, the image embedding and, per foil-negated aligned pair, the subject's
+size in the image (``subjects``: it adds the areas to the prompts the study found with its
+:class:`~hooked_clip.analyses.valse_negation.data.SubjectParser`).
+
+Pixels: :class:`FolderImages` hands each file, opened by PIL and otherwise untouched, to the model's own
+preprocessing (``model.encode_image``): transformers' CLIP image processor for a model loaded from HF (what
+the authors' ``CLIPProcessor`` does, including compositing transparency onto white), open_clip's
+``preprocess`` for a model loaded from open_clip. :func:`preprocessing_name` says which one ran.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import Tensor
 
-from hooked_clip.analyses.valse_negation.data import Item
+from hooked_clip.analyses.valse_negation.data import Item, Pair
 from hooked_clip.analyses.valse_negation.demo_scenes import synthesize_scene
 
 
@@ -34,30 +41,36 @@ class SceneImages:
     def embed(self, model, items: Sequence[Item]) -> Tensor:
         return model.encode_image(self.scenes(items), normalize=False)
 
-    def subject_sizes(self, items: Sequence[Item]) -> list[Optional[float]]:
+    def subjects(self, pairs: Sequence[Pair], prompts: Sequence[Optional[dict]] = ()) -> list[Optional[dict]]:
+        """Foil-negated pairs: the toy scene's own subject (the object word after "no"; ``prompts`` are not
+        used) and its share of the scene's objects (no binary area here)."""
         from hooked_clip.models.tiny_negation.world import object_of
 
         out = []
-        for x, scene in zip(items, self.scenes(items)):
-            subject = object_of(re.search(r"\bno\s+([A-Za-z']+)", x.negated, re.I).group(1))
-            out.append(1.0 / len(scene) if subject in scene else None)
+        for p, scene in zip(pairs, self.scenes([p.item for p in pairs])):
+            word = re.search(r"\bno\s+([A-Za-z']+)", p.negated, re.I).group(1)
+            present = p.negation_in == "foil" and object_of(word) in scene
+            out.append({"subject": word, "subject_area": 1.0 / len(scene), "subject_area_binary": None} if present else None)
         return out
 
 
 class FolderImages:
-    """VALSE images (Visual7W) from a folder: ``item.image_file`` under ``root``. ``subject_size``: an
-    optional callable (item, PIL image) -> area fraction in [0, 1] (e.g. :func:`clipseg_subject_size`)."""
+    """VALSE images (Visual7W) from a folder: ``item.image_file`` under ``root``. ``segmenter``: an optional
+    callable (prompt, PIL image) -> (mean area, binary area) such as :func:`clipseg_subject_size`."""
 
-    def __init__(self, root, subject_size: Optional[Callable] = None, batch_size: int = 32):
+    def __init__(self, root, segmenter: Optional[Callable] = None, batch_size: int = 32):
         self.root = Path(root)
-        self.subject_size = subject_size
+        self.segmenter = segmenter
         self.batch_size = batch_size
         if not self.root.is_dir():
             raise FileNotFoundError(f"images folder {self.root} does not exist; pass the folder holding the "
                                     "Visual7W images (v7w_<id>.jpg).")
 
     def describe(self) -> str:
-        return f"images from {self.root}"
+        parts = [f"images from {self.root}"]
+        if self.segmenter is not None:
+            parts.append(f"subject size: {getattr(self.segmenter, 'name', 'custom segmenter')}")
+        return "; ".join(parts)
 
     def check(self, items: Sequence[Item]) -> None:
         missing = [x.image_file for x in items if not (self.root / x.image_file).is_file()]
@@ -68,30 +81,40 @@ class FolderImages:
             raise FileNotFoundError(f"{len(missing)} of {len(items)} image files are missing from {self.root}, e.g. "
                                     f"{missing[:5]}; add them or run with --limit on a subset you have.")
 
-    def _open(self, item: Item):
+    def open(self, item: Item):
+        """The file as PIL opens it (mode kept: the model's preprocessing converts, as its reference does)."""
         from PIL import Image
 
-        return Image.open(self.root / item.image_file).convert("RGB")
+        with Image.open(self.root / item.image_file) as im:
+            im.load()
+            return im
 
     @torch.no_grad()
     def embed(self, model, items: Sequence[Item]) -> Tensor:
         self.check(items)
         out = []
         for i in range(0, len(items), self.batch_size):
-            out.append(model.encode_image([self._open(x) for x in items[i:i + self.batch_size]], normalize=False))
+            out.append(model.encode_image([self.open(x) for x in items[i:i + self.batch_size]], normalize=False))
         return torch.cat(out)
 
-    def subject_sizes(self, items: Sequence[Item]) -> list[Optional[float]]:
-        if self.subject_size is None:
-            return [None] * len(items)
-        return [float(self.subject_size(x, self._open(x))) if x.negation_in == "foil" else None for x in items]
+    def subjects(self, pairs: Sequence[Pair], prompts: Sequence[Optional[dict]]) -> list[Optional[dict]]:
+        """``prompts``: per pair None or {"subject": prompt or None} (the study's, foil-negated pairs only).
+        Adds ``subject_area`` (mean sigmoid) and ``subject_area_binary`` (share > 0.25) where there is a
+        prompt and a segmenter (None otherwise)."""
+        out: list[Optional[dict]] = []
+        for p, rec in zip(pairs, prompts):
+            if rec is not None:
+                rec = {**rec, "subject_area": None, "subject_area_binary": None}
+                if rec["subject"] is not None and self.segmenter is not None:
+                    rec["subject_area"], rec["subject_area_binary"] = self.segmenter(rec["subject"], self.open(p.item))
+            out.append(rec)
+        return out
 
 
-def clipseg_subject_size(model_dir) -> Callable:
-    """The paper's subject size: CLIPSeg (transformers, local weights such as ``CIDAS/clipseg-rd64-refined``
-    saved with ``save_pretrained``) prompted with the first noun chunk of the affirmative caption, here
-    approximated as the words after "There is/are" up to the first preposition; area = mean sigmoid of the
-    output map."""
+def clipseg_subject_size(model_dir, threshold: float = 0.25) -> Callable:
+    """The authors' subject size: CLIPSeg (transformers, local weights such as ``CIDAS/clipseg-rd64-refined``
+    saved with ``save_pretrained``) prompted with the subject; returns ``(prompt, image) -> (mean of the
+    sigmoid map, share of the map above threshold)``. Grayscale images become 3 equal channels."""
     from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
 
     hint = "save CIDAS/clipseg-rd64-refined with save_pretrained (model and processor) where there is network and pass that folder."
@@ -103,13 +126,26 @@ def clipseg_subject_size(model_dir) -> Callable:
     except (OSError, ValueError) as e:
         raise FileNotFoundError(f"could not load CLIPSeg from {model_dir} ({e}); {hint}") from None
 
-    def size(item: Item, image) -> float:
-        m = re.match(r"There (?:is|are) (.+?)(?: (?:in|on|at|near|by|under|with|parked|sitting|standing)\b|\.|$)",
-                     item.affirmative)
-        prompt = m.group(1) if m else item.affirmative
-        inputs = processor(text=[prompt], images=[image], return_tensors="pt")
+    def size(prompt: str, image) -> tuple[float, float]:
+        inputs = processor(text=[prompt], images=[image.convert("RGB")], return_tensors="pt")
         with torch.no_grad():
-            logits = seg(**inputs).logits
-        return float(torch.sigmoid(logits).mean())
+            p = torch.sigmoid(seg(**inputs).logits)
+        return float(p.mean()), float((p > threshold).float().mean())
 
+    size.name = f"CLIPSeg from {model_dir} (mean sigmoid; share > {threshold})"
     return size
+
+
+def preprocessing_name(model) -> str:
+    """Which pixel pipeline ``model.encode_image`` runs on PIL images."""
+    from hooked_clip.vision import HFVisionEncoder
+
+    vision = getattr(model, "vision", None)
+    if vision is None:
+        return "none (no image tower)"
+    encoder = getattr(vision, "encoder", None)
+    if isinstance(encoder, HFVisionEncoder):
+        return "transformers CLIP image processor (as CLIPProcessor)"
+    if type(encoder).__module__.startswith("open_clip"):
+        return "open_clip preprocess (torchvision transform)"
+    return f"the {type(vision).__name__}'s own input (no photo preprocessing)"

@@ -27,9 +27,9 @@ from tqdm.auto import tqdm
 from hooked_clip.analyses.causal_tracing import minimal_pair_trace, rome_trace
 from hooked_clip.analyses.heads import negator_head_scores
 from hooked_clip.analyses.metrics import normalized_patching_metric, similarity_metric
-from hooked_clip.analyses.valse_negation.data import NEGATOR_POS, Item, align, load_items
+from hooked_clip.analyses.valse_negation.data import NEGATOR_POS, Item, SubjectParser, align, load_items
 
-STUDY_VERSION = 1
+STUDY_VERSION = 2  # 2: the negator's own zoom row; subject prompt and both areas on the aligned pair
 ROWS = ["[SOT]", "there", "is/are", "a/some/no", "subj 1st", "subj further", ".", "[EOT]"]
 
 
@@ -120,6 +120,7 @@ def _text_embeds(model, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     return raw, F.normalize(raw, dim=-1)
 
 
+@torch.no_grad()
 def _scores(model, e_c: torch.Tensor, e_f: torch.Tensor, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """S(caption, image), S(foil, image) in logits (the model's own similarity, bias included), from raw
     text embeddings."""
@@ -138,9 +139,11 @@ def select_items(items: list[Item], limit: Optional[int]) -> list[Item]:
 
 
 def run_items(model, run_dir, *, model_id: str, images=None, settings: Settings = Settings(),
-              items: Optional[list[Item]] = None, progress: bool = True) -> dict[str, dict]:
+              items: Optional[list[Item]] = None, progress: bool = True,
+              subject_parser: Optional[SubjectParser] = None) -> dict[str, dict]:
     """Measure every valid item (resuming from ``run_dir/items``) and return the records by id.
-    ``images=None`` runs the text-only parts (head scores, caption-foil similarity, lengths)."""
+    ``images=None`` runs the text-only parts (head scores, caption-foil similarity, lengths).
+    ``subject_parser``: the subject prompt of each foil-negated aligned pair (the image source adds its size)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     text = model.text
@@ -151,6 +154,7 @@ def run_items(model, run_dir, *, model_id: str, images=None, settings: Settings 
                          "(HookedCLIP.from_pretrained / from_open_clip) or run without --images.")
     config = {"study_version": STUDY_VERSION, "model": model_id, "fingerprint": fingerprint(model),
               "images": images.describe() if images is not None else None, "n_items": len(items),
+              "subject_parser": subject_parser.name if subject_parser is not None else None,
               **{k: v for k, v in asdict(settings).items() if k not in ("chunk", "batch_size")}}
     _check_config(run_dir, config)
     img = _image_embeds(model, run_dir, items, images) if images is not None else None
@@ -162,7 +166,7 @@ def run_items(model, run_dir, *, model_id: str, images=None, settings: Settings 
     bar = tqdm(total=len(items), initial=len(items) - len(todo), desc="VALSE items", disable=not progress)
     for start in range(0, len(todo), settings.chunk):
         chunk = todo[start:start + settings.chunk]
-        for rec in _measure(model, chunk, img, images, settings):
+        for rec in _measure(model, chunk, img, images, settings, subject_parser):
             atomic_write(run_dir / "items" / f"{rec['id']}.json", json.dumps(rec))
             records[rec["id"]] = rec
         bar.update(len(chunk))
@@ -170,7 +174,8 @@ def run_items(model, run_dir, *, model_id: str, images=None, settings: Settings 
     return {x.id: records[x.id] for x in items}
 
 
-def _measure(model, items: list[Item], img: Optional[dict], images, settings: Settings) -> list[dict]:
+def _measure(model, items: list[Item], img: Optional[dict], images, settings: Settings,
+             subject_parser: Optional[SubjectParser] = None) -> list[dict]:
     text = model.text
     recs = [{"id": x.id, "negation_in": x.negation_in, "caption": x.caption, "foil": x.foil} for x in items]
     (raw_c, e_c), (raw_f, e_f) = _text_embeds(model, [x.caption for x in items]), _text_embeds(model, [x.foil for x in items])
@@ -180,9 +185,8 @@ def _measure(model, items: list[Item], img: Optional[dict], images, settings: Se
     if img is not None:
         im = torch.stack([img[x.id] for x in items])
         s_c, s_f = _scores(model, raw_c, raw_f, im)
-        sizes = images.subject_sizes(items)
-        for r, a, b, size in zip(recs, s_c.tolist(), s_f.tolist(), sizes):
-            r.update(s_caption=a, s_foil=b, d=a - b, segment=segment(a - b), subject_size=size)
+        for r, a, b in zip(recs, s_c.tolist(), s_f.tolist()):
+            r.update(s_caption=a, s_foil=b, d=a - b, segment=segment(a - b))
     pairs = [(i, align(x)) for i, x in enumerate(items)]
     pairs = [(i, p) for i, p in pairs if p is not None]
     if not pairs:
@@ -193,11 +197,21 @@ def _measure(model, items: list[Item], img: Optional[dict], images, settings: Se
     heads = negator_head_scores(model, neg, aff, NEGATOR_POS)
     eots = text.pool_positions(text.as_tokens(neg)).tolist()
     (raw_c, e_c), (raw_f, e_f) = _text_embeds(model, [p.caption for p in pairs]), _text_embeds(model, [p.foil for p in pairs])
+    head_rows = heads.rows.clone()
+    head_rows[:, :, :, NEGATOR_POS] = heads.self_row  # the negator's own query row, kept as the authors do
     for k, (i, p) in enumerate(zip(idx, pairs)):
-        zoom, _ = to_rows(heads.rows[k], eots[k], further="max")
+        zoom, _ = to_rows(head_rows[k], eots[k], further="max")  # no further tokens: NaN (see report.zoom_rows)
         recs[i]["aligned"] = {"caption": p.caption, "foil": p.foil, "n_tokens": eots[k] + 1,
                               "similarity": float((e_c[k] * e_f[k]).sum()),
                               "head_delta": heads.delta[k].tolist(), "head_rows": zoom}
+    # the subject: foil-negated pairs only (it is in the image, PAPER.md §6.1); prompt from the text, size from the image
+    subjects = [{"subject": subject_parser(p.caption)} if subject_parser is not None and p.negation_in == "foil" else None
+                for p in pairs]
+    if img is not None:
+        subjects = images.subjects(pairs, subjects)
+    for i, subject in zip(idx, subjects):
+        if subject is not None:
+            recs[i]["aligned"].update(subject)
     if img is None:
         return recs
     im = torch.stack([img[p.id] for p in pairs])

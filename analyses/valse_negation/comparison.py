@@ -1,0 +1,147 @@
+"""Several models side by side: ``hooked-clip valse-negation --model A --model B ...``.
+
+Each model runs in its own run directory (resumable as any run); :func:`write_comparison` reads their
+``results.json`` and writes ``comparison.md``, ``comparison.json`` and ``comparison_cte.png`` (the CTE's
+negator row and EOT row per model, correct segment, both negation locations) into the parent directory.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from hooked_clip.analyses.valse_negation.report import LOCATIONS, PAPER_R, REFERENCE, _fmt
+from hooked_clip.analyses.valse_negation.study import ROWS, atomic_write
+
+NEGATOR_ROW, EOT_ROW = ROWS.index("a/some/no"), ROWS.index("[EOT]")
+
+
+def run_dir_name(model_id: str) -> str:
+    """A file-system-safe directory name for a model id (HF id, open_clip:NAME:TAG, path)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in model_id.strip("/")) or "model"
+
+
+def _summary(model_id: str, results: dict) -> dict:
+    out: dict = {"model": model_id, "counts": results["counts"]}
+    if "scores" in results:
+        out["scores"] = {kind: {g: {"n": t["n"], "accuracy": t["accuracy"], "segments": t["segments"]}
+                                for g, t in results["scores"][kind].items()} for kind in ("original", "aligned")}
+    if "cte" in results:
+        out["cte"] = {}
+        for loc in LOCATIONS:
+            m = results["cte"][loc]["correct"]
+            out["cte"][loc] = {"n": m["n"], "negator": None if m["matrix"] is None else m["matrix"][NEGATOR_ROW],
+                               "eot": None if m["matrix"] is None else m["matrix"][EOT_ROW]}
+    out["top_heads"] = {loc: h["top"][:3] for loc, h in results.get("heads", {}).items()}
+    out["confounds"] = {k: v for k, v in results["confounds"].items() if isinstance(v, dict) and "r" in v}
+    if "replication" in results:
+        out["replication_verdict"] = results["replication"]["verdict"]
+    return out
+
+
+def write_comparison(out_dir, runs: Sequence[tuple[str, Path]], elapsed_s: dict | None = None) -> Path:
+    """Compare the runs (model id, run directory holding results.json) and write the comparison files."""
+    out_dir = Path(out_dir)
+    if len(runs) < 2:
+        raise ValueError(f"a comparison needs at least two runs, got {len(runs)}.")
+    summaries = [_summary(mid, json.loads((Path(d) / "results.json").read_text())) for mid, d in runs]
+    data = {"models": [s["model"] for s in summaries], "run_dirs": {mid: str(d) for mid, d in runs},
+            "elapsed_s": elapsed_s or {}, "summaries": summaries}
+    atomic_write(out_dir / "comparison.json", json.dumps(data, indent=1))
+    figure = _figure(out_dir, summaries)
+    atomic_write(out_dir / "comparison.md", _markdown(summaries, dict(runs), figure, elapsed_s or {}))
+    return out_dir / "comparison.md"
+
+
+def _figure(out_dir: Path, summaries: list[dict]):
+    with_cte = [s for s in summaries if "cte" in s]
+    if not with_cte:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4), sharey=True, squeeze=False)
+    for col, loc in enumerate(("foil", "caption")):
+        ax = axes[0, col]
+        for k, s in enumerate(with_cte):
+            c = s["cte"][loc]
+            if c["negator"] is None:
+                continue
+            color = f"C{k}"
+            layers = range(len(c["negator"]))
+            ax.plot(layers, c["negator"], color=color, marker="o", label=f"{s['model']}: negator (n={c['n']})")
+            ax.plot(layers, c["eot"], color=color, marker="s", linestyle="--", label=f"{s['model']}: [EOT]")
+        ax.set_title(f"Negation in {loc}, correct segment")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_xlabel("hidden-state layer (0 = embeddings output)")
+        ax.axhline(0, color="grey", linewidth=0.5)
+        ax.legend(fontsize=7)
+    axes[0, 0].set_ylabel("mean CTE (d*/d)")
+    fig.suptitle("CTE of the negator row and the [EOT] row: " + " vs ".join(s["model"] for s in with_cte))
+    fig.savefig(out_dir / "comparison_cte.png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return "comparison_cte.png"
+
+
+def _acc(s: dict, kind: str, group: str) -> str:
+    t = s.get("scores", {}).get(kind, {}).get(group)
+    return "–" if t is None or t["accuracy"] is None else f"{100 * t['accuracy']:.1f}% (n={t['n']})"
+
+
+def _markdown(summaries: list[dict], run_dirs: dict, figure, elapsed_s: dict) -> str:
+    names = [s["model"] for s in summaries]
+    head = "| | " + " | ".join(f"`{n}`" for n in names) + " | paper (ViT-B/32) |"
+    rule = "|---" * (len(names) + 2) + "|"
+    lines = ["# VALSE existence negation study — model comparison", "",
+             "Each model's full report is in its own run directory: "
+             + ", ".join(f"`{n}` → `{run_dirs[n]}/report.md`" for n in names) + ".", "",
+             "Layers in the CTE are hidden-state layers (0 = embeddings output); heads are 1-indexed (L4H2 = blocks.3 head 1).", ""]
+    if elapsed_s:
+        lines += ["Time per model (this invocation): " + ", ".join(f"`{m}` {t:.1f} s" for m, t in elapsed_s.items()), ""]
+    lines += ["## Accuracy and segments", "", head, rule]
+    paper = {("aligned", "all"): f"{REFERENCE['accuracy_aligned_490']:.1%}", ("original", "all"): f"{REFERENCE['accuracy_original_505']:.1%}"}
+    for kind in ("original", "aligned"):
+        for group in ("all", *LOCATIONS):
+            lines.append(f"| accuracy, {kind}, {group} | " + " | ".join(_acc(s, kind, group) for s in summaries)
+                         + f" | {paper.get((kind, group), '')} |")
+    seg = REFERENCE["segments_aligned"]
+    lines.append("| segments, aligned (correct / ambiguous / incorrect) | " + " | ".join(
+        " / ".join(str(s["scores"]["aligned"]["all"]["segments"][k]) for k in ("correct", "ambiguous", "incorrect"))
+        if "scores" in s else "–" for s in summaries) + f" | {seg['correct']} / {seg['ambiguous']} / {seg['incorrect']} |")
+    lines.append("")
+    if any("replication_verdict" in s for s in summaries):
+        lines += ["## Against the reference file", ""]
+        lines += [f"- `{s['model']}`: {s.get('replication_verdict', 'not compared')}" for s in summaries] + [""]
+    if figure:
+        lines += ["## Causal tracing: the negator row and the [EOT] row", "", f"![{figure}]({figure})", ""]
+        for loc in LOCATIONS:
+            lines.append(f"Negation in {loc}, correct segment:")
+            lines.append("")
+            for s in summaries:
+                c = s.get("cte", {}).get(loc)
+                if c is None or c["negator"] is None:
+                    lines.append(f"- `{s['model']}`: no items in the correct segment")
+                    continue
+                lines.append(f"- `{s['model']}` (n = {c['n']}): negator " + " ".join(_fmt(v) for v in c["negator"])
+                             + " · [EOT] " + " ".join(_fmt(v) for v in c["eot"]))
+            lines.append("")
+    lines += ["## Top negator-selective heads (mean Δ)", "", head, rule]
+    paper_heads = ", ".join(f"{k} {v[0]} / {v[1]}" for k, v in REFERENCE["head_delta"].items())
+    for loc in LOCATIONS:
+        lines.append(f"| negation in {loc} | " + " | ".join(
+            ", ".join(f"{t['head']} {_fmt(t['delta'])}" for t in s["top_heads"].get(loc, [])) or "–" for s in summaries)
+            + f" | {paper_heads if loc == 'caption' else ''} |")
+    lines += ["", "## Confounds (Pearson r with d, n in brackets)", "", head, rule]
+    keys = list(dict.fromkeys(k for s in summaries for k in s["confounds"]))
+    for k in keys:
+        cells = []
+        for s in summaries:
+            v = s["confounds"].get(k)
+            cells.append("–" if v is None else f"{_fmt(v['r'])} ({v['n']})")
+        lines.append(f"| {k} | " + " | ".join(cells) + f" | {PAPER_R.get(k, '')} |")
+    return "\n".join(lines) + "\n"
