@@ -12,6 +12,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from hooked_clip.config import CLIPTextConfig
+from hooked_clip.files import read_state_dict
 from hooked_clip.hub import hub_reachable, unavailable
 from hooked_clip.loading import (
     CheckpointMismatchError,
@@ -321,20 +322,8 @@ def _resolve_open_clip_weights(name: str, tag: str, pcfg: dict, cache_dir: Optio
 
 
 def _read_state_dict(path: str) -> dict[str, Tensor]:
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        sd = load_file(path)
-    else:
-        try:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-        except RuntimeError:  # OpenAI's TorchScript archives
-            sd = torch.jit.load(path, map_location="cpu").state_dict()
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict):
-        raise CheckpointMismatchError(f"{path!r} does not hold a state dict (got {type(sd).__name__}).")
-    return {k.removeprefix("module."): v for k, v in sd.items()}
+    """The checkpoint's tensors, never by running code from it (see :mod:`hooked_clip.files`)."""
+    return read_state_dict(path)
 
 
 def _load_open_clip_checkpoint(model: nn.Module, path: str, name: str) -> None:

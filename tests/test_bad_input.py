@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hooked_clip import CLIPTextConfig, HookedCLIPText
+from hooked_clip import CLIPTextConfig, HookedCLIP, HookedCLIPText
 
 
 def test_wrong_token_dtype_and_shape(tiny_model):
@@ -86,3 +86,69 @@ def test_non_causal_and_last_pooling_are_not_trimmed():
         tokens = model.to_tokens(["a cat", "there are no dogs in the picture"])
         _, cache = model.run_with_cache(tokens)
         assert cache["resid_pre", 0].shape[1] == tokens.shape[1]
+
+
+# ------------------------------------------------------------------------------ checkpoint files (issue 14)
+class _WithSetstate(torch.nn.Module):
+    """A TorchScript module whose __setstate__ runs on load: the code a checkpoint can smuggle in."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("weight", torch.ones(2))
+
+    def forward(self, x):
+        return x * self.weight
+
+    @torch.jit.export
+    def __getstate__(self):
+        return (self.weight, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[torch.Tensor, bool]):
+        print("CODE FROM THE CHECKPOINT RAN")
+        self.weight = state[0]
+        self.training = state[1]
+
+
+def test_torchscript_checkpoint_is_refused_without_running_it(tmp_path, monkeypatch, capfd):
+    from hooked_clip.files import UnsafeCheckpointError
+
+    path = tmp_path / "ViT-B-32.pt"
+    torch.jit.save(torch.jit.script(_WithSetstate()), str(path))
+    capfd.readouterr()
+
+    def no_jit(*args, **kwargs):
+        raise AssertionError("torch.jit.load was called: a checkpoint's code would run")
+
+    monkeypatch.setattr(torch.jit, "load", no_jit)
+    with pytest.raises(UnsafeCheckpointError, match=r"ViT-B-32.pt' is a TorchScript archive.*run the code.*"
+                                                     r"torch.save\(torch.jit.load\(.*state_dict\(\)"):
+        HookedCLIP.from_open_clip("ViT-B-32", pretrained=str(path))
+    assert "CODE FROM THE CHECKPOINT RAN" not in capfd.readouterr().out
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_empty_and_truncated_checkpoints_name_the_file(tmp_path, suffix):
+    from safetensors.torch import save_file
+
+    from hooked_clip.files import UnreadableFileError
+
+    good = tmp_path / f"good{suffix}"
+    sd = {"a": torch.randn(64, 64), "b": torch.randn(64)}
+    torch.save(sd, good) if suffix == ".pt" else save_file(sd, str(good))
+    empty, cut = tmp_path / f"empty{suffix}", tmp_path / f"cut{suffix}"
+    empty.write_bytes(b"")
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(UnreadableFileError, match=rf"empty{suffix}' is empty \(0 bytes\)"):
+        HookedCLIP.from_open_clip("ViT-B-32", pretrained=str(empty))
+    with pytest.raises(UnreadableFileError, match=rf"cut{suffix}' cannot be read as a .*truncated"):
+        HookedCLIP.from_open_clip("ViT-B-32", pretrained=str(cut))
+
+
+def test_pickle_with_objects_is_not_unpickled(tmp_path):
+    from hooked_clip.files import UnreadableFileError
+
+    path = tmp_path / "objects.pt"
+    torch.save({"model": torch.nn.Linear(2, 2)}, path)
+    with pytest.raises(UnreadableFileError, match=r"objects.pt' cannot be read as a torch.save state dict.*state_dict\(\)"):
+        HookedCLIP.from_open_clip("ViT-B-32", pretrained=str(path))
