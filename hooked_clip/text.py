@@ -21,10 +21,17 @@ from transformer_lens.hook_points import HookPoint
 
 from hooked_clip.components import Embed, LayerNorm, PosEmbed, TransformerBlock
 from hooked_clip.config import CLIPTextConfig
+from hooked_clip.hook_points import CheckedHookPoint
 from hooked_clip.tokenizer import CLIPTokenizer, Text
 
 ReturnType = Literal["normalized", "embed", "pooled", None]
 _RETURN_TYPES = ("normalized", "embed", "pooled", None)
+_OPT_IN_HOOKS = {  # hook name suffix -> the config flag without which it never fires
+    "attn.hook_result": "use_attn_result",
+    "hook_q_input": "use_split_qkv_input",
+    "hook_k_input": "use_split_qkv_input",
+    "hook_v_input": "use_split_qkv_input",
+}
 
 
 class UnknownHookError(KeyError):
@@ -47,9 +54,9 @@ class HookedCLIPText(HookedRootModule):
         self.cfg = cfg
         self.tokenizer = tokenizer if tokenizer is not None else CLIPTokenizer(context_length=cfg.n_ctx)
         self.embed = Embed(cfg)
-        self.hook_embed = HookPoint()  # [batch, pos, d_model]
+        self.hook_embed = CheckedHookPoint()  # [batch, pos, d_model]
         self.pos_embed = PosEmbed(cfg)
-        self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
+        self.hook_pos_embed = CheckedHookPoint()  # [batch, pos, d_model]
         self.blocks = nn.ModuleList([TransformerBlock(cfg, layer) for layer in range(cfg.n_layers)])
         self.ln_final = LayerNorm(cfg)
         if cfg.d_proj is not None:
@@ -57,9 +64,9 @@ class HookedCLIPText(HookedRootModule):
             self.b_proj = nn.Parameter(torch.zeros(cfg.d_proj, dtype=cfg.dtype)) if cfg.proj_bias else None
         else:
             self.W_proj, self.b_proj = None, None
-        self.hook_pooled = HookPoint()  # [batch, d_model]
-        self.hook_text_embed = HookPoint()  # [batch, d_proj]
-        self.hook_text_embed_normalized = HookPoint()  # [batch, d_proj]
+        self.hook_pooled = CheckedHookPoint()  # [batch, d_model]
+        self.hook_text_embed = CheckedHookPoint()  # [batch, d_proj]
+        self.hook_text_embed_normalized = CheckedHookPoint()  # [batch, d_proj]
         self.init_weights()
         self.setup()
         self.to(cfg.device)
@@ -265,10 +272,28 @@ class HookedCLIPText(HookedRootModule):
             )
         return self.hook_dict[name]
 
-    def add_hook(self, name, hook, dir="fwd", is_permanent=False, level=None, prepend=False) -> None:
-        if isinstance(name, str):
+    def _check_can_fire(self, names: Sequence) -> None:
+        """Named hooks must exist, and opt-in ones need their config flag: a hook that can never fire
+        would leave a cache empty or a patch unapplied without a word."""
+        for name in names:
+            if not isinstance(name, str):
+                continue
             self._hook_point(name)
+            flag = next((f for suffix, f in _OPT_IN_HOOKS.items() if name.endswith(suffix)), None)
+            if flag is not None and not getattr(self.cfg, flag):
+                raise ValueError(
+                    f"hook {name!r} never fires in this model: it needs {flag}=True. Load the model with "
+                    f"{flag}=True (e.g. HookedCLIP.from_hf(..., {flag}=True)) or set model.cfg.{flag} = True."
+                )
+
+    def add_hook(self, name, hook, dir="fwd", is_permanent=False, level=None, prepend=False) -> None:
+        self._check_can_fire([name])
         super().add_hook(name, hook, dir=dir, is_permanent=is_permanent, level=level, prepend=prepend)
+
+    def run_with_hooks(self, *model_args, fwd_hooks=(), bwd_hooks=(), **kwargs):
+        """As TransformerLens; every named hook must exist and be able to fire in this configuration."""
+        self._check_can_fire([name for name, _ in [*fwd_hooks, *bwd_hooks]])
+        return super().run_with_hooks(*model_args, fwd_hooks=list(fwd_hooks), bwd_hooks=list(bwd_hooks), **kwargs)
 
     def _enable_hook_with_name(self, name: str, hook: Callable, dir) -> None:
         self._hook_point(name)
@@ -276,15 +301,27 @@ class HookedCLIPText(HookedRootModule):
 
     def run_with_cache(self, *model_args, names_filter=None, return_cache_object: bool = True, **kwargs):
         """As TransformerLens: returns (output, cache). The cache is an ``ActivationCache``, so
-        ``cache["resid_pre", 3]`` works; unknown names in ``names_filter`` are an error."""
+        ``cache["resid_pre", 3]`` works. Names in ``names_filter`` must exist, be able to fire in this
+        configuration, and fire in this run (not e.g. after ``stop_at_layer``)."""
         names = [names_filter] if isinstance(names_filter, str) else names_filter
         if isinstance(names, (list, tuple)):
-            for name in names:
-                self._hook_point(name)
+            self._check_can_fire(names)
         out, cache = super().run_with_cache(*model_args, names_filter=names_filter, **kwargs)
+        if isinstance(names, (list, tuple)):
+            self._check_fired(names, cache, kwargs)
         if return_cache_object:
             cache = ActivationCache(cache, self, has_batch_dim=not kwargs.get("remove_batch_dim", False))
         return out, cache
+
+    def _check_fired(self, names: Sequence[str], cache: dict, run_kwargs: dict) -> None:
+        silent = [n for n in names if n not in cache]
+        if silent:
+            settings = {k: run_kwargs[k] for k in ("return_type", "start_at_layer", "stop_at_layer") if k in run_kwargs}
+            raise ValueError(
+                f"hooks {silent[:6]} did not fire in this run ({settings or 'default settings'}): hooks before "
+                "start_at_layer, from stop_at_layer on, or past the requested return_type are not computed. "
+                "Drop them from names_filter or change the run's settings."
+            )
 
     # ------------------------------------------------------------------------ TL weight accessors
     @property

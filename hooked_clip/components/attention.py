@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
-from transformer_lens.hook_points import HookPoint
 
 from hooked_clip.config import CLIPTextConfig
+from hooked_clip.hook_points import CheckedHookPoint
 
 
 class Attention(nn.Module):
@@ -33,13 +33,13 @@ class Attention(nn.Module):
         self.b_V = nn.Parameter(torch.zeros(h, d, dtype=cfg.dtype))
         self.b_O = nn.Parameter(torch.zeros(m, dtype=cfg.dtype))
         self.attn_scale = d**0.5
-        self.hook_q = HookPoint()
-        self.hook_k = HookPoint()
-        self.hook_v = HookPoint()
-        self.hook_z = HookPoint()
-        self.hook_attn_scores = HookPoint()
-        self.hook_pattern = HookPoint()
-        self.hook_result = HookPoint()
+        self.hook_q = CheckedHookPoint()
+        self.hook_k = CheckedHookPoint()
+        self.hook_v = CheckedHookPoint()
+        self.hook_z = CheckedHookPoint()
+        self.hook_attn_scores = CheckedHookPoint()
+        self.hook_pattern = CheckedHookPoint()
+        self.hook_result = CheckedHookPoint()
 
     def _project(self, x: Tensor, W: Tensor, b: Tensor) -> Float[Tensor, "batch pos head d_head"]:
         if x.ndim == 4:  # split qkv input: one input per head [batch, pos, head, d_model]
