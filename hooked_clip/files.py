@@ -45,8 +45,8 @@ def is_torchscript(path: PathLike) -> bool:
         return any(n == "constants.pkl" or n.endswith("/constants.pkl") for n in archive.namelist())
 
 
-def read_safetensors(path: PathLike) -> dict[str, Tensor]:
-    """All tensors of a ``.safetensors`` file (on the CPU)."""
+def read_safetensors(path: PathLike, fix: str = "") -> dict[str, Tensor]:
+    """All tensors of a ``.safetensors`` file (on the CPU); ``fix`` says what to do if it is damaged."""
     from safetensors.torch import load_file
 
     try:
@@ -54,7 +54,7 @@ def read_safetensors(path: PathLike) -> dict[str, Tensor]:
     except FileNotFoundError:
         raise
     except Exception as err:  # SafetensorError, OSError, ... from a damaged header or body
-        raise unreadable(path, "a safetensors file", err) from None
+        raise unreadable(path, "a safetensors file", err, fix) from None
 
 
 def read_state_dict(path: PathLike) -> dict[str, Tensor]:
@@ -97,10 +97,10 @@ def read_state_dict(path: PathLike) -> dict[str, Tensor]:
     return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
-def read_json(path: PathLike, what: str = "JSON") -> Any:
+def read_json(path: PathLike, what: str = "JSON", fix: str = "") -> Any:
     """A JSON file's content; a damaged or empty file is an :class:`UnreadableFileError` naming it."""
     text = Path(path).read_text(encoding="utf-8", errors="replace")
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
-        raise unreadable(path, what, err, "Repair or replace the file (it may be truncated).") from None
+        raise unreadable(path, what, err, fix or "Repair or replace the file (it may be truncated).") from None

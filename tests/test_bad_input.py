@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -152,3 +154,178 @@ def test_pickle_with_objects_is_not_unpickled(tmp_path):
     torch.save({"model": torch.nn.Linear(2, 2)}, path)
     with pytest.raises(UnreadableFileError, match=r"objects.pt' cannot be read as a torch.save state dict.*state_dict\(\)"):
         HookedCLIP.from_open_clip("ViT-B-32", pretrained=str(path))
+
+
+# --------------------------------------------------------------------------- the CLI's error policy (issue 14)
+def _cli(argv, capsys):
+    """Run the console script; returns (exit status, stderr)."""
+    from hooked_clip.analyses.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    return exit_.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("chunk", ["0", "-5"])
+def test_cli_refuses_a_non_positive_chunk_in_one_line(tmp_path, capsys, chunk):
+    code, err = _cli(["valse-negation", "--chunk", chunk, "--out", str(tmp_path), "--no-progress"], capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"hooked-clip: error: chunk (--chunk) must be a positive integer, got {chunk}")
+    assert not list(tmp_path.iterdir())  # refused before any work
+
+
+def test_cli_refuses_clipseg_where_it_would_be_ignored(tmp_path, capsys):
+    code, err = _cli(["valse-negation", "--clipseg", str(tmp_path), "--out", str(tmp_path / "run")], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "--clipseg measures subject sizes in the --images photos" in err
+
+
+def test_cli_user_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, capsys):
+    ckpt = tmp_path / "ViT-B-32.pt"
+    torch.jit.save(torch.jit.script(_WithSetstate()), str(ckpt))
+    argv = ["valse-negation", "--model", f"open_clip:ViT-B-32:{ckpt}", "--out", str(tmp_path / "run")]
+    code, err = _cli(argv, capsys)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert "ViT-B-32.pt' is a TorchScript archive" in err and "--debug" in err
+    from hooked_clip.files import UnsafeCheckpointError
+
+    with pytest.raises(UnsafeCheckpointError):
+        from hooked_clip.analyses.cli import main
+
+        main(["--debug", *argv])
+    code, err = _cli(["valse-negation", "--model", "open_clip:ViT-B-32", "--out", str(tmp_path / "run")], capsys)
+    assert code == 2 and "open_clip:NAME:TAG" in err
+
+
+def test_cli_bugs_keep_their_traceback(tmp_path, monkeypatch):
+    from hooked_clip.analyses.cli import main
+    from hooked_clip.analyses.valse_negation import cli as valse
+
+    def bug(args):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(valse, "run", bug)
+    with pytest.raises(ZeroDivisionError, match="a bug"):
+        main(["valse-negation", "--out", str(tmp_path)])
+
+
+# ------------------------------------------------------------------------------ the study's run dir (issue 14)
+@pytest.fixture(scope="module")
+def random_demo():
+    from hooked_clip.models.tiny_negation import build
+    from hooked_clip.models.tiny_negation.world import OBJECTS
+
+    return build(OBJECTS, seed=7)
+
+
+def _study_run(model, out, **settings):
+    from hooked_clip.analyses.valse_negation.images import SceneImages
+    from hooked_clip.analyses.valse_negation.study import Settings, run_items
+
+    return run_items(model, out, model_id="random", images=SceneImages(), progress=False,
+                     settings=Settings(**{"limit": 6, "chunk": 3, **settings}))
+
+
+def test_study_run_reads_no_grad_tensors(random_demo, tmp_path, recwarn):
+    """The default run warned 'Converting a tensor with requires_grad=True to a scalar' on every item."""
+    _study_run(random_demo, tmp_path)
+    assert not [w for w in recwarn if "requires_grad" in str(w.message)]
+
+
+def test_truncated_record_is_measured_again(random_demo, tmp_path):
+    full = _study_run(random_demo, tmp_path)
+    victim = sorted((tmp_path / "items").glob("*.json"))[2]
+    victim.write_text(victim.read_text()[:40])
+    with pytest.warns(UserWarning, match=rf"{victim.name}' cannot be read as an item record.*Measuring item "
+                                         rf"'{victim.stem}' again"):
+        again = _study_run(random_demo, tmp_path)
+    assert again.keys() == full.keys()
+    assert all(_max_abs_diff(again[k], full[k]) == 0 for k in full if k != victim.stem)
+    assert _max_abs_diff(json.loads(victim.read_text()), again[victim.stem]) == 0  # rewritten whole
+    # measured in another batch (alone, not in a chunk of 3): equal up to float summation order
+    assert _max_abs_diff(again[victim.stem], full[victim.stem]) <= 1e-5
+
+
+def _max_abs_diff(a, b) -> float:
+    """Largest difference between two records' numbers (NaN equals NaN); the non-numbers must be equal."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        return max([_max_abs_diff(a[k], b[k]) for k in a], default=0.0)
+    if isinstance(a, list):
+        assert len(a) == len(b)
+        return max([_max_abs_diff(x, y) for x, y in zip(a, b)], default=0.0)
+    if isinstance(a, float):
+        return 0.0 if a == b or (a != a and b != b) else abs(a - b)
+    assert a == b
+    return 0.0
+
+
+def test_damaged_run_dir_files_are_named(random_demo, tmp_path):
+    from hooked_clip.files import UnreadableFileError
+
+    _study_run(random_demo, tmp_path)
+    embeds = tmp_path / "image_embeds.safetensors"
+    embeds.write_bytes(embeds.read_bytes()[:100])
+    with pytest.raises(UnreadableFileError, match=r"image_embeds.safetensors' cannot be read.*Delete it and run again"):
+        _study_run(random_demo, tmp_path)
+    (tmp_path / "config.json").write_text('{"study_version": 1, "mod')
+    with pytest.raises(UnreadableFileError, match=r"config.json' cannot be read as the run's settings.*Delete the run directory"):
+        _study_run(random_demo, tmp_path)
+
+
+def test_settings_refuse_non_positive_sizes():
+    from hooked_clip.analyses.valse_negation.study import Settings
+
+    for bad in (dict(chunk=0), dict(chunk=-5), dict(batch_size=0), dict(rome_samples=0), dict(limit=0), dict(chunk=2.5)):
+        with pytest.raises(ValueError, match=rf"{next(iter(bad))} \(--.*\) must be a positive"):
+            Settings(**bad)
+
+
+def test_run_dir_files_keep_the_umask_mode(tmp_path):
+    import os
+    import stat
+
+    from hooked_clip.analyses.valse_negation import study
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert study._UMASK == mask
+    study.atomic_write(tmp_path / "report.md", "text")
+    assert stat.S_IMODE((tmp_path / "report.md").stat().st_mode) == 0o666 & ~mask  # mkstemp alone gives 0o600
+
+
+def test_images_folder_relative_or_absolute_is_the_same_run(tiny_model, tmp_path, monkeypatch):
+    from PIL import Image
+
+    from hooked_clip.analyses.valse_negation.data import load_items
+    from hooked_clip.analyses.valse_negation.images import FolderImages
+    from hooked_clip.analyses.valse_negation.study import Settings, run_items, select_items
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    items = select_items(load_items(), 2)
+    for x in items:
+        Image.new("RGB", (40, 50), (120, 30, 200)).save(folder / x.image_file)
+    monkeypatch.chdir(tmp_path)
+    kwargs = dict(model_id="t", settings=Settings(limit=2), progress=False)
+    first = run_items(tiny_model, tmp_path / "run", images=FolderImages("images"), **kwargs)
+    again = run_items(tiny_model, tmp_path / "run", images=FolderImages(folder.resolve()), **kwargs)
+    assert all(_max_abs_diff(again[k], first[k]) == 0 for k in first)  # accepted as the same run
+
+
+def test_truncated_jpeg_is_named(tiny_model, tmp_path):
+    from PIL import Image
+
+    from hooked_clip.analyses.valse_negation.data import load_items
+    from hooked_clip.analyses.valse_negation.images import FolderImages
+    from hooked_clip.files import UnreadableFileError
+
+    items = load_items()[:2]
+    gen = torch.Generator().manual_seed(0)
+    for x in items:
+        Image.fromarray((torch.rand(60, 60, 3, generator=gen) * 255).byte().numpy()).save(tmp_path / x.image_file)
+    cut = tmp_path / items[1].image_file
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    with pytest.raises(UnreadableFileError, match=rf"{cut.name}' cannot be read as an image.*intact copy"):
+        FolderImages(tmp_path).embed(tiny_model, items)

@@ -46,6 +46,10 @@ def load(model_id: str, device: str):
 def run(args: argparse.Namespace) -> Path:
     if args.limit is not None and args.limit < 1:
         raise SystemExit("--limit must be a positive number of items.")
+    if args.clipseg is not None and (args.model == "tiny-negation" or args.images is None):
+        raise SystemExit("--clipseg measures subject sizes in the --images photos of a real --model; pass both, "
+                         "or drop --clipseg.")
+    settings = Settings(limit=args.limit, chunk=args.chunk, rome=args.rome)  # checks the values before any work
     start = time.perf_counter()
     items = load_items(args.data)
     model = load(args.model, args.device)
@@ -62,7 +66,6 @@ def run(args: argparse.Namespace) -> Path:
               "parts (head scores, caption-foil similarity).", file=sys.stderr)
         images = None
     out = args.out or Path("runs") / ("valse-negation-" + args.model.replace("/", "_").replace(":", "_"))
-    settings = Settings(limit=args.limit, chunk=args.chunk, rome=args.rome)
     records = run_items(model, out, model_id=args.model, images=images, settings=settings, items=items,
                         progress=not args.no_progress)
     results = aggregate(records, model.cfg.n_layers, model.cfg.n_heads)

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from hooked_clip.analyses.valse_negation.data import Item
+from hooked_clip.files import unreadable
 from hooked_clip.analyses.valse_negation.demo_scenes import synthesize_scene
 
 
@@ -49,7 +50,7 @@ class FolderImages:
     optional callable (item, PIL image) -> area fraction in [0, 1] (e.g. :func:`clipseg_subject_size`)."""
 
     def __init__(self, root, subject_size: Optional[Callable] = None, batch_size: int = 32):
-        self.root = Path(root)
+        self.root = Path(root).expanduser().resolve()  # relative or absolute: the same folder, the same run
         self.subject_size = subject_size
         self.batch_size = batch_size
         if not self.root.is_dir():
@@ -71,7 +72,14 @@ class FolderImages:
     def _open(self, item: Item):
         from PIL import Image
 
-        return Image.open(self.root / item.image_file).convert("RGB")
+        path = self.root / item.image_file
+        try:
+            with Image.open(path) as image:
+                return image.convert("RGB")
+        except FileNotFoundError:
+            raise
+        except (OSError, SyntaxError, ValueError) as err:  # PIL: truncated, damaged or not an image
+            raise unreadable(path, "an image", err, f"Replace it with an intact copy of {item.image_file}.") from None
 
     @torch.no_grad()
     def embed(self, model, items: Sequence[Item]) -> Tensor:
