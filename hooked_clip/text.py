@@ -98,6 +98,11 @@ class HookedCLIPText(HookedRootModule):
         """String tokens of one text (or one row of ids), up to and including EOT."""
         if isinstance(text, str):
             ids = self.tokenizer(text, truncate=truncate, context_length=self.cfg.n_ctx)[0]
+        elif isinstance(text, (list, tuple)) and any(isinstance(t, str) for t in text):
+            raise TypeError(
+                f"to_str_tokens takes one text, got a {type(text).__name__} of {len(text)}; for several use "
+                "[model.to_str_tokens(t) for t in texts]."
+            )
         else:
             ids = torch.as_tensor(text)
             if ids.ndim == 2 and ids.shape[0] == 1:
@@ -116,7 +121,9 @@ class HookedCLIPText(HookedRootModule):
     def pool_positions(self, tokens: Int[Tensor, "batch pos"]) -> Int[Tensor, "batch"]:
         """Position whose final residual becomes each row's text embedding (``cfg.pooling``)."""
         if self.cfg.pooling == "argmax":
-            return tokens.argmax(dim=-1)
+            pool = tokens.argmax(dim=-1)
+            self._check_argmax_pools_at_eot(tokens, pool)
+            return pool
         if self.cfg.pooling == "last":
             return torch.full((tokens.shape[0],), tokens.shape[1] - 1, dtype=torch.long, device=tokens.device)
         is_eot = tokens == self.cfg.eot_token_id
@@ -128,9 +135,22 @@ class HookedCLIPText(HookedRootModule):
             )
         return is_eot.int().argmax(dim=-1)
 
+    def _check_argmax_pools_at_eot(self, tokens: Tensor, pool: Tensor) -> None:
+        """Argmax pooling reads the largest id, which is EOT only where the row has one; a row without
+        EOT would silently pool at SOT (or another token)."""
+        if not tokens.numel():
+            return
+        wrong = (tokens.gather(-1, pool[:, None])[:, 0] != self.cfg.eot_token_id).nonzero().flatten().tolist()
+        if wrong:
+            raise ValueError(
+                f"rows {wrong[:10]} have no EOT token ({self.cfg.eot_token_id}), so pooling='argmax' would "
+                "read another position; build tokens with model.to_tokens(...), or pass pool_positions=... "
+                "to say where to pool."
+            )
+
     def as_tokens(self, input: Union[Text, Tensor]) -> Int[Tensor, "batch pos"]:
         """Validated token ids on the model's device, from texts or from ids [batch, pos]."""
-        if isinstance(input, str) or (isinstance(input, (list, tuple)) and input and isinstance(input[0], str)):
+        if isinstance(input, str) or (isinstance(input, (list, tuple)) and (not input or isinstance(input[0], str))):
             input = self.to_tokens(input)
         return self._check_tokens(input)
 
@@ -146,6 +166,11 @@ class HookedCLIPText(HookedRootModule):
             raise ValueError(
                 f"tokens must have shape [batch, pos], got {tuple(tokens.shape)}"
                 + ("; add a batch dimension with tokens[None]." if tokens.ndim == 1 else ".")
+            )
+        if tokens.shape[0] == 0 or tokens.shape[1] == 0:
+            raise ValueError(
+                f"tokens of shape {tuple(tokens.shape)} hold no text; every row needs at least SOT and EOT "
+                "(model.to_tokens(texts) builds them)."
             )
         if tokens.shape[1] > self.cfg.n_ctx:
             raise ValueError(
@@ -191,6 +216,7 @@ class HookedCLIPText(HookedRootModule):
         """
         if return_type not in _RETURN_TYPES:
             raise ValueError(f"return_type must be one of {_RETURN_TYPES}, got {return_type!r}.")
+        self._check_layer_range(start_at_layer, stop_at_layer)
         if start_at_layer is None:
             tokens = self.as_tokens(input)
             pool = self.pool_positions(tokens) if pool_positions is None else torch.as_tensor(pool_positions, device=tokens.device)
@@ -241,6 +267,24 @@ class HookedCLIPText(HookedRootModule):
         if return_type == "embed":
             return embed_out
         return self.hook_text_embed_normalized(F.normalize(embed_out, dim=-1))
+
+    def _check_layer_range(self, start_at_layer: Optional[int], stop_at_layer: Optional[int]) -> None:
+        """Layers as in TransformerLens (Python slice semantics, negatives count from the end), within
+        [-n_layers, n_layers]; a start after the stop would run no block and return its input."""
+        n = self.cfg.n_layers
+        for name, value in (("start_at_layer", start_at_layer), ("stop_at_layer", stop_at_layer)):
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int (a block index), got {type(value).__name__}.")
+            if not -n <= value <= n:
+                raise ValueError(f"{name}={value} is out of range for a tower of {n} blocks; use -{n}..{n}.")
+        if start_at_layer is not None and stop_at_layer is not None:
+            start, stop = (v + n if v < 0 else v for v in (start_at_layer, stop_at_layer))
+            if start > stop:
+                raise ValueError(
+                    f"start_at_layer={start_at_layer} comes after stop_at_layer={stop_at_layer}: no block would run."
+                )
 
     def _kept_positions(self, pool: Tensor, n_pos: int, trim: Optional[bool]) -> int:
         do_trim = self.cfg.trim_after_pool if trim is None else trim

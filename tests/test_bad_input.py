@@ -329,3 +329,57 @@ def test_truncated_jpeg_is_named(tiny_model, tmp_path):
     cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
     with pytest.raises(UnreadableFileError, match=rf"{cut.name}' cannot be read as an image.*intact copy"):
         FolderImages(tmp_path).embed(tiny_model, items)
+
+
+# ----------------------------------------------------------------------------------- text inputs (issue 14)
+def test_empty_inputs(tiny_model):
+    with pytest.raises(ValueError, match="empty list of texts"):
+        tiny_model.encode_text([])
+    for shape in [(2, 0), (0, 5)]:
+        with pytest.raises(ValueError, match=rf"tokens of shape \({shape[0]}, {shape[1]}\) hold no text.*to_tokens"):
+            tiny_model.encode_text(torch.zeros(shape, dtype=torch.long))
+
+
+def test_argmax_row_without_eot_is_refused():
+    """Argmax pooling on a row without EOT used to pool at SOT (the largest id left) without a word."""
+    from conftest import hf_clip
+
+    model = HookedCLIP.from_hf(hf_clip("tiny_argmax", with_vision=False), device="cpu")
+    tokens = model.to_tokens(["There is a cat.", "no"])
+    cut = tokens.clone()
+    cut[1, 2] = 0  # row 1's EOT replaced by padding
+    with pytest.raises(ValueError, match=r"rows \[1\] have no EOT token \(49407\), so pooling='argmax'.*pool_positions"):
+        model.encode_text(cut)
+    with torch.no_grad():  # an explicit pooling position is still accepted
+        assert model.text(cut, pool_positions=torch.tensor([6, 1])).shape == (2, 32)
+
+
+def test_to_str_tokens_takes_one_text(tiny_model):
+    with pytest.raises(TypeError, match=r"takes one text, got a list of 2; for several use \[model.to_str_tokens\(t\)"):
+        tiny_model.to_str_tokens(["a cat", "a dog"])
+    assert tiny_model.to_str_tokens("a cat")[1:3] == ["a", "cat"]
+
+
+def test_too_long_text_advice_works_where_it_is_given(tiny_model):
+    """encode_text refuses truncate=...; the advice must name a call that accepts it."""
+    long = ["word " * 80]
+    with pytest.raises(ValueError, match=r"model.to_tokens\(texts, truncate=True\) and pass those tokens"):
+        tiny_model.encode_text(long)
+    tiny_model.encode_text(tiny_model.to_tokens(long, truncate=True))  # the advice, followed, works
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(stop_at_layer=3), r"stop_at_layer=3 is out of range for a tower of 2 blocks; use -2..2"),
+    (dict(stop_at_layer=-3), r"stop_at_layer=-3 is out of range"),
+    (dict(start_at_layer=5), r"start_at_layer=5 is out of range"),
+    (dict(start_at_layer=2, stop_at_layer=1), r"start_at_layer=2 comes after stop_at_layer=1"),
+    (dict(stop_at_layer=1.0), r"stop_at_layer must be an int"),
+])
+def test_layer_range_is_checked(tiny_model, kwargs, message):
+    tokens = tiny_model.to_tokens(["There is a cat."])
+    resid = tiny_model.text(tokens, stop_at_layer=1)
+    inp = resid if "start_at_layer" in kwargs else tokens
+    with pytest.raises((ValueError, TypeError), match=message):
+        tiny_model.text(inp, tokens=tokens, **kwargs) if "start_at_layer" in kwargs else tiny_model.text(inp, **kwargs)
+    with torch.no_grad():  # TransformerLens's negative indices still work
+        assert torch.equal(tiny_model.text(tokens, stop_at_layer=-1), resid)
