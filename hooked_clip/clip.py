@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from hooked_clip.config import CLIPTextConfig
+from hooked_clip.config import CLIPTextConfig, resolve_dtype
 from hooked_clip.files import read_state_dict
 from hooked_clip.hub import hub_reachable, unavailable
 from hooked_clip.loading import (
@@ -138,6 +138,7 @@ class HookedCLIP(nn.Module):
         compute) apply :mod:`hooked_clip.processing`."""
         from transformers import CLIPModel, CLIPTextModelWithProjection
 
+        dtype = resolve_dtype(dtype)
         if isinstance(hf_model, CLIPModel):
             text_cfg, proj_dim = hf_model.config.text_config, hf_model.config.projection_dim
         elif isinstance(hf_model, CLIPTextModelWithProjection):
@@ -198,6 +199,7 @@ class HookedCLIP(nn.Module):
         ``.pt``/``.bin``/``.safetensors``). ``pretrained=None`` gives open_clip's random init."""
         import open_clip
 
+        dtype = resolve_dtype(dtype)
         if isinstance(model, nn.Module):
             oc_model, preprocess_cfg = model, open_clip.get_model_preprocess_cfg(model)
         elif isinstance(model, str):

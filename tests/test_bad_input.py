@@ -383,3 +383,22 @@ def test_layer_range_is_checked(tiny_model, kwargs, message):
         tiny_model.text(inp, tokens=tokens, **kwargs) if "start_at_layer" in kwargs else tiny_model.text(inp, **kwargs)
     with torch.no_grad():  # TransformerLens's negative indices still work
         assert torch.equal(tiny_model.text(tokens, stop_at_layer=-1), resid)
+
+
+def test_dtype_names_and_load_model_dtype():
+    from conftest import hf_clip
+
+    from hooked_clip import load_model
+
+    ref = load_model("tiny-negation")
+    half = load_model("tiny-negation", dtype="float16")  # load_model used to refuse dtype altogether
+    assert half.cfg.dtype == torch.float16 and half.text.W_E.dtype == torch.float16
+    with torch.no_grad():
+        a, b = ref.encode_text(["There are no dogs."]), half.encode_text(["There are no dogs."])
+    assert b.dtype == torch.float16 and (a - b.float()).abs().max() < 1e-2
+    assert HookedCLIP.from_hf(hf_clip("tiny_eot"), device="cpu", dtype="torch.bfloat16").cfg.dtype == torch.bfloat16
+    for bad in ("float17", torch.int8):
+        with pytest.raises(ValueError, match=r"dtype must be a floating-point torch.dtype or one of \['bf16'"):
+            load_model("tiny-negation", dtype=bad)
+        with pytest.raises(ValueError, match="dtype must be a floating-point torch.dtype"):
+            HookedCLIP.from_hf(hf_clip("tiny_eot"), device="cpu", dtype=bad)
