@@ -402,3 +402,67 @@ def test_dtype_names_and_load_model_dtype():
             load_model("tiny-negation", dtype=bad)
         with pytest.raises(ValueError, match="dtype must be a floating-point torch.dtype"):
             HookedCLIP.from_hf(hf_clip("tiny_eot"), device="cpu", dtype=bad)
+
+
+# ------------------------------------------------------------------------------ analysis inputs (issue 14)
+def test_tuned_lens_load_refuses_other_files(tmp_path):
+    from safetensors.torch import save_file
+
+    from hooked_clip.analyses.lens import TunedLens
+    from hooked_clip.files import UnreadableFileError
+
+    other = tmp_path / "model.safetensors"
+    save_file({"embed.W_E": torch.zeros(4, 4)}, str(other))
+    with pytest.raises(UnreadableFileError, match=r"model.safetensors' is not a tuned lens.*TunedLens.save"):
+        TunedLens.load(other)
+    empty = tmp_path / "lens.safetensors"
+    empty.write_bytes(b"")
+    with pytest.raises(UnreadableFileError, match=r"lens.safetensors' is empty"):
+        TunedLens.load(empty)
+    good = tmp_path / "good.safetensors"
+    TunedLens(8, 2).save(good)
+    assert len(TunedLens.load(good).translators) == 2
+
+
+def test_attribution_metric_without_gradient(tiny_model):
+    from hooked_clip.analyses.attribution import attribution_patch
+
+    clean, corrupt = ["There are no cats."], ["There are some cats."]
+    target = tiny_model.encode_text(clean).detach()
+
+    def detached(embeds):
+        return (embeds.detach() * target).sum(-1)
+
+    for ig_steps in (0, 2):
+        with pytest.raises(ValueError, match=r"metric's output has no gradient.*use activation_patch"):
+            attribution_patch(tiny_model, clean, corrupt, detached, "resid_pre", "layer_pos", ig_steps=ig_steps)
+
+
+def test_alignment_and_senders_validation():
+    from hooked_clip.analyses._validation import check_alignment, check_senders
+
+    with pytest.raises(TypeError, match=r"alignment must hold integer positions .* got dtype torch.float32"):
+        check_alignment(torch.tensor([[0.0, 1.7]]), 1, 2, 3)
+    with pytest.raises(ValueError, match=r"alignment must have shape \[batch, pos\] = \(1, 2\), got \(2,\)"):
+        check_alignment(torch.tensor([0, 1]), 1, 2, 3)
+    with pytest.raises(ValueError, match=r"alignment values must lie in -1..2"):
+        check_alignment([[0, 3]], 1, 2, 3)
+    assert check_alignment([[0, -1]], 1, 2, 3).dtype == torch.long
+    with pytest.raises(ValueError, match="senders is empty, so there is nothing to patch"):
+        check_senders([])
+    with pytest.raises(TypeError, match="senders must be names"):
+        check_senders([3])
+    assert check_senders("L0H1") == ["L0H1"] and check_senders(None) is None
+
+
+def test_demo_encode_image_of_one_image():
+    from PIL import Image
+
+    from hooked_clip import load_model
+
+    demo = load_model("tiny-negation")
+    with pytest.raises(ValueError, match=r"not a Image: it has no pixel tower"):
+        demo.encode_image(Image.new("RGB", (8, 8)))
+    with pytest.raises(ValueError, match=r"for one scene, wrap it in a list: \[\['dog', 'tree'\]\]"):
+        demo.encode_image(["dog", "tree"])
+    assert demo.encode_image([["dog", "tree"]]).shape == (1, demo.cfg.d_proj)
