@@ -140,7 +140,9 @@ class HookedCLIPText(HookedRootModule):
         EOT would silently pool at SOT (or another token)."""
         if not tokens.numel():
             return
-        wrong = (tokens.gather(-1, pool[:, None])[:, 0] != self.cfg.eot_token_id).nonzero().flatten().tolist()
+        eot = torch.tensor(sorted({self.cfg.eot_token_id, getattr(self.tokenizer, "eot_token_id", self.cfg.eot_token_id)}),
+                           device=tokens.device)
+        wrong = (~torch.isin(tokens.gather(-1, pool[:, None])[:, 0], eot)).nonzero().flatten().tolist()
         if wrong:
             raise ValueError(
                 f"rows {wrong[:10]} have no EOT token ({self.cfg.eot_token_id}), so pooling='argmax' would "
