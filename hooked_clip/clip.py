@@ -12,7 +12,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from hooked_clip.config import CLIPTextConfig, resolve_dtype
-from hooked_clip.files import read_state_dict
+from hooked_clip.files import check_checkpoint_dir, read_state_dict
 from hooked_clip.hub import hub_reachable, unavailable
 from hooked_clip.loading import (
     CheckpointMismatchError,
@@ -173,6 +173,7 @@ class HookedCLIP(nn.Module):
                 "hub id. For an open_clip checkpoint file use HookedCLIP.from_open_clip(model_name, pretrained=file)."
             )
         if path.is_dir():
+            check_checkpoint_dir(path)  # empty / damaged files named before transformers reads them
             hf_model, processor = _load_hf_dir(str(path), local_only=True)
         else:
             try:

@@ -5,6 +5,8 @@
   loading one with ``torch.jit.load`` executes the code stored in it.
 - :func:`read_safetensors`, :func:`read_json`: one file each, any damage (empty, truncated, not the
   format) reported as :class:`UnreadableFileError` naming the file.
+- :func:`check_checkpoint_dir`: a ``save_pretrained`` directory checked before transformers reads it
+  (empty, no ``config.json``, damaged config or weight files), so the error names the file.
 """
 
 from __future__ import annotations
@@ -104,3 +106,29 @@ def read_json(path: PathLike, what: str = "JSON", fix: str = "") -> Any:
         return json.loads(text)
     except json.JSONDecodeError as err:
         raise unreadable(path, what, err, fix or "Repair or replace the file (it may be truncated).") from None
+
+
+def check_checkpoint_dir(path: PathLike) -> None:
+    """Refuse a local checkpoint directory that transformers would misreport: an empty one, one without
+    ``config.json``, a damaged ``config.json``, or a weight file that is empty or truncated (read from
+    its header / zip directory only, so this is cheap)."""
+    from safetensors import safe_open
+
+    folder = Path(path)
+    how = "Pass a directory written by save_pretrained (config.json plus model.safetensors or pytorch_model.bin)."
+    if not any(folder.iterdir()):
+        raise FileNotFoundError(f"{str(folder)!r} is an empty directory. {how}")
+    config = folder / "config.json"
+    if not config.is_file():
+        found = ", ".join(sorted(p.name for p in folder.iterdir())[:8])
+        raise FileNotFoundError(f"{str(folder)!r} has no config.json (it holds: {found}). {how}")
+    read_json(config, "a model configuration (JSON)", "Re-save the checkpoint with save_pretrained.")
+    for weights in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(weights), "pt"):
+                pass
+        except Exception as err:
+            raise unreadable(weights, "a safetensors file", err) from None
+    for weights in sorted(folder.glob("*.bin")):
+        if os.path.getsize(weights) == 0 or not zipfile.is_zipfile(weights):
+            raise unreadable(weights, "a torch.save archive", zipfile.BadZipFile("no zip directory at its end"))

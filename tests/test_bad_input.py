@@ -466,3 +466,31 @@ def test_demo_encode_image_of_one_image():
     with pytest.raises(ValueError, match=r"for one scene, wrap it in a list: \[\['dog', 'tree'\]\]"):
         demo.encode_image(["dog", "tree"])
     assert demo.encode_image([["dog", "tree"]]).shape == (1, demo.cfg.d_proj)
+
+
+# ---------------------------------------------------------------------- checkpoint directories (issue 14)
+def test_empty_or_damaged_checkpoint_dir_names_the_file(tmp_path):
+    from conftest import hf_clip
+
+    from hooked_clip.files import UnreadableFileError
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"empty' is an empty directory.*save_pretrained"):
+        HookedCLIP.from_pretrained(tmp_path / "empty")
+    (tmp_path / "loose").mkdir()
+    (tmp_path / "loose" / "model.safetensors").write_bytes(b"x")
+    with pytest.raises(FileNotFoundError, match=r"loose' has no config.json \(it holds: model.safetensors\)"):
+        HookedCLIP.from_pretrained(tmp_path / "loose")
+    ckpt = tmp_path / "ckpt"
+    hf_clip("tiny_eot").save_pretrained(ckpt)
+    config, weights = ckpt / "config.json", ckpt / "model.safetensors"
+    good_config, good_weights = config.read_text(), weights.read_bytes()
+    config.write_text(good_config[:50])
+    with pytest.raises(UnreadableFileError, match=r"config.json' cannot be read as a model configuration"):
+        HookedCLIP.from_pretrained(ckpt)
+    config.write_text(good_config)
+    for cut, message in [(0, "is empty"), (1000, "cannot be read as a safetensors"),
+                         (len(good_weights) * 9 // 10, "cannot be read as a safetensors")]:
+        weights.write_bytes(good_weights[:cut])
+        with pytest.raises(UnreadableFileError, match=rf"model.safetensors' {message}"):
+            HookedCLIP.from_pretrained(ckpt)
