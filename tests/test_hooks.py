@@ -285,6 +285,7 @@ def test_pattern_hook_returning_one_head_stops_the_run(full_model, tokens):
 
 @pytest.mark.parametrize("bad, got", [
     (lambda x, hook: x.double(), "torch.float64"),
+    (lambda x, hook: x.to("meta"), r"torch.float32 on meta, but the activation it replaces has .* on cpu"),
     (lambda x, hook: x[..., None], r"shape \(6, \d+, 64, 1\)"),
     (lambda x, hook: x.tolist(), "returned a list"),
     (lambda x, hook: 0.0, "returned a float"),
