@@ -10,6 +10,7 @@ Every activation passes through a ``HookPoint`` with TransformerLens's name, so 
 from __future__ import annotations
 
 import difflib
+import operator
 from typing import Callable, Literal, Optional, Sequence, Union
 
 import torch
@@ -140,9 +141,9 @@ class HookedCLIPText(HookedRootModule):
         EOT would silently pool at SOT (or another token)."""
         if not tokens.numel():
             return
-        eot = torch.tensor(sorted({self.cfg.eot_token_id, getattr(self.tokenizer, "eot_token_id", self.cfg.eot_token_id)}),
-                           device=tokens.device)
-        wrong = (~torch.isin(tokens.gather(-1, pool[:, None])[:, 0], eot)).nonzero().flatten().tolist()
+        eot_ids = {self.cfg.eot_token_id, getattr(self.tokenizer, "eot_token_id", self.cfg.eot_token_id)}
+        pooled_ids = tokens.gather(-1, pool[:, None])[:, 0]
+        wrong = (~torch.isin(pooled_ids, torch.tensor(sorted(eot_ids), device=tokens.device))).nonzero().flatten().tolist()
         if wrong:
             raise ValueError(
                 f"rows {wrong[:10]} have no EOT token ({self.cfg.eot_token_id}), so pooling='argmax' would "
@@ -274,15 +275,18 @@ class HookedCLIPText(HookedRootModule):
         """Layers as in TransformerLens (Python slice semantics, negatives count from the end), within
         [-n_layers, n_layers]; a start after the stop would run no block and return its input."""
         n = self.cfg.n_layers
+        layers = {}
         for name, value in (("start_at_layer", start_at_layer), ("stop_at_layer", stop_at_layer)):
             if value is None:
                 continue
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an int (a block index), got {type(value).__name__}.")
-            if not -n <= value <= n:
+            try:
+                layers[name] = operator.index(value)  # ints (numpy's too), not floats or bools
+            except TypeError:
+                raise TypeError(f"{name} must be an int (a block index), got {type(value).__name__}.") from None
+            if isinstance(value, bool) or not -n <= layers[name] <= n:
                 raise ValueError(f"{name}={value} is out of range for a tower of {n} blocks; use -{n}..{n}.")
-        if start_at_layer is not None and stop_at_layer is not None:
-            start, stop = (v + n if v < 0 else v for v in (start_at_layer, stop_at_layer))
+        if len(layers) == 2:
+            start, stop = (v + n if v < 0 else v for v in layers.values())
             if start > stop:
                 raise ValueError(
                     f"start_at_layer={start_at_layer} comes after stop_at_layer={stop_at_layer}: no block would run."
