@@ -311,10 +311,13 @@ def test_backward_hook_returning_another_shape_stops(tiny_model, tokens):
     from hooked_clip.hook_points import HookReturnError
 
     text = tiny_model.text
+    with torch.no_grad():
+        resid = text(tokens, stop_at_layer=1)
+    resid.requires_grad_(True)  # a graph whatever the parameters' requires_grad
     text.add_hook("blocks.1.hook_resid_pre", lambda g, hook: g[:1], dir="bwd")
     try:
-        with pytest.raises(HookReturnError, match=r"'blocks.1.hook_resid_pre' \(bwd\).*the gradient it replaces"):
-            text(tokens).sum().backward()
+        with torch.enable_grad(), pytest.raises(HookReturnError, match=r"'blocks.1.hook_resid_pre' \(bwd\).*the gradient it replaces"):
+            text(resid, start_at_layer=1, tokens=tokens).sum().backward()
     finally:
         text.reset_hooks(including_permanent=True)
 
