@@ -17,12 +17,13 @@ from hooked_clip.hub import WeightsUnavailableError
 from hooked_clip.loading import CheckpointMismatchError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    ValueError,  # bad argument values; CheckpointMismatchError, UnreadableFileError, UnsafeCheckpointError,
-    TypeError,  # the study's RunDirMismatchError and DataFormatError are ValueErrors too
-    FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
-    CheckpointMismatchError, UnreadableFileError, UnsafeCheckpointError, WeightsUnavailableError,
+    ValueError,  # a bad value (the study's RunDirMismatchError and DataFormatError are ValueErrors too)
+    TypeError,  # an argument of the wrong type
+    FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,  # a path that is not there
+    CheckpointMismatchError, UnreadableFileError, UnsafeCheckpointError,  # a file that cannot be used
+    WeightsUnavailableError,  # weights neither on disk nor reachable
 )
-"""Exception types reported as one line with exit status 2 (listed explicitly, subclasses included)."""
+"""Exception types (and their subclasses) reported as one line with exit status 2."""
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
