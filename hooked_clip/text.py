@@ -322,6 +322,11 @@ class HookedCLIPText(HookedRootModule):
             )
         return self.hook_dict[name]
 
+    def _missing_flag(self, name: str) -> Optional[str]:
+        """The config flag an opt-in hook needs and that is off (None: the hook can fire)."""
+        flag = next((f for suffix, f in _OPT_IN_HOOKS.items() if name.endswith(suffix)), None)
+        return flag if flag is not None and not getattr(self.cfg, flag) else None
+
     def _check_can_fire(self, names: Sequence) -> None:
         """Named hooks must exist, and opt-in ones need their config flag: a hook that can never fire
         would leave a cache empty or a patch unapplied without a word."""
@@ -329,8 +334,8 @@ class HookedCLIPText(HookedRootModule):
             if not isinstance(name, str):
                 continue
             self._hook_point(name)
-            flag = next((f for suffix, f in _OPT_IN_HOOKS.items() if name.endswith(suffix)), None)
-            if flag is not None and not getattr(self.cfg, flag):
+            flag = self._missing_flag(name)
+            if flag is not None:
                 raise ValueError(
                     f"hook {name!r} never fires in this model: it needs {flag}=True. Load the model with "
                     f"{flag}=True (e.g. HookedCLIP.from_hf(..., {flag}=True)) or set model.cfg.{flag} = True."
@@ -340,10 +345,21 @@ class HookedCLIPText(HookedRootModule):
         self._check_can_fire([name])
         super().add_hook(name, hook, dir=dir, is_permanent=is_permanent, level=level, prepend=prepend)
 
-    def run_with_hooks(self, *model_args, fwd_hooks=(), bwd_hooks=(), **kwargs):
-        """As TransformerLens; every named hook must exist and be able to fire in this configuration."""
+    def hooks(self, fwd_hooks=(), bwd_hooks=(), reset_hooks_end=True, clear_contexts=False):
+        """As TransformerLens (``run_with_hooks`` uses it); every hook named by a string must exist and be
+        able to fire in this configuration."""
         self._check_can_fire([name for name, _ in [*fwd_hooks, *bwd_hooks]])
-        return super().run_with_hooks(*model_args, fwd_hooks=list(fwd_hooks), bwd_hooks=list(bwd_hooks), **kwargs)
+        return super().hooks(list(fwd_hooks), list(bwd_hooks), reset_hooks_end, clear_contexts)
+
+    def get_caching_hooks(self, *args, **kwargs):
+        """As TransformerLens, without caching hooks on points that cannot fire in this configuration
+        (``run_with_cache()`` with no filter caches every hook that fires)."""
+        cache, fwd, bwd = super().get_caching_hooks(*args, **kwargs)
+
+        def can_fire(hooks: list) -> list:
+            return [(name, h) for name, h in hooks if not isinstance(name, str) or self._missing_flag(name) is None]
+
+        return cache, can_fire(fwd), can_fire(bwd)
 
     def _enable_hook_with_name(self, name: str, hook: Callable, dir) -> None:
         self._hook_point(name)

@@ -346,6 +346,9 @@ def test_opt_in_hooks_need_their_flag(tiny_model, tokens):
         tiny_model.run_with_hooks(tokens, fwd_hooks=[("blocks.1.hook_v_input", lambda x, hook: None)])
     with pytest.raises(ValueError, match="use_attn_result"):
         tiny_model.text.add_hook("blocks.1.attn.hook_result", lambda x, hook: None)
+    with pytest.raises(ValueError, match="'blocks.0.hook_q_input' never fires"):
+        with tiny_model.hooks(fwd_hooks=[("blocks.0.hook_q_input", lambda x, hook: None)]):
+            pass
     assert not any(hp.has_hooks() for hp in tiny_model.text.hook_points())
     _, everything = tiny_model.run_with_cache(tokens)  # caching all hooks is still fine
     assert "blocks.0.attn.hook_result" not in everything.keys()
