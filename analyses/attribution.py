@@ -102,6 +102,17 @@ def direct_difference_attribution(model, captions: Tokens, foils: Tokens, image_
 
 
 # ------------------------------------------------------------------------------- attribution patching
+def _differentiable(values: Tensor) -> Tensor:
+    """The metric's values, if gradients can flow back through them to the activations."""
+    if not values.requires_grad:
+        raise ValueError(
+            "the metric's output has no gradient (it detaches, goes through .item()/numpy/float(), or runs under "
+            "torch.no_grad), so attribution patching cannot differentiate it; write it with torch operations on "
+            "the embeddings, or use activation_patch, which needs no gradient."
+        )
+    return values
+
+
 def attribution_patch(
     model,
     clean: Tokens,
@@ -181,10 +192,10 @@ def attribution_patch(
         embeds = text.run_with_hooks(run_t, return_type=return_type, fwd_hooks=hooks)
         if ig_steps:
             check_metric(metric, embeds.view(ig_steps, -1, embeds.shape[-1])[0])  # shape check on one batch
-            torch.cat([metric(e) for e in embeds.view(ig_steps, -1, embeds.shape[-1])]).sum().backward()
+            _differentiable(torch.cat([metric(e) for e in embeds.view(ig_steps, -1, embeds.shape[-1])])).sum().backward()
         else:
             base_metric = check_metric(metric, embeds)
-            base_metric.sum().backward()
+            _differentiable(base_metric).sum().backward()
     base_metric = base_metric.detach()
     with torch.no_grad():
         src_metric = check_metric(metric, src_embeds)

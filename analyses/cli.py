@@ -1,22 +1,71 @@
-"""The ``hooked-clip`` console script. Subcommands: ``valse-negation`` (the packaged VALSE study)."""
+"""The ``hooked-clip`` console script. Subcommands: ``valse-negation`` (the packaged VALSE study).
+
+Error policy (one place, :func:`main`): a user error -- a bad argument, a missing or damaged file, a
+checkpoint that does not fit, weights that cannot be fetched -- prints one line ``hooked-clip: error: ...``
+and exits with status 2; anything else is a bug and keeps its traceback (exit 1). ``--debug`` shows the
+traceback for user errors too. Ctrl-C exits with 130 (a study run resumes where it stopped).
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Optional, Sequence
 
+from hooked_clip.files import UnreadableFileError, UnsafeCheckpointError
+from hooked_clip.hub import WeightsUnavailableError
+from hooked_clip.loading import CheckpointMismatchError
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,  # a bad value (the study's RunDirMismatchError and DataFormatError are ValueErrors too)
+    TypeError,  # an argument of the wrong type
+    FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,  # a path that is not there
+    CheckpointMismatchError, UnreadableFileError, UnsafeCheckpointError,  # a file that cannot be used
+    WeightsUnavailableError,  # weights neither on disk nor reachable
+)
+"""Exception types (and their subclasses) reported as one line with exit status 2."""
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def build_parser() -> argparse.ArgumentParser:
     from hooked_clip.analyses.valse_negation import cli as valse
 
-    parser = argparse.ArgumentParser(prog="hooked-clip", description=__doc__)
+    parser = argparse.ArgumentParser(prog="hooked-clip", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks for user errors too")
     sub = parser.add_subparsers(dest="command", required=True)
     study = sub.add_parser("valse-negation", help="replicate Quantmeyer et al. (2024) on VALSE existence",
                            description=valse.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    study.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     valse.add_arguments(study)
-    args = parser.parse_args(argv)
-    if args.command == "valse-negation":
-        valse.run(args)
+    study.set_defaults(run=valse.run)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Parse ``argv`` (default: the command line), run the subcommand, apply the error policy."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except KeyboardInterrupt:
+        print("hooked-clip: interrupted; run the same command again to resume.", file=sys.stderr)
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    except SystemExit as exit_:  # subcommands refuse bad option combinations with SystemExit(message)
+        if args.debug or not isinstance(exit_.code, str):
+            raise
+        _fail(exit_.code)
+    except USER_ERRORS as err:
+        if args.debug:
+            raise
+        _fail(str(err) or type(err).__name__)
+
+
+def _fail(message: str) -> None:
+    """Print a user error as one line and exit with status 2."""
+    print(f"hooked-clip: error: {' '.join(message.split())} (--debug shows the traceback)", file=sys.stderr)
+    raise SystemExit(EXIT_USER_ERROR) from None
 
 
 if __name__ == "__main__":

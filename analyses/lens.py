@@ -27,6 +27,7 @@ from hooked_clip.analyses.pairs import Tokens
 from hooked_clip.hook_names import act_name
 from hooked_clip.text import text_tower
 from hooked_clip.cache import accumulated_resid, apply_ln_to_stack, ln_final_scale, to_embedding_space
+from hooked_clip.files import UnreadableFileError, read_safetensors
 
 LnMode = Literal["frozen", "recompute"]
 
@@ -146,17 +147,24 @@ class TunedLens(nn.Module):
     def load(cls, path: Union[str, Path], model=None) -> "TunedLens":
         """Load a saved lens; with ``model``, check it was made for that model's shape."""
         from safetensors import safe_open
-        from safetensors.torch import load_file
 
+        state = read_safetensors(path)  # a damaged or empty file: UnreadableFileError naming it
         with safe_open(str(path), "pt") as f:
-            meta = f.metadata()
+            meta = f.metadata() or {}
+        n = int(meta["n_layers"]) if meta.get("n_layers", "").isdigit() and meta.get("d_model", "").isdigit() else 0
+        if not n or set(state) != {f"translators.{i}.{p}" for i in range(n) for p in ("weight", "bias")}:
+            raise UnreadableFileError(
+                f"{str(path)!r} is not a tuned lens (it lacks the d_model/n_layers metadata or the translators.* "
+                "tensors that TunedLens.save writes); pass a file written by TunedLens.save, or fit one with "
+                "TunedLens.fit."
+            )
         lens = cls(int(meta["d_model"]), int(meta["n_layers"]))
         if model is not None:
             cfg = text_tower(model).cfg
             if (cfg.d_model, cfg.n_layers) != (lens.translators[0].in_features, len(lens.translators)):
                 raise ValueError(f"the tuned lens at {path} is for d_model={meta['d_model']}, n_layers={meta['n_layers']}; "
                                  f"the model has d_model={cfg.d_model}, n_layers={cfg.n_layers}.")
-        lens.load_state_dict(load_file(str(path)))
+        lens.load_state_dict(state)
         return lens.eval()
 
 

@@ -28,6 +28,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from hooked_clip.analyses._validation import check_alignment
 from hooked_clip.analyses.engine import BaseRun, Chunk, Hooks, Plan, execute
 from hooked_clip.analyses.metrics import Metric, check_metric, normalized_patching_metric
 from hooked_clip.analyses.pairs import Direction, RunPair, Tokens
@@ -186,7 +187,7 @@ def activation_patch(
     pos_v, head_v = (t.to(base.tokens.device) for t in _variants(index, pos_list, head_list))
     n_var = len(pos_v)
     if alignment is not None:
-        alignment = _checked_alignment(alignment, (n_ex, n_pos), source_cache[names[layer_list[0]]].shape[1], base.tokens.device)
+        alignment = check_alignment(alignment, n_ex, n_pos, source_cache[names[layer_list[0]]].shape[1], base.tokens.device)
 
     sources, missing, plans = {}, {}, []
     for li, layer in enumerate(layer_list):
@@ -225,17 +226,6 @@ def activation_patch(
     clean_m, corrupt_m = pair.clean_and_corrupt(base_metric, source_metric)
     return PatchingResult(values.reshape(shape), axes, {a: labels[a] for a in axes}, act_name, direction,
                           clean_m.float().cpu(), corrupt_m.float().cpu())
-
-
-def _checked_alignment(alignment, shape: tuple[int, int], n_src: int, device) -> Tensor:
-    alignment = torch.as_tensor(alignment, device=device)
-    if alignment.dtype.is_floating_point or alignment.dtype == torch.bool:
-        raise TypeError(f"alignment must hold integer positions, got dtype {alignment.dtype}.")
-    if tuple(alignment.shape) != shape:
-        raise ValueError(f"alignment must have shape [batch, pos] = {shape}, got {tuple(alignment.shape)}.")
-    if int(alignment.max()) >= n_src or int(alignment.min()) < -1:
-        raise ValueError(f"alignment values must lie in -1..{n_src - 1} (source positions; -1 = none).")
-    return alignment.long()
 
 
 def _align(src: Tensor, tgt: Tensor, alignment: Tensor) -> tuple[Tensor, Tensor]:

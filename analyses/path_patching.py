@@ -27,6 +27,7 @@ from typing import Literal, Sequence, Union
 import torch
 from torch import Tensor
 
+from hooked_clip.analyses._validation import check_senders
 from hooked_clip.analyses.engine import BaseRun, Chunk, Hooks, Plan, execute
 from hooked_clip.analyses.metrics import Metric, check_metric
 from hooked_clip.analyses.pairs import Direction, RunPair, Tokens
@@ -107,12 +108,9 @@ def path_patch(
     if not receivers:
         raise ValueError("give at least one receiver.")
     parsed_r = [_parse_receiver(r, cfg) for r in receivers]
+    senders = check_senders(senders)
     if senders is None:
         senders = [s for s in all_senders(model) if all(_reaches(_parse_sender(s, cfg), r) for r in parsed_r)]
-    senders = [senders] if isinstance(senders, str) else list(senders)
-    if not senders:
-        raise ValueError("senders is empty: give at least one sender (or senders=None for every sender upstream "
-                         "of the receivers).")
     parsed_s = [_parse_sender(s, cfg) for s in senders]
     for s, ps in zip(senders, parsed_s):
         for r, pr in zip(receivers, parsed_r):

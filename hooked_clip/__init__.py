@@ -2,6 +2,7 @@
 
 from hooked_clip.clip import HookedCLIP
 from hooked_clip.config import CLIPTextConfig
+from hooked_clip.files import UnreadableFileError, UnsafeCheckpointError
 from hooked_clip.hub import WeightsUnavailableError
 from hooked_clip.loading import CheckpointMismatchError
 from hooked_clip.registry import load_model
@@ -9,5 +10,5 @@ from hooked_clip.text import HookedCLIPText
 from hooked_clip.tokenizer import CLIPTokenizer
 
 __all__ = ["CLIPTextConfig", "CLIPTokenizer", "CheckpointMismatchError", "HookedCLIP", "HookedCLIPText",
-           "WeightsUnavailableError", "load_model"]
+           "UnreadableFileError", "UnsafeCheckpointError", "WeightsUnavailableError", "load_model"]
 __version__ = "0.1.0"

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from hooked_clip.config import CLIPTextConfig
+from hooked_clip.config import CLIPTextConfig, resolve_dtype
+from hooked_clip.files import check_checkpoint_dir, read_state_dict
 from hooked_clip.hub import hub_reachable, unavailable
 from hooked_clip.loading import (
     CheckpointMismatchError,
@@ -134,6 +135,7 @@ class HookedCLIP(nn.Module):
         compute) apply :mod:`hooked_clip.processing`."""
         from transformers import CLIPModel, CLIPTextModelWithProjection
 
+        dtype = resolve_dtype(dtype)
         if isinstance(hf_model, CLIPModel):
             text_cfg, proj_dim = hf_model.config.text_config, hf_model.config.projection_dim
         elif isinstance(hf_model, CLIPTextModelWithProjection):
@@ -168,6 +170,7 @@ class HookedCLIP(nn.Module):
                 "hub id. For an open_clip checkpoint file use HookedCLIP.from_open_clip(model_name, pretrained=file)."
             )
         if path.is_dir():
+            check_checkpoint_dir(path)  # empty / damaged files named before transformers reads them
             hf_model, processor = _load_hf_dir(str(path), local_only=True)
         else:
             try:
@@ -194,6 +197,7 @@ class HookedCLIP(nn.Module):
         ``.pt``/``.bin``/``.safetensors``). ``pretrained=None`` gives open_clip's random init."""
         import open_clip
 
+        dtype = resolve_dtype(dtype)
         if isinstance(model, nn.Module):
             oc_model, preprocess_cfg = model, open_clip.get_model_preprocess_cfg(model)
         elif isinstance(model, str):
@@ -318,20 +322,8 @@ def _resolve_open_clip_weights(name: str, tag: str, pcfg: dict, cache_dir: Optio
 
 
 def _read_state_dict(path: str) -> dict[str, Tensor]:
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        sd = load_file(path)
-    else:
-        try:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-        except RuntimeError:  # OpenAI's TorchScript archives
-            sd = torch.jit.load(path, map_location="cpu").state_dict()
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict):
-        raise CheckpointMismatchError(f"{path!r} does not hold a state dict (got {type(sd).__name__}).")
-    return {k.removeprefix("module."): v for k, v in sd.items()}
+    """The checkpoint's tensors, never by running code from it (see :mod:`hooked_clip.files`)."""
+    return read_state_dict(path)
 
 
 def _load_open_clip_checkpoint(model: nn.Module, path: str, name: str) -> None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
+import torch
 from transformer_lens.config import TransformerLensConfig
 
 ActFn = Literal["quick_gelu", "gelu"]
@@ -12,6 +13,21 @@ Pooling = Literal["eot", "argmax", "last"]
 
 _ACT_FNS = ("quick_gelu", "gelu")
 _POOLINGS = ("eot", "argmax", "last")
+_DTYPES = {"float32": torch.float32, "float": torch.float32, "fp32": torch.float32,
+           "float16": torch.float16, "half": torch.float16, "fp16": torch.float16,
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float64": torch.float64, "double": torch.float64}
+
+
+def resolve_dtype(dtype: Union[torch.dtype, str]) -> torch.dtype:
+    """A floating ``torch.dtype`` from a dtype or its name (``"float16"``, ``"torch.bfloat16"``, ``"fp32"``)."""
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        return dtype
+    if isinstance(dtype, str) and dtype.lower().removeprefix("torch.") in _DTYPES:
+        return _DTYPES[dtype.lower().removeprefix("torch.")]
+    raise ValueError(
+        f"dtype must be a floating-point torch.dtype or one of {sorted(_DTYPES)}, got {dtype!r}."
+    )
 
 
 @dataclass
@@ -68,6 +84,7 @@ class CLIPTextConfig(TransformerLensConfig):
     positional_embedding_type: str = "standard"
 
     def __post_init__(self):
+        self.dtype = resolve_dtype(self.dtype)
         super().__post_init__()
         if self.act_fn not in _ACT_FNS:
             raise ValueError(f"act_fn={self.act_fn!r} is not supported; use one of {_ACT_FNS}.")

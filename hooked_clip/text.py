@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import operator
 from typing import Callable, Literal, Optional, Sequence, Union
 
 import torch
@@ -22,10 +23,17 @@ from transformer_lens.hook_points import HookPoint
 
 from hooked_clip.components import Embed, KeyValuePrefix, LayerNorm, PosEmbed, TransformerBlock
 from hooked_clip.config import CLIPTextConfig
+from hooked_clip.hook_points import CheckedHookPoint
 from hooked_clip.tokenizer import CLIPTokenizer, Text
 
 ReturnType = Literal["normalized", "embed", "pooled", None]
 _RETURN_TYPES = ("normalized", "embed", "pooled", None)
+_OPT_IN_HOOKS = {  # hook name suffix -> the config flag without which it never fires
+    "attn.hook_result": "use_attn_result",
+    "hook_q_input": "use_split_qkv_input",
+    "hook_k_input": "use_split_qkv_input",
+    "hook_v_input": "use_split_qkv_input",
+}
 
 
 def text_tower(model) -> "HookedCLIPText":
@@ -57,9 +65,9 @@ class HookedCLIPText(HookedRootModule):
         self.cfg = cfg
         self.tokenizer = tokenizer if tokenizer is not None else CLIPTokenizer(context_length=cfg.n_ctx)
         self.embed = Embed(cfg)
-        self.hook_embed = HookPoint()  # [batch, pos, d_model]
+        self.hook_embed = CheckedHookPoint()  # [batch, pos, d_model]
         self.pos_embed = PosEmbed(cfg)
-        self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
+        self.hook_pos_embed = CheckedHookPoint()  # [batch, pos, d_model]
         self.blocks = nn.ModuleList([TransformerBlock(cfg, layer) for layer in range(cfg.n_layers)])
         self.ln_final = LayerNorm(cfg)
         if cfg.d_proj is not None:
@@ -67,9 +75,9 @@ class HookedCLIPText(HookedRootModule):
             self.b_proj = nn.Parameter(torch.zeros(cfg.d_proj, dtype=cfg.dtype)) if cfg.proj_bias else None
         else:
             self.W_proj, self.b_proj = None, None
-        self.hook_pooled = HookPoint()  # [batch, d_model]
-        self.hook_text_embed = HookPoint()  # [batch, d_proj]
-        self.hook_text_embed_normalized = HookPoint()  # [batch, d_proj]
+        self.hook_pooled = CheckedHookPoint()  # [batch, d_model]
+        self.hook_text_embed = CheckedHookPoint()  # [batch, d_proj]
+        self.hook_text_embed_normalized = CheckedHookPoint()  # [batch, d_proj]
         self.init_weights()
         self.setup()
         self.to(cfg.device)
@@ -101,6 +109,11 @@ class HookedCLIPText(HookedRootModule):
         """String tokens of one text (or one row of ids), up to and including EOT."""
         if isinstance(text, str):
             ids = self.tokenizer(text, truncate=truncate, context_length=self.cfg.n_ctx)[0]
+        elif isinstance(text, (list, tuple)) and any(isinstance(t, str) for t in text):
+            raise TypeError(
+                f"to_str_tokens takes one text, got a {type(text).__name__} of {len(text)}; for several use "
+                "[model.to_str_tokens(t) for t in texts]."
+            )
         else:
             ids = torch.as_tensor(text)
             if ids.ndim == 2 and ids.shape[0] == 1:
@@ -119,7 +132,9 @@ class HookedCLIPText(HookedRootModule):
     def pool_positions(self, tokens: Int[Tensor, "batch pos"]) -> Int[Tensor, "batch"]:
         """Position whose final residual becomes each row's text embedding (``cfg.pooling``)."""
         if self.cfg.pooling == "argmax":
-            return tokens.argmax(dim=-1)
+            pool = tokens.argmax(dim=-1)
+            self._check_argmax_pools_at_eot(tokens, pool)
+            return pool
         if self.cfg.pooling == "last":
             return torch.full((tokens.shape[0],), tokens.shape[1] - 1, dtype=torch.long, device=tokens.device)
         is_eot = tokens == self.cfg.eot_token_id
@@ -131,9 +146,24 @@ class HookedCLIPText(HookedRootModule):
             )
         return is_eot.int().argmax(dim=-1)
 
+    def _check_argmax_pools_at_eot(self, tokens: Tensor, pool: Tensor) -> None:
+        """Argmax pooling reads the largest id, which is EOT only where the row has one; a row without
+        EOT would silently pool at SOT (or another token)."""
+        if not tokens.numel():
+            return
+        eot_ids = {self.cfg.eot_token_id, getattr(self.tokenizer, "eot_token_id", self.cfg.eot_token_id)}
+        pooled_ids = tokens.gather(-1, pool[:, None])[:, 0]
+        wrong = (~torch.isin(pooled_ids, torch.tensor(sorted(eot_ids), device=tokens.device))).nonzero().flatten().tolist()
+        if wrong:
+            raise ValueError(
+                f"rows {wrong[:10]} have no EOT token ({self.cfg.eot_token_id}), so pooling='argmax' would "
+                "read another position; build tokens with model.to_tokens(...), or pass pool_positions=... "
+                "to say where to pool."
+            )
+
     def as_tokens(self, input: Union[Text, Tensor]) -> Int[Tensor, "batch pos"]:
         """Validated token ids on the model's device, from texts or from ids [batch, pos]."""
-        if isinstance(input, str) or (isinstance(input, (list, tuple)) and input and isinstance(input[0], str)):
+        if isinstance(input, str) or (isinstance(input, (list, tuple)) and (not input or isinstance(input[0], str))):
             input = self.to_tokens(input)
         return self._check_tokens(input)
 
@@ -149,6 +179,11 @@ class HookedCLIPText(HookedRootModule):
             raise ValueError(
                 f"tokens must have shape [batch, pos], got {tuple(tokens.shape)}"
                 + ("; add a batch dimension with tokens[None]." if tokens.ndim == 1 else ".")
+            )
+        if tokens.shape[0] == 0 or tokens.shape[1] == 0:
+            raise ValueError(
+                f"tokens of shape {tuple(tokens.shape)} hold no text; every row needs at least SOT and EOT "
+                "(model.to_tokens(texts) builds them)."
             )
         if tokens.shape[1] > self.cfg.n_ctx:
             raise ValueError(
@@ -197,6 +232,7 @@ class HookedCLIPText(HookedRootModule):
         if prefix is not None and start_at_layer is None:
             raise ValueError("a key/value prefix needs start_at_layer: the input is then the residual stream of "
                              "the positions after the prefix.")
+        self._check_layer_range(start_at_layer, stop_at_layer)
         if start_at_layer is None:
             tokens = self.as_tokens(input)
             pool = self.pool_positions(tokens) if pool_positions is None else torch.as_tensor(pool_positions, device=tokens.device)
@@ -266,6 +302,27 @@ class HookedCLIPText(HookedRootModule):
             f"to pool (cfg.pooling={self.cfg.pooling!r})."
         )
 
+    def _check_layer_range(self, start_at_layer: Optional[int], stop_at_layer: Optional[int]) -> None:
+        """Layers as in TransformerLens (Python slice semantics, negatives count from the end), within
+        [-n_layers, n_layers]; a start after the stop would run no block and return its input."""
+        n = self.cfg.n_layers
+        layers = {}
+        for name, value in (("start_at_layer", start_at_layer), ("stop_at_layer", stop_at_layer)):
+            if value is None:
+                continue
+            try:
+                layers[name] = operator.index(value)  # ints (numpy's too), not floats or bools
+            except TypeError:
+                raise TypeError(f"{name} must be an int (a block index), got {type(value).__name__}.") from None
+            if isinstance(value, bool) or not -n <= layers[name] <= n:
+                raise ValueError(f"{name}={value} is out of range for a tower of {n} blocks; use -{n}..{n}.")
+        if len(layers) == 2:
+            start, stop = (v + n if v < 0 else v for v in layers.values())
+            if start > stop:
+                raise ValueError(
+                    f"start_at_layer={start_at_layer} comes after stop_at_layer={stop_at_layer}: no block would run."
+                )
+
     def _kept_positions(self, pool: Tensor, n_pos: int, trim: Optional[bool]) -> int:
         do_trim = self.cfg.trim_after_pool if trim is None else trim
         if pool.numel() and (int(pool.min()) < 0 or int(pool.max()) >= n_pos):
@@ -296,10 +353,44 @@ class HookedCLIPText(HookedRootModule):
             )
         return self.hook_dict[name]
 
-    def add_hook(self, name, hook, dir="fwd", is_permanent=False, level=None, prepend=False) -> None:
-        if isinstance(name, str):
+    def _missing_flag(self, name: str) -> Optional[str]:
+        """The config flag an opt-in hook needs and that is off (None: the hook can fire)."""
+        flag = next((f for suffix, f in _OPT_IN_HOOKS.items() if name.endswith(suffix)), None)
+        return flag if flag is not None and not getattr(self.cfg, flag) else None
+
+    def _check_can_fire(self, names: Sequence) -> None:
+        """Named hooks must exist, and opt-in ones need their config flag: a hook that can never fire
+        would leave a cache empty or a patch unapplied without a word."""
+        for name in names:
+            if not isinstance(name, str):
+                continue
             self._hook_point(name)
+            flag = self._missing_flag(name)
+            if flag is not None:
+                raise ValueError(
+                    f"hook {name!r} never fires in this model: it needs {flag}=True. Load the model with "
+                    f"{flag}=True (e.g. HookedCLIP.from_hf(..., {flag}=True)) or set model.cfg.{flag} = True."
+                )
+
+    def add_hook(self, name, hook, dir="fwd", is_permanent=False, level=None, prepend=False) -> None:
+        self._check_can_fire([name])
         super().add_hook(name, hook, dir=dir, is_permanent=is_permanent, level=level, prepend=prepend)
+
+    def hooks(self, fwd_hooks=(), bwd_hooks=(), reset_hooks_end=True, clear_contexts=False):
+        """As TransformerLens (``run_with_hooks`` uses it); every hook named by a string must exist and be
+        able to fire in this configuration."""
+        self._check_can_fire([name for name, _ in [*fwd_hooks, *bwd_hooks]])
+        return super().hooks(list(fwd_hooks), list(bwd_hooks), reset_hooks_end, clear_contexts)
+
+    def get_caching_hooks(self, *args, **kwargs):
+        """As TransformerLens, without caching hooks on points that cannot fire in this configuration
+        (``run_with_cache()`` with no filter caches every hook that fires)."""
+        cache, fwd, bwd = super().get_caching_hooks(*args, **kwargs)
+
+        def can_fire(hooks: list) -> list:
+            return [(name, h) for name, h in hooks if not isinstance(name, str) or self._missing_flag(name) is None]
+
+        return cache, can_fire(fwd), can_fire(bwd)
 
     def _enable_hook_with_name(self, name: str, hook: Callable, dir) -> None:
         self._hook_point(name)
@@ -307,12 +398,14 @@ class HookedCLIPText(HookedRootModule):
 
     def run_with_cache(self, *model_args, names_filter=None, return_cache_object: bool = True, **kwargs):
         """As TransformerLens: returns (output, cache). The cache is an ``ActivationCache``, so
-        ``cache["resid_pre", 3]`` works; unknown names in ``names_filter`` are an error."""
+        ``cache["resid_pre", 3]`` works. Names in ``names_filter`` must exist, be able to fire in this
+        configuration, and fire in this run (not e.g. after ``stop_at_layer``)."""
         names = [names_filter] if isinstance(names_filter, str) else names_filter
         if isinstance(names, (list, tuple)):
-            for name in names:
-                self._hook_point(name)
+            self._check_can_fire(names)
         out, cache = super().run_with_cache(*model_args, names_filter=names_filter, **kwargs)
+        if isinstance(names, (list, tuple)):
+            self._check_fired(names, cache, kwargs)
         if return_cache_object:
             cache = ActivationCache(cache, self, has_batch_dim=not kwargs.get("remove_batch_dim", False))
         return out, cache
@@ -337,6 +430,16 @@ class HookedCLIPText(HookedRootModule):
         finally:
             for k, v in old.items():
                 setattr(self.cfg, k, v)
+
+    def _check_fired(self, names: Sequence[str], cache: dict, run_kwargs: dict) -> None:
+        silent = [n for n in names if n not in cache]
+        if silent:
+            settings = {k: run_kwargs[k] for k in ("return_type", "start_at_layer", "stop_at_layer") if k in run_kwargs}
+            raise ValueError(
+                f"hooks {silent[:6]} did not fire in this run ({settings or 'default settings'}): hooks before "
+                "start_at_layer, from stop_at_layer on, or past the requested return_type are not computed. "
+                "Drop them from names_filter or change the run's settings."
+            )
 
     # ------------------------------------------------------------------------ TL weight accessors
     @property

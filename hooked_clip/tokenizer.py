@@ -78,8 +78,8 @@ class CLIPTokenizer:
                 if not truncate:
                     raise TextTooLongError(
                         f"text {i} ({texts[i][:60]!r}...) is {len(row)} tokens long, over the context "
-                        f"length of {n_ctx}; shorten it, or pass truncate=True to cut it (the last kept "
-                        "token becomes EOT, as in open_clip)."
+                        f"length of {n_ctx}; shorten it, or cut it with model.to_tokens(texts, truncate=True) "
+                        "and pass those tokens (the last kept token becomes EOT, as in open_clip)."
                     )
                 rows[i] = row[: n_ctx - 1] + [self.eot_token_id]
         width = n_ctx if padding == "max_length" else max(len(r) for r in rows)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
-from hooked_clip import CLIPTextConfig, HookedCLIPText
+from hooked_clip import CLIPTextConfig, HookedCLIP, HookedCLIPText
 
 
 def test_wrong_token_dtype_and_shape(tiny_model):
@@ -86,3 +88,409 @@ def test_non_causal_and_last_pooling_are_not_trimmed():
         tokens = model.to_tokens(["a cat", "there are no dogs in the picture"])
         _, cache = model.run_with_cache(tokens)
         assert cache["resid_pre", 0].shape[1] == tokens.shape[1]
+
+
+# ------------------------------------------------------------------------------ checkpoint files (issue 14)
+class _WithSetstate(torch.nn.Module):
+    """A TorchScript module whose __setstate__ runs on load: the code a checkpoint can smuggle in."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("weight", torch.ones(2))
+
+    def forward(self, x):
+        return x * self.weight
+
+    @torch.jit.export
+    def __getstate__(self):
+        return (self.weight, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[torch.Tensor, bool]):
+        print("CODE FROM THE CHECKPOINT RAN")
+        self.weight = state[0]
+        self.training = state[1]
+
+
+def test_torchscript_checkpoint_is_refused_without_running_it(tmp_path, monkeypatch, capfd):
+    from hooked_clip.files import UnsafeCheckpointError
+
+    path = tmp_path / "ViT-B-32.pt"
+    torch.jit.save(torch.jit.script(_WithSetstate()), str(path))
+    capfd.readouterr()
+
+    def no_jit(*args, **kwargs):
+        raise AssertionError("torch.jit.load was called: a checkpoint's code would run")
+
+    monkeypatch.setattr(torch.jit, "load", no_jit)
+    with pytest.raises(UnsafeCheckpointError, match=r"ViT-B-32.pt' is a TorchScript archive.*run the code.*"
+                                                     r"torch.save\(torch.jit.load\(.*state_dict\(\)"):
+        HookedCLIP.from_open_clip("ViT-B-32", pretrained=str(path))
+    assert "CODE FROM THE CHECKPOINT RAN" not in capfd.readouterr().out
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_empty_and_truncated_checkpoints_name_the_file(tmp_path, suffix):
+    from safetensors.torch import save_file
+
+    from hooked_clip.files import UnreadableFileError
+
+    good = tmp_path / f"good{suffix}"
+    sd = {"a": torch.randn(64, 64), "b": torch.randn(64)}
+    torch.save(sd, good) if suffix == ".pt" else save_file(sd, str(good))
+    empty, cut = tmp_path / f"empty{suffix}", tmp_path / f"cut{suffix}"
+    empty.write_bytes(b"")
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(UnreadableFileError, match=rf"empty{suffix}' is empty \(0 bytes\)"):
+        HookedCLIP.from_open_clip("ViT-B-32", pretrained=str(empty))
+    with pytest.raises(UnreadableFileError, match=rf"cut{suffix}' cannot be read as a .*truncated"):
+        HookedCLIP.from_open_clip("ViT-B-32", pretrained=str(cut))
+
+
+def test_pickle_with_objects_is_not_unpickled(tmp_path):
+    from hooked_clip.files import UnreadableFileError
+
+    path = tmp_path / "objects.pt"
+    torch.save({"model": torch.nn.Linear(2, 2)}, path)
+    with pytest.raises(UnreadableFileError, match=r"objects.pt' cannot be read as a torch.save state dict.*state_dict\(\)"):
+        HookedCLIP.from_open_clip("ViT-B-32", pretrained=str(path))
+
+
+# --------------------------------------------------------------------------- the CLI's error policy (issue 14)
+def _cli(argv, capsys):
+    """Run the console script; returns (exit status, stderr)."""
+    from hooked_clip.analyses.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    return exit_.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("chunk", ["0", "-5"])
+def test_cli_refuses_a_non_positive_chunk_in_one_line(tmp_path, capsys, chunk):
+    code, err = _cli(["valse-negation", "--chunk", chunk, "--out", str(tmp_path), "--no-progress"], capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"hooked-clip: error: chunk (--chunk) must be a positive integer, got {chunk}")
+    assert not list(tmp_path.iterdir())  # refused before any work
+
+
+def test_cli_refuses_clipseg_where_it_would_be_ignored(tmp_path, capsys):
+    code, err = _cli(["valse-negation", "--clipseg", str(tmp_path), "--out", str(tmp_path / "run")], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "--clipseg measures subject sizes in the --images photos" in err
+
+
+def test_cli_user_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, capsys):
+    ckpt = tmp_path / "ViT-B-32.pt"
+    torch.jit.save(torch.jit.script(_WithSetstate()), str(ckpt))
+    argv = ["valse-negation", "--model", f"open_clip:ViT-B-32:{ckpt}", "--out", str(tmp_path / "run")]
+    code, err = _cli(argv, capsys)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert "ViT-B-32.pt' is a TorchScript archive" in err and "--debug" in err
+    from hooked_clip.files import UnsafeCheckpointError
+
+    with pytest.raises(UnsafeCheckpointError):
+        from hooked_clip.analyses.cli import main
+
+        main(["--debug", *argv])
+    code, err = _cli(["valse-negation", "--model", "open_clip:ViT-B-32", "--out", str(tmp_path / "run")], capsys)
+    assert code == 2 and "open_clip:NAME:TAG" in err
+
+
+def test_cli_bugs_keep_their_traceback(tmp_path, monkeypatch):
+    from hooked_clip.analyses.cli import main
+    from hooked_clip.analyses.valse_negation import cli as valse
+
+    def bug(args):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(valse, "run", bug)
+    with pytest.raises(ZeroDivisionError, match="a bug"):
+        main(["valse-negation", "--out", str(tmp_path)])
+
+
+# ------------------------------------------------------------------------------ the study's run dir (issue 14)
+@pytest.fixture(scope="module")
+def random_demo():
+    from hooked_clip.models.tiny_negation import build
+    from hooked_clip.models.tiny_negation.world import OBJECTS
+
+    return build(OBJECTS, seed=7)
+
+
+def _study_run(model, out, **settings):
+    from hooked_clip.analyses.valse_negation.images import SceneImages
+    from hooked_clip.analyses.valse_negation.study import Settings, run_items
+
+    return run_items(model, out, model_id="random", images=SceneImages(), progress=False,
+                     settings=Settings(**{"limit": 6, "chunk": 3, **settings}))
+
+
+def test_study_run_reads_no_grad_tensors(random_demo, tmp_path, recwarn):
+    """The default run warned 'Converting a tensor with requires_grad=True to a scalar' on every item."""
+    _study_run(random_demo, tmp_path)
+    assert not [w for w in recwarn if "requires_grad" in str(w.message)]
+
+
+def test_truncated_record_is_measured_again(random_demo, tmp_path):
+    full = _study_run(random_demo, tmp_path)
+    victim = sorted((tmp_path / "items").glob("*.json"))[2]
+    victim.write_text(victim.read_text()[:40])
+    with pytest.warns(UserWarning, match=rf"{victim.name}' cannot be read as an item record.*Measuring item "
+                                         rf"'{victim.stem}' again"):
+        again = _study_run(random_demo, tmp_path)
+    assert again.keys() == full.keys()
+    assert all(_max_abs_diff(again[k], full[k]) == 0 for k in full if k != victim.stem)
+    assert _max_abs_diff(json.loads(victim.read_text()), again[victim.stem]) == 0  # rewritten whole
+    # measured in another batch (alone, not in a chunk of 3): equal up to float summation order
+    assert _max_abs_diff(again[victim.stem], full[victim.stem]) <= 1e-5
+
+
+def _max_abs_diff(a, b) -> float:
+    """Largest difference between two records' numbers (NaN equals NaN); the non-numbers must be equal."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        return max([_max_abs_diff(a[k], b[k]) for k in a], default=0.0)
+    if isinstance(a, list):
+        assert len(a) == len(b)
+        return max([_max_abs_diff(x, y) for x, y in zip(a, b)], default=0.0)
+    if isinstance(a, float):
+        return 0.0 if a == b or (a != a and b != b) else abs(a - b)
+    assert a == b
+    return 0.0
+
+
+def test_damaged_run_dir_files_are_named(random_demo, tmp_path):
+    from hooked_clip.files import UnreadableFileError
+
+    _study_run(random_demo, tmp_path)
+    embeds = tmp_path / "image_embeds.safetensors"
+    embeds.write_bytes(embeds.read_bytes()[:100])
+    with pytest.raises(UnreadableFileError, match=r"image_embeds.safetensors' cannot be read.*Delete it and run again"):
+        _study_run(random_demo, tmp_path)
+    (tmp_path / "config.json").write_text('{"study_version": 1, "mod')
+    with pytest.raises(UnreadableFileError, match=r"config.json' cannot be read as the run's settings.*Delete the run directory"):
+        _study_run(random_demo, tmp_path)
+
+
+def test_settings_refuse_non_positive_sizes():
+    from hooked_clip.analyses.valse_negation.study import Settings
+
+    for bad in (dict(chunk=0), dict(chunk=-5), dict(batch_size=0), dict(rome_samples=0), dict(limit=0), dict(chunk=2.5)):
+        with pytest.raises(ValueError, match=rf"{next(iter(bad))} \(--.*\) must be a positive"):
+            Settings(**bad)
+
+
+def test_run_dir_files_keep_the_umask_mode(tmp_path):
+    import os
+    import stat
+
+    from hooked_clip.analyses.valse_negation import study
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert study._UMASK == mask
+    study.atomic_write(tmp_path / "report.md", "text")
+    assert stat.S_IMODE((tmp_path / "report.md").stat().st_mode) == 0o666 & ~mask  # mkstemp alone gives 0o600
+
+
+def test_images_folder_relative_or_absolute_is_the_same_run(tiny_model, tmp_path, monkeypatch):
+    from PIL import Image
+
+    from hooked_clip.analyses.valse_negation.data import load_items
+    from hooked_clip.analyses.valse_negation.images import FolderImages
+    from hooked_clip.analyses.valse_negation.study import Settings, run_items, select_items
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    items = select_items(load_items(), 2)
+    for x in items:
+        Image.new("RGB", (40, 50), (120, 30, 200)).save(folder / x.image_file)
+    monkeypatch.chdir(tmp_path)
+    kwargs = dict(model_id="t", settings=Settings(limit=2), progress=False)
+    first = run_items(tiny_model, tmp_path / "run", images=FolderImages("images"), **kwargs)
+    again = run_items(tiny_model, tmp_path / "run", images=FolderImages(folder.resolve()), **kwargs)
+    assert all(_max_abs_diff(again[k], first[k]) == 0 for k in first)  # accepted as the same run
+
+
+def test_truncated_jpeg_is_named(tiny_model, tmp_path):
+    from PIL import Image
+
+    from hooked_clip.analyses.valse_negation.data import load_items
+    from hooked_clip.analyses.valse_negation.images import FolderImages
+    from hooked_clip.files import UnreadableFileError
+
+    items = load_items()[:2]
+    gen = torch.Generator().manual_seed(0)
+    for x in items:
+        Image.fromarray((torch.rand(60, 60, 3, generator=gen) * 255).byte().numpy()).save(tmp_path / x.image_file)
+    cut = tmp_path / items[1].image_file
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    with pytest.raises(UnreadableFileError, match=rf"{cut.name}' cannot be read as an image.*intact copy"):
+        FolderImages(tmp_path).embed(tiny_model, items)
+
+
+# ----------------------------------------------------------------------------------- text inputs (issue 14)
+def test_empty_inputs(tiny_model):
+    with pytest.raises(ValueError, match="empty list of texts"):
+        tiny_model.encode_text([])
+    for shape in [(2, 0), (0, 5)]:
+        with pytest.raises(ValueError, match=rf"tokens of shape \({shape[0]}, {shape[1]}\) hold no text.*to_tokens"):
+            tiny_model.encode_text(torch.zeros(shape, dtype=torch.long))
+
+
+def test_argmax_row_without_eot_is_refused():
+    """Argmax pooling on a row without EOT used to pool at SOT (the largest id left) without a word."""
+    from conftest import hf_clip
+
+    model = HookedCLIP.from_hf(hf_clip("tiny_argmax", with_vision=False), device="cpu")
+    tokens = model.to_tokens(["There is a cat.", "no"])
+    cut = tokens.clone()
+    cut[1, 2] = 0  # row 1's EOT replaced by padding
+    with pytest.raises(ValueError, match=r"rows \[1\] have no EOT token \(49407\), so pooling='argmax'.*pool_positions"):
+        model.encode_text(cut)
+    with torch.no_grad():  # an explicit pooling position is still accepted
+        assert model.text(cut, pool_positions=torch.tensor([6, 1])).shape == (2, 32)
+
+
+def test_to_str_tokens_takes_one_text(tiny_model):
+    with pytest.raises(TypeError, match=r"takes one text, got a list of 2; for several use \[model.to_str_tokens\(t\)"):
+        tiny_model.to_str_tokens(["a cat", "a dog"])
+    assert tiny_model.to_str_tokens("a cat")[1:3] == ["a", "cat"]
+
+
+def test_too_long_text_advice_works_where_it_is_given(tiny_model):
+    """encode_text refuses truncate=...; the advice must name a call that accepts it."""
+    long = ["word " * 80]
+    with pytest.raises(ValueError, match=r"model.to_tokens\(texts, truncate=True\) and pass those tokens"):
+        tiny_model.encode_text(long)
+    tiny_model.encode_text(tiny_model.to_tokens(long, truncate=True))  # the advice, followed, works
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(stop_at_layer=3), r"stop_at_layer=3 is out of range for a tower of 2 blocks; use -2..2"),
+    (dict(stop_at_layer=-3), r"stop_at_layer=-3 is out of range"),
+    (dict(start_at_layer=5), r"start_at_layer=5 is out of range"),
+    (dict(start_at_layer=2, stop_at_layer=1), r"start_at_layer=2 comes after stop_at_layer=1"),
+    (dict(stop_at_layer=1.0), r"stop_at_layer must be an int"),
+])
+def test_layer_range_is_checked(tiny_model, kwargs, message):
+    tokens = tiny_model.to_tokens(["There is a cat."])
+    resid = tiny_model.text(tokens, stop_at_layer=1)
+    inp = resid if "start_at_layer" in kwargs else tokens
+    with pytest.raises((ValueError, TypeError), match=message):
+        tiny_model.text(inp, tokens=tokens, **kwargs) if "start_at_layer" in kwargs else tiny_model.text(inp, **kwargs)
+    with torch.no_grad():  # TransformerLens's negative indices still work
+        assert torch.equal(tiny_model.text(tokens, stop_at_layer=-1), resid)
+
+
+def test_dtype_names_and_load_model_dtype():
+    from conftest import hf_clip
+
+    from hooked_clip import load_model
+
+    ref = load_model("tiny-negation")
+    half = load_model("tiny-negation", dtype="float16")  # load_model used to refuse dtype altogether
+    assert half.cfg.dtype == torch.float16 and half.text.W_E.dtype == torch.float16
+    with torch.no_grad():
+        a, b = ref.encode_text(["There are no dogs."]), half.encode_text(["There are no dogs."])
+    assert b.dtype == torch.float16 and (a - b.float()).abs().max() < 1e-2
+    assert HookedCLIP.from_hf(hf_clip("tiny_eot"), device="cpu", dtype="torch.bfloat16").cfg.dtype == torch.bfloat16
+    for bad in ("float17", torch.int8):
+        with pytest.raises(ValueError, match=r"dtype must be a floating-point torch.dtype or one of \['bf16'"):
+            load_model("tiny-negation", dtype=bad)
+        with pytest.raises(ValueError, match="dtype must be a floating-point torch.dtype"):
+            HookedCLIP.from_hf(hf_clip("tiny_eot"), device="cpu", dtype=bad)
+
+
+# ------------------------------------------------------------------------------ analysis inputs (issue 14)
+def test_tuned_lens_load_refuses_other_files(tmp_path):
+    from safetensors.torch import save_file
+
+    from hooked_clip.analyses.lens import TunedLens
+    from hooked_clip.files import UnreadableFileError
+
+    other = tmp_path / "model.safetensors"
+    save_file({"embed.W_E": torch.zeros(4, 4)}, str(other))
+    with pytest.raises(UnreadableFileError, match=r"model.safetensors' is not a tuned lens.*TunedLens.save"):
+        TunedLens.load(other)
+    empty = tmp_path / "lens.safetensors"
+    empty.write_bytes(b"")
+    with pytest.raises(UnreadableFileError, match=r"lens.safetensors' is empty"):
+        TunedLens.load(empty)
+    good = tmp_path / "good.safetensors"
+    TunedLens(8, 2).save(good)
+    assert len(TunedLens.load(good).translators) == 2
+
+
+def test_attribution_metric_without_gradient(tiny_model):
+    from hooked_clip.analyses.attribution import attribution_patch
+
+    clean, corrupt = ["There are no cats."], ["There are some cats."]
+    target = tiny_model.encode_text(clean).detach()
+
+    def detached(embeds):
+        return (embeds.detach() * target).sum(-1)
+
+    for ig_steps in (0, 2):
+        with pytest.raises(ValueError, match=r"metric's output has no gradient.*use activation_patch"):
+            attribution_patch(tiny_model, clean, corrupt, detached, "resid_pre", "layer_pos", ig_steps=ig_steps)
+
+
+def test_alignment_and_senders_validation():
+    from hooked_clip.analyses._validation import check_alignment, check_senders
+
+    with pytest.raises(TypeError, match=r"alignment must hold integer positions .* got dtype torch.float32"):
+        check_alignment(torch.tensor([[0.0, 1.7]]), 1, 2, 3)
+    with pytest.raises(ValueError, match=r"alignment must have shape \[batch, pos\] = \(1, 2\), got \(2,\)"):
+        check_alignment(torch.tensor([0, 1]), 1, 2, 3)
+    with pytest.raises(ValueError, match=r"alignment values must lie in -1..2"):
+        check_alignment([[0, 3]], 1, 2, 3)
+    assert check_alignment([[0, -1]], 1, 2, 3).dtype == torch.long
+    with pytest.raises(ValueError, match="senders is empty, so there is nothing to patch"):
+        check_senders([])
+    with pytest.raises(TypeError, match="senders must be names"):
+        check_senders([3])
+    assert check_senders("L0H1") == ["L0H1"] and check_senders(None) is None
+
+
+def test_demo_encode_image_of_one_image():
+    from PIL import Image
+
+    from hooked_clip import load_model
+
+    demo = load_model("tiny-negation")
+    with pytest.raises(ValueError, match=r"not a Image: it has no pixel tower"):
+        demo.encode_image(Image.new("RGB", (8, 8)))
+    with pytest.raises(ValueError, match=r"for one scene, wrap it in a list: \[\['dog', 'tree'\]\]"):
+        demo.encode_image(["dog", "tree"])
+    assert demo.encode_image([["dog", "tree"]]).shape == (1, demo.cfg.d_proj)
+
+
+# ---------------------------------------------------------------------- checkpoint directories (issue 14)
+def test_empty_or_damaged_checkpoint_dir_names_the_file(tmp_path):
+    from conftest import hf_clip
+
+    from hooked_clip.files import UnreadableFileError
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"empty' is an empty directory.*save_pretrained"):
+        HookedCLIP.from_pretrained(tmp_path / "empty")
+    (tmp_path / "loose").mkdir()
+    (tmp_path / "loose" / "model.safetensors").write_bytes(b"x")
+    with pytest.raises(FileNotFoundError, match=r"loose' has no config.json \(it holds: model.safetensors\)"):
+        HookedCLIP.from_pretrained(tmp_path / "loose")
+    ckpt = tmp_path / "ckpt"
+    hf_clip("tiny_eot").save_pretrained(ckpt)
+    config, weights = ckpt / "config.json", ckpt / "model.safetensors"
+    good_config, good_weights = config.read_text(), weights.read_bytes()
+    config.write_text(good_config[:50])
+    with pytest.raises(UnreadableFileError, match=r"config.json' cannot be read as a model configuration"):
+        HookedCLIP.from_pretrained(ckpt)
+    config.write_text(good_config)
+    for cut, message in [(0, "is empty"), (1000, "cannot be read as a safetensors"),
+                         (len(good_weights) * 9 // 10, "cannot be read as a safetensors")]:
+        weights.write_bytes(good_weights[:cut])
+        with pytest.raises(UnreadableFileError, match=rf"model.safetensors' {message}"):
+            HookedCLIP.from_pretrained(ckpt)

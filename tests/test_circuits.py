@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from conftest import hf_clip
 
 from hooked_clip.analyses.attribution import attribution_patch, direct_attribution, direct_difference_attribution, direct_similarity_attribution

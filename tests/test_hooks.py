@@ -252,3 +252,110 @@ def test_prefix_run_equals_full_run(tiny_model, tokens):
             text(tokens, prefix=kv)
         with pytest.raises(ValueError, match="prefix has 1 entries for 2 blocks"):
             text(cache["resid_pre", 0][:, 3:], start_at_layer=0, pool_positions=pool - 3, prefix=kv)
+
+
+# ------------------------------------------------------------------------ checked hook returns (issue 14)
+def test_every_hook_point_is_checked(full_model, tiny_model):
+    from hooked_clip.hook_points import CheckedHookPoint
+
+    for model in (full_model, tiny_model):
+        assert all(isinstance(hp, CheckedHookPoint) for hp in model.text.hook_dict.values())
+
+
+def test_hook_returning_fewer_rows_stops_the_run(tiny_model):
+    """x[:1] on a batch of 2 used to be indexed/broadcast downstream: row 1 silently became example 0."""
+    from hooked_clip.hook_points import HookReturnError
+
+    tokens = tiny_model.to_tokens(["There is a cat.", "There are no dogs."])
+    with pytest.raises(HookReturnError, match=r"on 'blocks.0.hook_resid_pre' \(fwd\) returned a tensor of shape "
+                                              r"\(1, 7, 64\).*replaces has shape \(2, 7, 64\)"):
+        tiny_model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.hook_resid_pre", lambda x, hook: x[:1])])
+    assert not any(hp.has_hooks() for hp in tiny_model.text.hook_points())
+
+
+def test_pattern_hook_returning_one_head_stops_the_run(full_model, tokens):
+    from hooked_clip.hook_points import HookReturnError
+
+    def one_head(pattern, hook):
+        return pattern[:, :1]
+
+    with pytest.raises(HookReturnError, match=r"one_head on 'blocks.1.attn.hook_pattern'.*shape \(6, 1, "):
+        full_model.run_with_hooks(tokens, fwd_hooks=[("blocks.1.attn.hook_pattern", one_head)])
+
+
+@pytest.mark.parametrize("bad, got", [
+    (lambda x, hook: x.double(), "torch.float64"),
+    (lambda x, hook: x.to("meta"), r"torch.float32 on meta, but the activation it replaces has .* on cpu"),
+    (lambda x, hook: x[..., None], r"shape \(6, \d+, 64, 1\)"),
+    (lambda x, hook: x.tolist(), "returned a list"),
+    (lambda x, hook: 0.0, "returned a float"),
+])
+def test_hook_returning_other_dtype_or_type_stops_the_run(tiny_model, tokens, bad, got):
+    from hooked_clip.hook_points import HookReturnError
+
+    with pytest.raises(HookReturnError, match=got):
+        tiny_model.run_with_hooks(tokens, fwd_hooks=[("blocks.1.hook_mlp_out", bad)])
+    with pytest.raises(HookReturnError, match=got):  # hooks() and a HookPoint's own add_hook are checked too
+        with tiny_model.hooks(fwd_hooks=[(lambda n: n == "hook_embed", bad)]):
+            tiny_model.encode_text(tokens)
+    point = tiny_model.text.blocks[0].hook_attn_out
+    point.add_hook(bad)
+    try:
+        with pytest.raises(HookReturnError, match="'blocks.0.hook_attn_out'"):
+            tiny_model.encode_text(tokens)
+    finally:
+        point.remove_hooks()
+
+
+def test_backward_hook_returning_another_shape_stops(tiny_model, tokens):
+    from hooked_clip.hook_points import HookReturnError
+
+    text = tiny_model.text
+    with torch.no_grad():
+        resid = text(tokens, stop_at_layer=1)
+    resid.requires_grad_(True)  # a graph whatever the parameters' requires_grad
+    text.add_hook("blocks.1.hook_resid_pre", lambda g, hook: g[:1], dir="bwd")
+    try:
+        with torch.enable_grad(), pytest.raises(HookReturnError, match=r"'blocks.1.hook_resid_pre' \(bwd\).*the gradient it replaces"):
+            text(resid, start_at_layer=1, tokens=tokens).sum().backward()
+    finally:
+        text.reset_hooks(including_permanent=True)
+
+
+def test_well_formed_hook_returns_still_patch(tiny_model, tokens):
+    name = "blocks.0.hook_resid_post"
+    with torch.no_grad():
+        plain = tiny_model.text(tokens)
+        assert torch.equal(tiny_model.run_with_hooks(tokens, fwd_hooks=[(name, lambda x, hook: None)]), plain)
+        assert torch.equal(tiny_model.run_with_hooks(tokens, fwd_hooks=[(name, lambda x, hook: x)]), plain)
+        doubled = tiny_model.run_with_hooks(tokens, fwd_hooks=[(name, lambda x, hook: 2 * x)])
+    assert (doubled - plain).abs().max() > 1e-3
+    def reader(x, hook):
+        return None
+
+    handle = tiny_model.text.blocks[0].hook_resid_post.add_hook(reader)
+    assert handle.user_hook is reader  # list_hooks() shows the user's function, not the checking wrapper
+    tiny_model.text.reset_hooks()
+
+
+# ------------------------------------------------------------------- hooks that cannot fire (issue 14)
+def test_opt_in_hooks_need_their_flag(tiny_model, tokens):
+    with pytest.raises(ValueError, match=r"'blocks.0.attn.hook_result' never fires.*use_attn_result=True"):
+        tiny_model.run_with_cache(tokens, names_filter=["blocks.0.attn.hook_result"])
+    with pytest.raises(ValueError, match=r"'blocks.1.hook_v_input' never fires.*use_split_qkv_input=True"):
+        tiny_model.run_with_hooks(tokens, fwd_hooks=[("blocks.1.hook_v_input", lambda x, hook: None)])
+    with pytest.raises(ValueError, match="use_attn_result"):
+        tiny_model.text.add_hook("blocks.1.attn.hook_result", lambda x, hook: None)
+    with pytest.raises(ValueError, match="'blocks.0.hook_q_input' never fires"):
+        with tiny_model.hooks(fwd_hooks=[("blocks.0.hook_q_input", lambda x, hook: None)]):
+            pass
+    assert not any(hp.has_hooks() for hp in tiny_model.text.hook_points())
+    _, everything = tiny_model.run_with_cache(tokens)  # caching all hooks is still fine
+    assert "blocks.0.attn.hook_result" not in everything.keys()
+
+
+def test_named_hooks_that_do_not_fire_in_this_run(tiny_model, tokens):
+    with pytest.raises(ValueError, match=r"\['blocks.1.hook_resid_post'\] did not fire.*stop_at_layer"):
+        tiny_model.run_with_cache(tokens, stop_at_layer=1, names_filter=["blocks.1.hook_resid_post"])
+    with pytest.raises(ValueError, match=r"\['hook_text_embed_normalized'\] did not fire.*'return_type': 'embed'"):
+        tiny_model.run_with_cache(tokens, return_type="embed", names_filter="hook_text_embed_normalized")

@@ -177,9 +177,10 @@ def test_cli_on_a_saved_hf_checkpoint_with_images_and_without(tmp_path, capsys):
     assert "skipping scores" in capsys.readouterr().err
     res = json.loads((tmp_path / "text" / "results.json").read_text())
     assert "scores" not in res and "heads" in res
-    with pytest.raises(FileNotFoundError, match="missing"):
+    with pytest.raises(SystemExit) as exit_:  # a user error: one line, exit status 2
         main(["valse-negation", "--model", str(tmp_path / "ckpt"), "--images", str(images), "--limit", "8",
               "--out", str(tmp_path / "run8"), "--no-progress"])
+    assert exit_.value.code == 2 and "image files are missing" in capsys.readouterr().err
 
 
 def test_rome_variant(random_demo, tmp_path):

@@ -63,8 +63,10 @@ def run(args: argparse.Namespace) -> Path:
     models = args.model or ["tiny-negation"]
     if len(set(models)) != len(models):
         raise SystemExit(f"--model lists a model twice ({models}); name each model once.")
-    if args.clipseg and args.images is None:
-        raise SystemExit("--clipseg measures subjects in the images; pass --images DIR too.")
+    if args.clipseg is not None and (models == ["tiny-negation"] or args.images is None):
+        raise SystemExit("--clipseg measures subject sizes in the --images photos of a real --model; pass both, "
+                         "or drop --clipseg.")
+    Settings(limit=args.limit, chunk=args.chunk, rome=args.rome)  # checks the values before any work
     items = load_items(args.data)
     reference = load_reference(args.reference) if args.reference else None  # fail before any work
     parser = None  # subject prompts: for subject size (--clipseg) and for the comparison with a reference

@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 
 from hooked_clip.analyses.valse_negation.report import LOCATIONS, PAPER_R, REFERENCE, _fmt
 from hooked_clip.analyses.valse_negation.study import ROWS, atomic_write

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from hooked_clip.analyses.valse_negation.data import Item, Pair
+from hooked_clip.files import unreadable
 from hooked_clip.analyses.valse_negation.demo_scenes import synthesize_scene
 
 
@@ -59,7 +60,7 @@ class FolderImages:
     callable (prompt, PIL image) -> (mean area, binary area) such as :func:`clipseg_subject_size`."""
 
     def __init__(self, root, segmenter: Optional[Callable] = None, batch_size: int = 32):
-        self.root = Path(root)
+        self.root = Path(root).expanduser().resolve()  # relative or absolute: the same folder, the same run
         self.segmenter = segmenter
         self.batch_size = batch_size
         if not self.root.is_dir():
@@ -85,9 +86,15 @@ class FolderImages:
         """The file as PIL opens it (mode kept: the model's preprocessing converts, as its reference does)."""
         from PIL import Image
 
-        with Image.open(self.root / item.image_file) as im:
-            im.load()
-            return im
+        path = self.root / item.image_file
+        try:
+            with Image.open(path) as im:
+                im.load()
+                return im
+        except FileNotFoundError:
+            raise
+        except (OSError, SyntaxError, ValueError) as err:  # PIL: truncated, damaged or not an image
+            raise unreadable(path, "an image", err, f"Replace it with an intact copy of {item.image_file}.") from None
 
     @torch.no_grad()
     def embed(self, model, items: Sequence[Item]) -> Tensor:

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -23,6 +24,8 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+
+from hooked_clip.files import UnreadableFileError, read_json, read_safetensors
 
 from hooked_clip.analyses.causal_tracing import minimal_pair_trace, rome_trace
 from hooked_clip.analyses.heads import negator_head_scores
@@ -45,6 +48,14 @@ class Settings:
     rome: bool = False  # also the ROME-noise variant of causal tracing (slower)
     rome_samples: int = 10
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("chunk", "batch_size", "rome_samples"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} (--{name.replace('_', '-')}) must be a positive integer, got {value!r}.")
+        if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1):
+            raise ValueError(f"limit (--limit) must be a positive number of items or None, got {self.limit!r}.")
 
 
 def segment(d: float) -> str:
@@ -76,18 +87,31 @@ def fingerprint(model) -> str:
     return h.hexdigest()[:16]
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it back at once
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()  # read once, at import (single-threaded), not while a run may be writing
+
+
 def atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path`` and rename it into place (never half-written).
+    The file gets the mode a plain ``open`` would give (0666 less the umask), not mkstemp's 0600."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         f.write(text)
+    os.chmod(tmp, 0o666 & ~_UMASK)
     os.replace(tmp, path)
 
 
 def _check_config(run_dir: Path, config: dict) -> None:
     path = run_dir / "config.json"
     if path.exists():
-        old = json.loads(path.read_text())
+        old = read_json(path, "the run's settings (JSON)", f"Delete the run directory {run_dir} to start over, "
+                        "or pass another --out.")
         diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
         if diff:
             raise RunDirMismatchError(
@@ -99,10 +123,11 @@ def _check_config(run_dir: Path, config: dict) -> None:
 
 
 def _image_embeds(model, run_dir: Path, items: Sequence[Item], images) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     path = run_dir / "image_embeds.safetensors"
-    cached = load_file(str(path)) if path.exists() else {}
+    fix = "Delete it and run again: the image embeddings are recomputed."
+    cached = read_safetensors(path, fix) if path.exists() else {}
     todo = [x for x in items if x.id not in cached]
     if todo:
         emb = images.embed(model, todo)
@@ -158,10 +183,7 @@ def run_items(model, run_dir, *, model_id: str, images=None, settings: Settings 
               **{k: v for k, v in asdict(settings).items() if k not in ("chunk", "batch_size")}}
     _check_config(run_dir, config)
     img = _image_embeds(model, run_dir, items, images) if images is not None else None
-    records: dict[str, dict] = {}
-    for path in (run_dir / "items").glob("*.json"):
-        rec = json.loads(path.read_text())
-        records[rec["id"]] = rec
+    records = _read_records(run_dir / "items")
     todo = [x for x in items if x.id not in records]
     bar = tqdm(total=len(items), initial=len(items) - len(todo), desc="VALSE items", disable=not progress)
     for start in range(0, len(todo), settings.chunk):
@@ -174,6 +196,23 @@ def run_items(model, run_dir, *, model_id: str, images=None, settings: Settings 
     return {x.id: records[x.id] for x in items}
 
 
+def _read_records(folder: Path) -> dict[str, dict]:
+    """The finished items' records by id. A damaged record (truncated, not JSON, or not this item's) is
+    reported and left out, so its item is measured again and the file rewritten."""
+    records: dict[str, dict] = {}
+    for path in sorted(folder.glob("*.json")):
+        try:
+            rec = read_json(path, "an item record (JSON)", "It was probably cut short (a crash or a full disk).")
+            if not isinstance(rec, dict) or rec.get("id") != path.stem:
+                raise UnreadableFileError(f"{str(path)!r} is not the record of item {path.stem!r}.")
+        except UnreadableFileError as err:
+            warnings.warn(f"{err} Measuring item {path.stem!r} again (the file will be replaced).", stacklevel=3)
+            continue
+        records[rec["id"]] = rec
+    return records
+
+
+@torch.inference_mode()  # reads only: no autograd graph (the logit scale is a Parameter)
 def _measure(model, items: list[Item], img: Optional[dict], images, settings: Settings,
              subject_parser: Optional[SubjectParser] = None) -> list[dict]:
     text = model.text

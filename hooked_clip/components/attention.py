@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
-from transformer_lens.hook_points import HookPoint
 
 from hooked_clip.config import CLIPTextConfig
+from hooked_clip.hook_points import CheckedHookPoint
 
 
 class KeyValuePrefix(NamedTuple):
@@ -45,13 +45,13 @@ class Attention(nn.Module):
         self.b_V = nn.Parameter(torch.zeros(h, d, dtype=cfg.dtype))
         self.b_O = nn.Parameter(torch.zeros(m, dtype=cfg.dtype))
         self.attn_scale = d**0.5
-        self.hook_q = HookPoint()  # [batch, pos, head, d_head]
-        self.hook_k = HookPoint()
-        self.hook_v = HookPoint()
-        self.hook_attn_scores = HookPoint()  # [batch, head, query, key], masked, before softmax
-        self.hook_pattern = HookPoint()  # [batch, head, query, key]
-        self.hook_z = HookPoint()  # [batch, pos, head, d_head]
-        self.hook_result = HookPoint()  # [batch, pos, head, d_model], with cfg.use_attn_result
+        self.hook_q = CheckedHookPoint()  # [batch, pos, head, d_head]
+        self.hook_k = CheckedHookPoint()
+        self.hook_v = CheckedHookPoint()
+        self.hook_attn_scores = CheckedHookPoint()  # [batch, head, query, key], masked, before softmax
+        self.hook_pattern = CheckedHookPoint()  # [batch, head, query, key]
+        self.hook_z = CheckedHookPoint()  # [batch, pos, head, d_head]
+        self.hook_result = CheckedHookPoint()  # [batch, pos, head, d_model], with cfg.use_attn_result
 
     def forward(
         self,

@@ -6,12 +6,12 @@ from typing import Optional
 
 from jaxtyping import Float
 from torch import Tensor, nn
-from transformer_lens.hook_points import HookPoint
 
 from hooked_clip.components.attention import Attention, KeyValuePrefix
 from hooked_clip.components.layer_norm import LayerNorm
 from hooked_clip.components.mlp import MLP
 from hooked_clip.config import CLIPTextConfig
+from hooked_clip.hook_points import CheckedHookPoint
 
 
 class TransformerBlock(nn.Module):
@@ -23,14 +23,14 @@ class TransformerBlock(nn.Module):
         self.attn = Attention(cfg)
         self.ln2 = LayerNorm(cfg)
         self.mlp = MLP(cfg)
-        self.hook_resid_pre = HookPoint()  # [batch, pos, d_model]
-        self.hook_q_input = HookPoint()  # [batch, pos, head, d_model], with use_split_qkv_input
-        self.hook_k_input = HookPoint()
-        self.hook_v_input = HookPoint()
-        self.hook_attn_out = HookPoint()  # [batch, pos, d_model]
-        self.hook_resid_mid = HookPoint()
-        self.hook_mlp_out = HookPoint()
-        self.hook_resid_post = HookPoint()
+        self.hook_resid_pre = CheckedHookPoint()  # [batch, pos, d_model]
+        self.hook_q_input = CheckedHookPoint()  # [batch, pos, head, d_model], with use_split_qkv_input
+        self.hook_k_input = CheckedHookPoint()
+        self.hook_v_input = CheckedHookPoint()
+        self.hook_attn_out = CheckedHookPoint()  # [batch, pos, d_model]
+        self.hook_resid_mid = CheckedHookPoint()
+        self.hook_mlp_out = CheckedHookPoint()
+        self.hook_resid_post = CheckedHookPoint()
 
     def forward(self, resid_pre: Float[Tensor, "batch pos d_model"],
                 prefix: Optional[KeyValuePrefix] = None) -> Float[Tensor, "batch pos d_model"]:

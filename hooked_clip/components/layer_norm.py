@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
-from transformer_lens.hook_points import HookPoint
 
 from hooked_clip.config import CLIPTextConfig
+from hooked_clip.hook_points import CheckedHookPoint
 
 
 class LayerNorm(nn.Module):
@@ -17,8 +17,8 @@ class LayerNorm(nn.Module):
         self.cfg = cfg
         self.w = nn.Parameter(torch.ones(cfg.d_model, dtype=cfg.dtype))
         self.b = nn.Parameter(torch.zeros(cfg.d_model, dtype=cfg.dtype))
-        self.hook_scale = HookPoint()  # [batch, pos, (head,) 1]
-        self.hook_normalized = HookPoint()  # [batch, pos, (head,) d_model]
+        self.hook_scale = CheckedHookPoint()  # [batch, pos, (head,) 1]
+        self.hook_normalized = CheckedHookPoint()  # [batch, pos, (head,) d_model]
 
     def forward(self, x: Float[Tensor, "batch pos *head d_model"]) -> Float[Tensor, "batch pos *head d_model"]:
         if self.hook_scale.has_hooks():

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
-from transformer_lens.hook_points import HookPoint
 
 from hooked_clip.config import CLIPTextConfig
+from hooked_clip.hook_points import CheckedHookPoint
 
 
 def quick_gelu(x: Tensor) -> Tensor:
@@ -29,8 +29,8 @@ class MLP(nn.Module):
         self.W_out = nn.Parameter(torch.empty(cfg.d_mlp, cfg.d_model, dtype=cfg.dtype))
         self.b_out = nn.Parameter(torch.zeros(cfg.d_model, dtype=cfg.dtype))
         self.act = ACTIVATIONS[cfg.act_fn]
-        self.hook_pre = HookPoint()  # [batch, pos, d_mlp]
-        self.hook_post = HookPoint()  # [batch, pos, d_mlp]
+        self.hook_pre = CheckedHookPoint()  # [batch, pos, d_mlp]
+        self.hook_post = CheckedHookPoint()  # [batch, pos, d_mlp]
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         pre = self.hook_pre(F.linear(x, self.W_in.T, self.b_in))

@@ -56,9 +56,14 @@ class SceneTower(VisionTower):
             if isinstance(scenes, str) or (isinstance(scenes, (list, tuple)) and scenes and isinstance(scenes[0], str)):
                 raise ValueError(
                     "encode_image takes a list of scenes, each a list of object names, e.g. [['dog', 'tree']]; "
-                    f"got {scenes!r}."
+                    f"got {scenes!r} (for one scene, wrap it in a list: [{scenes!r}])."
                 )
-            if not isinstance(scenes, (list, tuple)) or len(scenes) == 0:
+            if not isinstance(scenes, (list, tuple)):
+                raise ValueError(
+                    f"the demo model's encode_image takes scenes (lists of object names), not a "
+                    f"{type(scenes).__name__}: it has no pixel tower. Pass e.g. [['dog', 'tree']]."
+                )
+            if len(scenes) == 0:
                 raise ValueError("encode_image got no scenes; pass a non-empty list of scenes.")
             hot = self.encoder.multi_hot(scenes)
         param = next(self.encoder.parameters())

@@ -1,0 +1,46 @@
+"""Argument checks for the patching analyses, each raising one clear error that names the argument.
+
+Kept apart from the engines so that they can be rewritten freely: ``patching.activation_patch`` calls
+:func:`check_alignment` and ``path_patching.path_patch`` calls :func:`check_senders`.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+
+def check_alignment(alignment, n_ex: int, n_pos: int, n_src: int, device: Optional[torch.device] = None) -> Tensor:
+    """``alignment`` [batch, pos] as int64 on ``device``: integer positions of the source run, -1 = none.
+
+    A float tensor is refused rather than truncated (1.7 would silently become position 1).
+    """
+    t = torch.as_tensor(alignment, device=device)
+    if t.dtype.is_floating_point or t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(
+            f"alignment must hold integer positions (-1 = no counterpart), got dtype {t.dtype}; build it with "
+            "dtype=torch.long."
+        )
+    if tuple(t.shape) != (n_ex, n_pos):
+        raise ValueError(f"alignment must have shape [batch, pos] = {(n_ex, n_pos)}, got {tuple(t.shape)}.")
+    if t.numel() and (int(t.max()) >= n_src or int(t.min()) < -1):
+        raise ValueError(f"alignment values must lie in -1..{n_src - 1} (source positions; -1 = none).")
+    return t.long()
+
+
+def check_senders(senders: Union[None, str, Sequence[str]]) -> Optional[list[str]]:
+    """``None`` (every upstream sender) or a non-empty list of sender names."""
+    if senders is None:
+        return None
+    listed = [senders] if isinstance(senders, str) else list(senders)
+    if not listed:
+        raise ValueError(
+            "senders is empty, so there is nothing to patch; name at least one sender ('embed', 'L{layer}H{head}' "
+            "or 'L{layer}_mlp'), or pass senders=None for every sender upstream of the receivers."
+        )
+    bad = [s for s in listed if not isinstance(s, str)]
+    if bad:
+        raise TypeError(f"senders must be names such as 'L3H1', 'L2_mlp' or 'embed', got {bad[:5]}.")
+    return listed
