@@ -21,7 +21,13 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 
 from hooked_clip import HookedCLIP
 from hooked_clip.analyses.valse_negation.data import load_items
-from hooked_clip.analyses.valse_negation.study import _scores, _unit_text, select_items
+from hooked_clip.analyses.valse_negation.study import select_items
+
+
+def d_of(model, e_c, e_f, img):
+    """d = S(caption, image) - S(foil, image), the model's own similarity."""
+    return model.paired_similarity(e_c, img) - model.paired_similarity(e_f, img)
+
 
 MODES = [("RGB", "JPEG"), ("L", "JPEG"), ("CMYK", "JPEG"), ("RGB", "PNG"), ("L", "PNG"), ("RGBA", "PNG"), ("P", "PNG")]
 SIZES = [(50, 70), (300, 200), (64, 64), (17, 90), (640, 480)]
@@ -52,8 +58,8 @@ pipelines = {
     "open_clip preprocess": lambda: torch.stack([open_clip.image_transform(224, is_train=False)(im) for im in images]),
 }
 with torch.no_grad():
-    e_c, e_f = _unit_text(model, [x.caption for x in items]), _unit_text(model, [x.foil for x in items])
-    d = {name: torch.sub(*_scores(model, e_c, e_f, model.encode_image(f(), normalize=False))) for name, f in pipelines.items()}
+    e_c, e_f = model.encode_text([x.caption for x in items]), model.encode_text([x.foil for x in items])
+    d = {name: d_of(model, e_c, e_f, model.encode_image(f(), normalize=False)) for name, f in pipelines.items()}
 base = next(iter(d))
 print(f"d over {len(items)} items: {float(d[base].min()):.2f} .. {float(d[base].max()):.2f} logits")
 for name in list(d)[1:]:

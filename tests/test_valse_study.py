@@ -400,6 +400,11 @@ def _write_images(folder, items):
     return made
 
 
+def d_of(model, e_c, e_f, img):
+    """d = S(caption, image) - S(foil, image), the model's own similarity."""
+    return model.paired_similarity(e_c, img) - model.paired_similarity(e_f, img)
+
+
 def _fed_pixels(model, folder, items):
     """The pixel batches the study's FolderImages feeds the image encoder."""
     seen = []
@@ -467,7 +472,7 @@ def test_d_gap_between_the_two_pixel_pipelines_on_a_random_model(hf_dir, tmp_pat
     import open_clip
     from PIL import Image
 
-    from hooked_clip.analyses.valse_negation.study import _scores, _unit_text, select_items
+    from hooked_clip.analyses.valse_negation.study import select_items
 
     items = select_items(load_items(), 28)
     _write_images(tmp_path, items)
@@ -475,8 +480,8 @@ def test_d_gap_between_the_two_pixel_pipelines_on_a_random_model(hf_dir, tmp_pat
     hf_pixels = _fed_pixels(model, tmp_path, items)
     oc_pixels = torch.stack([open_clip.image_transform(64, is_train=False)(Image.open(tmp_path / x.image_file)) for x in items])
     with torch.no_grad():
-        e_c, e_f = _unit_text(model, [x.caption for x in items]), _unit_text(model, [x.foil for x in items])
-        d = [torch.sub(*_scores(model, e_c, e_f, model.encode_image(px, normalize=False))) for px in (hf_pixels, oc_pixels)]
+        e_c, e_f = model.encode_text([x.caption for x in items]), model.encode_text([x.foil for x in items])
+        d = [d_of(model, e_c, e_f, model.encode_image(px, normalize=False)) for px in (hf_pixels, oc_pixels)]
     gap = (d[0] - d[1]).abs()
     print(f"\nmax |d(CLIPProcessor pixels) - d(open_clip pixels)| = {gap.max():.4g} logits "
           f"(median {gap.median():.3g}; logit scale {model.logit_scale.exp():.1f}; pixels differ by up to "
@@ -554,7 +559,7 @@ def test_malformed_reference_files_are_refused_with_the_problem_named(demo_run, 
         load_reference(path)
 
 
-def test_cli_reference_section_end_to_end(tmp_path):
+def test_cli_reference_section_end_to_end(tmp_path, capsys):
     from hooked_clip.analyses.cli import main
     from hooked_clip.analyses.valse_negation.reference import ReferenceFormatError
 
@@ -570,8 +575,9 @@ def test_cli_reference_section_end_to_end(tmp_path):
     res = json.loads((tmp_path / "a" / "results.json").read_text())
     assert res["replication"]["abs_diff"]["logit_caption"]["max"] == pytest.approx(0.25, abs=1e-9)
     (tmp_path / "bad.json").write_text(json.dumps({first: {"caption": "x"}}))
-    with pytest.raises(ReferenceFormatError, match="lacks the field"):
+    with pytest.raises(SystemExit) as exit_info:  # a user error: one line, exit status 2
         main(["valse-negation", "--limit", "10", "--out", str(tmp_path / "b"), "--no-progress", "--reference", str(tmp_path / "bad.json")])
+    assert exit_info.value.code == 2 and "lacks the field" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()  # refused before any work
 
 
@@ -604,7 +610,7 @@ def test_comparison_of_the_demo_model_and_a_demo_sized_random_model(demo_run, tm
         write_comparison(tmp_path, runs[:1])
 
 
-def test_cli_several_models_end_to_end_and_resumable(hf_dir, tmp_path):
+def test_cli_several_models_end_to_end_and_resumable(hf_dir, tmp_path, capsys):
     from hooked_clip.analyses.cli import main
     from hooked_clip.analyses.valse_negation.study import select_items
 
@@ -625,8 +631,9 @@ def test_cli_several_models_end_to_end_and_resumable(hf_dir, tmp_path):
     stamp = {p: p.stat().st_mtime_ns for p in (tmp_path / "cmp").rglob("items/*.json")}
     main(argv)  # resumes: every item is already measured, nothing is rewritten
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cmp").rglob("items/*.json")} == stamp
-    with pytest.raises(SystemExit, match="twice"):
+    with pytest.raises(SystemExit) as exit_info:
         main(["valse-negation", "--model", "tiny-negation", "--model", "tiny-negation"])
+    assert exit_info.value.code == 2 and "twice" in capsys.readouterr().err
 
 
 def test_figures_name_the_model_share_colour_ranges_and_clip_nothing(demo_run, tmp_path, monkeypatch):
