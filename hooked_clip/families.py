@@ -11,7 +11,7 @@ transformers classes (every one has the same key layout ``embeddings`` / ``encod
 ======================  =========  ==========================================  ===================
 family                  causal     pooling                                     projection
 ======================  =========  ==========================================  ===================
-clip, clipseg           yes        argmax if ``eos_token_id == 2`` else EOT    ``text_projection``
+clip, clipseg, groupvit yes        argmax if ``eos_token_id == 2`` else EOT    ``text_projection``
 owlvit, owlv2, x_clip   yes        argmax                                      ``text_projection``
 metaclip_2              yes        first ``eos_token_id`` (XLM-V: id 2)        ``text_projection``
 siglip, siglip2         no         last position (texts padded to n_ctx)       ``head`` (with bias)
@@ -48,6 +48,7 @@ class HFFamily:
 FAMILIES = {f.name: f for f in (
     HFFamily("clip", vision=True),
     HFFamily("clipseg"),
+    HFFamily("groupvit"),
     HFFamily("owlvit", pooling="argmax"),
     HFFamily("owlv2", pooling="argmax"),
     HFFamily("x_clip", pooling="argmax"),
@@ -60,7 +61,7 @@ FAMILIES = {f.name: f for f in (
 # X-CLIP/CLIPSeg/OWL have no projection (d_proj=None), SigLIP's carry their head.
 HF_CLASSES = {
     "CLIPModel": "clip", "CLIPTextModelWithProjection": "clip", "CLIPTextModel": "clip",
-    "CLIPSegModel": "clipseg", "CLIPSegTextModel": "clipseg",
+    "CLIPSegModel": "clipseg", "CLIPSegTextModel": "clipseg", "GroupViTTextModel": "groupvit",
     "OwlViTModel": "owlvit", "OwlViTTextModel": "owlvit",
     "Owlv2Model": "owlv2", "Owlv2TextModel": "owlv2",
     "XCLIPModel": "x_clip", "XCLIPTextModel": "x_clip",
@@ -76,8 +77,8 @@ REFUSED_HF_CLASSES = {
     "AltCLIPModel": _POST_LN, "AltCLIPTextModel": _POST_LN,
     "ChineseCLIPModel": _POST_LN, "ChineseCLIPTextModel": _POST_LN,
     "AlignModel": _POST_LN, "AlignTextModel": _POST_LN,
-    "GroupViTModel": "GroupViT's text tower is CLIP-like but untested here; not supported",
-    "GroupViTTextModel": "GroupViT's text tower is CLIP-like but untested here; not supported",
+    "GroupViTModel": ("its text projection is an MLP (Linear-BatchNorm-ReLU-Linear), not one linear map; load "
+                      "GroupViTTextModel for the (CLIP) text tower without projection"),
     "FlavaModel": _POST_LN, "FlavaTextModel": _POST_LN,
     "BlipModel": _POST_LN, "BlipTextModel": _POST_LN,
 }

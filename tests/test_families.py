@@ -319,7 +319,7 @@ def test_open_clip_siglip2_style_tower_parity():
 # ------------------------------------------------------------------- CLIP's tower under another class
 @pytest.mark.parametrize("cls_name", ["OwlViTModel", "OwlViTTextModel", "Owlv2Model", "Owlv2TextModel", "XCLIPModel",
                                       "XCLIPTextModel", "CLIPSegModel", "CLIPSegTextModel", "MetaClip2Model",
-                                      "MetaClip2TextModel", "MetaClip2TextModelWithProjection"])
+                                      "MetaClip2TextModel", "MetaClip2TextModelWithProjection", "GroupViTTextModel"])
 def test_other_class_parity(cls_name):
     hf = hf_pair(cls_name, {"max_position_embeddings": 16})
     model = HookedCLIP.from_hf(hf, device="cpu")
@@ -338,10 +338,12 @@ def test_metaclip_2_pools_at_the_first_eos_id_2():
     assert_parity(model, tokens, *hf_text_reference(hf, tokens))
 
 
-@pytest.mark.parametrize("cls_name", ["AltCLIPModel", "ChineseCLIPModel"])
-def test_post_layernorm_towers_are_refused_with_the_reason(cls_name):
+@pytest.mark.parametrize("cls_name,why", [("AltCLIPModel", "BERT/RoBERTa-style post-LayerNorm encoder"),
+                                          ("ChineseCLIPModel", "BERT/RoBERTa-style post-LayerNorm encoder"),
+                                          ("GroupViTModel", "an MLP")])
+def test_refused_classes_say_why(cls_name, why):
     import transformers
 
     cls = getattr(transformers, cls_name)
-    with pytest.raises(TypeError, match=f"{cls_name}: its text tower is a BERT/RoBERTa-style post-LayerNorm encoder"):
+    with pytest.raises(TypeError, match=f"{cls_name}: its (text tower|text projection).*{why}"):
         HookedCLIP.from_hf(cls.__new__(cls))
