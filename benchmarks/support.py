@@ -145,7 +145,7 @@ def open_clip_row(name: str, layers: int = 2, width: Optional[int] = None, seed:
         text_cfg["layers"] = min(layers, text_cfg.get("layers", 12))
         notes.append(f"{text_cfg['layers']} blocks")
     if width:
-        text_cfg["width"], text_cfg["heads"] = width, max(1, width // 64)
+        text_cfg["width"], text_cfg["heads"] = width, max(2, width // 64)
         cfg["embed_dim"] = min(cfg["embed_dim"], width)
     if text_cfg.get("vocab_size", 49408) > MAX_VOCAB:
         text_cfg["vocab_size"] = MAX_VOCAB
