@@ -142,37 +142,31 @@ def tokenizer_for_open_clip(model_name: str, context_length: int, tokenizer: Any
     :class:`UnavailableTokenizer` whose error names the repository and what to pass instead.
     """
     import open_clip
-    from open_clip.tokenizer import HFTokenizer, SimpleTokenizer, get_clean_fn
+    from open_clip.tokenizer import HFTokenizer, SimpleTokenizer
 
     if tokenizer is not None and not isinstance(tokenizer, (str, os.PathLike, HFTokenizer, SimpleTokenizer)):
         return tokenizer  # already a TextTokenizer
     if isinstance(tokenizer, SimpleTokenizer):
         return CLIPTokenizer(context_length=context_length)
-    hf_name = open_clip_tokenizer_name(model_name) if isinstance(model_name, str) else None
+    hf_name = open_clip_tokenizer_name(model_name)
     if tokenizer is None and hf_name is None:
         return CLIPTokenizer(context_length=context_length)  # open_clip's SimpleTokenizer, same ids
-    text_cfg = (open_clip.get_model_config(model_name) or {}).get("text_cfg", {}) if isinstance(model_name, str) else {}
+    text_cfg = (open_clip.get_model_config(model_name) or {}).get("text_cfg", {})
     kwargs = dict(text_cfg.get("tokenizer_kwargs") or {})
     if isinstance(tokenizer, HFTokenizer):
         oc_tok = tokenizer
+    elif tokenizer is not None:  # a directory the user named: it must be there
+        if not os.path.isdir(tokenizer):
+            raise FileNotFoundError(f"No such tokenizer directory: {str(tokenizer)!r}.")
+        oc_tok = HFTokenizer(str(tokenizer), context_length=context_length, local_files_only=True, **kwargs)
     else:
-        source = str(tokenizer) if tokenizer is not None else hf_name
-        try:
-            oc_tok = _hf_tokenizer_offline(source, context_length, kwargs, cache_dir)
+        try:  # the config's hub id, from the local HF cache only (a download attempt hangs offline)
+            oc_tok = HFTokenizer(hf_name, context_length=context_length, cache_dir=cache_dir, local_files_only=True,
+                                 **kwargs)
         except OSError as err:
-            return UnavailableTokenizer(_needs_download_message(model_name, source, err), context_length)
+            return UnavailableTokenizer(_needs_download_message(model_name, hf_name, err), context_length)
     return HFTextTokenizer(oc_tok.tokenizer, context_length, clean=oc_tok.clean_fn,
                            strip_sep_token=oc_tok.strip_sep_token, source=f"open_clip {model_name!r}")
-
-
-def _hf_tokenizer_offline(source: str, context_length: int, kwargs: dict, cache_dir: Optional[str]):
-    """open_clip's ``HFTokenizer`` from a local directory or the local HF cache only (never a download,
-    which hangs for a minute on a machine without network)."""
-    from open_clip.tokenizer import HFTokenizer
-
-    if not os.path.isdir(source) and ("/" in source and source.startswith((".", "/", "~"))):
-        raise OSError(f"no such directory: {source}")
-    return HFTokenizer(source, context_length=context_length, cache_dir=cache_dir, local_files_only=True, **kwargs)
 
 
 def _needs_download_message(model_name: str, source: str, err: Exception) -> str:

@@ -267,6 +267,8 @@ def test_open_clip_tokenizer_that_needs_a_download_says_so():
     with pytest.raises(TokenizerUnavailableError, match=r"'timm/ViT-B-16-SigLIP'.*save_pretrained\(DIR\).*tokenizer=DIR"):
         tok("a cat")
     assert isinstance(tokenizer_for_open_clip("ViT-B-32", 77), CLIPTokenizer)
+    with pytest.raises(FileNotFoundError, match="No such tokenizer directory: 'no/such/tokenizer'"):
+        tokenizer_for_open_clip("ViT-B-16-SigLIP", 64, tokenizer="no/such/tokenizer")
 
 
 # ---------------------------------------------------------------------------------- SigLIP / SigLIP2
@@ -347,3 +349,28 @@ def test_refused_classes_say_why(cls_name, why):
     cls = getattr(transformers, cls_name)
     with pytest.raises(TypeError, match=f"{cls_name}: its (text tower|text projection).*{why}"):
         HookedCLIP.from_hf(cls.__new__(cls))
+
+
+def test_open_clip_model_by_name_carries_get_tokenizers_tokenizer(tmp_path, spm_dir):
+    """A registered SigLIP-style open_clip config whose hf_tokenizer_name is a local folder: the model's
+    to_tokens gives the ids of open_clip.get_tokenizer(name), and its embeddings match encode_text on them."""
+    import json
+
+    import open_clip
+
+    text_cfg = {k: v for k, v in open_clip.get_model_config("ViT-B-16-SigLIP")["text_cfg"].items()}
+    text_cfg.update(width=64, heads=2, layers=2, vocab_size=300, context_length=32, hf_tokenizer_name=str(spm_dir))
+    cfg = {"embed_dim": 32, "custom_text": True, "init_logit_bias": -10,
+           "vision_cfg": dict(image_size=32, layers=1, width=32, patch_size=16, head_width=32), "text_cfg": text_cfg}
+    (tmp_path / "hc-siglip-tiny.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(tmp_path / "hc-siglip-tiny.json")
+    oc = randomize_(open_clip.create_model("hc-siglip-tiny"), 6)
+    torch.save(oc.state_dict(), tmp_path / "ckpt.pt")
+    model = HookedCLIP.from_open_clip("hc-siglip-tiny", pretrained=str(tmp_path / "ckpt.pt"), device="cpu")
+    assert isinstance(model.tokenizer, HFTextTokenizer)
+    texts = list(valse_sentences())[:20] + ["UPPER case, punctuation!!"]
+    ref_ids = open_clip.get_tokenizer("hc-siglip-tiny")(texts)
+    tokens = model.to_tokens(texts)
+    assert torch.equal(tokens, ref_ids)
+    with torch.no_grad():
+        assert (model.encode_text(tokens, normalize=False) - oc.encode_text(ref_ids)).abs().max() <= ATOL
