@@ -7,10 +7,10 @@ from typing import Literal, Optional
 
 from transformer_lens.config import TransformerLensConfig
 
-ActFn = Literal["quick_gelu", "gelu", "gelu_pytorch_tanh"]
+ActFn = Literal["quick_gelu", "gelu", "gelu_tanh"]
 Pooling = Literal["eot", "argmax", "last"]
 
-_ACT_FNS = ("quick_gelu", "gelu", "gelu_pytorch_tanh")
+_ACT_FNS = ("quick_gelu", "gelu", "gelu_tanh")
 _POOLINGS = ("eot", "argmax", "last")
 
 
@@ -23,7 +23,7 @@ class CLIPTextConfig(TransformerLensConfig):
     ``use_split_qkv_input`` mean what TL users expect. CLIP-specific fields:
 
     - ``act_fn``: ``"quick_gelu"`` (OpenAI checkpoints), ``"gelu"`` (exact erf GELU: LAION, most open_clip)
-      or ``"gelu_pytorch_tanh"`` (tanh-approximated GELU, TransformerLens's and HF's name: transformers'
+      or ``"gelu_tanh"`` (tanh-approximated GELU, transformers' ``gelu_pytorch_tanh``: transformers'
       SigLIP/SigLIP2, open_clip's SigLIP2).
     - ``pooling``: where the text embedding is read. ``"eot"`` = first position holding ``eot_token_id``
       (HF's newer configs, open_clip ``pool_type="eos"``); ``"argmax"`` = argmax of the token ids (OpenAI,

@@ -182,7 +182,7 @@ def load_converted(model: nn.Module, converted: dict[str, Tensor]) -> None:
 
 
 # ------------------------------------------------------------------------------------------- configs
-_HF_ACTS = ("quick_gelu", "gelu", "gelu_pytorch_tanh")
+_HF_ACTS = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh"}  # transformers -> ours
 
 
 def config_from_hf(text_config, projection_dim: Optional[int], family: str = "clip", proj_bias: bool = False,
@@ -193,9 +193,10 @@ def config_from_hf(text_config, projection_dim: Optional[int], family: str = "cl
     from hooked_clip.families import FAMILIES, hf_pooling
 
     fam = FAMILIES[family]
-    act = text_config.hidden_act
-    if act not in _HF_ACTS:
-        raise CheckpointMismatchError(f"hidden_act={act!r} is not supported; hooked_clip has {', '.join(_HF_ACTS)}.")
+    if text_config.hidden_act not in _HF_ACTS:
+        raise CheckpointMismatchError(
+            f"hidden_act={text_config.hidden_act!r} is not supported; hooked_clip has {', '.join(_HF_ACTS)}.")
+    act = _HF_ACTS[text_config.hidden_act]
     pooling, eot = hf_pooling(fam, text_config.eos_token_id)
     kw = dict(
         d_model=text_config.hidden_size,
@@ -235,7 +236,7 @@ def config_from_open_clip(model: nn.Module, **overrides) -> CLIPTextConfig:
     if isinstance(act_layer, QuickGELU):
         act = "quick_gelu"
     elif isinstance(act_layer, nn.GELU) and act_layer.approximate in ("none", "tanh"):
-        act = "gelu" if act_layer.approximate == "none" else "gelu_pytorch_tanh"
+        act = "gelu" if act_layer.approximate == "none" else "gelu_tanh"
     else:
         raise CheckpointMismatchError(f"activation {act_layer!r} is not supported; use quick_gelu or (tanh-)GELU.")
     if not isinstance(getattr(block, "ls_1", nn.Identity()), nn.Identity):

@@ -277,7 +277,7 @@ def test_siglip_parity(cls_name):
     hf = hf_pair(cls_name, {"vocab_size": 300, "max_position_embeddings": 24})
     model = HookedCLIP.from_hf(hf, device="cpu")
     cfg = model.cfg
-    assert (cfg.act_fn, cfg.pooling, cfg.causal, cfg.proj_bias, cfg.eps) == ("gelu_pytorch_tanh", "last", False, True, 1e-6)
+    assert (cfg.act_fn, cfg.pooling, cfg.causal, cfg.proj_bias, cfg.eps) == ("gelu_tanh", "last", False, True, 1e-6)
     tokens = torch.randint(0, 300, (5, 24), generator=torch.Generator().manual_seed(0))
     assert_parity(model, tokens, *hf_text_reference(hf, tokens))
 
@@ -312,7 +312,7 @@ def test_open_clip_siglip2_style_tower_parity():
                                    vision_cfg=dict(image_size=32, layers=1, width=32, patch_size=16, head_width=32)), 4)
     assert isinstance(oc.text.transformer.resblocks[0].mlp.gelu, partial(torch.nn.GELU).func)
     model = HookedCLIP.from_open_clip(oc, device="cpu")
-    assert (model.cfg.act_fn, model.cfg.pooling, model.cfg.causal, model.cfg.proj_bias) == ("gelu_pytorch_tanh", "last", False, True)
+    assert (model.cfg.act_fn, model.cfg.pooling, model.cfg.causal, model.cfg.proj_bias) == ("gelu_tanh", "last", False, True)
     assert model.logit_bias.item() == -10.0
     tokens = torch.randint(0, 300, (4, 24), generator=torch.Generator().manual_seed(3))
     assert_parity(model, tokens, *capture_block_outputs(oc.text.transformer.resblocks, lambda: oc.encode_text(tokens)))
