@@ -351,26 +351,64 @@ def test_refused_classes_say_why(cls_name, why):
         HookedCLIP.from_hf(cls.__new__(cls))
 
 
-def test_open_clip_model_by_name_carries_get_tokenizers_tokenizer(tmp_path, spm_dir):
-    """A registered SigLIP-style open_clip config whose hf_tokenizer_name is a local folder: the model's
-    to_tokens gives the ids of open_clip.get_tokenizer(name), and its embeddings match encode_text on them."""
+@pytest.fixture(scope="module")
+def xlmv_style_dir(tmp_path_factory):
+    """A SentencePiece-style (Unigram) fast tokenizer with XLM-V's special ids: <s>=0, <pad>=1, </s>=2."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.Unigram())
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.train_from_iterator(list(valse_sentences()), trainers.UnigramTrainer(
+        vocab_size=300, special_tokens=["<s>", "<pad>", "</s>", "<unk>"], unk_token="<unk>"))
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
+    out = tmp_path_factory.mktemp("xlmv") / "tok"
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                            unk_token="<unk>").save_pretrained(out)
+    return out
+
+
+def _registered_open_clip(tmp_path, name: str, like: str, tokenizer_dir, **text_overrides):
+    """Register ``name``: ``like``'s open_clip config with a small text tower whose hf_tokenizer_name is a
+    local folder; returns (random open_clip model, path of its saved checkpoint)."""
     import json
 
     import open_clip
 
-    text_cfg = {k: v for k, v in open_clip.get_model_config("ViT-B-16-SigLIP")["text_cfg"].items()}
-    text_cfg.update(width=64, heads=2, layers=2, vocab_size=300, context_length=32, hf_tokenizer_name=str(spm_dir))
-    cfg = {"embed_dim": 32, "custom_text": True, "init_logit_bias": -10,
-           "vision_cfg": dict(image_size=32, layers=1, width=32, patch_size=16, head_width=32), "text_cfg": text_cfg}
-    (tmp_path / "hc-siglip-tiny.json").write_text(json.dumps(cfg))
-    open_clip.add_model_config(tmp_path / "hc-siglip-tiny.json")
-    oc = randomize_(open_clip.create_model("hc-siglip-tiny"), 6)
+    cfg = open_clip.get_model_config(like)
+    text_cfg = dict(cfg["text_cfg"], width=64, heads=2, layers=2, vocab_size=300, context_length=32,
+                    hf_tokenizer_name=str(tokenizer_dir), **text_overrides)
+    small = {"embed_dim": 32, "quick_gelu": cfg.get("quick_gelu", False), "custom_text": cfg.get("custom_text", False),
+             "vision_cfg": dict(image_size=32, layers=1, width=32, patch_size=16, head_width=32), "text_cfg": text_cfg}
+    if "init_logit_bias" in cfg:
+        small["init_logit_bias"] = cfg["init_logit_bias"]
+    (tmp_path / f"{name}.json").write_text(json.dumps(small))
+    open_clip.add_model_config(tmp_path / f"{name}.json")
+    oc = randomize_(open_clip.create_model(name), 6)
     torch.save(oc.state_dict(), tmp_path / "ckpt.pt")
-    model = HookedCLIP.from_open_clip("hc-siglip-tiny", pretrained=str(tmp_path / "ckpt.pt"), device="cpu")
+    return oc, str(tmp_path / "ckpt.pt")
+
+
+@pytest.mark.parametrize("like,tok_fixture", [("ViT-B-16-SigLIP", "spm_dir"), ("ViT-H-14-worldwide", "xlmv_style_dir"),
+                                              ("ViT-L-14-CLIPA", "wordpiece_dir")])
+def test_open_clip_model_by_name_carries_get_tokenizers_tokenizer(tmp_path, request, like, tok_fixture):
+    """A registered open_clip config shaped like a SigLIP / worldwide (eos id 2) / CLIPA name, its
+    hf_tokenizer_name a local folder: to_tokens gives open_clip.get_tokenizer(name)'s ids, and the
+    embeddings match encode_text on them."""
+    import open_clip
+
+    name = f"hc-{like.lower()}-tiny"
+    oc, ckpt = _registered_open_clip(tmp_path, name, like, request.getfixturevalue(tok_fixture))
+    model = HookedCLIP.from_open_clip(name, pretrained=ckpt, device="cpu")
     assert isinstance(model.tokenizer, HFTextTokenizer)
     texts = list(valse_sentences())[:20] + ["UPPER case, punctuation!!"]
-    ref_ids = open_clip.get_tokenizer("hc-siglip-tiny")(texts)
-    tokens = model.to_tokens(texts)
-    assert torch.equal(tokens, ref_ids)
+    ref_ids = open_clip.get_tokenizer(name)(texts)  # always padded to the context length
+    assert torch.equal(model.to_tokens(texts, padding="max_length"), ref_ids)
+    tokens = model.to_tokens(texts)  # the model's own padding: to the longest text only where that is exact
+    assert tokens.shape[1] == (32 if model.cfg.pads_to_context else int((ref_ids != ref_ids[0, -1]).sum(1).max()))
+    assert torch.equal(tokens, ref_ids[:, : tokens.shape[1]])
+    if like == "ViT-H-14-worldwide":
+        assert (model.cfg.pooling, model.cfg.eot_token_id) == ("eot", 2) and model.cfg.causal
+        assert torch.equal(model.pool_positions(tokens), (tokens == 2).int().argmax(-1))
     with torch.no_grad():
         assert (model.encode_text(tokens, normalize=False) - oc.encode_text(ref_ids)).abs().max() <= ATOL
