@@ -17,8 +17,9 @@ metaclip_2              yes        first ``eos_token_id`` (XLM-V: id 2)        `
 siglip, siglip2         no         last position (texts padded to n_ctx)       ``head`` (with bias)
 ======================  =========  ==========================================  ===================
 
-Refused, with the reason: BERT/RoBERTa-style post-LayerNorm encoders (AltCLIP, ChineseCLIP, open_clip's
-``hf-text`` towers, mT5/NLLB) — their blocks are not CLIP's; see :data:`REFUSED_HF_CLASSES`.
+Refused, with the reason (:data:`REFUSED_HF_CLASSES`): BERT/RoBERTa-style post-LayerNorm encoders (AltCLIP,
+ChineseCLIP, ALIGN, BLIP; open_clip's ``hf-text`` towers, mT5/NLLB), FLAVA (BERT embeddings and pooler),
+GroupViT's full model (MLP projection; its text model loads).
 """
 
 from __future__ import annotations
@@ -73,13 +74,15 @@ HF_CLASSES = {
 
 _POST_LN = ("its text tower is a BERT/RoBERTa-style post-LayerNorm encoder, not CLIP's pre-LN transformer; "
             "hooked_clip does not reimplement it (yet)")
+_FLAVA = ("its text tower has pre-LN blocks but BERT's embeddings (token-type embeddings, a LayerNorm on the "
+          "embeddings) and a tanh pooler on the first token, which CLIPTextConfig cannot express")
 REFUSED_HF_CLASSES = {
     "AltCLIPModel": _POST_LN, "AltCLIPTextModel": _POST_LN,
     "ChineseCLIPModel": _POST_LN, "ChineseCLIPTextModel": _POST_LN,
     "AlignModel": _POST_LN, "AlignTextModel": _POST_LN,
     "GroupViTModel": ("its text projection is an MLP (Linear-BatchNorm-ReLU-Linear), not one linear map; load "
                       "GroupViTTextModel for the (CLIP) text tower without projection"),
-    "FlavaModel": _POST_LN, "FlavaTextModel": _POST_LN,
+    "FlavaModel": _FLAVA, "FlavaTextModel": _FLAVA,
     "BlipModel": _POST_LN, "BlipTextModel": _POST_LN,
 }
 
