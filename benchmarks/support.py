@@ -10,7 +10,8 @@ is measured on every block's output and on ``encode_text``, over random ids laid
 lays them out (EOS/EOT placed, padding after it). transformers classes are built from tiny configs and
 compared with their own ``get_text_features`` / text-model output the same way.
 
-    python benchmarks/support.py                 # all names (about a minute), writes docs/models/support.md
+    python benchmarks/support.py                 # all names, writes docs/models/support.md (18 min measured
+                                                 # on 2 CPU cores shared with other jobs)
     python benchmarks/support.py --layers 0      # full depth (slow: builds every tower at full size)
     python benchmarks/support.py --names ViT-B-16-SigLIP2 MobileCLIP-S1 --out -   # a few, printed
 

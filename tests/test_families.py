@@ -412,3 +412,32 @@ def test_open_clip_model_by_name_carries_get_tokenizers_tokenizer(tmp_path, requ
         assert torch.equal(model.pool_positions(tokens), (tokens == 2).int().argmax(-1))
     with torch.no_grad():
         assert (model.encode_text(tokens, normalize=False) - oc.encode_text(ref_ids)).abs().max() <= ATOL
+
+
+def test_study_runs_end_to_end_on_a_mobileclip_family_checkpoint_file(tmp_path):
+    """`hooked-clip valse-negation --model open_clip:NAME:FILE` on a bidirectional (MobileCLIP-S-style) tower:
+    the study tokenizes with the model's rule (padded to the context length) and completes."""
+    import json
+
+    import open_clip
+    from PIL import Image
+
+    from hooked_clip.analyses.cli import main
+    from hooked_clip.analyses.valse_negation.data import load_items
+    from hooked_clip.analyses.valse_negation.study import select_items
+
+    cfg = {"embed_dim": 32, "custom_text": True, "vision_cfg": dict(image_size=64, layers=1, width=32, patch_size=16,
+                                                                    head_width=32),
+           "text_cfg": dict(open_clip.get_model_config("MobileCLIP-S1")["text_cfg"], width=64, heads=2, layers=2)}
+    (tmp_path / "hc-mobileclip-tiny.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(tmp_path / "hc-mobileclip-tiny.json")
+    torch.save(randomize_(open_clip.create_model("hc-mobileclip-tiny"), 5).state_dict(), tmp_path / "ckpt.pt")
+    images = tmp_path / "images"
+    images.mkdir()
+    gen = torch.Generator().manual_seed(0)
+    for x in select_items(load_items(), 4):
+        Image.fromarray((torch.rand(40, 50, 3, generator=gen) * 255).byte().numpy()).save(images / x.image_file)
+    main(["valse-negation", "--model", f"open_clip:hc-mobileclip-tiny:{tmp_path / 'ckpt.pt'}", "--images", str(images),
+          "--limit", "4", "--out", str(tmp_path / "run"), "--no-progress"])
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert res["scores"]["original"]["all"]["n"] == 4 and "cte" in res and "heads" in res
