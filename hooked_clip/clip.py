@@ -193,7 +193,8 @@ class HookedCLIP(nn.Module):
                         str(name_or_path),
                         "Download it where there is network (e.g. `CLIPModel.from_pretrained(id).save_pretrained(DIR)`"
                         " together with `CLIPProcessor.from_pretrained(id).save_pretrained(DIR)`), copy DIR here and "
-                        "call HookedCLIP.from_pretrained(DIR).",
+                        f"call HookedCLIP.from_pretrained(DIR). (No local directory {str(name_or_path)!r} exists "
+                        "either, if that is what you meant.)",
                     ) from None
                 hf_model, processor, tokenizer = _load_hf_dir(str(name_or_path), local_only=False)
         kwargs.setdefault("tokenizer", tokenizer)  # the folder: its tokenizer files are read once cfg is known

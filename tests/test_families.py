@@ -189,10 +189,14 @@ def test_clip_text_model_dir_loads_without_projection(tmp_path):
     assert_parity(model, tokens, ref_embeds, ref_blocks)
 
 
-def test_mistyped_local_directory_is_reported_as_such(tmp_path):
+def test_mistyped_local_directory_is_reported_as_such(tmp_path, monkeypatch):
     for wrong in (tmp_path / "no-such-dir", str(tmp_path / "no-such-dir"), "./typo", "checkpoints/clip/x", "mydir"):
         with pytest.raises(FileNotFoundError, match="No such directory"):
             HookedCLIP.from_pretrained(wrong)
+    (tmp_path / "ckpts").mkdir()  # 'ckpts/clip' with an existing 'ckpts' folder is a path, not a hub id
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="No such directory: 'ckpts/clip'"):
+        HookedCLIP.from_pretrained("ckpts/clip")
 
 
 # ------------------------------------------------------------------------------------- tokenizers
