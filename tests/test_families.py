@@ -445,3 +445,13 @@ def test_study_runs_end_to_end_on_a_mobileclip_family_checkpoint_file(tmp_path):
           "--limit", "4", "--out", str(tmp_path / "run"), "--no-progress"])
     res = json.loads((tmp_path / "run" / "results.json").read_text())
     assert res["scores"]["original"]["all"]["n"] == 4 and "cte" in res and "heads" in res
+
+
+def test_weight_processing_keeps_siglip_embeddings():
+    """fold_ln / center_writing_weights / fold_value_biases on a tower with a projection bias and no mask."""
+    hf = hf_pair("SiglipTextModel", {"vocab_size": 300, "max_position_embeddings": 24})
+    tokens = torch.randint(0, 300, (3, 24), generator=torch.Generator().manual_seed(4))
+    plain = HookedCLIP.from_hf(hf, device="cpu")
+    processed = HookedCLIP.from_hf(hf, device="cpu", fold_ln=True, center_writing_weights=True, fold_value_biases=True)
+    with torch.no_grad():
+        assert (processed.encode_text(tokens, normalize=False) - plain.encode_text(tokens, normalize=False)).abs().max() <= ATOL
