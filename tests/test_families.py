@@ -286,14 +286,20 @@ def test_siglip_parity(cls_name):
     assert_parity(model, tokens, *hf_text_reference(hf, tokens))
 
 
-def test_siglip_similarity_has_the_logit_bias():
-    hf = hf_pair("SiglipModel", {"vocab_size": 300, "max_position_embeddings": 24})
+@pytest.mark.parametrize("cls_name", ["SiglipModel", "MetaClip2Model"])
+def test_similarity_matches_the_reference_logits(cls_name):
+    """SigLIP: exp(logit_scale) * cos + logit_bias (a sigmoid model); MetaCLIP 2: CLIP's, no bias."""
+    hf = hf_pair(cls_name, {"vocab_size": 300, "max_position_embeddings": 24, "eos_token_id": 2})
     with torch.no_grad():
-        hf.logit_bias.fill_(-3.5)
         hf.logit_scale.fill_(2.0)
+        if hasattr(hf, "logit_bias"):
+            hf.logit_bias.fill_(-3.5)
     model = HookedCLIP.from_hf(hf, device="cpu")
-    assert model.logit_bias is not None and model.logit_bias.item() == -3.5
-    tokens = torch.randint(0, 300, (3, 24), generator=torch.Generator().manual_seed(1))
+    assert (model.logit_bias is not None) == (cls_name == "SiglipModel")
+    if model.logit_bias is not None:
+        assert model.logit_bias.item() == -3.5
+    tokens = torch.randint(3, 300, (3, 24), generator=torch.Generator().manual_seed(1))
+    tokens[:, 10] = 2  # MetaCLIP 2 pools at the first eos id; SigLIP reads the last position
     pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         ref = hf(input_ids=tokens, pixel_values=pixels).logits_per_text
