@@ -105,7 +105,7 @@ def attention_to_tokens(model, texts: Tokens, key_mask: Union[Bool[Tensor, "batc
             raise ValueError("key_mask must be a list of token strings (e.g. ['no']) or a [batch, pos] mask, not one string.")
         ids = set()
         for s in key_mask:
-            found = text.tokenizer.encode(s)[1:-1]  # without SOT, EOT
+            found = text.tokenizer.encode(s, special_tokens=False)  # the words alone (no SOT/EOT/CLS/SEP)
             if len(found) != 1:
                 raise ValueError(f"{s!r} is {len(found)} tokens, not one; give single tokens as to_str_tokens prints them.")
             ids |= set(found)

@@ -7,8 +7,10 @@ from hooked_clip.hub import WeightsUnavailableError
 from hooked_clip.loading import CheckpointMismatchError
 from hooked_clip.registry import load_model
 from hooked_clip.text import HookedCLIPText
-from hooked_clip.tokenizer import CLIPTokenizer
+from hooked_clip.hf_tokenizer import HFTextTokenizer
+from hooked_clip.tokenizer import CLIPTokenizer, TextTokenizer, TokenizerUnavailableError
 
-__all__ = ["CLIPTextConfig", "CLIPTokenizer", "CheckpointMismatchError", "HookedCLIP", "HookedCLIPText",
-           "UnreadableFileError", "UnsafeCheckpointError", "WeightsUnavailableError", "load_model"]
+__all__ = ["CLIPTextConfig", "CLIPTokenizer", "CheckpointMismatchError", "HFTextTokenizer", "HookedCLIP",
+           "HookedCLIPText", "TextTokenizer", "TokenizerUnavailableError", "UnreadableFileError",
+           "UnsafeCheckpointError", "WeightsUnavailableError", "load_model"]
 __version__ = "0.1.0"

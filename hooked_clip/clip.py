@@ -19,6 +19,7 @@ from hooked_clip.loading import (
     _list,
     config_from_hf,
     config_from_open_clip,
+    hf_text_model_state_dict,
     hf_text_state_dict,
     load_converted,
     open_clip_text_state_dict,
@@ -126,75 +127,94 @@ class HookedCLIP(nn.Module):
     # ----------------------------------------------------------------------------------------- loaders
     @classmethod
     def from_hf(cls, hf_model: nn.Module, device: Optional[str] = None, dtype: torch.dtype = torch.float32,
-                image_processor: Any = None, *, fold_ln: bool = False, center_writing_weights: bool = False,
-                fold_value_biases: bool = False, **cfg_overrides) -> "HookedCLIP":
-        """From an in-memory transformers ``CLIPModel`` (text + image tower) or
-        ``CLIPTextModelWithProjection`` (text only). ``cfg_overrides`` set ``CLIPTextConfig`` fields such
-        as ``trim_after_pool`` or ``use_attn_result``. ``fold_ln``, ``center_writing_weights`` and
-        ``fold_value_biases`` (all loaders take them; default off, so every hook holds what HF/open_clip
-        compute) apply :mod:`hooked_clip.processing`."""
-        from transformers import CLIPModel, CLIPTextModelWithProjection
+                image_processor: Any = None, *, tokenizer: Any = None, fold_ln: bool = False,
+                center_writing_weights: bool = False, fold_value_biases: bool = False,
+                **cfg_overrides) -> "HookedCLIP":
+        """From an in-memory transformers model of a CLIP family (:data:`hooked_clip.families.HF_CLASSES`:
+        ``CLIPModel``, ``CLIPTextModelWithProjection``, ``CLIPTextModel`` (no projection: ``d_proj=None``),
+        SigLIP/SigLIP2, MetaCLIP 2, OWL-ViT/OWLv2, X-CLIP, CLIPSeg models and text models).
+        ``tokenizer``: the checkpoint's tokenizer: a :class:`~hooked_clip.tokenizer.TextTokenizer`, or a
+        directory holding the transformers tokenizer files (see :func:`hooked_clip.families.resolve_tokenizer`);
+        default CLIP's BPE for a CLIP-vocabulary model, else a placeholder that asks for it.
+        ``cfg_overrides`` set ``CLIPTextConfig`` fields such as ``trim_after_pool`` or ``use_attn_result``.
+        ``fold_ln``, ``center_writing_weights`` and ``fold_value_biases`` (all loaders take them; default
+        off, so every hook holds what HF/open_clip compute) apply :mod:`hooked_clip.processing`."""
+        from hooked_clip.families import hf_family, hf_text_parts, resolve_tokenizer
 
         dtype = resolve_dtype(dtype)
-        if isinstance(hf_model, CLIPModel):
-            text_cfg, proj_dim = hf_model.config.text_config, hf_model.config.projection_dim
-        elif isinstance(hf_model, CLIPTextModelWithProjection):
-            text_cfg, proj_dim = hf_model.config, hf_model.config.projection_dim
-        else:
-            raise TypeError(
-                f"from_hf takes a transformers CLIPModel or CLIPTextModelWithProjection, got "
-                f"{type(hf_model).__name__}."
-            )
-        cfg = config_from_hf(text_cfg, proj_dim, device=_device(device), dtype=dtype, **cfg_overrides)
-        text = HookedCLIPText(cfg)
-        load_converted(text, hf_text_state_dict(hf_model.state_dict(), cfg))
-        vision, scale = None, None
-        if isinstance(hf_model, CLIPModel):
+        family = hf_family(hf_model)
+        text_cfg, text_module, proj = hf_text_parts(hf_model)
+        cfg = config_from_hf(text_cfg, None if proj is None else proj.out_features, family.name,
+                             proj_bias=proj is not None and proj.bias is not None,
+                             device=_device(device), dtype=dtype, **cfg_overrides)
+        text = HookedCLIPText(cfg, tokenizer=resolve_tokenizer(tokenizer, cfg))
+        load_converted(text, hf_text_state_dict(hf_text_model_state_dict(text_module, proj), cfg))
+        vision = None
+        if family.vision and hasattr(hf_model, "vision_model"):
             vision = _hf_vision_tower(hf_model, image_processor).to(device=cfg.device, dtype=dtype)
-            scale = float(hf_model.logit_scale.detach())
+        scale, bias = (getattr(hf_model, k, None) for k in ("logit_scale", "logit_bias"))
         process_weights(text, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
                         fold_value_biases=fold_value_biases)
-        return cls(text, vision, scale)
+        return cls(text, vision, None if scale is None else float(scale.detach()),
+                   None if bias is None else float(bias.detach().reshape(())))
 
     @classmethod
     def from_pretrained(cls, name_or_path: Union[str, Path], device: Optional[str] = None,
-                        dtype: torch.dtype = torch.float32, **cfg_overrides) -> "HookedCLIP":
-        """From an HF hub id (e.g. ``"openai/clip-vit-base-patch32"``) or a local directory written by
-        transformers' ``save_pretrained``. A hub id is read from the local cache when it is there; with
-        no network (or ``HF_HUB_OFFLINE=1``) and no cached copy it fails at once with
-        :class:`WeightsUnavailableError`."""
+                        dtype: torch.dtype = torch.float32, **kwargs) -> "HookedCLIP":
+        """From a local directory written by transformers' ``save_pretrained`` or an HF hub id (e.g.
+        ``"openai/clip-vit-base-patch32"``), of any class :meth:`from_hf` takes.
+
+        Loading is strict: weights missing from the checkpoint, weights it has that the model does not,
+        or other shapes raise :class:`CheckpointMismatchError` naming them (transformers would fill the
+        gaps with random values). The model carries the tokenizer saved beside the weights
+        (:func:`hooked_clip.hf_tokenizer.tokenizer_from_hf_dir`). A hub id is read from the local cache
+        when it is there; with no network (or ``HF_HUB_OFFLINE=1``) and no cached copy it fails at once
+        with :class:`WeightsUnavailableError`. A path that does not exist is a ``FileNotFoundError``."""
         path = Path(name_or_path)
         if path.exists() and not path.is_dir():
             raise ValueError(
                 f"{str(path)!r} is a file; from_pretrained takes a directory written by save_pretrained or a "
                 "hub id. For an open_clip checkpoint file use HookedCLIP.from_open_clip(model_name, pretrained=file)."
             )
+        if not path.exists() and not _looks_like_hub_id(name_or_path):
+            raise FileNotFoundError(
+                f"No such directory: {str(path)!r}. Pass a directory written by transformers' save_pretrained, "
+                "or a Hugging Face hub id of the form 'org/name'."
+            )
         if path.is_dir():
             check_checkpoint_dir(path)  # empty / damaged files named before transformers reads them
-            hf_model, processor = _load_hf_dir(str(path), local_only=True)
+            hf_model, processor, tokenizer = _load_hf_dir(str(path), local_only=True)
         else:
             try:
-                hf_model, processor = _load_hf_dir(str(name_or_path), local_only=True)
+                hf_model, processor, tokenizer = _load_hf_dir(str(name_or_path), local_only=True)
             except OSError:
                 if not hub_reachable():
                     raise unavailable(
                         str(name_or_path),
                         "Download it where there is network (e.g. `CLIPModel.from_pretrained(id).save_pretrained(DIR)`"
                         " together with `CLIPProcessor.from_pretrained(id).save_pretrained(DIR)`), copy DIR here and "
-                        "call HookedCLIP.from_pretrained(DIR).",
+                        f"call HookedCLIP.from_pretrained(DIR). (No local directory {str(name_or_path)!r} exists "
+                        "either, if that is what you meant.)",
                     ) from None
-                hf_model, processor = _load_hf_dir(str(name_or_path), local_only=False)
-        return cls.from_hf(hf_model, device=device, dtype=dtype, image_processor=processor, **cfg_overrides)
+                hf_model, processor, tokenizer = _load_hf_dir(str(name_or_path), local_only=False)
+        kwargs.setdefault("tokenizer", tokenizer)  # the folder: its tokenizer files are read once cfg is known
+        return cls.from_hf(hf_model, device=device, dtype=dtype, image_processor=processor, **kwargs)
 
     @classmethod
     def from_open_clip(cls, model: Union[str, nn.Module], pretrained: Optional[str] = None,
                        device: Optional[str] = None, dtype: torch.dtype = torch.float32,
-                       cache_dir: Optional[str] = None, *, fold_ln: bool = False,
+                       cache_dir: Optional[str] = None, *, tokenizer: Any = None, fold_ln: bool = False,
                        center_writing_weights: bool = False, fold_value_biases: bool = False,
                        **cfg_overrides) -> "HookedCLIP":
         """From an open_clip model object, or a model name (``"ViT-B-32"``) with ``pretrained`` = a tag
         (``"openai"``, ``"laion2b_s34b_b79k"``, ...) or the path of a local checkpoint file (a state dict,
-        ``.pt``/``.bin``/``.safetensors``). ``pretrained=None`` gives open_clip's random init."""
+        ``.pt``/``.bin``/``.safetensors``). ``pretrained=None`` gives open_clip's random init.
+
+        The model carries the tokenizer ``open_clip.get_tokenizer(name)`` builds (CLIP's BPE, or the HF
+        tokenizer the config names: SigLIP, CLIPA, worldwide towers), read from a local directory given as
+        ``tokenizer=DIR`` or from the local HF cache; where it would need a download the model still runs
+        on ids and ``to_tokens`` raises an error naming the files to supply (see
+        :func:`hooked_clip.hf_tokenizer.tokenizer_for_open_clip`)."""
         import open_clip
 
         dtype = resolve_dtype(dtype)
@@ -205,7 +225,14 @@ class HookedCLIP(nn.Module):
         else:
             raise TypeError(f"from_open_clip takes an open_clip model or a model name, got {type(model).__name__}.")
         cfg = config_from_open_clip(oc_model, device=_device(device), dtype=dtype, **cfg_overrides)
-        text = HookedCLIPText(cfg)
+        from hooked_clip.families import resolve_tokenizer
+        from hooked_clip.hf_tokenizer import tokenizer_for_open_clip
+
+        if isinstance(model, str):
+            tokenizer = tokenizer_for_open_clip(model, cfg.n_ctx, tokenizer, cache_dir)
+        else:
+            tokenizer = resolve_tokenizer(tokenizer, cfg)
+        text = HookedCLIPText(cfg, tokenizer=tokenizer)
         load_converted(text, open_clip_text_state_dict(oc_model.state_dict(), cfg))
         process_weights(text, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
                         fold_value_biases=fold_value_biases)
@@ -227,37 +254,94 @@ def _device(device: Optional[str]) -> str:
 
 
 def _hf_vision_tower(hf_model, image_processor) -> VisionTower:
-    from transformers import CLIPImageProcessor
+    from transformers import CLIPImageProcessor, SiglipImageProcessor
 
     size = hf_model.config.vision_config.image_size
-    if image_processor is None:  # OpenAI CLIP's preprocessing (resize shortest side, centre crop, normalise)
+    siglip = hf_model.config.model_type == "siglip"
+    if image_processor is None and siglip:  # SigLIP's: resize to size x size, normalise to [-1, 1]
+        image_processor = SiglipImageProcessor(size={"height": size, "width": size})
+    elif image_processor is None:  # OpenAI CLIP's preprocessing (resize shortest side, centre crop, normalise)
         image_processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
 
     def preprocess(images: list) -> Tensor:
         return image_processor(images=images, return_tensors="pt")["pixel_values"]
 
-    return VisionTower(HFVisionEncoder(hf_model.vision_model, hf_model.visual_projection), preprocess, size)
+    projection = nn.Identity() if siglip else hf_model.visual_projection  # SigLIP's pooling head is the projection
+    return VisionTower(HFVisionEncoder(hf_model.vision_model, projection), preprocess, size)
+
+
+def _looks_like_hub_id(name: Union[str, Path]) -> bool:
+    """'org/name' whose 'org' is not a local folder (anything else that does not exist is a mistyped path)."""
+    if isinstance(name, Path):
+        return False
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "~")) and not os.path.isdir(parts[0])
 
 
 def _load_hf_dir(name: str, local_only: bool):
-    """(transformers model, image processor or None) from a directory or hub id."""
-    from transformers import AutoConfig, CLIPImageProcessor, CLIPModel, CLIPTextModelWithProjection
+    """(transformers model, image processor or None, local folder of its tokenizer) from a directory or hub id, loaded
+    strictly: missing, unexpected or mis-shaped weights raise ``CheckpointMismatchError``."""
+    import transformers
+    from transformers import AutoConfig, AutoImageProcessor
+
+    from hooked_clip.families import FAMILIES, HF_CLASSES
 
     config = AutoConfig.from_pretrained(name, local_files_only=local_only)
-    classes = {"clip": CLIPModel, "clip_text_model": CLIPTextModelWithProjection}
-    if config.model_type not in classes:
-        raise CheckpointMismatchError(
-            f"{name!r} holds a {config.model_type!r} model; hooked_clip loads CLIP checkpoints "
-            "(model_type 'clip' or 'clip_text_model')."
-        )
-    model = classes[config.model_type].from_pretrained(name, local_files_only=local_only)
+    class_name = _hf_class_name(config, name)
+    model, info = getattr(transformers, class_name).from_pretrained(  # mismatched shapes reported in info
+        name, local_files_only=local_only, output_loading_info=True, ignore_mismatched_sizes=True)
+    _check_loading_info(info, name, class_name)
+    family = FAMILIES[HF_CLASSES[class_name]]
     processor = None
-    if config.model_type == "clip":
+    if family.vision and hasattr(model, "vision_model"):
         try:
-            processor = CLIPImageProcessor.from_pretrained(name, local_files_only=local_only)
-        except OSError:
-            processor = None  # no preprocessor_config.json: fall back to OpenAI's preprocessing
-    return model.eval(), processor
+            processor = AutoImageProcessor.from_pretrained(name, local_files_only=local_only)
+        except (OSError, ValueError):
+            processor = None  # no preprocessor_config.json: fall back to the family's default preprocessing
+    directory = name if os.path.isdir(name) else _hub_snapshot(name, local_only)
+    return model.eval(), processor, Path(directory)
+
+
+def _hf_class_name(config, name: str) -> str:
+    """The transformers class a directory's config asks for (``architectures``), checked against the
+    families hooked_clip reimplements."""
+    from hooked_clip.families import HF_CLASSES, REFUSED_HF_CLASSES
+
+    by_type = {"clip": "CLIPModel", "clip_text_model": "CLIPTextModelWithProjection", "siglip": "SiglipModel",
+               "siglip_text_model": "SiglipTextModel", "siglip2": "Siglip2Model", "metaclip_2": "MetaClip2Model"}
+    archs = list(getattr(config, "architectures", None) or [])
+    class_name = archs[0] if archs else by_type.get(config.model_type, "")
+    if class_name in HF_CLASSES:
+        return class_name
+    why = REFUSED_HF_CLASSES.get(class_name, "")
+    raise CheckpointMismatchError(
+        f"{name!r} ({class_name or 'no architectures listed'}) holds a {config.model_type!r} model; hooked_clip "
+        f"loads CLIP-family checkpoints ({', '.join(HF_CLASSES)})" + (f". {class_name}: {why}." if why else ".")
+    )
+
+
+def _check_loading_info(info: dict, name: str, class_name: str) -> None:
+    ignorable = ("position_ids",)
+    missing = [k for k in info.get("missing_keys", ()) if not k.endswith(ignorable)]
+    unexpected = [k for k in info.get("unexpected_keys", ()) if not k.endswith(ignorable)]
+    mismatched = [f"{k[0]}: {tuple(k[1])} vs {tuple(k[2])}" if isinstance(k, tuple) else str(k)
+                  for k in info.get("mismatched_keys", ())]
+    if missing or unexpected or mismatched:
+        parts = [f"missing keys ({len(missing)}): {_list(missing)}"] if missing else []
+        parts += [f"unexpected keys ({len(unexpected)}): {_list(unexpected)}"] if unexpected else []
+        parts += [f"shape mismatches ({len(mismatched)}): {'; '.join(mismatched[:6])}"] if mismatched else []
+        raise CheckpointMismatchError(
+            f"The weights in {name!r} do not match its config ({class_name}): " + "; ".join(parts)
+            + ". transformers would fill the missing ones with random values; hooked_clip refuses. Check that the "
+            "weight files and config.json come from the same checkpoint."
+        )
+
+
+def _hub_snapshot(name: str, local_only: bool) -> str:
+    """Local folder of a hub id's tokenizer and config files (from the cache, or downloaded)."""
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(name, local_files_only=local_only, allow_patterns=["*.json", "*.txt", "*.model"])
 
 
 def _open_clip_model(name: str, pretrained: Optional[str], cache_dir: Optional[str]):

@@ -8,10 +8,10 @@ from typing import Literal, Optional, Union
 import torch
 from transformer_lens.config import TransformerLensConfig
 
-ActFn = Literal["quick_gelu", "gelu"]
+ActFn = Literal["quick_gelu", "gelu", "gelu_tanh"]
 Pooling = Literal["eot", "argmax", "last"]
 
-_ACT_FNS = ("quick_gelu", "gelu")
+_ACT_FNS = ("quick_gelu", "gelu", "gelu_tanh")
 _POOLINGS = ("eot", "argmax", "last")
 _DTYPES = {"float32": torch.float32, "float": torch.float32, "fp32": torch.float32,
            "float16": torch.float16, "half": torch.float16, "fp16": torch.float16,
@@ -38,14 +38,20 @@ class CLIPTextConfig(TransformerLensConfig):
     ``n_ctx``, ``d_vocab``, ``act_fn``, ``eps``, ``device``, ``use_attn_result`` and
     ``use_split_qkv_input`` mean what TL users expect. CLIP-specific fields:
 
-    - ``act_fn``: ``"quick_gelu"`` (OpenAI checkpoints) or ``"gelu"`` (exact erf GELU: LAION, most open_clip).
+    - ``act_fn``: ``"quick_gelu"`` (OpenAI checkpoints), ``"gelu"`` (exact erf GELU: LAION, most open_clip)
+      or ``"gelu_tanh"`` (tanh-approximated GELU, transformers' ``gelu_pytorch_tanh``: transformers'
+      SigLIP/SigLIP2, open_clip's SigLIP2).
     - ``pooling``: where the text embedding is read. ``"eot"`` = first position holding ``eot_token_id``
       (HF's newer configs, open_clip ``pool_type="eos"``); ``"argmax"`` = argmax of the token ids (OpenAI,
       open_clip default; for CLIP's vocabulary the same position, since EOT is the largest id);
       ``"last"`` = the last position of the input.
     - ``d_proj``: width of ``text_projection``'s output; ``None`` means no projection (embeddings are the
       pooled ``ln_final`` output). ``proj_bias``: whether the projection has a bias.
-    - ``causal``: causal attention mask on (CLIP) or off (bidirectional variants).
+    - ``causal``: causal attention mask on (CLIP) or off (bidirectional variants: SigLIP, MobileCLIP-S*,
+      CLIPA). A bidirectional tower attends to its padding, so its texts are padded to the context length
+      (as its reference pads them); see :attr:`pads_to_context`.
+    - ``family``: which reference this tower reproduces (``"clip"``, ``"siglip"``, ``"metaclip_2"``, ...;
+      see :mod:`hooked_clip.families`); informative only, the fields above define the computation.
     - ``trim_after_pool``: drop the positions after the batch's last pooling position before running the
       blocks. Applied only where exact (``causal`` and pooling at ``eot``/``argmax``); outputs are
       identical either way, caches then hold the trimmed length.
@@ -71,6 +77,7 @@ class CLIPTextConfig(TransformerLensConfig):
     eot_token_id: int = 49407
     sot_token_id: int = 49406
     pad_token_id: int = 0
+    family: str = "clip"
     causal: bool = True
     trim_after_pool: bool = True
     use_fused_attn: bool = False
@@ -101,6 +108,12 @@ class CLIPTextConfig(TransformerLensConfig):
             raise ValueError(f"d_proj must be positive or None, got {self.d_proj}.")
         if self.proj_bias and self.d_proj is None:
             raise ValueError("proj_bias=True needs a projection; set d_proj.")
+
+    @property
+    def pads_to_context(self) -> bool:
+        """Whether texts must be padded to ``n_ctx``: the embedding depends on the padding unless the tower
+        is causal and pools at EOT/argmax (then positions after the pooling token are never read)."""
+        return not (self.causal and self.pooling in ("eot", "argmax"))
 
     @property
     def trims(self) -> bool:

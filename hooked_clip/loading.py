@@ -91,9 +91,10 @@ def _convert_blocks(read: _Reader, cfg: CLIPTextConfig, prefix: str, names: dict
 
 
 def hf_text_state_dict(state_dict: dict[str, Tensor], cfg: CLIPTextConfig) -> dict[str, Tensor]:
-    """Our state dict from the text part of an HF ``CLIPModel`` / ``CLIPTextModelWithProjection``
-    state dict (keys ``text_model.*`` and ``text_projection.weight``)."""
-    read = _Reader({k: v for k, v in state_dict.items() if not k.startswith(("vision_model.", "visual_projection.", "logit_scale"))}, "HF transformers")
+    """Our state dict from the text part of a transformers CLIP-family state dict: keys ``text_model.*``
+    and ``text_projection.weight`` (+ ``text_projection.bias`` where ``cfg.proj_bias``), as in a
+    ``CLIPModel``; :func:`hf_text_model_state_dict` brings every supported class to this layout."""
+    read = _Reader({k: v for k, v in state_dict.items() if not k.startswith(("vision_model.", "visual_projection.", "logit_scale", "logit_bias"))}, "HF transformers")
     t = "text_model."
     out = {
         "embed.W_E": read.take(t + "embeddings.token_embedding.weight"),
@@ -112,8 +113,20 @@ def hf_text_state_dict(state_dict: dict[str, Tensor], cfg: CLIPTextConfig) -> di
     if cfg.d_proj is not None:
         w = read.take("text_projection.weight")
         out["W_proj"] = w.T if w is not None else None
+        if cfg.proj_bias:
+            out["b_proj"] = read.take("text_projection.bias")
     read.finish(ignore=lambda k: k.endswith("position_ids"))
     return out
+
+
+def hf_text_model_state_dict(text_module: nn.Module, projection: Optional[nn.Module]) -> dict[str, Tensor]:
+    """The text tower of any supported transformers class (:mod:`hooked_clip.families`) in the layout
+    :func:`hf_text_state_dict` reads: the transformer's keys under ``text_model.``, the projection (CLIP's
+    ``text_projection``, SigLIP's ``head``) as ``text_projection.*``."""
+    sd = {"text_model." + k: v for k, v in text_module.state_dict().items() if not k.startswith("head.")}
+    if projection is not None:
+        sd.update({"text_projection." + k: v for k, v in projection.state_dict().items()})
+    return sd
 
 
 def open_clip_text_state_dict(state_dict: dict[str, Tensor], cfg: CLIPTextConfig) -> dict[str, Tensor]:
@@ -169,13 +182,22 @@ def load_converted(model: nn.Module, converted: dict[str, Tensor]) -> None:
 
 
 # ------------------------------------------------------------------------------------------- configs
-def config_from_hf(text_config, projection_dim: Optional[int], **overrides) -> CLIPTextConfig:
-    """``CLIPTextConfig`` from a transformers ``CLIPTextConfig`` (HF: eos_token_id == 2 is the legacy
-    marker for argmax pooling; any other id pools at that id's first occurrence)."""
-    act = text_config.hidden_act
-    if act not in ("quick_gelu", "gelu"):
-        raise CheckpointMismatchError(f"hidden_act={act!r} is not supported; hooked_clip has quick_gelu and gelu.")
-    eos = text_config.eos_token_id
+_HF_ACTS = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh"}  # transformers -> ours
+
+
+def config_from_hf(text_config, projection_dim: Optional[int], family: str = "clip", proj_bias: bool = False,
+                   **overrides) -> CLIPTextConfig:
+    """``CLIPTextConfig`` from a transformers text config of a family in :mod:`hooked_clip.families`
+    (causal mask and pooling rule are the family's; HF CLIP: ``eos_token_id == 2`` is the legacy marker
+    for argmax pooling, any other id pools at that id's first occurrence)."""
+    from hooked_clip.families import FAMILIES, hf_pooling
+
+    fam = FAMILIES[family]
+    if text_config.hidden_act not in _HF_ACTS:
+        raise CheckpointMismatchError(
+            f"hidden_act={text_config.hidden_act!r} is not supported; hooked_clip has {', '.join(_HF_ACTS)}.")
+    act = _HF_ACTS[text_config.hidden_act]
+    pooling, eot = hf_pooling(fam, text_config.eos_token_id)
     kw = dict(
         d_model=text_config.hidden_size,
         n_heads=text_config.num_attention_heads,
@@ -187,10 +209,12 @@ def config_from_hf(text_config, projection_dim: Optional[int], **overrides) -> C
         act_fn=act,
         eps=text_config.layer_norm_eps,
         d_proj=projection_dim,
-        proj_bias=False,
-        pooling="argmax" if eos == 2 else "eot",
-        eot_token_id=49407 if eos == 2 else eos,
-        causal=True,
+        proj_bias=proj_bias,
+        pooling=pooling,
+        eot_token_id=eot,
+        pad_token_id=text_config.pad_token_id if text_config.pad_token_id is not None else 0,
+        causal=fam.causal,
+        family=family,
         model_name=getattr(text_config, "_name_or_path", "") or "hf",
     )
     kw.update(overrides)
@@ -211,10 +235,14 @@ def config_from_open_clip(model: nn.Module, **overrides) -> CLIPTextConfig:
     act_layer = block.mlp.gelu
     if isinstance(act_layer, QuickGELU):
         act = "quick_gelu"
-    elif isinstance(act_layer, nn.GELU) and act_layer.approximate == "none":
-        act = "gelu"
+    elif isinstance(act_layer, nn.GELU) and act_layer.approximate in ("none", "tanh"):
+        act = "gelu" if act_layer.approximate == "none" else "gelu_tanh"
     else:
-        raise CheckpointMismatchError(f"activation {act_layer!r} is not supported; use quick_gelu or exact GELU.")
+        raise CheckpointMismatchError(f"activation {act_layer!r} is not supported; use quick_gelu or (tanh-)GELU.")
+    if not isinstance(getattr(block, "ls_1", nn.Identity()), nn.Identity):
+        raise CheckpointMismatchError("open_clip blocks with LayerScale (ls_init_value) are not supported.")
+    if getattr(t, "use_pad_mask", False):
+        raise CheckpointMismatchError("open_clip text towers with a padding mask (use_pad_mask) are not supported.")
     if not isinstance(block.attn, nn.MultiheadAttention):
         raise CheckpointMismatchError(
             f"attention module {type(block.attn).__name__} (open_clip's custom attention with cosine/scaled "
@@ -248,7 +276,9 @@ def config_from_open_clip(model: nn.Module, **overrides) -> CLIPTextConfig:
         proj_bias=proj_bias,
         pooling={"argmax": "argmax", "eos": "eot", "last": "last"}[pool],
         eot_token_id=eos if pool == "eos" else 49407,
+        pad_token_id=getattr(t, "pad_id", 0),
         causal=getattr(t, "attn_mask", None) is not None,
+        family="open_clip",
         model_name="open_clip",
     )
     kw.update(overrides)

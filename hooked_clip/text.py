@@ -23,8 +23,9 @@ from transformer_lens.hook_points import HookPoint
 
 from hooked_clip.components import Embed, KeyValuePrefix, LayerNorm, PosEmbed, TransformerBlock
 from hooked_clip.config import CLIPTextConfig
+from hooked_clip.families import default_tokenizer, padding_for
 from hooked_clip.hook_points import CheckedHookPoint
-from hooked_clip.tokenizer import CLIPTokenizer, Text
+from hooked_clip.tokenizer import Padding, Text, TextTokenizer
 
 ReturnType = Literal["normalized", "embed", "pooled", None]
 _RETURN_TYPES = ("normalized", "embed", "pooled", None)
@@ -60,10 +61,10 @@ class HookedCLIPText(HookedRootModule):
     norm), ``"pooled"`` (``ln_final`` output at the pooling position, [batch, d_model]) or ``None``.
     """
 
-    def __init__(self, cfg: CLIPTextConfig, tokenizer: Optional[CLIPTokenizer] = None):
+    def __init__(self, cfg: CLIPTextConfig, tokenizer: Optional[TextTokenizer] = None):
         super().__init__()
         self.cfg = cfg
-        self.tokenizer = tokenizer if tokenizer is not None else CLIPTokenizer(context_length=cfg.n_ctx)
+        self.tokenizer = tokenizer if tokenizer is not None else default_tokenizer(cfg)
         self.embed = Embed(cfg)
         self.hook_embed = CheckedHookPoint()  # [batch, pos, d_model]
         self.pos_embed = PosEmbed(cfg)
@@ -98,9 +99,11 @@ class HookedCLIPText(HookedRootModule):
 
     # -------------------------------------------------------------------------------------- tokenizing
     def to_tokens(
-        self, text: Text, *, truncate: bool = False, padding: Literal["longest", "max_length"] = "longest"
+        self, text: Text, *, truncate: bool = False, padding: Optional[Padding] = None
     ) -> Int[Tensor, "batch pos"]:
-        """Token ids [batch, pos] on the model's device; see :class:`CLIPTokenizer`."""
+        """Token ids [batch, pos] on the model's device, from the model's own tokenizer. ``padding``
+        defaults to the model's rule (:func:`hooked_clip.families.padding_for`)."""
+        padding = padding_for(self.cfg, padding)
         return self.tokenizer(text, truncate=truncate, padding=padding, context_length=self.cfg.n_ctx).to(
             self.cfg.device
         )
@@ -124,7 +127,7 @@ class HookedCLIPText(HookedRootModule):
 
     def to_single_token(self, word: str) -> int:
         """The id of a text that is exactly one token (between SOT and EOT)."""
-        ids = self.tokenizer.encode(word)[1:-1]
+        ids = self.tokenizer.encode(word, special_tokens=False)
         if len(ids) != 1:
             raise ValueError(f"{word!r} is {len(ids)} tokens, not one: {self.tokenizer.to_str_tokens(ids)}")
         return ids[0]

@@ -1,4 +1,9 @@
-"""CLIP's BPE tokenizer, from open_clip's bundled vocabulary (the offline source of truth).
+"""Tokenizers: the protocol every model tokenizer follows, and CLIP's BPE tokenizer.
+
+:class:`TextTokenizer` is what ``HookedCLIPText`` needs of a tokenizer (ids, padding, special ids, string
+forms). :class:`CLIPTokenizer` implements it for CLIP's BPE, from open_clip's bundled vocabulary (the
+offline source of truth); :mod:`hooked_clip.hf_tokenizer` adapts a transformers tokenizer saved beside a
+checkpoint (SigLIP's SentencePiece, XLM-V, BERT, ...) to the same protocol.
 
 Ids are identical to ``open_clip.tokenize`` and to a transformers ``CLIPTokenizer`` built from the same
 vocabulary (see :meth:`CLIPTokenizer.save_hf_vocab`). Unlike ``open_clip.tokenize``, text longer than the
@@ -11,7 +16,7 @@ from __future__ import annotations
 import gzip
 import json
 from pathlib import Path
-from typing import Literal, Sequence, Union
+from typing import Literal, Optional, Protocol, Sequence, Union, runtime_checkable
 
 import torch
 from jaxtyping import Int
@@ -26,6 +31,73 @@ _HF_NAMES = {"<start_of_text>": SOT_STR, "<end_of_text>": EOT_STR}
 
 class TextTooLongError(ValueError):
     """A text has more tokens than the model's context length."""
+
+
+class TokenizerUnavailableError(RuntimeError):
+    """The model's own tokenizer could not be built here (its files are not on this machine)."""
+
+
+Padding = Literal["longest", "max_length"]
+
+
+@runtime_checkable
+class TextTokenizer(Protocol):
+    """What a model's tokenizer provides (``model.tokenizer``).
+
+    ``__call__`` returns ids [batch, pos] padded with ``pad_token_id`` to the longest row or to the context
+    length; a text over the context length raises :class:`TextTooLongError` unless ``truncate=True``.
+    ``encode(text, special_tokens=False)`` gives the ids of the text alone (no SOT/EOT/CLS/SEP).
+    ``eot_token_id``/``sot_token_id`` may be ``None`` where the vocabulary has no such token.
+    """
+
+    context_length: int
+    pad_token_id: int
+    eot_token_id: Optional[int]
+    sot_token_id: Optional[int]
+    vocab_size: int
+
+    def __call__(self, texts: "Text", *, truncate: bool = False, padding: Padding = "longest",
+                 context_length: Optional[int] = None) -> Tensor: ...
+
+    def encode(self, text: str, special_tokens: bool = True) -> list[int]: ...
+
+    def to_str_tokens(self, tokens: Union[Tensor, Sequence[int]]) -> list[str]: ...
+
+    def decode(self, tokens: Union[Tensor, Sequence[int]]) -> str: ...
+
+
+def as_text_list(texts: "Text") -> list[str]:
+    """A non-empty list of strings from one string or a sequence of them."""
+    if isinstance(texts, str):
+        texts = [texts]
+    texts = list(texts)
+    if not texts:
+        raise ValueError("to_tokens got an empty list of texts.")
+    for t in texts:
+        if not isinstance(t, str):
+            raise TypeError(f"expected a string, got {type(t).__name__}")
+    return texts
+
+
+def check_padding(padding: str) -> None:
+    if padding not in ("longest", "max_length"):
+        raise ValueError(f"padding must be 'longest' or 'max_length', got {padding!r}.")
+
+
+def too_long(i: int, text: str, n_tokens: int, n_ctx: int) -> TextTooLongError:
+    return TextTooLongError(
+        f"text {i} ({text[:60]!r}...) is {n_tokens} tokens long, over the context length of {n_ctx}; "
+        "shorten it, or tokenize with truncate=True (model.to_tokens(texts, truncate=True)) to cut it as the "
+        "model's reference tokenizer does."
+    )
+
+
+def pad_rows(rows: Sequence[Sequence[int]], width: int, pad_token_id: int) -> Tensor:
+    """Ids [len(rows), width] (int64): each row, then ``pad_token_id``."""
+    out = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.tensor(list(row), dtype=torch.long)
+    return out
 
 
 class CLIPTokenizer:
@@ -43,18 +115,19 @@ class CLIPTokenizer:
         self.eot_token_id: int = self._bpe.eot_token_id
         self.vocab_size: int = self._bpe.vocab_size
 
-    def encode(self, text: str) -> list[int]:
-        """Ids of one text, with SOT and EOT, not padded and not truncated."""
+    def encode(self, text: str, special_tokens: bool = True) -> list[int]:
+        """Ids of one text, with SOT and EOT (unless ``special_tokens=False``), not padded, not truncated."""
         if not isinstance(text, str):
             raise TypeError(f"expected a string, got {type(text).__name__}")
-        return [self.sot_token_id, *self._bpe.encode(text), self.eot_token_id]
+        ids = self._bpe.encode(text)
+        return [self.sot_token_id, *ids, self.eot_token_id] if special_tokens else ids
 
     def __call__(
         self,
         texts: Text,
         *,
         truncate: bool = False,
-        padding: Literal["longest", "max_length"] = "longest",
+        padding: Padding = "longest",
         context_length: int | None = None,
     ) -> Int[Tensor, "batch pos"]:
         """Token ids [batch, pos] (int64), SOT ... EOT then ``pad_token_id`` (0).
@@ -64,29 +137,17 @@ class CLIPTokenizer:
         :class:`TextTooLongError` unless ``truncate=True``, which keeps the first ``context_length - 1``
         tokens and ends the row with EOT, exactly as open_clip does.
         """
-        if isinstance(texts, str):
-            texts = [texts]
-        texts = list(texts)
-        if not texts:
-            raise ValueError("to_tokens got an empty list of texts.")
-        if padding not in ("longest", "max_length"):
-            raise ValueError(f"padding must be 'longest' or 'max_length', got {padding!r}.")
+        texts = as_text_list(texts)
+        check_padding(padding)
         n_ctx = context_length or self.context_length
         rows = [self.encode(t) for t in texts]
         for i, row in enumerate(rows):
             if len(row) > n_ctx:
                 if not truncate:
-                    raise TextTooLongError(
-                        f"text {i} ({texts[i][:60]!r}...) is {len(row)} tokens long, over the context "
-                        f"length of {n_ctx}; shorten it, or cut it with model.to_tokens(texts, truncate=True) "
-                        "and pass those tokens (the last kept token becomes EOT, as in open_clip)."
-                    )
+                    raise too_long(i, texts[i], len(row), n_ctx)
                 rows[i] = row[: n_ctx - 1] + [self.eot_token_id]
         width = n_ctx if padding == "max_length" else max(len(r) for r in rows)
-        out = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
-        for i, row in enumerate(rows):
-            out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        return out
+        return pad_rows(rows, width, self.pad_token_id)
 
     def token_str(self, token_id: int) -> str:
         """The text of one token: special tokens as ``<|startoftext|>``/``<|endoftext|>``, word pieces

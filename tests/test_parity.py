@@ -8,25 +8,9 @@ import torch
 from conftest import MIXED_TEXTS, SPECS, hf_clip, open_clip_model
 
 from hooked_clip import HookedCLIP
+from hooked_clip.parity import capture_block_outputs  # noqa: F401  (benchmarks/parity.py imports it from here)
 
 ATOL = 1e-5
-
-
-def capture_block_outputs(blocks, run):
-    """Run ``run()`` with forward hooks on each reference block; returns (output, [block outputs])."""
-    outs = []
-
-    def hook(_module, _inp, out):
-        outs.append((out[0] if isinstance(out, tuple) else out).detach().clone())
-
-    handles = [b.register_forward_hook(hook) for b in blocks]
-    try:
-        with torch.no_grad():
-            result = run()
-    finally:
-        for h in handles:
-            h.remove()
-    return result, outs
 
 
 def assert_matches(model: HookedCLIP, tokens, ref_embeds, ref_blocks):

@@ -67,3 +67,25 @@ def test_bad_text_input(tok):
         tok([3])
     with pytest.raises(ValueError, match="padding"):
         tok("a", padding="max")
+
+
+def test_clip_tokenizer_follows_the_protocol(tok):
+    from hooked_clip.tokenizer import TextTokenizer
+
+    assert isinstance(tok, TextTokenizer)
+    assert tok.encode("There are no cats.", special_tokens=False) == tok.encode("There are no cats.")[1:-1]
+
+
+def test_model_padding_rule(tiny_model):
+    """Causal EOT-pooled towers pad to the longest text; one that reads its padding may not."""
+    import dataclasses
+
+    from hooked_clip.families import padding_for
+
+    assert padding_for(tiny_model.cfg, None) == "longest"
+    bidirectional = dataclasses.replace(tiny_model.cfg, causal=False)
+    last = dataclasses.replace(tiny_model.cfg, pooling="last")
+    for cfg in (bidirectional, last):
+        assert cfg.pads_to_context and padding_for(cfg, None) == "max_length"
+        with pytest.raises(ValueError, match="padding='longest' would change"):
+            padding_for(cfg, "longest")
