@@ -87,8 +87,8 @@ def check_padding(padding: str) -> None:
 def too_long(i: int, text: str, n_tokens: int, n_ctx: int) -> TextTooLongError:
     return TextTooLongError(
         f"text {i} ({text[:60]!r}...) is {n_tokens} tokens long, over the context length of {n_ctx}; "
-        "shorten it, or tokenize with truncate=True (model.to_tokens(texts, truncate=True)) to cut it as the "
-        "model's reference tokenizer does."
+        "shorten it, or cut it with model.to_tokens(texts, truncate=True) and pass those tokens (cut as the "
+        "model's reference tokenizer does)."
     )
 
 

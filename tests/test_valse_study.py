@@ -561,7 +561,6 @@ def test_malformed_reference_files_are_refused_with_the_problem_named(demo_run, 
 
 def test_cli_reference_section_end_to_end(tmp_path, capsys):
     from hooked_clip.analyses.cli import main
-    from hooked_clip.analyses.valse_negation.reference import ReferenceFormatError
 
     main(["valse-negation", "--limit", "10", "--out", str(tmp_path / "a"), "--no-progress"])
     ref = json.loads((tmp_path / "a" / "per_item.json").read_text())  # our run, in the authors' format
