@@ -9,32 +9,24 @@ Every activation passes through a ``HookPoint`` with TransformerLens's name, so 
 
 from __future__ import annotations
 
-import difflib
-from typing import Callable, Literal, Optional, Sequence, Union
+from typing import Literal, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
-from transformer_lens import ActivationCache, HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from hooked_clip.components import Embed, LayerNorm, PosEmbed, TransformerBlock
 from hooked_clip.config import CLIPTextConfig
+from hooked_clip.hooked_root import HookedTower, UnknownHookError  # noqa: F401 (UnknownHookError: public here)
 from hooked_clip.tokenizer import CLIPTokenizer, Text
 
 ReturnType = Literal["normalized", "embed", "pooled", None]
 _RETURN_TYPES = ("normalized", "embed", "pooled", None)
 
 
-class UnknownHookError(KeyError):
-    """A hook name that the model does not have."""
-
-    def __str__(self) -> str:  # KeyError quotes its message; print it plainly
-        return str(self.args[0])
-
-
-class HookedCLIPText(HookedRootModule):
+class HookedCLIPText(HookedTower):
     """CLIP's text tower with a ``HookPoint`` on every activation.
 
     ``forward(tokens)`` returns the projected text embedding [batch, d_proj] (``return_type="embed"``,
@@ -255,37 +247,6 @@ class HookedCLIPText(HookedRootModule):
             raise ValueError(f"residual has {resid.shape[1]} positions, over the context length {self.cfg.n_ctx}.")
         return resid
 
-    # ------------------------------------------------------------------------------------------- hooks
-    def _hook_point(self, name: str) -> HookPoint:
-        if name not in self.hook_dict:
-            close = difflib.get_close_matches(name, list(self.hook_dict), n=3, cutoff=0.6)
-            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise UnknownHookError(
-                f"{self.__class__.__name__} has no hook {name!r}.{hint} List them with model.hook_dict.keys()."
-            )
-        return self.hook_dict[name]
-
-    def add_hook(self, name, hook, dir="fwd", is_permanent=False, level=None, prepend=False) -> None:
-        if isinstance(name, str):
-            self._hook_point(name)
-        super().add_hook(name, hook, dir=dir, is_permanent=is_permanent, level=level, prepend=prepend)
-
-    def _enable_hook_with_name(self, name: str, hook: Callable, dir) -> None:
-        self._hook_point(name)
-        super()._enable_hook_with_name(name, hook, dir)
-
-    def run_with_cache(self, *model_args, names_filter=None, return_cache_object: bool = True, **kwargs):
-        """As TransformerLens: returns (output, cache). The cache is an ``ActivationCache``, so
-        ``cache["resid_pre", 3]`` works; unknown names in ``names_filter`` are an error."""
-        names = [names_filter] if isinstance(names_filter, str) else names_filter
-        if isinstance(names, (list, tuple)):
-            for name in names:
-                self._hook_point(name)
-        out, cache = super().run_with_cache(*model_args, names_filter=names_filter, **kwargs)
-        if return_cache_object:
-            cache = ActivationCache(cache, self, has_batch_dim=not kwargs.get("remove_batch_dim", False))
-        return out, cache
-
     # ------------------------------------------------------------------------ TL weight accessors
     @property
     def W_E(self) -> Float[Tensor, "d_vocab d_model"]:
@@ -294,33 +255,6 @@ class HookedCLIPText(HookedRootModule):
     @property
     def W_pos(self) -> Float[Tensor, "n_ctx d_model"]:
         return self.pos_embed.W_pos
-
-    def _stack(self, sub: str, name: str) -> Tensor:
-        return torch.stack([getattr(getattr(b, sub), name) for b in self.blocks], dim=0)
-
-    @property
-    def W_Q(self) -> Float[Tensor, "n_layers n_heads d_model d_head"]:
-        return self._stack("attn", "W_Q")
-
-    @property
-    def W_K(self) -> Float[Tensor, "n_layers n_heads d_model d_head"]:
-        return self._stack("attn", "W_K")
-
-    @property
-    def W_V(self) -> Float[Tensor, "n_layers n_heads d_model d_head"]:
-        return self._stack("attn", "W_V")
-
-    @property
-    def W_O(self) -> Float[Tensor, "n_layers n_heads d_head d_model"]:
-        return self._stack("attn", "W_O")
-
-    @property
-    def W_in(self) -> Float[Tensor, "n_layers d_model d_mlp"]:
-        return self._stack("mlp", "W_in")
-
-    @property
-    def W_out(self) -> Float[Tensor, "n_layers d_mlp d_model"]:
-        return self._stack("mlp", "W_out")
 
     def accumulated_bias(self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True) -> Tensor:
         """Sum of the attention (and MLP) output biases written before block ``layer`` (TL semantics)."""

@@ -17,7 +17,12 @@ def quick_gelu(x: Tensor) -> Tensor:
     return x * torch.sigmoid(1.702 * x)
 
 
-ACTIVATIONS = {"quick_gelu": quick_gelu, "gelu": F.gelu}
+def gelu_tanh(x: Tensor) -> Tensor:
+    """GELU with the tanh approximation (SigLIP's ``gelu_pytorch_tanh``)."""
+    return F.gelu(x, approximate="tanh")
+
+
+ACTIVATIONS = {"quick_gelu": quick_gelu, "gelu": F.gelu, "gelu_tanh": gelu_tanh}
 
 
 class MLP(nn.Module):
