@@ -7,7 +7,9 @@ from hooked_clip.loading import CheckpointMismatchError
 from hooked_clip.registry import load_model
 from hooked_clip.text import HookedCLIPText
 from hooked_clip.tokenizer import CLIPTokenizer
+from hooked_clip.vision_config import CLIPVisionConfig
+from hooked_clip.vision_tower import HookedCLIPVision
 
-__all__ = ["CLIPTextConfig", "CLIPTokenizer", "CheckpointMismatchError", "HookedCLIP", "HookedCLIPText",
-           "WeightsUnavailableError", "load_model"]
+__all__ = ["CLIPTextConfig", "CLIPTokenizer", "CLIPVisionConfig", "CheckpointMismatchError", "HookedCLIP",
+           "HookedCLIPText", "HookedCLIPVision", "WeightsUnavailableError", "load_model"]
 __version__ = "0.1.0"

@@ -72,12 +72,15 @@ class VisionTower(nn.Module):
             pixels = pixels.to(device=param.device, dtype=param.dtype)
         return self.encoder(pixels)
 
-    def _refuse(self, *args, **kwargs):
-        raise TypeError(
+    def not_hooked_error(self) -> TypeError:
+        return TypeError(
             f"this image tower ({type(self.encoder).__name__}) is the reference module, not hooked: "
             f"{self.not_hooked_because}. hooked_clip hooks ViT image towers (transformers CLIP/SigLIP, "
             "open_clip VisionTransformer); encode_image still works, and the text tower is hooked."
         )
+
+    def _refuse(self, *args, **kwargs):
+        raise self.not_hooked_error()
 
     run_with_cache = run_with_hooks = hooks = add_hook = _refuse
 
