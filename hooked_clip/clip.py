@@ -150,8 +150,7 @@ class HookedCLIP(nn.Module):
     def _both(self, args: tuple, images: Any, text_kwargs: dict) -> Float[Tensor, "n_text n_image"]:
         if len(args) != 1:
             raise TypeError(f"a run over both towers takes (texts, images), got {len(args) + 1} positional arguments.")
-        return self.similarity(self.encode_text(args[0], normalize=False, **text_kwargs),
-                               self.encode_image(images, normalize=False))
+        return self.similarity(self.encode_text(args[0], **text_kwargs), self.encode_image(images))
 
     # ------------------------------------------------------------------------------------------ encode
     def encode_text(
