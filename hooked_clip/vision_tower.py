@@ -154,6 +154,20 @@ class HookedCLIPVision(HookedTower):
             return x[:, 0]
         return x[:, self.cfg.first_patch:].mean(dim=1)
 
+    # ------------------------------------------------------------------------------------- positions
+    def position_labels(self) -> list[str]:
+        """One label per position: ``"CLS"`` (with a class token), then ``"r{row}c{col}"`` per patch."""
+        g = self.cfg.grid_size
+        return ["CLS"] * self.cfg.first_patch + [f"r{r}c{c}" for r in range(g) for c in range(g)]
+
+    def to_patch_grid(self, x: Float[Tensor, "... pos"]) -> Float[Tensor, "... grid grid"]:
+        """Values per position (last axis, all ``n_ctx`` positions) -> the patches' values laid out as the
+        image [..., grid, grid] (the class token dropped)."""
+        if x.shape[-1] != self.cfg.n_ctx:
+            raise ValueError(f"the last axis must hold the {self.cfg.n_ctx} positions, got {x.shape[-1]}.")
+        g = self.cfg.grid_size
+        return x[..., self.cfg.first_patch:].reshape(*x.shape[:-1], g, g)
+
     # ---------------------------------------------------------------------------------------- inputs
     def as_pixels(self, images: Any) -> Float[Tensor, "batch channel height width"]:
         """Checked pixels on the model's device from PIL images (through ``preprocess``) or a pixel tensor."""
