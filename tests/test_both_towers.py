@@ -87,3 +87,47 @@ def test_text_only_api_is_unchanged(tiny_model):
         assert out.shape == emb.shape and not torch.equal(out, emb)
         with model.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", lambda a, hook: a * 0)]):
             assert torch.equal(model.encode_text(tokens, normalize=False), out)
+
+
+def test_documented_image_hook_names_exist(tiny_model, px):
+    """The names the vision tower's docstring lists are the tower's hooks, and TL's shorthand works."""
+    from transformer_lens.utilities import get_act_name
+
+    v = tiny_model.vision
+    names = set(v.hook_dict)
+    for name in ["hook_patch_embed", "hook_cls_embed", "hook_pos_embed", "ln_pre.hook_scale", "ln_pre.hook_normalized",
+                 "blocks.1.hook_resid_pre", "blocks.1.hook_resid_mid", "blocks.1.hook_resid_post",
+                 "blocks.1.attn.hook_q", "blocks.1.attn.hook_k", "blocks.1.attn.hook_v", "blocks.1.attn.hook_z",
+                 "blocks.1.attn.hook_attn_scores", "blocks.1.attn.hook_pattern", "blocks.1.hook_attn_out",
+                 "blocks.1.hook_mlp_out", "blocks.1.mlp.hook_pre", "blocks.1.mlp.hook_post", "ln_post.hook_scale",
+                 "ln_post.hook_normalized", "hook_pooled", "hook_image_embed", "hook_image_embed_normalized"]:
+        assert name in names, name
+    with torch.no_grad():
+        _, cache = v.run_with_cache(px)
+    assert cache["hook_patch_embed"].shape == (2, 16, 64) and cache["hook_cls_embed"].shape == (2, 1, 64)
+    assert torch.equal(cache["pattern", 1], cache[get_act_name("pattern", 1)])
+    assert torch.equal(cache["resid_post", 0], cache["blocks.0.hook_resid_post"])
+    # start/stop at a layer, as in TransformerLens
+    with torch.no_grad():
+        mid = v(px, stop_at_layer=1)
+        assert torch.equal(mid, cache["blocks.1.hook_resid_pre"])
+        assert torch.allclose(v(mid, start_at_layer=1), v(px), atol=1e-6)
+
+
+def test_siglip_pil_images_use_siglip_preprocessing():
+    from PIL import Image
+    from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
+
+    from conftest import randomize_
+    from hooked_clip import HookedCLIPVision
+
+    torch.manual_seed(0)
+    hf = randomize_(SiglipVisionModel(SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_attention_heads=2,
+                                                         num_hidden_layers=1, image_size=32, patch_size=16)), 4)
+    tower = HookedCLIPVision.from_hf(hf)
+    gen = torch.Generator().manual_seed(6)
+    images = [Image.fromarray((torch.rand(50, 40, 3, generator=gen) * 255).byte().numpy()) for _ in range(2)]
+    px = SiglipImageProcessor(size={"height": 32, "width": 32})(images=images, return_tensors="pt")["pixel_values"]
+    assert torch.equal(tower.as_pixels(images), px)
+    with torch.no_grad():
+        assert (tower.encode(images) - hf(pixel_values=px).pooler_output).abs().max() <= 1e-5
