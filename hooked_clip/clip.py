@@ -55,7 +55,7 @@ class HookedCLIP(nn.Module):
     def __init__(
         self,
         text: HookedCLIPText,
-        vision: Optional[VisionTower] = None,
+        vision: Union[HookedCLIPVision, VisionTower, None] = None,
         logit_scale: Optional[float] = None,
         logit_bias: Optional[float] = None,
     ):

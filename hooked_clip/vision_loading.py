@@ -158,7 +158,7 @@ def image_tower_from_hf(hf_model: nn.Module, image_processor: Any, device: str, 
     try:
         return HookedCLIPVision.from_hf(hf_model, image_processor, device=device, dtype=dtype)
     except UnsupportedImageTower as e:
-        vm = hf_model.vision_model
+        vm = getattr(hf_model, "vision_model", hf_model)
         ref = VisionTower(HFVisionEncoder(vm, getattr(hf_model, "visual_projection", nn.Identity())), hf_preprocess(hf_model, image_processor),
                           vm.config.image_size, not_hooked_because=str(e))
         return ref.to(device=device, dtype=dtype)

@@ -178,10 +178,10 @@ class HookedCLIPVision(HookedTower):
         return self(self.as_pixels(images), return_type="normalized" if normalize else "embed")
 
     def _check_pixels(self, pixels: Any) -> Tensor:
-        pixels = as_pixels(pixels, None, self.cfg.image_size, self.cfg.n_channels) if isinstance(pixels, Tensor) else None
-        if pixels is None:
+        if not isinstance(pixels, Tensor):
             raise TypeError("the tower's forward takes preprocessed pixels [batch, channel, H, W]; for PIL images "
                             "use tower.encode(images) or tower(tower.as_pixels(images)).")
+        pixels = as_pixels(pixels, None, self.cfg.image_size, self.cfg.n_channels)
         return pixels.to(device=self.embed.W_patch.device, dtype=self.embed.W_patch.dtype)
 
     def _check_resid(self, resid: Any) -> Tensor:

@@ -215,3 +215,34 @@ def test_bad_pixel_input_is_refused_with_the_fix():
         tower([[0.0]])
     with pytest.raises(ValueError, match=r"pos=10, d_model=64"):
         tower(torch.zeros(1, 9, 64), start_at_layer=1)
+
+
+def test_hf_clip_vision_model_without_projection():
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    torch.manual_seed(0)
+    hf = randomize_(CLIPVisionModel(CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_attention_heads=2,
+                                                     num_hidden_layers=2, image_size=32, patch_size=8)), seed=11)
+    tower = HookedCLIPVision.from_hf(hf, device="cpu")
+    assert tower.cfg.d_proj is None and tower.W_proj is None
+    px = pixels(32)
+    out, blocks = capture_block_outputs(hf.encoder.layers, lambda: hf(pixel_values=px))
+    assert_tower_matches(tower, px, out.pooler_output, blocks)
+
+
+def test_config_from_scratch():
+    from hooked_clip import CLIPVisionConfig
+
+    cfg = CLIPVisionConfig.for_image(32, 8, d_model=32, d_head=16, n_heads=2, n_layers=1, d_mlp=64, d_proj=8,
+                                     pooling="avg", seed=0, device="cpu")
+    assert cfg.n_ctx == 17 and cfg.grid_size == 4 and cfg.first_patch == 1
+    tower = HookedCLIPVision(cfg)
+    assert tower(pixels(32)).shape == (3, 8)
+    with pytest.raises(ValueError, match=r"n_ctx must be .* = 17"):
+        CLIPVisionConfig(image_size=32, patch_size=8, n_ctx=50)
+    with pytest.raises(ValueError, match="pooling='cls' needs class_token=True"):
+        CLIPVisionConfig.for_image(32, 8, class_token=False, d_model=32, d_head=16, n_heads=2)
+    with pytest.raises(ValueError, match="not a multiple of patch_size"):
+        CLIPVisionConfig.for_image(30, 8, d_model=32, d_head=16, n_heads=2)
+    with pytest.raises(ValueError, match="act_fn='relu' is not supported"):
+        CLIPVisionConfig.for_image(32, 8, act_fn="relu", d_model=32, d_head=16, n_heads=2)
