@@ -26,6 +26,18 @@ class HookedTower(HookedRootModule):
     """Base class of :class:`~hooked_clip.text.HookedCLIPText` and
     :class:`~hooked_clip.vision_tower.HookedCLIPVision`."""
 
+    def init_weights(self) -> None:
+        """Random init (normal, std ``cfg.init_range``; LN to identity, biases zero), seeded by ``cfg.seed`` if set."""
+        gen = torch.Generator().manual_seed(self.cfg.seed) if self.cfg.seed is not None else None
+        for name, p in self.named_parameters():
+            with torch.no_grad():
+                if name.endswith(".w"):
+                    p.fill_(1.0)
+                elif name.endswith(".b") or name.split(".")[-1].startswith("b_"):
+                    p.zero_()
+                else:
+                    p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32) * self.cfg.init_range)
+
     def _hook_point(self, name: str) -> HookPoint:
         if name not in self.hook_dict:
             close = difflib.get_close_matches(name, list(self.hook_dict), n=3, cutoff=0.6)

@@ -57,19 +57,6 @@ class HookedCLIPText(HookedTower):
         self.to(cfg.device)
         self.eval()  # no dropout anywhere; eval mode is what TL's analysis helpers require
 
-    # ----------------------------------------------------------------------------------------- weights
-    def init_weights(self) -> None:
-        """Random init (normal, std ``cfg.init_range``; LN to identity), seeded by ``cfg.seed`` if set."""
-        gen = torch.Generator().manual_seed(self.cfg.seed) if self.cfg.seed is not None else None
-        for name, p in self.named_parameters():
-            with torch.no_grad():
-                if name.endswith(".w"):
-                    p.fill_(1.0)
-                elif name.endswith(".b") or name.split(".")[-1].startswith("b_"):
-                    p.zero_()
-                else:
-                    p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32) * self.cfg.init_range)
-
     # -------------------------------------------------------------------------------------- tokenizing
     def to_tokens(
         self, text: Text, *, truncate: bool = False, padding: Literal["longest", "max_length"] = "longest"

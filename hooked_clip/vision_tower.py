@@ -81,18 +81,6 @@ class HookedCLIPVision(HookedTower):
     def image_size(self) -> int:
         return self.cfg.image_size
 
-    def init_weights(self) -> None:
-        """Random init (normal, std ``cfg.init_range``; LN to identity, biases zero), seeded by ``cfg.seed``."""
-        gen = torch.Generator().manual_seed(self.cfg.seed) if self.cfg.seed is not None else None
-        for name, p in self.named_parameters():
-            with torch.no_grad():
-                if name.endswith(".w"):
-                    p.fill_(1.0)
-                elif name.endswith(".b") or name.split(".")[-1].startswith("b_"):
-                    p.zero_()
-                else:
-                    p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32) * self.cfg.init_range)
-
     # ----------------------------------------------------------------------------------------- forward
     def forward(
         self,
