@@ -288,6 +288,12 @@ def _device(device: Optional[str]) -> str:
     return device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _hf_vision_tower(hf_model, image_processor):
+    """The old name of :func:`~hooked_clip.vision_loading.image_tower_from_hf` (on the CPU in fp32; callers
+    move it with ``.to(...)``), kept so that code written against it keeps working."""
+    return image_tower_from_hf(hf_model, image_processor, "cpu", torch.float32)
+
+
 def _split_images(args: tuple, images: Any) -> tuple[tuple, Any]:
     """(text-tower args, images or None): a second positional argument that is not a ``return_type``
     (a string or None) is the images of a run over both towers."""
