@@ -144,7 +144,7 @@ def hf_preprocess(hf_model: nn.Module, image_processor: Any = None) -> Callable[
 
 def hooked_vision_from_hf(cls, hf_model: nn.Module, image_processor: Any = None, device: Optional[str] = None,
                           dtype: torch.dtype = torch.float32, **cfg_overrides):
-    cfg = vision_config_from_hf(hf_model, device=device or "cpu", dtype=dtype, **cfg_overrides)
+    cfg = vision_config_from_hf(hf_model, device=device, dtype=dtype, **cfg_overrides)
     tower = cls(cfg, hf_preprocess(hf_model, image_processor))
     load_converted(tower, hf_vision_state_dict(hf_model, cfg))
     return tower
@@ -239,7 +239,7 @@ def open_clip_preprocess(preprocess_cfg: dict) -> Callable[[list], Tensor]:
 
 def hooked_vision_from_open_clip(cls, model: nn.Module, preprocess: Optional[Callable[[list], Tensor]] = None,
                                  device: Optional[str] = None, dtype: torch.dtype = torch.float32, **cfg_overrides):
-    cfg = vision_config_from_open_clip(model, device=device or "cpu", dtype=dtype, **cfg_overrides)
+    cfg = vision_config_from_open_clip(model, device=device, dtype=dtype, **cfg_overrides)
     if preprocess is None:
         import open_clip
 

@@ -188,7 +188,9 @@ class HookedCLIPVision(HookedTower):
                 dtype: torch.dtype = torch.float32, **cfg_overrides) -> "HookedCLIPVision":
         """From a transformers ``CLIPModel``, ``CLIPVisionModelWithProjection``, ``CLIPVisionModel``,
         ``SiglipModel`` or ``SiglipVisionModel`` (the image tower and its projection); preprocessing is
-        ``image_processor`` or the family's default processor at the model's image size."""
+        ``image_processor`` or the family's default processor at the model's image size. ``device=None``
+        picks CUDA when available (TransformerLens's default); ``cfg_overrides`` set config fields such as
+        ``use_attn_result``."""
         from hooked_clip.vision_loading import hooked_vision_from_hf
 
         return hooked_vision_from_hf(cls, hf_model, image_processor, device, dtype, **cfg_overrides)
