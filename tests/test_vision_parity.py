@@ -126,6 +126,7 @@ OPEN_CLIP = {
     "avg_ln_after_pool": dict(pool_type="avg", final_ln_after_pool=True),
     "tok_ln_after_pool": dict(final_ln_after_pool=True),
     "no_ln_pre": dict(no_ln_pre=True),
+    "sincos_gelu_tanh": dict(act="gelu_tanh", pos_embed_type="sin_cos_2d"),
 }
 
 
@@ -133,7 +134,8 @@ def open_clip_vit(seed: int = 2, layers: int = 2, act: str = "gelu", **kw):
     from open_clip.transformer import QuickGELU, VisionTransformer
 
     torch.manual_seed(seed)
-    act_layer = QuickGELU if act == "quick_gelu" else torch.nn.GELU
+    act_layer = {"quick_gelu": QuickGELU, "gelu": torch.nn.GELU,
+                 "gelu_tanh": lambda: torch.nn.GELU(approximate="tanh")}[act]
     return randomize_(VisionTransformer(image_size=48, patch_size=16, width=64, layers=layers, heads=4,
                                         mlp_ratio=3.0, output_dim=24, act_layer=act_layer, **kw), seed)
 
@@ -146,6 +148,7 @@ def test_open_clip_vision_parity(spec):
     assert tower.cfg.pooling == {"tok": "cls", "avg": "avg"}[kw.get("pool_type", "tok")]
     assert tower.cfg.ln_pre == (not kw.get("no_ln_pre", False))
     assert tower.cfg.final_ln_after_pool == kw.get("final_ln_after_pool", False)
+    assert tower.cfg.act_fn == kw.get("act", "gelu")
     px = pixels(48)
     out, blocks = capture_block_outputs(ref.transformer.resblocks, lambda: ref(px))
     assert_tower_matches(tower, px, out, blocks)
