@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from hooked_clip import tower_names
 from hooked_clip.config import CLIPTextConfig
 from hooked_clip.hub import hub_reachable, unavailable
 from hooked_clip.loading import (
@@ -27,7 +28,6 @@ from hooked_clip.loading import (
 from hooked_clip.processing import process_weights
 from hooked_clip.text import HookedCLIPText
 from hooked_clip.tokenizer import Text
-from hooked_clip import tower_names
 from hooked_clip.vision import VisionTower
 from hooked_clip.vision_loading import image_tower_from_hf, image_tower_from_open_clip
 from hooked_clip.vision_tower import HookedCLIPVision
@@ -94,8 +94,7 @@ class HookedCLIP(nn.Module):
                                             reset_hooks_end=reset_hooks_end, clear_contexts=clear_contexts, **kwargs)
         with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts):
             if images is None:
-                if any(isinstance(n, str) and (tower_names.route(n) or ("",))[0] == "vision"
-                       for n, _ in [*fwd_hooks, *bwd_hooks]):
+                if any(isinstance(n, str) and tower_names.tower_of(n) == "vision" for n, _ in [*fwd_hooks, *bwd_hooks]):
                     raise ValueError("vision hooks need images: pass them as the second argument or images=...")
                 return self.text(*args, **kwargs)
             return self._both(args, images, kwargs)

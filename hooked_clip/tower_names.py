@@ -33,6 +33,11 @@ def route(name: str) -> Optional[tuple[str, str]]:
     return (tower, rest) if tower in TOWERS and rest else None
 
 
+def tower_of(name: str) -> str:
+    """The tower a hook name acts on (``"text"`` for an unprefixed name)."""
+    return (route(name) or ("text", name))[0]
+
+
 def names_both_towers(hooks: Iterable[tuple]) -> bool:
     """Whether a hook list uses two-tower names (a prefix or a top-level alias)."""
     return any(isinstance(name, str) and route(name) is not None for name, _ in hooks)
