@@ -57,7 +57,7 @@ class HookedCLIPVision(HookedTower):
         self.embed = PatchEmbed(cfg)
         self.hook_patch_embed = HookPoint()  # [batch, patch, d_model]
         self.W_cls = nn.Parameter(torch.empty(cfg.d_model, dtype=cfg.dtype)) if cfg.class_token else None
-        self.hook_cls_embed = HookPoint()  # [batch, 1, d_model]
+        self.hook_cls_embed = HookPoint() if cfg.class_token else None  # [batch, 1, d_model]
         self.pos_embed = PosEmbed(cfg)
         self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
         self.ln_pre = LayerNorm(cfg) if cfg.ln_pre else None

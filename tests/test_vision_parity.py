@@ -100,6 +100,7 @@ def test_hf_siglip_vision_parity(spec):
         _, cache = tower.run_with_cache(px, names_filter="head.attn.hook_pattern")
     pattern = cache["head.attn.hook_pattern"]
     assert pattern.shape == (3, heads, 1, cfg.n_ctx)
+    assert "hook_cls_embed" not in tower.hook_dict and "ln_pre.hook_scale" not in tower.hook_dict  # none to hook
     assert torch.allclose(pattern.sum(-1), torch.ones(()), atol=1e-6)
 
 
