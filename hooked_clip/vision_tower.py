@@ -12,7 +12,8 @@ position and then SigLIP's attention-pooling head (``head.*``).
 Hook names (TransformerLens / ViT-Prisma style; positions: 0 = class token when ``cfg.class_token``, then
 the patches row by row)::
 
-    hook_patch_embed [batch, patch, d_model]   hook_cls_embed [batch, 1, d_model]   hook_pos_embed [batch, pos, d_model]
+    hook_patch_embed [batch, patch, d_model]   hook_pos_embed [batch, pos, d_model]
+    hook_cls_embed [batch, 1, d_model]                              (when cfg.class_token)
     ln_pre.hook_scale, ln_pre.hook_normalized                       (when cfg.ln_pre)
     blocks.{l}.hook_resid_pre / hook_resid_mid / hook_resid_post    [batch, pos, d_model]
     blocks.{l}.ln1.*, ln2.*, attn.hook_q/k/v/z, attn.hook_attn_scores/hook_pattern, attn.hook_result (opt-in)
