@@ -29,6 +29,10 @@ texts = ["a red square", "a blue square", "a green square"]
 pixels = model.vision.as_pixels(images)   # the checkpoint's own preprocessing (here CLIP's)
 print(pixels.shape, model.vision.cfg.n_ctx, model.vision.position_labels()[:4])
 
+# needs real weights (network or a local copy):
+# clip = HookedCLIP.from_pretrained("openai/clip-vit-base-patch32")
+# print(type(clip.vision).__name__, clip.vision.cfg.n_layers, "blocks,", clip.vision.cfg.n_ctx, "positions")
+
 sim, cache = model.run_with_cache(texts, pixels)
 print(sim.shape, [k for k in cache.keys() if k.startswith("hook_")])
 pattern = cache["vision.blocks.0.attn.hook_pattern"]          # [image, head, query, key]
