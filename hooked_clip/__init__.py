@@ -9,8 +9,10 @@ from hooked_clip.registry import load_model
 from hooked_clip.text import HookedCLIPText
 from hooked_clip.hf_tokenizer import HFTextTokenizer
 from hooked_clip.tokenizer import CLIPTokenizer, TextTokenizer, TokenizerUnavailableError
+from hooked_clip.vision_config import CLIPVisionConfig
+from hooked_clip.vision_tower import HookedCLIPVision
 
-__all__ = ["CLIPTextConfig", "CLIPTokenizer", "CheckpointMismatchError", "HFTextTokenizer", "HookedCLIP",
-           "HookedCLIPText", "TextTokenizer", "TokenizerUnavailableError", "UnreadableFileError",
-           "UnsafeCheckpointError", "WeightsUnavailableError", "load_model"]
+__all__ = ["CLIPTextConfig", "CLIPTokenizer", "CLIPVisionConfig", "CheckpointMismatchError", "HFTextTokenizer",
+           "HookedCLIP", "HookedCLIPText", "HookedCLIPVision", "TextTokenizer", "TokenizerUnavailableError",
+           "UnreadableFileError", "UnsafeCheckpointError", "WeightsUnavailableError", "load_model"]
 __version__ = "0.1.0"

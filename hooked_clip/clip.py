@@ -1,8 +1,10 @@
-"""`HookedCLIP`: the hooked text tower + a reference image tower + the logit scale, and its loaders."""
+"""`HookedCLIP`: the hooked text tower + the image tower (hooked where it is a ViT) + the logit scale, and its
+loaders."""
 
 from __future__ import annotations
 
 import os
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -11,6 +13,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from hooked_clip import tower_names
 from hooked_clip.config import CLIPTextConfig, resolve_dtype
 from hooked_clip.files import check_checkpoint_dir, read_state_dict
 from hooked_clip.hub import hub_reachable, unavailable
@@ -28,25 +31,34 @@ from hooked_clip.processing import process_weights
 from hooked_clip.similarity import logit_parameters, paired_similarity, similarity
 from hooked_clip.text import HookedCLIPText
 from hooked_clip.tokenizer import Text
-from hooked_clip.vision import HFVisionEncoder, VisionTower, stack_transform
+from hooked_clip.vision import VisionTower
+from hooked_clip.vision_loading import image_tower_from_hf, image_tower_from_open_clip
+from hooked_clip.vision_tower import HookedCLIPVision
 
 
 class HookedCLIP(nn.Module):
-    """A CLIP model whose text tower is hooked.
+    """A CLIP model whose towers are hooked.
 
     - ``text``: :class:`HookedCLIPText` (a TransformerLens ``HookedRootModule``);
-    - ``vision``: :class:`VisionTower` wrapping the reference image tower (HF or open_clip), or ``None``
-      for a text-only checkpoint;
+    - ``vision``: :class:`HookedCLIPVision` where the checkpoint's image tower is a ViT (transformers
+      CLIP/SigLIP, open_clip ``VisionTransformer``); else :class:`VisionTower` wrapping the reference image
+      tower (ResNet, timm), which encodes images but refuses hooks naming the reason; ``None`` for a
+      text-only checkpoint;
     - ``logit_scale``: stored in log space as in both references; similarity = ``exp(logit_scale) * cos``
       (+ ``logit_bias`` for checkpoints that have one).
 
-    ``run_with_hooks``, ``run_with_cache``, ``hooks`` and ``to_tokens`` act on the text tower.
+    ``run_with_hooks``, ``run_with_cache``, ``hooks`` and ``to_tokens`` act on the text tower, as TL
+    users expect, unless given images (a second positional argument that is not a ``return_type`` string,
+    or ``images=``): then they run both towers and return the similarity [n_text, n_image]; hook names are
+    then ``text.<name>`` / ``vision.<name>`` plus ``hook_text_embed(_normalized)`` and
+    ``hook_image_embed(_normalized)`` at the top (see :mod:`hooked_clip.tower_names`). Hook lists that use
+    those names work in ``hooks()`` too, so ``encode_image`` and ``forward`` see them.
     """
 
     def __init__(
         self,
         text: HookedCLIPText,
-        vision: Optional[VisionTower] = None,
+        vision: Union[HookedCLIPVision, VisionTower, None] = None,
         logit_scale: Optional[float] = None,
         logit_bias: Optional[float] = None,
     ):
@@ -76,17 +88,71 @@ class HookedCLIP(nn.Module):
     def pool_positions(self, tokens: Int[Tensor, "batch pos"]) -> Int[Tensor, "batch"]:
         return self.text.pool_positions(tokens)
 
-    def run_with_hooks(self, *args, **kwargs):
-        return self.text.run_with_hooks(*args, **kwargs)
+    def run_with_hooks(self, *args, images: Any = None, fwd_hooks=(), bwd_hooks=(), reset_hooks_end: bool = True,
+                       clear_contexts: bool = False, **kwargs):
+        """The text tower's ``run_with_hooks``; with images, both towers (returns the similarity)."""
+        args, images = _split_images(args, images)
+        if images is None and not tower_names.names_both_towers([*fwd_hooks, *bwd_hooks]):
+            return self.text.run_with_hooks(*args, fwd_hooks=fwd_hooks, bwd_hooks=bwd_hooks,
+                                            reset_hooks_end=reset_hooks_end, clear_contexts=clear_contexts, **kwargs)
+        with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts):
+            if images is None:
+                if any(isinstance(n, str) and tower_names.tower_of(n) == "vision" for n, _ in [*fwd_hooks, *bwd_hooks]):
+                    raise ValueError("vision hooks need images: pass them as the second argument or images=...")
+                return self.text(*args, **kwargs)
+            return self._both(args, images, kwargs)
 
-    def run_with_cache(self, *args, **kwargs):
-        return self.text.run_with_cache(*args, **kwargs)
+    def run_with_cache(self, *args, images: Any = None, names_filter=None, **kwargs):
+        """The text tower's ``run_with_cache``; with images, both towers: (similarity [n_text, n_image], one
+        ``ActivationCache`` with ``text.``/``vision.`` names and the top-level embedding names)."""
+        args, images = _split_images(args, images)
+        if images is None:
+            return self.text.run_with_cache(*args, names_filter=names_filter, **kwargs)
+        from transformer_lens import ActivationCache
 
-    def hooks(self, *args, **kwargs):
-        return self.text.hooks(*args, **kwargs)
+        towers = {"text": self.text, "vision": self._hooked_vision()}
+        keep, filters = tower_names.cache_filters(names_filter, towers)
+        caches = {}
+        with ExitStack() as stack:
+            for name, tower in towers.items():
+                caches[name] = {}
+                stack.enter_context(tower.hooks(fwd_hooks=[(filters[name], _saver(caches[name]))]))
+            out = self._both(args, images, kwargs)
+        return out, ActivationCache(tower_names.merge_caches(keep, caches), self)
+
+    def hooks(self, fwd_hooks=(), bwd_hooks=(), reset_hooks_end: bool = True, clear_contexts: bool = False):
+        """Context manager attaching hooks (TransformerLens's ``hooks``); two-tower names are routed to
+        their tower."""
+        if not tower_names.names_both_towers([*fwd_hooks, *bwd_hooks]):
+            return self.text.hooks(fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts)
+        return self._both_hooks(fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts)
+
+    @contextmanager
+    def _both_hooks(self, fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts):
+        fwd, bwd = tower_names.split_hooks(fwd_hooks), tower_names.split_hooks(bwd_hooks)
+        with ExitStack() as stack:
+            for name, tower in (("text", self.text), ("vision", self.vision)):
+                if fwd[name] or bwd[name]:
+                    tower = self._hooked_vision() if name == "vision" else tower
+                    stack.enter_context(tower.hooks(fwd[name], bwd[name], reset_hooks_end, clear_contexts))
+            yield self
 
     def reset_hooks(self, *args, **kwargs):
+        if isinstance(self.vision, HookedCLIPVision):
+            self.vision.reset_hooks(*args, **kwargs)
         return self.text.reset_hooks(*args, **kwargs)
+
+    def _hooked_vision(self) -> HookedCLIPVision:
+        if self.vision is None:
+            raise ValueError("This model has no image tower (text-only checkpoint); there is nothing to hook or run.")
+        if not isinstance(self.vision, HookedCLIPVision):
+            raise self.vision.not_hooked_error()
+        return self.vision
+
+    def _both(self, args: tuple, images: Any, text_kwargs: dict) -> Float[Tensor, "n_text n_image"]:
+        if len(args) != 1:
+            raise TypeError(f"a run over both towers takes (texts, images), got {len(args) + 1} positional arguments.")
+        return self.similarity(self.encode_text(args[0], **text_kwargs), self.encode_image(images))
 
     # ------------------------------------------------------------------------------------------ encode
     def encode_text(
@@ -104,6 +170,8 @@ class HookedCLIP(nn.Module):
                 "This model has no image tower (it was loaded from a text-only checkpoint); load a full "
                 "CLIP checkpoint (transformers CLIPModel or an open_clip model) to encode images."
             )
+        if isinstance(self.vision, HookedCLIPVision):
+            return self.vision.encode(images, normalize=normalize)
         emb = self.vision.encode(images)
         return F.normalize(emb, dim=-1) if normalize else emb
 
@@ -151,7 +219,7 @@ class HookedCLIP(nn.Module):
         load_converted(text, hf_text_state_dict(hf_text_model_state_dict(text_module, proj), cfg))
         vision = None
         if family.vision and hasattr(hf_model, "vision_model"):
-            vision = _hf_vision_tower(hf_model, image_processor).to(device=cfg.device, dtype=dtype)
+            vision = image_tower_from_hf(hf_model, image_processor, cfg.device, dtype)
         scale, bias = (getattr(hf_model, k, None) for k in ("logit_scale", "logit_bias"))
         process_weights(text, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
                         fold_value_biases=fold_value_biases)
@@ -236,13 +304,7 @@ class HookedCLIP(nn.Module):
         load_converted(text, open_clip_text_state_dict(oc_model.state_dict(), cfg))
         process_weights(text, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
                         fold_value_biases=fold_value_biases)
-        from open_clip.transform import PreprocessCfg, image_transform_v2
-
-        transform = image_transform_v2(PreprocessCfg(**preprocess_cfg), is_train=False)
-        size = preprocess_cfg.get("size", None)
-        size = size[0] if isinstance(size, (tuple, list)) else size
-        vision = VisionTower(oc_model.visual, stack_transform(transform), image_size=size)
-        vision = vision.to(device=cfg.device, dtype=dtype)
+        vision = image_tower_from_open_clip(oc_model, preprocess_cfg, cfg.device, dtype)
         bias = getattr(oc_model, "logit_bias", None)
         return cls(text, vision, float(oc_model.logit_scale.detach()),
                    None if bias is None else float(bias.detach()))
@@ -253,22 +315,18 @@ def _device(device: Optional[str]) -> str:
     return device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _hf_vision_tower(hf_model, image_processor) -> VisionTower:
-    from transformers import CLIPImageProcessor, SiglipImageProcessor
+def _hf_vision_tower(hf_model, image_processor):
+    """The old name of :func:`~hooked_clip.vision_loading.image_tower_from_hf` (on the CPU in fp32; callers
+    move it with ``.to(...)``), kept so that code written against it keeps working."""
+    return image_tower_from_hf(hf_model, image_processor, "cpu", torch.float32)
 
-    size = hf_model.config.vision_config.image_size
-    siglip = hf_model.config.model_type == "siglip"
-    if image_processor is None and siglip:  # SigLIP's: resize to size x size, normalise to [-1, 1]
-        image_processor = SiglipImageProcessor(size={"height": size, "width": size})
-    elif image_processor is None:  # OpenAI CLIP's preprocessing (resize shortest side, centre crop, normalise)
-        image_processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
 
-    def preprocess(images: list) -> Tensor:
-        return image_processor(images=images, return_tensors="pt")["pixel_values"]
-
-    projection = nn.Identity() if siglip else hf_model.visual_projection  # SigLIP's pooling head is the projection
-    return VisionTower(HFVisionEncoder(hf_model.vision_model, projection), preprocess, size)
-
+def _split_images(args: tuple, images: Any) -> tuple[tuple, Any]:
+    """(text-tower args, images or None): a second positional argument that is not a ``return_type``
+    (a string or None) is the images of a run over both towers."""
+    if images is None and len(args) >= 2 and args[1] is not None and not isinstance(args[1], str):
+        return (args[0], *args[2:]), args[1]
+    return args, images
 
 def _looks_like_hub_id(name: Union[str, Path]) -> bool:
     """'org/name' whose 'org' is not a local folder (anything else that does not exist is a mistyped path)."""
@@ -276,6 +334,13 @@ def _looks_like_hub_id(name: Union[str, Path]) -> bool:
         return False
     parts = name.split("/")
     return len(parts) == 2 and all(parts) and not name.startswith((".", "~")) and not os.path.isdir(parts[0])
+
+
+def _saver(store: dict):
+    def save(act: Tensor, hook) -> None:
+        store[hook.name] = act.detach()
+
+    return save
 
 
 def _load_hf_dir(name: str, local_only: bool):

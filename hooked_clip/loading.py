@@ -28,10 +28,11 @@ def _list(keys: Iterable[str], n: int = 12) -> str:
 class _Reader:
     """Takes keys out of a state dict and remembers which were missing; leftovers are unexpected."""
 
-    def __init__(self, state_dict: dict[str, Tensor], source: str):
+    def __init__(self, state_dict: dict[str, Tensor], source: str, what: str = "CLIP text tower"):
         self.rest = dict(state_dict)
         self.missing: list[str] = []
         self.source = source
+        self.what = what
 
     def take(self, key: str) -> Optional[Tensor]:
         if key not in self.rest:
@@ -48,7 +49,7 @@ class _Reader:
             if unexpected:
                 parts.append(f"unexpected keys ({len(unexpected)}): {_list(unexpected)}")
             raise CheckpointMismatchError(
-                f"The {self.source} checkpoint does not match a CLIP text tower of this configuration; "
+                f"The {self.source} checkpoint does not match a {self.what} of this configuration; "
                 + "; ".join(parts)
                 + ". Check that the checkpoint and the model name/config are the same architecture."
             )

@@ -42,7 +42,7 @@ def substitutions(tmp_path_factory):
 
 
 def test_every_tutorial_has_code_and_a_figure():
-    assert len(TUTORIALS) == 6
+    assert len(TUTORIALS) == 7
     for t in TUTORIALS:
         assert blocks(t), t.name
         figures = __import__("re").findall(r"!\[[^\]]*\]\(\.\./figures/([^)]+)\)", t.read_text())

@@ -171,7 +171,6 @@ def run_items(model, run_dir, *, model_id: str, images=None, settings: Settings 
     ``subject_parser``: the subject prompt of each foil-negated aligned pair (the image source adds its size)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    text = model.text
     items = load_items() if items is None else items
     items = select_items(items, settings.limit)
     if images is not None and getattr(model, "vision", None) is None:

@@ -1,9 +1,12 @@
-"""The pieces of the hooked CLIP text tower, one module per component (TransformerLens style)."""
+"""The pieces of the hooked CLIP towers, one module per component (TransformerLens style)."""
 
 from hooked_clip.components.attention import Attention, KeyValuePrefix
+from hooked_clip.components.attention_pool import AttentionPool
 from hooked_clip.components.block import TransformerBlock
 from hooked_clip.components.embed import Embed, PosEmbed
 from hooked_clip.components.layer_norm import LayerNorm
 from hooked_clip.components.mlp import MLP
+from hooked_clip.components.patch_embed import PatchEmbed
 
-__all__ = ["Attention", "KeyValuePrefix", "Embed", "LayerNorm", "MLP", "PosEmbed", "TransformerBlock"]
+__all__ = ["Attention", "AttentionPool", "Embed", "KeyValuePrefix", "LayerNorm", "MLP", "PatchEmbed", "PosEmbed",
+           "TransformerBlock"]

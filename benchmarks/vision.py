@@ -1,0 +1,77 @@
+"""Forward speed: the hooked image tower vs open_clip's ``encode_image`` on the same random ViT-B/32 weights.
+
+A batch of random 224x224 pixel tensors (already preprocessed: both sides run the tower only). Both sides
+are timed interleaved in the same process (median of ``--repeats``), after checking that the outputs agree
+(≤1e-5). Prints our time / open_clip's time (target ≤ 1.10x), for no hooks attached and for a run that
+caches every block's ``hook_resid_post`` (what an analysis pays).
+
+Run: ``python benchmarks/vision.py [--repeats 7] [--batch 32] [--threads N]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import open_clip
+import torch
+
+from hooked_clip import HookedCLIP
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.set_grad_enabled(False)
+
+    torch.manual_seed(0)
+    oc = open_clip.create_model("ViT-B-32", pretrained=None, force_quick_gelu=True).eval().to(args.device)
+    model = HookedCLIP.from_open_clip(oc, device=args.device)
+    pixels = torch.randn(args.batch, 3, 224, 224, generator=torch.Generator().manual_seed(1)).to(args.device)
+    err = (model.encode_image(pixels, normalize=False) - oc.encode_image(pixels)).abs().max().item()
+    assert err <= 1e-5, f"outputs differ by {err:.2e}"
+    names = [f"blocks.{l}.hook_resid_post" for l in range(model.vision.cfg.n_layers)]
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+
+    def run(fn):
+        return lambda: (fn(), sync())
+
+    runs = {
+        "open_clip": run(lambda: oc.encode_image(pixels)),
+        "hooked": run(lambda: model.encode_image(pixels, normalize=False)),
+        "hooked_cached": run(lambda: model.vision.run_with_cache(pixels, names_filter=names)),
+    }
+    for fn in runs.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(args.repeats):
+        for name, fn in runs.items():
+            times[name].append(timed(fn))
+    med = {k: statistics.median(v) for k, v in times.items()}
+
+    print(f"ViT-B/32 random weights, batch {args.batch} x 3x224x224 on {args.device}; torch threads "
+          f"{torch.get_num_threads()}; median of {args.repeats}, interleaved")
+    for k, v in med.items():
+        print(f"  {k:14s} {v * 1e3:9.1f} ms")
+    print(f"hooked image tower : {med['hooked'] / med['open_clip']:.2f}x open_clip's time (target <= 1.10x)")
+    print(f"  + caching 12 resid_post: {med['hooked_cached'] / med['open_clip']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""`HookedCLIPVision`: a ViT image tower (CLIP, SigLIP, open_clip) as a TransformerLens ``HookedRootModule``,
+built from the same components as the text tower (bidirectional attention).
+
+    pixels -> hook_patch_embed (+ hook_cls_embed at position 0) + hook_pos_embed -> (ln_pre)
+      -> blocks[0..L-1] -> pooling -> hook_pooled -> projection -> hook_image_embed
+      -> (L2 normalise) -> hook_image_embed_normalized
+
+Pooling (``cfg.pooling``): ``"cls"`` reads position 0 of ``ln_post``'s output; ``"avg"`` averages the patch
+positions (before or after ``ln_post``: ``cfg.final_ln_after_pool``); ``"attn"`` runs ``ln_post`` on every
+position and then SigLIP's attention-pooling head (``head.*``).
+
+Hook names (TransformerLens / ViT-Prisma style; positions: 0 = class token when ``cfg.class_token``, then
+the patches row by row)::
+
+    hook_patch_embed [batch, patch, d_model]   hook_pos_embed [batch, pos, d_model]
+    hook_cls_embed [batch, 1, d_model]                              (when cfg.class_token)
+    ln_pre.hook_scale, ln_pre.hook_normalized                       (when cfg.ln_pre)
+    blocks.{l}.hook_resid_pre / hook_resid_mid / hook_resid_post    [batch, pos, d_model]
+    blocks.{l}.ln1.*, ln2.*, attn.hook_q/k/v/z, attn.hook_attn_scores/hook_pattern, attn.hook_result (opt-in)
+    blocks.{l}.hook_attn_out, blocks.{l}.hook_mlp_out, blocks.{l}.mlp.hook_pre / hook_post
+    ln_post.hook_scale, ln_post.hook_normalized   [batch, pos, ...] ([batch, ...] with final_ln_after_pool)
+    head.attn.hook_pattern [batch, head, 1, pos], head.hook_attn_out, head.hook_mlp_out, head.hook_out  (pooling="attn")
+    hook_pooled [batch, d_model], hook_image_embed [batch, d_proj], hook_image_embed_normalized [batch, d_proj]
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Literal, Optional
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor, nn
+from transformer_lens.hook_points import HookPoint
+
+from hooked_clip.components import AttentionPool, LayerNorm, PatchEmbed, PosEmbed, TransformerBlock
+from hooked_clip.hooked_root import HookedTower
+from hooked_clip.vision import as_pixels
+from hooked_clip.vision_config import CLIPVisionConfig
+
+ReturnType = Literal["normalized", "embed", "pooled", None]
+_RETURN_TYPES = ("normalized", "embed", "pooled", None)
+
+
+class HookedCLIPVision(HookedTower):
+    """A ViT image tower with a ``HookPoint`` on every activation.
+
+    ``forward(pixels)`` returns the projected image embedding [batch, d_proj] (``return_type="embed"``,
+    unnormalised, like HF's ``image_embeds`` and open_clip's ``encode_image``), ``"normalized"``,
+    ``"pooled"`` [batch, d_model] or ``None``. ``preprocess`` is the checkpoint's own image pipeline (PIL
+    images -> pixels); :meth:`encode` applies it to non-tensor input.
+    """
+
+    def __init__(self, cfg: CLIPVisionConfig, preprocess: Optional[Callable[[list], Tensor]] = None):
+        super().__init__()
+        self.cfg = cfg
+        self.preprocess = preprocess
+        self.embed = PatchEmbed(cfg)
+        self.hook_patch_embed = HookPoint()  # [batch, patch, d_model]
+        self.W_cls = nn.Parameter(torch.empty(cfg.d_model, dtype=cfg.dtype)) if cfg.class_token else None
+        self.hook_cls_embed = HookPoint() if cfg.class_token else None  # [batch, 1, d_model]
+        self.pos_embed = PosEmbed(cfg)
+        self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
+        self.ln_pre = LayerNorm(cfg) if cfg.ln_pre else None
+        self.blocks = nn.ModuleList([TransformerBlock(cfg, layer) for layer in range(cfg.n_layers)])
+        self.ln_post = LayerNorm(cfg)
+        self.head = AttentionPool(cfg) if cfg.pooling == "attn" else None
+        if cfg.d_proj is not None:
+            self.W_proj = nn.Parameter(torch.empty(cfg.d_model, cfg.d_proj, dtype=cfg.dtype))
+            self.b_proj = nn.Parameter(torch.zeros(cfg.d_proj, dtype=cfg.dtype)) if cfg.proj_bias else None
+        else:
+            self.W_proj, self.b_proj = None, None
+        self.hook_pooled = HookPoint()  # [batch, d_model]
+        self.hook_image_embed = HookPoint()  # [batch, d_proj]
+        self.hook_image_embed_normalized = HookPoint()  # [batch, d_proj]
+        self.init_weights()
+        self.setup()
+        self.to(cfg.device)
+        self.eval()
+
+    @property
+    def image_size(self) -> int:
+        return self.cfg.image_size
+
+    # ----------------------------------------------------------------------------------------- forward
+    def forward(
+        self,
+        input: Float[Tensor, "batch channel height width"] | Float[Tensor, "batch pos d_model"],
+        return_type: ReturnType = "embed",
+        *,
+        start_at_layer: Optional[int] = None,
+        stop_at_layer: Optional[int] = None,
+    ) -> Optional[Tensor]:
+        """Run the tower on preprocessed pixels [batch, channel, H, W], or (with ``start_at_layer``) on the
+        residual stream [batch, pos, d_model] entering that block. With ``stop_at_layer`` the residual
+        entering that block is returned (as in TransformerLens)."""
+        if return_type not in _RETURN_TYPES:
+            raise ValueError(f"return_type must be one of {_RETURN_TYPES}, got {return_type!r}.")
+        if start_at_layer is None:
+            resid = self.embed_pixels(self._check_pixels(input))
+            blocks = self.blocks[:stop_at_layer]
+        else:
+            resid = self._check_resid(input)
+            blocks = self.blocks[start_at_layer:stop_at_layer]
+        for block in blocks:
+            resid = block(resid)
+        if stop_at_layer is not None:
+            return resid
+        pooled = self.hook_pooled(self.pool(resid))
+        if return_type == "pooled":
+            return pooled
+        embed = pooled
+        if self.W_proj is not None:
+            embed = pooled @ self.W_proj
+            if self.b_proj is not None:
+                embed = embed + self.b_proj
+        embed = self.hook_image_embed(embed)
+        if return_type == "embed":
+            return embed
+        normalized = self.hook_image_embed_normalized(F.normalize(embed, dim=-1))
+        return normalized if return_type == "normalized" else None
+
+    def embed_pixels(self, pixels: Float[Tensor, "batch channel height width"]) -> Float[Tensor, "batch pos d_model"]:
+        """The residual stream entering block 0: patches (+ class token) + positions (-> ln_pre)."""
+        x = self.hook_patch_embed(self.embed(pixels))
+        if self.W_cls is not None:
+            cls = self.hook_cls_embed(self.W_cls.view(1, 1, -1).expand(x.shape[0], 1, -1))
+            x = torch.cat([cls, x], dim=1)
+        x = x + self.hook_pos_embed(self.pos_embed(x.shape[0], x.shape[1]))
+        return self.ln_pre(x) if self.ln_pre is not None else x
+
+    def pool(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch d_model"]:
+        """The final residual stream -> the pooled vector (``cfg.pooling``, with ``ln_post``)."""
+        if self.head is not None:
+            return self.head(self.ln_post(resid))
+        if self.cfg.final_ln_after_pool:
+            return self.ln_post(self.global_pool(resid))
+        return self.global_pool(self.ln_post(resid))
+
+    def global_pool(self, x: Float[Tensor, "batch pos *rest"]) -> Float[Tensor, "batch *rest"]:
+        """Position 0 (``"cls"``) or the mean over the patch positions (``"avg"``)."""
+        if self.cfg.pooling == "cls":
+            return x[:, 0]
+        return x[:, self.cfg.first_patch:].mean(dim=1)
+
+    # ------------------------------------------------------------------------------------- positions
+    def position_labels(self) -> list[str]:
+        """One label per position: ``"CLS"`` (with a class token), then ``"r{row}c{col}"`` per patch."""
+        g = self.cfg.grid_size
+        return ["CLS"] * self.cfg.first_patch + [f"r{r}c{c}" for r in range(g) for c in range(g)]
+
+    def to_patch_grid(self, x: Float[Tensor, "... pos"]) -> Float[Tensor, "... grid grid"]:
+        """Values per position (last axis, all ``n_ctx`` positions) -> the patches' values laid out as the
+        image [..., grid, grid] (the class token dropped)."""
+        if x.shape[-1] != self.cfg.n_ctx:
+            raise ValueError(f"the last axis must hold the {self.cfg.n_ctx} positions, got {x.shape[-1]}.")
+        g = self.cfg.grid_size
+        return x[..., self.cfg.first_patch:].reshape(*x.shape[:-1], g, g)
+
+    # ---------------------------------------------------------------------------------------- inputs
+    def as_pixels(self, images: Any) -> Float[Tensor, "batch channel height width"]:
+        """Checked pixels on the model's device from PIL images (through ``preprocess``) or a pixel tensor."""
+        return self._check_pixels(as_pixels(images, self.preprocess, self.cfg.image_size, self.cfg.n_channels))
+
+    def encode(self, images: Any, normalize: bool = False) -> Float[Tensor, "batch d_proj"]:
+        """Image embeddings from PIL images or preprocessed pixels (``VisionTower.encode``'s contract)."""
+        return self(self.as_pixels(images), return_type="normalized" if normalize else "embed")
+
+    def _check_pixels(self, pixels: Any) -> Tensor:
+        if not isinstance(pixels, Tensor):
+            raise TypeError("the tower's forward takes preprocessed pixels [batch, channel, H, W]; for PIL images "
+                            "use tower.encode(images) or tower(tower.as_pixels(images)).")
+        pixels = as_pixels(pixels, None, self.cfg.image_size, self.cfg.n_channels)
+        return pixels.to(device=self.embed.W_patch.device, dtype=self.embed.W_patch.dtype)
+
+    def _check_resid(self, resid: Any) -> Tensor:
+        if not isinstance(resid, Tensor) or not resid.dtype.is_floating_point:
+            raise TypeError("with start_at_layer, input must be a float residual stream [batch, pos, d_model].")
+        if resid.ndim != 3 or resid.shape[1:] != (self.cfg.n_ctx, self.cfg.d_model):
+            raise ValueError(
+                f"with start_at_layer, input must be [batch, pos={self.cfg.n_ctx}, d_model={self.cfg.d_model}], "
+                f"got {tuple(resid.shape)}."
+            )
+        return resid
+
+    # ------------------------------------------------------------------------------------------ loaders
+    @classmethod
+    def from_hf(cls, hf_model: nn.Module, image_processor: Any = None, device: Optional[str] = None,
+                dtype: torch.dtype = torch.float32, **cfg_overrides) -> "HookedCLIPVision":
+        """From a transformers ``CLIPModel``, ``CLIPVisionModelWithProjection``, ``CLIPVisionModel``,
+        ``SiglipModel`` or ``SiglipVisionModel`` (the image tower and its projection); preprocessing is
+        ``image_processor`` or the family's default processor at the model's image size. ``device=None``
+        picks CUDA when available (TransformerLens's default); ``cfg_overrides`` set config fields such as
+        ``use_attn_result``."""
+        from hooked_clip.vision_loading import hooked_vision_from_hf
+
+        return hooked_vision_from_hf(cls, hf_model, image_processor, device, dtype, **cfg_overrides)
+
+    @classmethod
+    def from_open_clip(cls, model: nn.Module, preprocess: Optional[Callable[[list], Tensor]] = None,
+                       device: Optional[str] = None, dtype: torch.dtype = torch.float32,
+                       **cfg_overrides) -> "HookedCLIPVision":
+        """From an open_clip model (``CLIP``/``CustomTextCLIP``) or its ``visual`` ``VisionTransformer``.
+        Unsupported variants (non-ViT towers, layer scale, custom attention blocks, CoCa's attentional
+        pooler) raise :class:`~hooked_clip.vision_loading.UnsupportedImageTower` naming the reason."""
+        from hooked_clip.vision_loading import hooked_vision_from_open_clip
+
+        return hooked_vision_from_open_clip(cls, model, preprocess, device, dtype, **cfg_overrides)
