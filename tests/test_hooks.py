@@ -359,3 +359,40 @@ def test_named_hooks_that_do_not_fire_in_this_run(tiny_model, tokens):
         tiny_model.run_with_cache(tokens, stop_at_layer=1, names_filter=["blocks.1.hook_resid_post"])
     with pytest.raises(ValueError, match=r"\['hook_text_embed_normalized'\] did not fire.*'return_type': 'embed'"):
         tiny_model.run_with_cache(tokens, return_type="embed", names_filter="hook_text_embed_normalized")
+
+
+def test_identity_hooks_returning_the_scale_keep_numbers_bit_for_bit(tiny_model, tokens):
+    """A hook at every LayerNorm ``hook_scale`` that returns a copy of its input (equal values, another
+    tensor) gives the same output bit for bit as no hook: the fused kernel stays in charge. A changed
+    value still takes effect."""
+    names = [n for n in tiny_model.text.hook_dict if n.endswith("hook_scale")]
+    assert len(names) == 2 * tiny_model.cfg.n_layers + 1
+    with torch.no_grad():
+        plain = tiny_model.text(tokens)
+        for identity in (lambda x, hook: x.clone(), lambda x, hook: x * 1.0):
+            hooked = tiny_model.run_with_hooks(tokens, fwd_hooks=[(n, identity) for n in names])
+            assert torch.equal(hooked, plain)
+        nudged = tiny_model.run_with_hooks(tokens, fwd_hooks=[(names[3], lambda x, hook: x * (1 + 1e-3))])
+        assert not torch.equal(nudged, plain)
+
+
+def test_returned_scale_with_other_gradient_path_is_respected(tiny_model, tokens):
+    """Returning ``scale.detach()`` (equal values) freezes the scale for gradients: the explicit path runs,
+    so the gradient differs from the plain run's, while the forward value matches to float rounding."""
+    name = "ln_final.hook_scale"
+
+    def grad_of_embed(fwd_hooks):
+        embed = {}
+
+        def keep(x, hook):
+            x.retain_grad()
+            embed["x"] = x
+
+        out = tiny_model.run_with_hooks(tokens, fwd_hooks=[("hook_embed", keep)] + fwd_hooks)
+        out.sum().backward()
+        return out.detach(), embed["x"].grad
+
+    out_plain, g_plain = grad_of_embed([])
+    out_frozen, g_frozen = grad_of_embed([(name, lambda x, hook: x.detach())])
+    assert torch.allclose(out_frozen, out_plain, atol=1e-5)
+    assert (g_frozen - g_plain).abs().max() > 1e-4

@@ -28,8 +28,22 @@ class LayerNorm(nn.Module):
                 return self.hook_normalized((x - mean) / self.hook_scale(scale) * self.w + self.b)
             before = scale.clone()
             after = self.hook_scale(scale)
-            if after is not scale or not torch.equal(after, before):  # a hook replaced or edited the scale
+            if not _same_scale(after, before, scale):  # a hook replaced or edited the scale
                 return self.hook_normalized((x - mean) / after * self.w + self.b)
-        # Hooks that only read the scale leave the fused kernel in charge, so a run's numbers do not depend
-        # on which hooks are attached (a cached clean run and a patched run agree bit for bit).
+        # Hooks that read the scale, or return one equal to it, leave the fused kernel in charge, so a run's
+        # numbers do not depend on which hooks are attached (tests/test_hooks.py: bit for bit).
         return self.hook_normalized(F.layer_norm(x, (self.cfg.d_model,), self.w, self.b, self.cfg.eps))
+
+
+def _same_scale(after: Tensor, before: Tensor, scale: Tensor) -> bool:
+    """True when the hooked scale equals the computed one in value and in how gradients reach it.
+
+    Values are compared, not identity: an identity hook returning ``x.clone()`` keeps the fused kernel.
+    A returned tensor with equal values but another gradient path (``scale.detach()`` to freeze the scale,
+    or a fresh leaf whose gradient is wanted) takes the explicit path, so gradients follow the hook.
+    """
+    if not torch.equal(after, before):
+        return False
+    if after is scale or not torch.is_grad_enabled():
+        return True
+    return after.requires_grad == scale.requires_grad and (not after.requires_grad or not after.is_leaf)
