@@ -158,3 +158,19 @@ def test_hooks_and_tracing_work_on_the_demo_model(model):
     cte = minimal_pair_trace(model, negated, affirmative, img, ["foil"], progress=False)
     assert torch.allclose(cte[0, 0, 3], torch.tensor(1.0), atol=1e-5)  # patching the negator's embedding
     assert torch.all(cte[0, :, :3] == 0)  # positions before the negator are identical in both runs
+
+
+def test_card_states_the_stored_embedding_row_count():
+    """The card's count of stored token-embedding rows is the file's (read from the safetensors, not the code),
+    and every row not stored is zero in the loaded model."""
+    from safetensors import safe_open
+
+    with safe_open(str(tn.WEIGHTS), "pt") as f:
+        ids = f.get_tensor("text.embed.W_E_ids")
+    n = int(ids.numel())
+    assert len(set(ids.tolist())) == n
+    assert f"the {n} ids" in CARD.read_text()
+    W_E = load_model("tiny-negation").text.embed.W_E.detach()
+    unstored = torch.ones(W_E.shape[0], dtype=torch.bool)
+    unstored[ids] = False
+    assert (W_E[unstored] == 0).all() and (W_E[~unstored].abs().sum(-1) > 0).all()
