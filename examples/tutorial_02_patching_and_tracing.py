@@ -33,14 +33,23 @@ import matplotlib.pyplot as plt
 from pathlib import Path
 
 Path("figures").mkdir(exist_ok=True)
-mean = cte[:, :, :8].nanmean(0)                     # the three pairs share 8 token positions here
-labels = model.to_str_tokens(negated[0])[:8]
+# One pair, its own tokens: the three pairs have different lengths, so position 6 is "park" in pair 0 but
+# another pair's [EOT]; averaging positions across pairs would mix tokens. (To average, align rows by meaning,
+# as the VALSE study's report does: negator, subject, [EOT], ...)
+pair = 0
+tokens0 = model.to_str_tokens(negated[pair])
+values = cte[pair, :, :len(tokens0)]                # [n_layers + 1, pos]; shorter pairs are NaN past their end
+lim = max(1.0, float(values.nan_to_num().abs().max()))
 fig, ax = plt.subplots(figsize=(6, 4))
-im = ax.imshow(mean.T, cmap="Purples", vmin=0, vmax=1)
-ax.set_yticks(range(8), labels)
-ax.set_xlabel("hidden state layer (0 = embeddings)")
-fig.colorbar(im, label="CTE")
+im = ax.imshow(values.T, cmap="RdBu_r", vmin=-lim, vmax=lim)   # symmetric: values < 0 and > 1 stay visible
+ax.set_yticks(range(len(tokens0)), tokens0)
+ax.set_xticks(range(values.shape[0]))
+ax.set_xlabel("hidden state layer l (0 = embeddings, l = output of block l)")
+ax.set_ylabel("token position (negated sentence)")
+ax.set_title(f"CTE = d*/d, tiny-negation: {negated[pair]!r}", fontsize=9)
+fig.colorbar(im, label="CTE (1 = the state carries the whole gap)")
 fig.savefig("figures/02_cte.png", dpi=90, bbox_inches="tight")
+print(f"CTE range for pair {pair}: {values.nan_to_num().min():.2f} .. {values.nan_to_num().max():.2f}")
 
 from hooked_clip.analyses.causal_tracing import rome_trace
 
