@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import hf_clip, open_clip_text_cfg, randomize_
+from conftest import VALSE, hf_clip, open_clip_text_cfg, randomize_
+from PIL import Image, ImageDraw
 
 DOCS = Path(__file__).parents[1] / "docs"
 sys.path.insert(0, str(DOCS))
@@ -37,12 +38,23 @@ def substitutions(tmp_path_factory):
     (root / "hc-docs-tiny.json").write_text(json.dumps(cfg))
     open_clip.add_model_config(root / "hc-docs-tiny.json")
     torch.save(randomize_(open_clip.create_model("hc-docs-tiny"), seed=3).state_dict(), root / "oc.pt")
+    images = root / "visual7w"  # random pictures under the Visual7W names of the VALSE existence items
+    images.mkdir()
+    for i, name in enumerate(sorted({x["image_file"] for x in json.loads(VALSE.read_text()).values()})):
+        w, h = 160 + 8 * (i % 5), 96 + 8 * (i % 3)  # landscape: the centre crop shows in tutorial 8's figure
+        im = Image.linear_gradient("L").resize((w, h)).convert("RGB")
+        ImageDraw.Draw(im).ellipse((w // 8, h // 4, w // 8 + h // 2, 3 * h // 4), fill=(200, 60, 40))
+        ImageDraw.Draw(im).rectangle((w - w // 4, h // 3, w - w // 8, 2 * h // 3), fill=(40, 90, 200))
+        im.save(images / name, quality=90)
     return {'"openai/clip-vit-base-patch32"': repr(str(root / "hf")),
-            '"ViT-B-32", pretrained="openai"': f'"hc-docs-tiny", pretrained={str(root / "oc.pt")!r}'}
+            '"/models/clip-vit-base-patch32"': repr(str(root / "hf")),
+            '"ViT-B-32", pretrained="openai"': f'"hc-docs-tiny", pretrained={str(root / "oc.pt")!r}',
+            '"ViT-B-32", pretrained="/models/vit-b-32-openai.pt"': f'"hc-docs-tiny", pretrained={str(root / "oc.pt")!r}',
+            '"/data/visual7w"': repr(str(images))}
 
 
 def test_every_tutorial_has_code_and_a_figure():
-    assert len(TUTORIALS) == 7
+    assert len(TUTORIALS) == 8
     for t in TUTORIALS:
         assert blocks(t), t.name
         figures = __import__("re").findall(r"!\[[^\]]*\]\(\.\./figures/([^)]+)\)", t.read_text())
