@@ -396,3 +396,17 @@ def test_returned_scale_with_other_gradient_path_is_respected(tiny_model, tokens
     out_frozen, g_frozen = grad_of_embed([(name, lambda x, hook: x.detach())])
     assert torch.allclose(out_frozen, out_plain, atol=1e-5)
     assert (g_frozen - g_plain).abs().max() > 1e-4
+
+
+def test_identity_scale_hooks_on_the_image_tower_keep_numbers_bit_for_bit():
+    """The same LayerNorm component in the hooked image tower: an identity hook returning a copy of every
+    ``hook_scale`` leaves the image embedding bit for bit unchanged."""
+    model = HookedCLIP.from_hf(hf_clip("tiny_argmax"), device="cpu")
+    vision = model.vision
+    names = [n for n in vision.hook_dict if n.endswith("hook_scale")]
+    assert len(names) >= 2 * vision.cfg.n_layers + 1
+    pixels = torch.randn(2, 3, vision.cfg.image_size, vision.cfg.image_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        plain = vision(pixels)
+        hooked = vision.run_with_hooks(pixels, fwd_hooks=[(n, lambda x, hook: x.clone()) for n in names])
+    assert torch.equal(hooked, plain)
