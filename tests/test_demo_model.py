@@ -174,3 +174,17 @@ def test_card_states_the_stored_embedding_row_count():
     unstored = torch.ones(W_E.shape[0], dtype=torch.bool)
     unstored[ids] = False
     assert (W_E[unstored] == 0).all() and (W_E[~unstored].abs().sum(-1) > 0).all()
+
+
+def test_card_commands_name_runnable_modules():
+    """Every ``python -m MODULE`` the card gives exists and runs as a script; the VALSE number's command is
+    the study layer's ``demo_scenes`` (evaluate.py no longer prints it)."""
+    import importlib.util
+
+    card = CARD.read_text()
+    modules = set(re.findall(r"python -m ([\w.]+)", card))
+    assert "hooked_clip.analyses.valse_negation.demo_scenes" in modules
+    for name in modules:
+        spec = importlib.util.find_spec(name)
+        assert spec is not None and spec.origin, name
+        assert 'if __name__ == "__main__"' in Path(spec.origin).read_text(), name
