@@ -41,7 +41,7 @@ tokens0 = model.to_str_tokens(negated[pair])
 values = cte[pair, :, :len(tokens0)]                # [n_layers + 1, pos]; shorter pairs are NaN past their end
 lim = max(1.0, float(values.nan_to_num().abs().max()))
 fig, ax = plt.subplots(figsize=(6, 4))
-im = ax.imshow(values.T, cmap="RdBu_r", vmin=-lim, vmax=lim)   # symmetric: values < 0 and > 1 stay visible
+im = ax.imshow(values.T.numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim)   # symmetric: values < 0 and > 1 stay visible
 ax.set_yticks(range(len(tokens0)), tokens0)
 ax.set_xticks(range(values.shape[0]))
 ax.set_xlabel("hidden state layer l (0 = embeddings, l = output of block l)")
