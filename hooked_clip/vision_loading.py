@@ -20,7 +20,7 @@ from hooked_clip.vision import HFVisionEncoder, VisionTower, stack_transform
 from hooked_clip.vision_config import CLIPVisionConfig
 
 _HF_ACTS = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh"}
-_HF_FAMILIES = ("clip_vision_model", "siglip_vision_model")
+_HF_FAMILIES = ("clip_vision_model", "metaclip_2_vision_model", "siglip_vision_model")  # MetaCLIP 2: CLIP's ViT
 _HF_BLOCK_NAMES = {"packed_qkv": False, "q_proj": "self_attn.q_proj", "k_proj": "self_attn.k_proj",
                    "v_proj": "self_attn.v_proj", "out_proj": "self_attn.out_proj", "ln1": "layer_norm1",
                    "ln2": "layer_norm2", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}

@@ -55,6 +55,7 @@ class HookedCLIPVision(HookedTower):
         super().__init__()
         self.cfg = cfg
         self.preprocess = preprocess
+        self.preprocessing = "custom" if preprocess is not None else "none (pixel tensors only)"  # set by the loaders
         self.embed = PatchEmbed(cfg)
         self.hook_patch_embed = HookPoint()  # [batch, patch, d_model]
         self.W_cls = nn.Parameter(torch.empty(cfg.d_model, dtype=cfg.dtype)) if cfg.class_token else None
@@ -194,7 +195,11 @@ class HookedCLIPVision(HookedTower):
         ``use_attn_result``."""
         from hooked_clip.vision_loading import hooked_vision_from_hf
 
-        return hooked_vision_from_hf(cls, hf_model, image_processor, device, dtype, **cfg_overrides)
+        tower = hooked_vision_from_hf(cls, hf_model, image_processor, device, dtype, **cfg_overrides)
+        siglip = "siglip" in getattr(hf_model.config, "model_type", "")
+        tower.preprocessing = ("transformers SigLIP image processor (as SiglipProcessor)" if siglip
+                               else "transformers CLIP image processor (as CLIPProcessor)")
+        return tower
 
     @classmethod
     def from_open_clip(cls, model: nn.Module, preprocess: Optional[Callable[[list], Tensor]] = None,
@@ -205,4 +210,6 @@ class HookedCLIPVision(HookedTower):
         pooler) raise :class:`~hooked_clip.vision_loading.UnsupportedImageTower` naming the reason."""
         from hooked_clip.vision_loading import hooked_vision_from_open_clip
 
-        return hooked_vision_from_open_clip(cls, model, preprocess, device, dtype, **cfg_overrides)
+        tower = hooked_vision_from_open_clip(cls, model, preprocess, device, dtype, **cfg_overrides)
+        tower.preprocessing = "open_clip preprocess (torchvision transform)"
+        return tower

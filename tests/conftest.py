@@ -57,6 +57,7 @@ SPECS = {
     "laion_gelu": TextSpec("laion_gelu", 256, 4, 3, "gelu", "eot", proj=128),
     "tiny_argmax": TextSpec("tiny_argmax", 64, 2, 2, "quick_gelu", "argmax"),
     "tiny_eot": TextSpec("tiny_eot", 64, 2, 2, "gelu", "eot"),
+    "one_layer": TextSpec("one_layer", 64, 2, 1, "quick_gelu", "argmax"),
 }
 
 MIXED_TEXTS = [

@@ -155,7 +155,7 @@ def test_hooks_and_tracing_work_on_the_demo_model(model):
     _, cache = model.text.run_with_cache(negated)
     assert cache["blocks.3.attn.hook_pattern"].shape[:2] == (1, 4)
     img = model.encode_image([["dog", "tree"]])
-    cte = minimal_pair_trace(model, negated, affirmative, img, ["foil"], progress=False)
+    cte = minimal_pair_trace(model, negated, affirmative, img, progress=False)
     assert torch.allclose(cte[0, 0, 3], torch.tensor(1.0), atol=1e-5)  # patching the negator's embedding
     assert torch.all(cte[0, :, :3] == 0)  # positions before the negator are identical in both runs
 

@@ -410,3 +410,33 @@ def test_identity_scale_hooks_on_the_image_tower_keep_numbers_bit_for_bit():
         plain = vision(pixels)
         hooked = vision.run_with_hooks(pixels, fwd_hooks=[(n, lambda x, hook: x.clone()) for n in names])
     assert torch.equal(hooked, plain)
+
+
+def test_fused_qkv_weights_follow_every_weight_change():
+    """The fused q/k/v matrix is kept between no-grad forwards; an in-place edit, a load_state_dict or a new
+    Parameter must each reach the next forward (checked against a fresh model with the same weights)."""
+    from hooked_clip import CLIPTextConfig, HookedCLIPText
+
+    cfg = dict(d_model=32, d_head=16, n_heads=2, n_layers=2, d_mlp=64, d_proj=16, seed=0, device="cpu")
+    model = HookedCLIPText(CLIPTextConfig(**cfg))
+    tokens = torch.tensor([[49406, 320, 1929, 49407]])
+
+    def fresh_output():
+        other = HookedCLIPText(CLIPTextConfig(**cfg))
+        other.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            return other(tokens)
+
+    with torch.no_grad():
+        model(tokens)
+        model.blocks[0].attn.W_K.mul_(1.5)  # in place
+        assert torch.equal(model(tokens), fresh_output())
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        state["blocks.1.attn.b_V"] += 0.3
+        model.load_state_dict(state)
+        assert torch.equal(model(tokens), fresh_output())
+        model.blocks[1].attn.W_Q = torch.nn.Parameter(model.blocks[1].attn.W_Q * 0.5)  # replaced
+        assert torch.equal(model(tokens), fresh_output())
+    out = model(tokens)  # with autograd the weights are used directly: gradients reach them
+    out.sum().backward()
+    assert model.blocks[0].attn.W_Q.grad is not None and model.blocks[0].attn.W_Q.grad.abs().sum() > 0

@@ -408,7 +408,8 @@ def d_of(model, e_c, e_f, img):
 def _fed_pixels(model, folder, items):
     """The pixel batches the study's FolderImages feeds the image encoder."""
     seen = []
-    handle = model.vision.encoder.register_forward_pre_hook(lambda mod, args: seen.append(args[0].clone()))
+    tower = getattr(model.vision, "encoder", model.vision)  # reference module, or the hooked tower itself
+    handle = tower.register_forward_pre_hook(lambda mod, args: seen.append(args[0].clone()))
     try:
         FolderImages(folder, batch_size=3).embed(model, items)
     finally:

@@ -150,6 +150,8 @@ def preprocessing_name(model) -> str:
     vision = getattr(model, "vision", None)
     if vision is None:
         return "none (no image tower)"
+    if getattr(vision, "preprocessing", None) is not None:  # the hooked image tower records its pipeline
+        return vision.preprocessing
     encoder = getattr(vision, "encoder", None)
     if isinstance(encoder, HFVisionEncoder):
         return "transformers CLIP image processor (as CLIPProcessor)"

@@ -82,9 +82,10 @@ class Attention(nn.Module):
         """Queries, keys, values [batch, pos, head, d_head]; inputs [batch, pos, d_model] or, with split qkv
         input, one per head [batch, pos, head, d_model]."""
         if query_input is key_input is value_input and query_input.ndim == 3:  # one matmul for all three
-            W = torch.cat([self.W_Q, self.W_K, self.W_V], dim=0)
-            b = torch.cat([self.b_Q, self.b_K, self.b_V], dim=0)
-            return self._project(query_input, W, b).chunk(3, dim=-2)
+            W, b = self._fused_qkv_weights()
+            h, d = self.cfg.n_heads, self.cfg.d_head
+            out = F.linear(query_input, W, b).view(*query_input.shape[:-1], 3 * h, d)
+            return out.chunk(3, dim=-2)
         return (self._project(query_input, self.W_Q, self.b_Q), self._project(key_input, self.W_K, self.b_K),
                 self._project(value_input, self.W_V, self.b_V))
 
@@ -123,6 +124,27 @@ class Attention(nn.Module):
         h, m, d = W.shape
         out = F.linear(x, W.permute(0, 2, 1).reshape(h * d, m), b.reshape(h * d))
         return out.view(*x.shape[:-1], h, d)
+
+    def _fused_qkv_weights(self) -> tuple[Tensor, Tensor]:
+        """W_Q, W_K, W_V as one [3 * head * d_head, d_model] matrix (and the biases as one vector). Building it
+        copies the weights, so without autograd it is kept until a weight changes (tracked by the
+        parameters' version counters and storage); with autograd it is rebuilt so gradients reach the
+        parameters."""
+        params = (self.W_Q, self.W_K, self.W_V, self.b_Q, self.b_K, self.b_V)
+        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+            return self._build_fused_qkv()
+        key = tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in params)
+        cached = getattr(self, "_fused_qkv_cache", None)
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                cached = (key, *self._build_fused_qkv())
+            self._fused_qkv_cache = cached
+        return cached[1], cached[2]
+
+    def _build_fused_qkv(self) -> tuple[Tensor, Tensor]:
+        W = torch.cat([self.W_Q, self.W_K, self.W_V], dim=0)  # [3 * head, d_model, d_head]
+        b = torch.cat([self.b_Q, self.b_K, self.b_V], dim=0)
+        return W.permute(0, 2, 1).reshape(-1, W.shape[1]), b.reshape(-1)
 
     def _needs_explicit_pattern(self) -> bool:
         """The fused kernel is used only when asked for and nothing reads or edits the scores/pattern."""
