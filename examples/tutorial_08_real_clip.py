@@ -6,7 +6,7 @@
 # 
 # torch.set_grad_enabled(False)
 # model = HookedCLIP.from_pretrained("/models/clip-vit-base-patch32", device="cpu")
-# oc = HookedCLIP.from_open_clip("ViT-B-32", pretrained="/models/vit-b-32-openai.pt", device="cpu")
+# oc = HookedCLIP.from_open_clip("ViT-B-32-quickgelu", pretrained="/models/vit-b-32-openai.pt", device="cpu")
 # print(model.cfg.model_name, model.cfg.n_layers, "text blocks;", type(model.vision).__name__)
 
 # needs real weights (network or a local copy):

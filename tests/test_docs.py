@@ -49,7 +49,7 @@ def substitutions(tmp_path_factory):
     return {'"openai/clip-vit-base-patch32"': repr(str(root / "hf")),
             '"/models/clip-vit-base-patch32"': repr(str(root / "hf")),
             '"ViT-B-32", pretrained="openai"': f'"hc-docs-tiny", pretrained={str(root / "oc.pt")!r}',
-            '"ViT-B-32", pretrained="/models/vit-b-32-openai.pt"': f'"hc-docs-tiny", pretrained={str(root / "oc.pt")!r}',
+            '"ViT-B-32-quickgelu", pretrained="/models/vit-b-32-openai.pt"': f'"hc-docs-tiny", pretrained={str(root / "oc.pt")!r}',
             '"/data/visual7w"': repr(str(images))}
 
 
