@@ -713,3 +713,21 @@ def test_cli_reference_on_a_text_only_run_compares_subject_prompts(hf_dir, tmp_p
     assert "regex fallback" in report and "Not compared: logits, d and segments" in report
     c = json.loads((tmp_path / "b" / "results.json").read_text())["replication"]
     assert [d["id"] for d in c["subjects"]["differ"]] == [changed] and c["positions"]["equal"] == c["n_common"]
+
+
+def test_study_refuses_a_tokenizer_whose_layout_breaks_its_rows():
+    """A SentencePiece-style layout (no start token: the negator one position earlier) must not fill the
+    study's rows with other tokens silently."""
+    from hooked_clip import load_model
+    from hooked_clip.analyses.valse_negation.study import check_token_layout
+    from hooked_clip.tokenizer import CLIPTokenizer
+
+    class NoStartToken(CLIPTokenizer):
+        def encode(self, text, *args, **kwargs):
+            return super().encode(text, *args, **kwargs)[1:]
+
+    model = load_model("tiny-negation")
+    check_token_layout(model.text, ["There are no cats."], ["There are some cats."])  # CLIP's layout passes
+    model.text.tokenizer = NoStartToken()
+    with pytest.raises(ValueError, match=r"negator at position 2.*study's per-position rows"):
+        check_token_layout(model.text, ["There are no cats."], ["There are some cats."])

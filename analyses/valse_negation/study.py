@@ -78,6 +78,29 @@ def to_rows(values: torch.Tensor, eot: int, further: str = "mean") -> tuple[list
     return rows.tolist(), n_further
 
 
+def check_token_layout(text, negated: list[str], affirmative: list[str]) -> None:
+    """The study's rows assume CLIP's BPE layout: the start token at 0, "there is/are" at 1-2, the negator at
+    ``NEGATOR_POS`` (the first position where the negated and affirmative sentences differ), "." just before
+    the pooled EOT. A tokenizer that lays the sentences out otherwise (SentencePiece: no start token, words
+    split, pooling at the last padded position) would put other tokens in those rows: refuse it."""
+    neg, aff = text.as_tokens(negated), text.as_tokens(affirmative)
+    width = min(neg.shape[1], aff.shape[1])
+    differs = (neg[:, :width] != aff[:, :width]).int()
+    first = differs.argmax(-1)
+    pool = text.pool_positions(neg)
+    eot = getattr(text.tokenizer, "eot_token_id", text.cfg.eot_token_id)
+    bad = ((first != NEGATOR_POS) | (neg[torch.arange(len(neg)), pool] != eot)).nonzero().flatten().tolist()
+    if bad:
+        k = bad[0]
+        raise ValueError(
+            f"this model's tokenizer lays the VALSE sentences out differently from CLIP's BPE (e.g. {negated[k]!r}: "
+            f"negator at position {int(first[k])}, pooling at {int(pool[k])} on id {int(neg[k, pool[k]])}), so the "
+            f"study's per-position rows (start token, there, is/are, negator at {NEGATOR_POS}, subject, '.', EOT) "
+            "would hold other tokens. The study supports towers with CLIP's tokenizer layout (CLIP, OpenCLIP, "
+            "MobileCLIP, MetaCLIP); run the generic analyses (hooked_clip.analyses) on this model instead."
+        )
+
+
 def fingerprint(model) -> str:
     """sha256 over the text tower's and image tower's parameters (identifies the weights)."""
     h = hashlib.sha256()
@@ -232,6 +255,7 @@ def _measure(model, items: list[Item], img: Optional[dict], images, settings: Se
     idx = [i for i, _ in pairs]
     pairs = [p for _, p in pairs]
     neg, aff = [p.negated for p in pairs], [p.affirmative for p in pairs]
+    check_token_layout(text, neg, aff)
     heads = negator_head_scores(model, neg, aff, NEGATOR_POS)
     eots = text.pool_positions(text.as_tokens(neg)).tolist()
     (raw_c, e_c), (raw_f, e_f) = _text_embeds(model, [p.caption for p in pairs]), _text_embeds(model, [p.foil for p in pairs])
