@@ -20,11 +20,7 @@ from typing import Union
 
 import torch
 
-from hooked_clip.text import HookedCLIPText
-
-
-def _text(model) -> HookedCLIPText:
-    return model if isinstance(model, HookedCLIPText) else model.text
+from hooked_clip.text import HookedCLIPText, text_tower
 
 
 def _once(text: HookedCLIPText, flag: str, what: str) -> None:
@@ -36,7 +32,7 @@ def _once(text: HookedCLIPText, flag: str, what: str) -> None:
 @torch.no_grad()
 def fold_ln(model: Union[HookedCLIPText, "HookedCLIP"]) -> None:  # noqa: F821
     """Fold every LayerNorm's weight and bias into the weights that read it (in place)."""
-    text = _text(model)
+    text = text_tower(model)
     _once(text, "ln_folded", "fold_ln")
     for block in text.blocks:
         w, b = block.ln1.w.clone(), block.ln1.b.clone()
@@ -66,7 +62,7 @@ def fold_ln(model: Union[HookedCLIPText, "HookedCLIP"]) -> None:  # noqa: F821
 @torch.no_grad()
 def center_writing_weights(model: Union[HookedCLIPText, "HookedCLIP"]) -> None:  # noqa: F821
     """Remove the d_model mean of everything that writes to the residual stream (in place)."""
-    text = _text(model)
+    text = text_tower(model)
     _once(text, "writing_weights_centered", "center_writing_weights")
     params = [text.embed.W_E, text.pos_embed.W_pos]
     for block in text.blocks:
@@ -79,7 +75,7 @@ def center_writing_weights(model: Union[HookedCLIPText, "HookedCLIP"]) -> None: 
 @torch.no_grad()
 def fold_value_biases(model: Union[HookedCLIPText, "HookedCLIP"]) -> None:  # noqa: F821
     """Move each layer's value bias into its output bias (in place)."""
-    text = _text(model)
+    text = text_tower(model)
     _once(text, "value_biases_folded", "fold_value_biases")
     for block in text.blocks:
         block.attn.b_O += torch.einsum("hd,hdm->m", block.attn.b_V, block.attn.W_O)
