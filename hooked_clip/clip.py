@@ -423,6 +423,15 @@ def _open_clip_model(name: str, pretrained: Optional[str], cache_dir: Optional[s
         path = None
     elif os.path.isfile(pretrained):
         path = pretrained
+        twin = f"{name}-quickgelu"
+        if twin in open_clip.list_models():  # a state dict does not record its activation function
+            import warnings
+
+            warnings.warn(
+                f"{pretrained!r} is loaded as {name!r}, which uses GELU; a state-dict file does not record its "
+                f"activation. If these are OpenAI-derived weights (QuickGELU, e.g. saved from pretrained='openai'), "
+                f"load them as {twin!r}: the shapes match either way, so only the name tells them apart.",
+                UserWarning, stacklevel=3)
     else:
         pcfg = open_clip.get_pretrained_cfg(name, pretrained)
         if not pcfg:

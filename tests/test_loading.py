@@ -161,3 +161,25 @@ def test_bad_loader_arguments(tmp_path):
         HookedCLIP.from_hf(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="No shipped model 'tiny-negatio'"):
         load_model("tiny-negatio")
+
+
+def test_a_state_dict_file_under_a_gelu_name_with_a_quickgelu_twin_warns(tmp_path):
+    """A state-dict file does not record its activation: loading one under a GELU name that has a QuickGELU
+    twin (ViT-B-32 / ViT-B-32-quickgelu) says so, naming the twin; the twin itself loads silently."""
+    import warnings
+
+    import open_clip
+    from conftest import open_clip_text_cfg
+
+    base = {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": 1, "width": 64, "patch_size": 16, "head_width": 32},
+            "text_cfg": open_clip_text_cfg("tiny_argmax")}
+    for name, quick in (("hc-twin", False), ("hc-twin-quickgelu", True)):
+        (tmp_path / f"{name}.json").write_text(json.dumps({**base, "quick_gelu": quick}))
+        open_clip.add_model_config(tmp_path / f"{name}.json")
+    ckpt = tmp_path / "weights.pt"
+    torch.save(open_clip.create_model("hc-twin-quickgelu").state_dict(), ckpt)
+    with pytest.warns(UserWarning, match=r"loaded as 'hc-twin', which uses GELU.*as 'hc-twin-quickgelu'"):
+        HookedCLIP.from_open_clip("hc-twin", pretrained=str(ckpt), device="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        HookedCLIP.from_open_clip("hc-twin-quickgelu", pretrained=str(ckpt), device="cpu")
