@@ -2,7 +2,7 @@
 
 - :func:`read_state_dict`: tensors from ``.safetensors`` or a ``torch.save`` file (``weights_only=True``,
   so no pickled code runs). TorchScript archives are refused with :class:`UnsafeCheckpointError`:
-  loading one with ``torch.jit.load`` executes the code stored in it.
+  they hold code, and deserialising one runs it.
 - :func:`read_safetensors`, :func:`read_json`: one file each, any damage (empty, truncated, not the
   format) reported as :class:`UnreadableFileError` naming the file.
 - :func:`check_checkpoint_dir`: a ``save_pretrained`` directory checked before transformers reads it
@@ -77,9 +77,9 @@ def read_state_dict(path: PathLike) -> dict[str, Tensor]:
         if is_torchscript(path):
             raise UnsafeCheckpointError(
                 f"{path!r} is a TorchScript archive; loading it would run the code stored in it, so hooked_clip "
-                "refuses it. If you trust the file, convert it once to a plain state dict: "
-                f"`torch.save(torch.jit.load({path!r}, map_location='cpu').state_dict(), 'state_dict.pt')` "
-                "and pass 'state_dict.pt' instead (or use the checkpoint's .safetensors / open_clip_pytorch_model.bin)."
+                "refuses it. Get the same weights as tensors only: the transformers checkpoint "
+                "(HookedCLIP.from_pretrained('openai/clip-vit-base-patch32'), safetensors) or open_clip's "
+                "pretrained tag (its hub copies are safetensors / state dicts)."
             )
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True)
