@@ -19,7 +19,7 @@ from hooked_clip.files import check_checkpoint_dir, read_state_dict
 from hooked_clip.hub import hub_reachable, unavailable
 from hooked_clip.loading import (
     CheckpointMismatchError,
-    _list,
+    mismatch_summary,
     config_from_hf,
     config_from_open_clip,
     hf_text_model_state_dict,
@@ -391,12 +391,10 @@ def _check_loading_info(info: dict, name: str, class_name: str) -> None:
     unexpected = [k for k in info.get("unexpected_keys", ()) if not k.endswith(ignorable)]
     mismatched = [f"{k[0]}: {tuple(k[1])} vs {tuple(k[2])}" if isinstance(k, tuple) else str(k)
                   for k in info.get("mismatched_keys", ())]
-    if missing or unexpected or mismatched:
-        parts = [f"missing keys ({len(missing)}): {_list(missing)}"] if missing else []
-        parts += [f"unexpected keys ({len(unexpected)}): {_list(unexpected)}"] if unexpected else []
-        parts += [f"shape mismatches ({len(mismatched)}): {'; '.join(mismatched[:6])}"] if mismatched else []
+    summary = mismatch_summary(missing, unexpected, mismatched)
+    if summary:
         raise CheckpointMismatchError(
-            f"The weights in {name!r} do not match its config ({class_name}): " + "; ".join(parts)
+            f"The weights in {name!r} do not match its config ({class_name}): " + summary
             + ". transformers would fill the missing ones with random values; hooked_clip refuses. Check that the "
             "weight files and config.json come from the same checkpoint."
         )
@@ -492,12 +490,10 @@ def _load_open_clip_checkpoint(model: nn.Module, path: str, name: str) -> None:
     unexpected = [k for k in sd if k not in own and not k.endswith(ignorable)]
     wrong = [f"{k}: {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
              if k in sd and tuple(sd[k].shape) != tuple(v.shape)]
-    if missing or unexpected or wrong:
-        parts = [f"missing keys ({len(missing)}): {_list(missing)}"] if missing else []
-        parts += [f"unexpected keys ({len(unexpected)}): {_list(unexpected)}"] if unexpected else []
-        parts += [f"shape mismatches ({len(wrong)}): {'; '.join(wrong[:6])}"] if wrong else []
+    summary = mismatch_summary(missing, unexpected, wrong)
+    if summary:
         raise CheckpointMismatchError(
-            f"Checkpoint {path!r} is not a {name!r} checkpoint: " + "; ".join(parts)
+            f"Checkpoint {path!r} is not a {name!r} checkpoint: " + summary
             + ". Pass the open_clip model name the checkpoint was trained with."
         )
     model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)

@@ -8,7 +8,7 @@ Each converter reads a source state dict key by key: a key the converter does no
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional, Sequence
 
 from torch import Tensor, nn
 
@@ -23,6 +23,16 @@ def _list(keys: Iterable[str], n: int = 12) -> str:
     keys = sorted(keys)
     more = f" ... and {len(keys) - n} more" if len(keys) > n else ""
     return ", ".join(keys[:n]) + more
+
+
+def mismatch_summary(missing: Sequence[str] = (), unexpected: Sequence[str] = (),
+                     wrong_shapes: Sequence[str] = ()) -> str:
+    """The one wording of a checkpoint/model key mismatch ("missing keys (n): ...; unexpected keys ...;
+    shape mismatches ..."); empty when everything matches. Every strict loader builds its error from it."""
+    parts = [f"missing keys ({len(missing)}): {_list(missing)}"] if missing else []
+    parts += [f"unexpected keys ({len(unexpected)}): {_list(unexpected)}"] if unexpected else []
+    parts += [f"shape mismatches ({len(wrong_shapes)}): {'; '.join(list(wrong_shapes)[:6])}"] if wrong_shapes else []
+    return "; ".join(parts)
 
 
 class _Reader:
@@ -41,16 +51,10 @@ class _Reader:
         return self.rest.pop(key)
 
     def finish(self, ignore: Callable[[str], bool] = lambda k: False) -> None:
-        unexpected = [k for k in self.rest if not ignore(k)]
-        if self.missing or unexpected:
-            parts = []
-            if self.missing:
-                parts.append(f"missing keys ({len(self.missing)}): {_list(self.missing)}")
-            if unexpected:
-                parts.append(f"unexpected keys ({len(unexpected)}): {_list(unexpected)}")
+        summary = mismatch_summary(self.missing, [k for k in self.rest if not ignore(k)])
+        if summary:
             raise CheckpointMismatchError(
-                f"The {self.source} checkpoint does not match a {self.what} of this configuration; "
-                + "; ".join(parts)
+                f"The {self.source} checkpoint does not match a {self.what} of this configuration; " + summary
                 + ". Check that the checkpoint and the model name/config are the same architecture."
             )
 
