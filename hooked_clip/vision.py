@@ -50,16 +50,18 @@ class VisionTower(nn.Module):
     ``encoder`` maps a preprocessed batch to embeddings; ``preprocess`` maps what a user passes (PIL images
     for real CLIP models) to that batch. Tensors passed to :meth:`encode` are taken as already preprocessed.
     ``not_hooked_because`` says why this tower is the reference module rather than a hooked one; the hook
-    methods raise it.
+    methods raise it. ``preprocessing`` names the pixel pipeline (as :class:`HookedCLIPVision` does).
     """
 
     def __init__(self, encoder: nn.Module, preprocess: Callable[[Any], Tensor], image_size: Optional[int] = None,
-                 not_hooked_because: str = "it is not a ViT"):
+                 not_hooked_because: str = "it is not a ViT", preprocessing: Optional[str] = None):
         super().__init__()
         self.encoder = encoder
         self._preprocess = preprocess
         self.image_size = image_size
         self.not_hooked_because = not_hooked_because
+        # which pixel pipeline ``preprocess`` is, in words (reports name it)
+        self.preprocessing = preprocessing or f"the {type(self).__name__}'s own input (no photo preprocessing)"
 
     def preprocess(self, images: Any) -> Tensor:
         """What the encoder eats, built from user input (a PIL image or a list of them)."""

@@ -28,6 +28,16 @@ _OC_BLOCK_NAMES = {"packed_qkv": True, "in_proj_weight": "attn.in_proj_weight", 
                    "out_proj": "attn.out_proj", "ln1": "ln_1", "ln2": "ln_2", "fc1": "mlp.c_fc", "fc2": "mlp.c_proj"}
 
 
+OPEN_CLIP_PREPROCESSING = "open_clip preprocess (torchvision transform)"
+
+
+def hf_preprocessing_name(hf_model: nn.Module) -> str:
+    """The words for a transformers model's own pixel pipeline."""
+    if "siglip" in getattr(hf_model.config, "model_type", ""):
+        return "transformers SigLIP image processor (as SiglipProcessor)"
+    return "transformers CLIP image processor (as CLIPProcessor)"
+
+
 class UnsupportedImageTower(CheckpointMismatchError):
     """An image tower that :class:`HookedCLIPVision` does not reimplement (the reason is the message)."""
 
@@ -160,7 +170,7 @@ def image_tower_from_hf(hf_model: nn.Module, image_processor: Any, device: str, 
     except UnsupportedImageTower as e:
         vm = getattr(hf_model, "vision_model", hf_model)
         ref = VisionTower(HFVisionEncoder(vm, getattr(hf_model, "visual_projection", nn.Identity())), hf_preprocess(hf_model, image_processor),
-                          vm.config.image_size, not_hooked_because=str(e))
+                          vm.config.image_size, not_hooked_because=str(e), preprocessing=hf_preprocessing_name(hf_model))
         return ref.to(device=device, dtype=dtype)
 
 
@@ -260,5 +270,6 @@ def image_tower_from_open_clip(oc_model: nn.Module, preprocess_cfg: dict, device
     except UnsupportedImageTower as e:
         size = preprocess_cfg.get("size", None)
         size = size[0] if isinstance(size, (tuple, list)) else size
-        ref = VisionTower(oc_model.visual, preprocess, image_size=size, not_hooked_because=str(e))
+        ref = VisionTower(oc_model.visual, preprocess, image_size=size, not_hooked_because=str(e),
+                          preprocessing=OPEN_CLIP_PREPROCESSING)
         return ref.to(device=device, dtype=dtype)

@@ -195,10 +195,10 @@ class HookedCLIPVision(HookedTower):
         ``use_attn_result``."""
         from hooked_clip.vision_loading import hooked_vision_from_hf
 
+        from hooked_clip.vision_loading import hf_preprocessing_name
+
         tower = hooked_vision_from_hf(cls, hf_model, image_processor, device, dtype, **cfg_overrides)
-        siglip = "siglip" in getattr(hf_model.config, "model_type", "")
-        tower.preprocessing = ("transformers SigLIP image processor (as SiglipProcessor)" if siglip
-                               else "transformers CLIP image processor (as CLIPProcessor)")
+        tower.preprocessing = hf_preprocessing_name(hf_model)
         return tower
 
     @classmethod
@@ -210,6 +210,8 @@ class HookedCLIPVision(HookedTower):
         pooler) raise :class:`~hooked_clip.vision_loading.UnsupportedImageTower` naming the reason."""
         from hooked_clip.vision_loading import hooked_vision_from_open_clip
 
+        from hooked_clip.vision_loading import OPEN_CLIP_PREPROCESSING
+
         tower = hooked_vision_from_open_clip(cls, model, preprocess, device, dtype, **cfg_overrides)
-        tower.preprocessing = "open_clip preprocess (torchvision transform)"
+        tower.preprocessing = OPEN_CLIP_PREPROCESSING
         return tower

@@ -144,17 +144,6 @@ def clipseg_subject_size(model_dir, threshold: float = 0.25) -> Callable:
 
 
 def preprocessing_name(model) -> str:
-    """Which pixel pipeline ``model.encode_image`` runs on PIL images."""
-    from hooked_clip.vision import HFVisionEncoder
-
+    """Which pixel pipeline ``model.encode_image`` runs on PIL images (every image tower records it)."""
     vision = getattr(model, "vision", None)
-    if vision is None:
-        return "none (no image tower)"
-    if getattr(vision, "preprocessing", None) is not None:  # the hooked image tower records its pipeline
-        return vision.preprocessing
-    encoder = getattr(vision, "encoder", None)
-    if isinstance(encoder, HFVisionEncoder):
-        return "transformers CLIP image processor (as CLIPProcessor)"
-    if type(encoder).__module__.startswith("open_clip"):
-        return "open_clip preprocess (torchvision transform)"
-    return f"the {type(vision).__name__}'s own input (no photo preprocessing)"
+    return "none (no image tower)" if vision is None else vision.preprocessing
