@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from hooked_clip import tower_names
 from hooked_clip.config import CLIPTextConfig, resolve_dtype
+from hooked_clip.devices import resolve_device
 from hooked_clip.files import check_checkpoint_dir, read_state_dict
 from hooked_clip.hub import hub_reachable, unavailable
 from hooked_clip.loading import (
@@ -206,7 +207,10 @@ class HookedCLIP(nn.Module):
         default CLIP's BPE for a CLIP-vocabulary model, else a placeholder that asks for it.
         ``cfg_overrides`` set ``CLIPTextConfig`` fields such as ``trim_after_pool`` or ``use_attn_result``.
         ``fold_ln``, ``center_writing_weights`` and ``fold_value_biases`` (all loaders take them; default
-        off, so every hook holds what HF/open_clip compute) apply :mod:`hooked_clip.processing`."""
+        off, so every hook holds what HF/open_clip compute) apply :mod:`hooked_clip.processing`.
+        ``device=None`` (every loader): CUDA when available, else the CPU, as TransformerLens
+        (:func:`hooked_clip.devices.resolve_device`); ``model.to(...)`` later keeps each tower's
+        ``cfg.device`` in step."""
         from hooked_clip.families import hf_family, hf_text_parts, resolve_tokenizer
 
         dtype = resolve_dtype(dtype)
@@ -214,7 +218,7 @@ class HookedCLIP(nn.Module):
         text_cfg, text_module, proj = hf_text_parts(hf_model)
         cfg = config_from_hf(text_cfg, None if proj is None else proj.out_features, family.name,
                              proj_bias=proj is not None and proj.bias is not None,
-                             device=_device(device), dtype=dtype, **cfg_overrides)
+                             device=resolve_device(device), dtype=dtype, **cfg_overrides)
         text = HookedCLIPText(cfg, tokenizer=resolve_tokenizer(tokenizer, cfg))
         load_converted(text, hf_text_state_dict(hf_text_model_state_dict(text_module, proj), cfg))
         vision = None
@@ -292,7 +296,7 @@ class HookedCLIP(nn.Module):
             oc_model, preprocess_cfg = _open_clip_model(model, pretrained, cache_dir)
         else:
             raise TypeError(f"from_open_clip takes an open_clip model or a model name, got {type(model).__name__}.")
-        cfg = config_from_open_clip(oc_model, device=_device(device), dtype=dtype, **cfg_overrides)
+        cfg = config_from_open_clip(oc_model, device=resolve_device(device), dtype=dtype, **cfg_overrides)
         from hooked_clip.families import resolve_tokenizer
         from hooked_clip.hf_tokenizer import tokenizer_for_open_clip
 
@@ -311,8 +315,6 @@ class HookedCLIP(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _device(device: Optional[str]) -> str:
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _hf_vision_tower(hf_model, image_processor):

@@ -15,6 +15,8 @@ from torch import Tensor
 from transformer_lens import ActivationCache, HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
+from hooked_clip.devices import sync_config
+
 
 _OPT_IN_HOOKS = {  # hook name suffix -> the config flag without which it never fires
     "attn.hook_result": "use_attn_result",
@@ -46,6 +48,13 @@ class HookedTower(HookedRootModule):
                     p.zero_()
                 else:
                     p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32) * self.cfg.init_range)
+
+    def _apply(self, fn, *args, **kwargs):
+        """Every move or cast (``.to``, ``.cuda()``, ``.cpu()``, ``.half()``, also through a parent module such
+        as ``HookedCLIP``) ends here: ``cfg.device`` and ``cfg.dtype`` then follow the weights."""
+        out = super()._apply(fn, *args, **kwargs)
+        sync_config(self)
+        return out
 
     def _hook_point(self, name: str) -> HookPoint:
         if name not in self.hook_dict:

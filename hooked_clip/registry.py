@@ -5,23 +5,23 @@ HF hub id. ``load_model`` is the one entry point; ``SHIPPED_MODELS`` maps each s
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 
 from hooked_clip.clip import HookedCLIP
 from hooked_clip.config import resolve_dtype
+from hooked_clip.devices import resolve_device
 from hooked_clip.processing import process_weights
 
 
-def _tiny_negation(device: str = "cpu", dtype: Union[torch.dtype, str] = torch.float32, **processing) -> HookedCLIP:
+def _tiny_negation(device: Optional[str] = None, dtype: Union[torch.dtype, str] = torch.float32, **processing) -> HookedCLIP:
     from hooked_clip.models.tiny_negation import load
 
     dtype = resolve_dtype(dtype)
-    model = load(device=device)
+    model = load(device=resolve_device(device))
     process_weights(model, **processing)
-    model.text.cfg.dtype = dtype
-    return model.to(dtype)
+    return model.to(dtype)  # the towers' cfg.dtype follow (HookedTower._apply)
 
 
 SHIPPED_MODELS: dict[str, Callable[..., HookedCLIP]] = {"tiny-negation": _tiny_negation}
@@ -29,8 +29,9 @@ SHIPPED_MODELS: dict[str, Callable[..., HookedCLIP]] = {"tiny-negation": _tiny_n
 
 def load_model(name: str, **kwargs: Any) -> HookedCLIP:
     """A model by name: one shipped with the package (offline), else a local directory or HF hub id
-    (see :meth:`HookedCLIP.from_pretrained`). Every model takes ``device`` and ``dtype`` (a torch dtype or
-    its name, e.g. ``"float16"``)."""
+    (see :meth:`HookedCLIP.from_pretrained`). Every model takes ``device`` (default ``None``: CUDA when
+    available, else the CPU, as every loader and TransformerLens; ``device="cpu"`` to stay on the CPU) and
+    ``dtype`` (a torch dtype or its name, e.g. ``"float16"``)."""
     if name in SHIPPED_MODELS:
         return SHIPPED_MODELS[name](**kwargs)
     if os.path.isdir(name) or "/" in name:

@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor, nn
 
+from hooked_clip.devices import resolve_device
 from hooked_clip.loading import CheckpointMismatchError, _convert_blocks, _qkv, _Reader, load_converted
 from hooked_clip.vision import HFVisionEncoder, VisionTower, stack_transform
 from hooked_clip.vision_config import CLIPVisionConfig
@@ -154,7 +155,7 @@ def hf_preprocess(hf_model: nn.Module, image_processor: Any = None) -> Callable[
 
 def hooked_vision_from_hf(cls, hf_model: nn.Module, image_processor: Any = None, device: Optional[str] = None,
                           dtype: torch.dtype = torch.float32, **cfg_overrides):
-    cfg = vision_config_from_hf(hf_model, device=device, dtype=dtype, **cfg_overrides)
+    cfg = vision_config_from_hf(hf_model, device=resolve_device(device), dtype=dtype, **cfg_overrides)
     tower = cls(cfg, hf_preprocess(hf_model, image_processor))
     load_converted(tower, hf_vision_state_dict(hf_model, cfg))
     return tower
@@ -249,7 +250,7 @@ def open_clip_preprocess(preprocess_cfg: dict) -> Callable[[list], Tensor]:
 
 def hooked_vision_from_open_clip(cls, model: nn.Module, preprocess: Optional[Callable[[list], Tensor]] = None,
                                  device: Optional[str] = None, dtype: torch.dtype = torch.float32, **cfg_overrides):
-    cfg = vision_config_from_open_clip(model, device=device, dtype=dtype, **cfg_overrides)
+    cfg = vision_config_from_open_clip(model, device=resolve_device(device), dtype=dtype, **cfg_overrides)
     if preprocess is None:
         import open_clip
 

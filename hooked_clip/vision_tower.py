@@ -191,8 +191,8 @@ class HookedCLIPVision(HookedTower):
         """From a transformers ``CLIPModel``, ``CLIPVisionModelWithProjection``, ``CLIPVisionModel``,
         ``SiglipModel`` or ``SiglipVisionModel`` (the image tower and its projection); preprocessing is
         ``image_processor`` or the family's default processor at the model's image size. ``device=None``
-        picks CUDA when available (TransformerLens's default); ``cfg_overrides`` set config fields such as
-        ``use_attn_result``."""
+        picks CUDA when available, else the CPU (:func:`hooked_clip.devices.resolve_device`);
+        ``cfg_overrides`` set config fields such as ``use_attn_result``."""
         from hooked_clip.vision_loading import hooked_vision_from_hf
 
         from hooked_clip.vision_loading import hf_preprocessing_name
@@ -207,7 +207,8 @@ class HookedCLIPVision(HookedTower):
                        **cfg_overrides) -> "HookedCLIPVision":
         """From an open_clip model (``CLIP``/``CustomTextCLIP``) or its ``visual`` ``VisionTransformer``.
         Unsupported variants (non-ViT towers, layer scale, custom attention blocks, CoCa's attentional
-        pooler) raise :class:`~hooked_clip.vision_loading.UnsupportedImageTower` naming the reason."""
+        pooler) raise :class:`~hooked_clip.vision_loading.UnsupportedImageTower` naming the reason.
+        ``device=None``: CUDA when available, else the CPU (:func:`hooked_clip.devices.resolve_device`)."""
         from hooked_clip.vision_loading import hooked_vision_from_open_clip
 
         from hooked_clip.vision_loading import OPEN_CLIP_PREPROCESSING

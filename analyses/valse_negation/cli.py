@@ -13,6 +13,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 from hooked_clip.analyses.valse_negation.comparison import run_dir_name, write_comparison
 from hooked_clip.analyses.valse_negation.data import SubjectParser, load_items
@@ -42,11 +43,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="layer-zoom rule: paper (default: layer 4, missing rows count 0) or strongest-layer")
     p.add_argument("--reference", type=Path,
                    help="a per-item file in the authors' format (JSON keyed by VALSE id): adds a replication section")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default=None,
+                   help="where the model runs: cpu, cuda, cuda:1, ... (default: CUDA when available, else the CPU, "
+                        "as every loader)")
     p.add_argument("--no-progress", action="store_true")
 
 
-def load(model_id: str, device: str):
+def load(model_id: str, device: Optional[str] = None):
     from hooked_clip import HookedCLIP, load_model
 
     if model_id.startswith("open_clip:"):
