@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 
-from hooked_clip.analyses.valse_negation.report import LOCATIONS, PAPER_R, REFERENCE, _fmt
+from hooked_clip.analyses.valse_negation.report import LOCATIONS, PAPER_R, REFERENCE, RELATION_LABELS, _fmt
 from hooked_clip.analyses.valse_negation.study import ROWS, atomic_write
 
 NEGATOR_ROW, EOT_ROW = ROWS.index("a/some/no"), ROWS.index("[EOT]")
@@ -130,7 +130,7 @@ def _markdown(summaries: list[dict], run_dirs: dict, figure, elapsed_s: dict) ->
                              + " · [EOT] " + " ".join(_fmt(v) for v in c["eot"]))
             lines.append("")
     lines += ["## Top negator-selective heads (mean Δ)", "", head, rule]
-    paper_heads = ", ".join(f"{k} {v[0]} / {v[1]}" for k, v in REFERENCE["head_delta"].items())
+    paper_heads = ", ".join(f"{k} {_fmt(v[0])} / {_fmt(v[1])}" for k, v in REFERENCE["head_delta"].items())
     for loc in LOCATIONS:
         lines.append(f"| negation in {loc} | " + " | ".join(
             ", ".join(f"{t['head']} {_fmt(t['delta'])}" for t in s["top_heads"].get(loc, [])) or "–" for s in summaries)
@@ -142,5 +142,5 @@ def _markdown(summaries: list[dict], run_dirs: dict, figure, elapsed_s: dict) ->
         for s in summaries:
             v = s["confounds"].get(k)
             cells.append("–" if v is None else f"{_fmt(v['r'])} ({v['n']})")
-        lines.append(f"| {k} | " + " | ".join(cells) + f" | {PAPER_R.get(k, '')} |")
+        lines.append(f"| {RELATION_LABELS.get(k, k)} | " + " | ".join(cells) + f" | {_fmt(PAPER_R[k]) if k in PAPER_R else ''} |")
     return "\n".join(lines) + "\n"

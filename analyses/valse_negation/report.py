@@ -15,6 +15,7 @@ from typing import Optional
 
 import numpy as np
 
+from hooked_clip.analyses.valse_negation import paper
 from hooked_clip.analyses.valse_negation.reference import section as replication_section
 from hooked_clip.analyses.valse_negation.reference import to_reference_format
 from hooked_clip.analyses.valse_negation.study import ROWS, atomic_write
@@ -33,23 +34,34 @@ ZOOM_RULES = {
                        "strongly those tokens attend to the negator where they exist",
 }
 
-# The paper's numbers for OpenAI CLIP ViT-B/32 on Visual7W images (from the authors' released results,
-# see ../shared/PAPER.md); shown beside ours in the report, never mixed with them.
+# The paper's numbers live in paper.py; these two names are kept for code written against them.
 REFERENCE = {
-    "model": "openai/clip-vit-base-patch32 (Quantmeyer et al. 2024, authors' released results)",
-    "accuracy_original_505": 0.691,
-    "accuracy_aligned_490": 0.686,
-    "segments_aligned": {"correct": 153, "ambiguous": 295, "incorrect": 42},
-    "head_delta": {"L4H2": (0.39, 0.38), "L4H3": (0.24, 0.23), "L3H6": (0.20, 0.23)},  # (caption, foil)
-    "cte_negator_layers_3_4": {"caption": (0.48, 0.04), "foil": (0.69, 0.18)},
-    "subject_size_r": 0.32,
-    "subject_size_binary_r": 0.28,
-    "similarity_r": {"caption": 0.03, "caption_without_no_people": -0.20, "foil": -0.22},
+    "model": paper.MODEL,
+    "accuracy_original_505": paper.SCORES[("original", "all")][1],
+    "accuracy_aligned_490": paper.SCORES[("aligned", "all")][1],
+    "segments_aligned": dict(zip(SEGMENTS, paper.SCORES[("aligned", "all")][2])),
+    "head_delta": {k: paper.TOP_HEADS[k] for k in ("L4H2", "L4H3", "L3H6")},  # (caption, foil)
+    "cte_negator_layers_3_4": {loc: tuple(paper.CTE[(loc, "correct")]["rows"]["a/some/no"][3:5]) for loc in LOCATIONS},
+    "subject_size_r": paper.CONFOUNDS["subject_size_vs_d_foil"][1],
+    "subject_size_binary_r": paper.CONFOUNDS["subject_size_binary_vs_d_foil"][1],
+    "similarity_r": {"caption": paper.CONFOUNDS["similarity_vs_d_caption"][1],
+                     "caption_without_no_people": paper.CONFOUNDS["similarity_vs_d_caption_without_no_people"][1],
+                     "foil": paper.CONFOUNDS["similarity_vs_d_foil"][1]},
 }
-
-PAPER_R = {"similarity_vs_d_caption": REFERENCE["similarity_r"]["caption"], "similarity_vs_d_foil": REFERENCE["similarity_r"]["foil"],
-           "similarity_vs_d_caption_without_no_people": REFERENCE["similarity_r"]["caption_without_no_people"],
-           "subject_size_vs_d_foil": REFERENCE["subject_size_r"], "subject_size_binary_vs_d_foil": REFERENCE["subject_size_binary_r"]}
+PAPER_R = {k: r for k, (_, r) in paper.CONFOUNDS.items()}
+RELATION_LABELS = {  # human labels of the confound keys (results.json and confounds.csv keep the keys)
+    "similarity_vs_d_caption": "caption–foil similarity vs d, negation in caption",
+    "similarity_vs_d_caption_without_no_people": "caption–foil similarity vs d, negation in caption, without the "
+                                                 "\"There are no people.\" items",
+    "similarity_vs_d_foil": "caption–foil similarity vs d, negation in foil",
+    "similarity_vs_d_all": "caption–foil similarity vs d, all",
+    "length_vs_d_caption": "token length vs d, negation in caption",
+    "length_vs_d_caption_without_no_people": "token length vs d, negation in caption, without the \"There are no "
+                                             "people.\" items",
+    "length_vs_d_foil": "token length vs d, negation in foil",
+    "subject_size_vs_d_foil": "subject size (soft area) vs d, negation in foil",
+    "subject_size_binary_vs_d_foil": "subject size (binary area, > 0.25) vs d, negation in foil",
+}
 
 
 def _pearson(x, y) -> Optional[float]:
@@ -63,6 +75,19 @@ def _score_table(ds: list[float]) -> dict:
     ds = np.asarray(ds, float)
     seg = {"correct": int((ds >= 1).sum()), "ambiguous": int(((ds >= -1) & (ds < 1)).sum()), "incorrect": int((ds < -1).sum())}
     return {"n": int(len(ds)), "accuracy": float((ds > 0).mean()) if len(ds) else None, "segments": seg}
+
+
+def _d_stats(aligned: list[dict]) -> dict:
+    """The score statistics PAPER.md gives for the aligned set: range and sample SD of d, mean d per
+    segment, range of the caption logits."""
+    d = np.array([r["aligned"]["d"] for r in aligned], float)
+    s_c = np.array([r["aligned"]["s_caption"] for r in aligned], float)
+    seg = np.array([r["aligned"]["segment"] for r in aligned])
+    out = {"min": float(d.min()), "max": float(d.max()), "sd": float(d.std(ddof=1)) if len(d) > 1 else None,
+           "caption_logit_min": float(s_c.min()), "caption_logit_max": float(s_c.max())}
+    for name in SEGMENTS:
+        out[f"mean_{name}"] = float(d[seg == name].mean()) if (seg == name).any() else None
+    return out
 
 
 def _cte_matrix(recs: list[dict], key: str = "cte_rows") -> dict:
@@ -81,7 +106,7 @@ def _cte_matrix(recs: list[dict], key: str = "cte_rows") -> dict:
         mean[:, 5] = (fur * w[:, None]).sum(0) / w.sum() if w.sum() > 0 else np.nan
     std = np.nanstd(mean[:, 3:], axis=1, ddof=0)
     return {"n": len(recs), "rows": ROWS, "matrix": mean.T.tolist(), "std": std.tolist(),
-            "mean_std": float(np.nanmean(std))}
+            "mean_std": float(np.nanmean(std)), "column_sums": np.nansum(mean, axis=1).tolist()}
 
 
 def zoom_rows(rows, rule: str = "paper") -> np.ndarray:
@@ -110,11 +135,17 @@ def aggregate(records: dict[str, dict], n_layers: int, n_heads: int, zoom: str =
                  "counts": {"valid": len(recs), "aligned": len(aligned),
                             **{f"valid_{loc}": sum(r["negation_in"] == loc for r in recs) for loc in LOCATIONS},
                             **{f"aligned_{loc}": sum(r["negation_in"] == loc for r in aligned) for loc in LOCATIONS}}}
+    out["n_layers"], out["n_heads"] = n_layers, n_heads
+    lengths = [r["aligned"]["n_tokens"] for r in aligned]
+    if lengths:
+        out["counts"].update(aligned_t7=sum(n == 7 for n in lengths), tokens_min=min(lengths), tokens_max=max(lengths))
     if has_d:
         out["scores"] = {
             "original": {g: _score_table([r["d"] for r in recs if g == "all" or r["negation_in"] == g]) for g in ("all", *LOCATIONS)},
             "aligned": {g: _score_table([r["aligned"]["d"] for r in aligned if g == "all" or r["negation_in"] == g]) for g in ("all", *LOCATIONS)},
         }
+        if aligned:
+            out["d_stats"] = _d_stats(aligned)
         out["cte"] = {loc: {seg: _cte_matrix([r for r in aligned if r["negation_in"] == loc and seg in ("all", r["aligned"]["segment"])])
                             for seg in (*SEGMENTS, "all")} for loc in LOCATIONS}
         if aligned and "rome_rows" in aligned[0]["aligned"]:
@@ -156,6 +187,9 @@ def aggregate(records: dict[str, dict], n_layers: int, n_heads: int, zoom: str =
 def _confounds(recs, aligned, has_d) -> dict:
     out: dict = {"similarity_by_location": {loc: float(np.mean([r["aligned"]["similarity"] for r in aligned if r["negation_in"] == loc]))
                                             for loc in LOCATIONS if any(r["negation_in"] == loc for r in aligned)}}
+    if aligned:
+        sims = [r["aligned"]["similarity"] for r in aligned]
+        out["similarity_range"] = {"min": float(min(sims)), "max": float(max(sims))}
     foil = [r for r in aligned if r["negation_in"] == "foil"]
     if any("subject" in r["aligned"] for r in foil):
         out["subjects"] = {"foil_pairs": len(foil), "with_subject": sum(r["aligned"].get("subject") is not None for r in foil),
@@ -182,6 +216,7 @@ def _confounds(recs, aligned, has_d) -> dict:
         if binary:
             out["subject_size_binary_vs_d_foil"] = {"n": len(binary), "r": _pearson(
                 [r["aligned"]["subject_area_binary"] for r in binary], [r["aligned"]["d"] for r in binary])}
+        out["subject_size_quartiles"] = [float(q) for q in np.percentile(size, [0, 25, 50, 75, 100])]
         out["accuracy_above_size"] = [{"threshold": t, "n": int(sum(s > t for s in size)),
                                        "accuracy": float(np.mean([x > 0 for s, x in zip(size, d) if s > t])) if any(s > t for s in size) else None}
                                       for t in SIZE_THRESHOLDS]
@@ -192,12 +227,14 @@ def _confounds(recs, aligned, has_d) -> dict:
 def write_outputs(run_dir, records: dict[str, dict], results: dict, *, model=None, model_id: str = "",
                   images_note: str = "") -> None:
     run_dir = Path(run_dir)
+    if model is not None and getattr(model, "logit_scale", None) is not None and "logit_scale" not in results:
+        results = {**results, "logit_scale": float(model.logit_scale.detach().exp())}
     atomic_write(run_dir / "results.json", json.dumps(_clean(results), indent=1, allow_nan=False))
     atomic_write(run_dir / "per_item.json", json.dumps(_clean(to_reference_format(records)), indent=1, allow_nan=False))
     _write_csvs(run_dir, records, results)
     figures = _figures(run_dir, records, results, model_id)
     html = _attention_html(run_dir, model, records, model_id) if model is not None else None
-    atomic_write(run_dir / "report.md", _report(results, model_id, images_note, figures, html))
+    atomic_write(run_dir / "report.md", _report(results, model_id, images_note, figures, html, records))
 
 
 def _clean(obj):
@@ -402,98 +439,280 @@ def _fmt(x, digits=2) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
-PAPER_ZOOM = {  # PAPER.md §5.3, layer 4, (caption, foil) per head and row from the negator on
-    "H2": {"a/some/no": (-0.04, -0.01), "subj 1st": (0.25, 0.08), "subj further": (0.14, 0.15), ".": (0.35, 0.34), "[EOT]": (0.12, 0.15)},
-    "H3": {"a/some/no": (0.05, 0.06), "subj 1st": (0.23, 0.19), "subj further": (0.03, 0.09), ".": (0.04, 0.07), "[EOT]": (-0.01, -0.00)},
-}
+PAPER_ZOOM = paper.ZOOM  # the old name
+
+HOW_TO_READ = ("Numbers: ours beside the paper's (OpenAI CLIP ViT-B/32 on Visual7W photos, the authors' released results). "
+               "CTE, Δ, d, r and other fractions with two decimals; accuracies in percent with one decimal, as the paper "
+               "gives them; three decimals only where the paper gives three (layer means of Δ, cosines, subject-size "
+               "quartiles). Where a number cannot be compared like for like, the caveats below say why.")
+GROUP_LABELS = {"all": "either", "caption": "caption", "foil": "foil"}
+KIND_LABELS = {"original": "original VALSE sentences", "aligned": "aligned (rephrased) pairs"}
 
 
-def _zoom_section(zoom: dict) -> list[str]:
-    lines = [f"### Layer zoom ({zoom['rule']} rule)", "", f"Definition: {zoom['definition']}.", ""]
-    if zoom["layer"] is None:
-        return lines + [f"Not computed: {zoom['note']}.", ""]
-    lines += [f"Mean attention difference to the negator, layer {zoom['layer']} (1-indexed), per head (1-indexed) and "
-              "query row; paper's ViT-B/32 value in brackets where §5.3 gives one. "
-              f"Tables: `zoom_layer{zoom['layer']}_caption.csv`, `zoom_layer{zoom['layer']}_foil.csv`; figure "
-              "`heads_layer_zoom.png`.", ""]
-    shown = ROWS[3:]
-    for k, loc in enumerate(LOCATIONS):
-        if loc not in zoom:
-            continue
-        lines += [f"Negation in {loc} (n = {zoom[f'n_{loc}']}, of which {zoom[f'n_{loc}_without_further']} without further "
-                  "subject tokens):", "", "| head | " + " | ".join(shown) + " |", "|---" * (len(shown) + 1) + "|"]
-        for h, vals in enumerate(zoom[loc]):
-            paper = PAPER_ZOOM.get(f"H{h + 1}", {}) if zoom["rule"] == "paper" and zoom["layer"] == 4 else {}
-            cells = [_fmt(v) + (f" ({paper[row][k]:.2f})" if row in paper else "") for row, v in zip(ROWS, vals) if row in shown]
-            lines.append(f"| H{h + 1} | " + " | ".join(cells) + " |")
+def _pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.1f}%"
+
+
+def _segs(seg) -> str:
+    return " / ".join(str(v) for v in (seg.values() if isinstance(seg, dict) else seg))
+
+
+def _row(label: str, values, digits: int = 2) -> str:
+    return f"| {label} | " + " | ".join(_fmt(v, digits) for v in values) + " |"
+
+
+def _header(first: str, columns) -> list[str]:
+    columns = [str(c) for c in columns]
+    return ["| " + " | ".join([first, *columns]) + " |", "|---" * (len(columns) + 1) + "|"]
+
+
+def _caveats(results: dict) -> list[str]:
+    """Where this run cannot be compared with the paper like for like, said in the report (from the model's
+    own facts: logit scale, depth, heads, the subject-size measure)."""
+    out = []
+    scale = results.get("logit_scale")
+    if scale is not None and abs(scale - paper.LOGIT_SCALE) > 0.5:
+        out.append(f"- **Segments are not CLIP's.** This model's logit scale is {scale:.2f}, so the segment thresholds "
+                   f"d = ±1 logit are ±{1 / scale:.3f} cosine; for the paper's ViT-B/32 (logit scale 100) they are "
+                   "±0.01 cosine. Segment counts, the score statistics in logits, and every table restricted to a "
+                   "segment (the CTE's correct / incorrect subsets) therefore select by another rule than the "
+                   "paper's; compare accuracies (d > 0) and the shapes of the tables, not segment counts.")
+    n_layers, n_heads = results.get("n_layers"), results.get("n_heads")
+    if n_layers is not None and (n_layers, n_heads) != (paper.N_LAYERS, paper.N_HEADS):
+        out.append(f"- **Layers are not the paper's.** This model has {n_layers} blocks × {n_heads} heads (hidden-state "
+                   f"layers 0–{n_layers}); the paper's has 12 × 8. The paper's negator collapse between layers 3 and 4 "
+                   f"happens a third of the way up; this model's layer {n_layers} is its last, where the [EOT] row is 1 "
+                   "and every other row 0 by construction. Compare by relative depth, not by column number.")
+        out.append(f"- **Head labels are positions in this model.** Its L4H2 is the second head of its 4th block"
+                   + (" (its last)" if n_layers == 4 else "") + ", not CLIP's L4H2: the paper's heads are "
+                   "compared by role (which layer moves the negation), not by label.")
+    elif n_layers is not None:
+        out.append("- Layers and head labels have the paper's numbering; they name the paper's heads only if this "
+                   "model is the paper's checkpoint (openai/clip-vit-base-patch32).")
+    measure = results.get("subject_size_measure")
+    if measure:
+        out.append(f"- **Subject size is not a CLIPSeg area.** Here it is {measure}; the paper's is CLIPSeg's soft "
+                   "area of the subject in the photo (mean sigmoid over the map). Its r, quartiles and the "
+                   "accuracy-above-threshold table are an analogue, not the same measurement.")
+    return (["## Like for like? What differs from the paper's setting", ""] + out + [""]) if out else []
+
+
+def _items_section(results: dict) -> list[str]:
+    c, p = results["counts"], paper.COUNTS
+
+    def split(d, key):
+        return f"{d.get(key)} ({d.get(key + '_caption')} / {d.get(key + '_foil')})"
+    ours_dropped = {"dropped": c["valid"] - c["aligned"],
+                    **{f"dropped_{loc}": c.get(f"valid_{loc}", 0) - c.get(f"aligned_{loc}", 0) for loc in LOCATIONS}}
+    lines = ["## Items", ""] + _header("", ["this run", "paper"])
+    lines += [f"| valid (negation in caption / in foil) | {split(c, 'valid')} | {split(p, 'valid')} |",
+              f"| aligned pairs (caption / foil) | {split(c, 'aligned')} | {split(p, 'aligned')} |",
+              f"| dropped by the alignment (caption / foil) | {split(ours_dropped, 'dropped')} | {split(p, 'dropped')} |"]
+    if "aligned_t7" in c:
+        lines += [f"| aligned pairs of 7 tokens (no further subject token) | {c['aligned_t7']} | {p['aligned_t7']} |",
+                  f"| token length of the aligned sentences | {c['tokens_min']}–{c['tokens_max']} | "
+                  f"{p['tokens_min']}–{p['tokens_max']} |"]
+    return lines + [""]
+
+
+def _scores_section(results: dict, records: Optional[dict]) -> list[str]:
+    s = results["scores"]
+    lines = ["## Scores", "", "Accuracy = share of items with d = S(caption) − S(foil) > 0; segments: correct d ≥ 1, "
+             "ambiguous −1 ≤ d < 1, incorrect d < −1 (logits).", ""]
+    lines += _header("sentences", ["negation in", "n", "accuracy", "correct / ambiguous / incorrect",
+                                   "paper: n", "paper: accuracy", "paper: correct / ambiguous / incorrect"])
+    for kind in ("original", "aligned"):
+        for g, t in s[kind].items():
+            pn, pacc, pseg = paper.SCORES[(kind, g)]
+            lines.append(f"| {KIND_LABELS[kind]} | {GROUP_LABELS[g]} | {t['n']} | {_pct(t['accuracy'])} | "
+                         f"{_segs(t['segments'])} | {pn} | {_pct(pacc)} | {_segs(pseg)} |")
+    lines += ["", f"VALSE's own CLIP pairwise accuracy on the existence piece: {_pct(paper.VALSE_EXISTENCE_ACCURACY)} "
+              "(the paper's sets above are its own computation).", ""]
+    if "d_stats" in results:
+        d, pd_ = results["d_stats"], paper.D_STATS
+        labels = {"min": "d, minimum", "max": "d, maximum", "sd": "d, standard deviation (sample)",
+                  "mean_correct": "mean d, correct segment", "mean_ambiguous": "mean d, ambiguous segment",
+                  "mean_incorrect": "mean d, incorrect segment", "caption_logit_min": "S(caption), minimum",
+                  "caption_logit_max": "S(caption), maximum"}
+        lines += ["Score statistics of the aligned pairs (logits: they scale with the model's logit scale):", ""]
+        lines += _header("statistic", ["this run", "paper"])
+        lines += [f"| {label} | {_fmt(d.get(k))} | {_fmt(pd_[k])} |" for k, label in labels.items()] + [""]
+    shown = [(k, v, records[k]["aligned"]) for k, v in paper.EXAMPLES.items()
+             if records and k in records and "d" in records[k].get("aligned", {})]
+    lines += ["The paper's example items (§3.4 of PAPER.md; d in logits):", ""]
+    lines += _header("item", ["aligned caption / foil", "d (this run)", "segment (this run)", "paper d", "paper segment"])
+    for k, v in paper.EXAMPLES.items():
+        a = records[k]["aligned"] if records and k in records and "d" in records[k].get("aligned", {}) else None
+        sentences = f"{a['caption']} / {a['foil']}" if a else "not in this run"
+        lines.append(f"| {k} | {sentences} | {_fmt(a['d']) if a else '–'} | {a['segment'] if a else '–'} | "
+                     f"{_fmt(v['d'])} | {v['segment']} |")
+    ex = paper.EXAMPLES["existence_visual7w_1"]
+    lines += ["", f"Also for existence_visual7w_1 the paper gives d = {_fmt(ex['d_original'])} on the original sentences "
+              f"and a caption–foil cosine of {ex['similarity']:.4f}"
+              + (f" (this run: d = {_fmt(records['existence_visual7w_1'].get('d'))} on the original sentences, cosine "
+                 f"{records['existence_visual7w_1']['aligned']['similarity']:.4f})" if shown and shown[0][0] == "existence_visual7w_1" else "")
+              + ".", ""]
+    return lines
+
+
+CTE_SUBSETS = (("caption", "correct"), ("foil", "correct"), ("foil", "incorrect"))
+
+
+def _cte_section(results: dict) -> list[str]:
+    lines = ["## Causal tracing (CTE = d*/d)", "",
+             "Rows: generic positions; columns: hidden-state layer (0 = embeddings output). The paper stored the "
+             "correct segment of both negation locations and the incorrect segment of negation in the foil; the same "
+             "subsets are shown here (every subset: `cte_<location>_<segment>.csv`). Column sums are not 1: "
+             "single-state effects do not add up.", ""]
+    for loc, seg in CTE_SUBSETS:
+        m, ref = results["cte"][loc][seg], paper.CTE[(loc, seg)]
+        lines += [f"### Negation in {loc}, {seg} segment", "", f"This run (n = {m['n']}):", ""]
+        if m["n"]:
+            n_l = len(m["std"])
+            lines += _header("row", range(n_l))
+            lines += [_row(name, vals) for name, vals in zip(ROWS, m["matrix"])]
+            lines += [_row("CTE std (rows ≥ negator)", m["std"]), _row("column sum", m["column_sums"]), "",
+                      f"Mean CTE std: {_fmt(m['mean_std'], 3)}.", ""]
+        lines += [f"Paper (ViT-B/32, n = {ref['n']}; rows [SOT], there, is/are are exactly 0):", ""]
+        lines += _header("row", range(13)) + [_row(name, vals) for name, vals in ref["rows"].items()]
+        if ref["std"]:
+            lines.append(_row("CTE std (rows ≥ negator)", ref["std"]))
+        if ref["column_sums"]:
+            lines.append(_row("column sum", ref["column_sums"]))
+        lines += ["", f"Mean CTE std: {_fmt(ref['mean_std'], 3)}.", ""]
+    if results.get("n_layers") == paper.N_LAYERS:
+        for loc in LOCATIONS:
+            m = results["cte"][loc]["correct"]
+            if m["n"]:
+                ours = m["matrix"][ROWS.index("a/some/no")][3:5]
+                lines.append(f"- Negator row, layers 3 → 4, negation in {loc}: this run {_fmt(ours[0])} → {_fmt(ours[1])}; "
+                             f"paper {_fmt(REFERENCE['cte_negator_layers_3_4'][loc][0])} → {_fmt(REFERENCE['cte_negator_layers_3_4'][loc][1])}.")
         lines.append("")
     return lines
 
 
-def _report(results: dict, model_id: str, images_note: str, figures: list[str], html: Optional[str]) -> str:
-    results = _clean(results)
-    ref = REFERENCE
-    c = results["counts"]
-    lines = [f"# VALSE existence negation study — {model_id}", "",
-             f"Images: {images_note or 'none (text-only parts)'}. {results['indexing']}.", "",
-             f"Items: {c['valid']} valid ({c.get('valid_caption')} negation in caption / {c.get('valid_foil')} in foil); "
-             f"{c['aligned']} aligned pairs ({c.get('aligned_caption')} / {c.get('aligned_foil')}).", ""]
-    if model_id.startswith("tiny-negation"):
-        lines += ["> This run uses the shipped toy model `tiny-negation` with synthesized scenes. Its findings are about "
-                  "that toy model, not about OpenAI's CLIP; the reference column is the paper's ViT-B/32.", ""]
-    if "replication" in results:
-        lines += replication_section(results["replication"], results.get("replication_reference"))
-    if "scores" in results:
-        s = results["scores"]
-        lines += ["## Scores", "", "| sentences | group | n | accuracy | correct / ambiguous / incorrect | paper (ViT-B/32) |",
-                  "|---|---|---|---|---|---|"]
-        for kind, paper in (("original", ref["accuracy_original_505"]), ("aligned", ref["accuracy_aligned_490"])):
-            for g, t in s[kind].items():
-                seg = t["segments"]
-                pref = f"{paper:.1%}" + (" · 153 / 295 / 42" if kind == "aligned" else "") if g == "all" else ""
-                lines.append(f"| {kind} | {g} | {t['n']} | {_fmt(None if t['accuracy'] is None else 100 * t['accuracy'], 1)}% | "
-                             f"{seg['correct']} / {seg['ambiguous']} / {seg['incorrect']} | {pref} |")
-        lines.append("")
-    if "cte" in results:
-        lines += ["## Causal tracing (CTE = d*/d), correct segment", "",
-                  "Rows: generic positions; columns: hidden-state layer (0 = embeddings output).", ""]
+def _heads_section(results: dict) -> list[str]:
+    lines = ["## Negator-selective heads (mean max attention difference Δ, layers and heads 1-indexed)", ""]
+    for loc, h in results["heads"].items():
+        top = ", ".join(f"{t['head']} {_fmt(t['delta'])}" for t in h["top"])
+        lines.append(f"- This run, negation in {loc} (n = {h['n']}): top heads {top}")
+    lines.append("- Paper (ViT-B/32, caption / foil): " + ", ".join(
+        f"{k} {_fmt(c)} / {_fmt(f)}" for k, (c, f) in paper.TOP_HEADS.items()))
+    lines += ["", "The full Δ matrix (layer × head) is also in `heads_delta_caption.csv` / `heads_delta_foil.csv` and "
+              "`heads.png`; the per-head Pearson r of Δ with d in `heads_corr_d_caption.csv` / "
+              "`heads_corr_d_foil.csv` (with image scores only); the layer zoom below also in "
+              "`zoom_layer<L>_<location>.csv` and `heads_layer_zoom.png`.", ""]
+    for loc, h in results["heads"].items():
+        mat = np.array(h["delta_mean"], float).T  # [head, layer]
+        lines += [f"Δ, negation in {loc}, this run (n = {h['n']}):", ""] + _header("head \\ layer", range(1, mat.shape[1] + 1))
+        lines += [_row(f"H{i + 1}", r) for i, r in enumerate(mat)] + [_row("layer mean", h["layer_mean"], 3), ""]
+    for loc in LOCATIONS:
+        lines += [f"Δ, negation in {loc}, paper (n = {paper.HEAD_N[loc]}):", ""] + _header("head \\ layer", range(1, 13))
+        lines += [_row(f"H{i + 1}", r) for i, r in enumerate(paper.HEAD_DELTA[loc])]
+        lines += [_row("layer mean", paper.LAYER_MEAN[loc], 3), ""]
+    corr = {loc: h["corr_with_d"] for loc, h in results["heads"].items() if "corr_with_d" in h}
+    if corr:
+        parts = []
+        for loc, c in corr.items():
+            arr = np.array([[np.nan if v is None else v for v in row] for row in c], float)
+            if np.isfinite(arr).any():
+                l, hd = np.unravel_index(np.nanargmax(np.abs(arr)), arr.shape)
+                parts.append(f"negation in {loc}: largest |r| {_fmt(abs(arr[l, hd]))} (L{l + 1}H{hd + 1}, r = {_fmt(arr[l, hd])})")
+        lines += ["Pearson r of Δ with d per head: this run " + ("; ".join(parts) or "undefined (constant values)")
+                  + f". Paper: {paper.HEAD_CORR_NOTE}.", ""]
+    return lines + _zoom_section(results["zoom"])
+
+
+def _zoom_section(zoom: dict) -> list[str]:
+    lines = [f"### Layer zoom ({zoom['rule']} rule)", "", f"Definition: {zoom['definition']}.", ""]
+    shown = ROWS[3:]
+    if zoom["layer"] is None:
+        lines += [f"Not computed: {zoom['note']}.", ""]
+    else:
+        lines += [f"Mean attention difference to the negator, layer {zoom['layer']} (1-indexed), per head (1-indexed) and "
+                  f"query row. Tables: `zoom_layer{zoom['layer']}_caption.csv`, `zoom_layer{zoom['layer']}_foil.csv`; "
+                  "figure `heads_layer_zoom.png`.", ""]
         for loc in LOCATIONS:
-            m = results["cte"][loc]["correct"]
-            lines.append(f"### Negation in {loc} (n = {m['n']}); paper's negator row at layers 3 → 4: "
-                         f"{ref['cte_negator_layers_3_4'][loc][0]} → {ref['cte_negator_layers_3_4'][loc][1]}")
+            if loc not in zoom:
+                continue
+            lines += [f"Negation in {loc}, this run (n = {zoom[f'n_{loc}']}, of which {zoom[f'n_{loc}_without_further']} "
+                      "without further subject tokens):", ""] + _header("head", shown)
+            lines += [_row(f"H{h + 1}", [v for row, v in zip(ROWS, vals) if row in shown]) for h, vals in enumerate(zoom[loc])]
             lines.append("")
-            if m["n"]:
-                n_l = len(m["std"])
-                lines += ["| row | " + " | ".join(str(l) for l in range(n_l)) + " |", "|---" * (n_l + 1) + "|"]
-                for name, vals in zip(ROWS, m["matrix"]):
-                    lines.append(f"| {name} | " + " | ".join(_fmt(v) for v in vals) + " |")
-                lines.append("| CTE std (rows ≥ negator) | " + " | ".join(_fmt(v) for v in m["std"]) + " |")
-            lines.append("")
-    if "heads" in results:
-        lines += ["## Negator-selective heads (mean max attention difference Δ, 1-indexed)", ""]
-        for loc, h in results["heads"].items():
-            top = ", ".join(f"{t['head']} {_fmt(t['delta'])}" for t in h["top"])
-            lines.append(f"- negation in {loc} (n = {h['n']}): top heads {top}")
-        paper = ", ".join(f"{k} {v[0]} / {v[1]}" for k, v in ref["head_delta"].items())
-        lines += [f"- paper (ViT-B/32, caption / foil): {paper}", "",
-                  "The full Δ matrix (layer × head) is in `heads_delta_caption.csv` / `heads_delta_foil.csv` and "
-                  "`heads.png`; the per-head Pearson r of Δ with d in `heads_corr_d_caption.csv` / "
-                  "`heads_corr_d_foil.csv` (with image scores only); the layer zoom below also in "
-                  "`zoom_layer<L>_<location>.csv` and `heads_layer_zoom.png`.", ""]
-        lines += _zoom_section(results["zoom"])
+    lines += ["Paper (ViT-B/32, layer 4, the paper's rule; caption / foil per cell):", ""] + _header("head", shown)
+    for head, cells in paper.ZOOM.items():
+        lines.append(f"| {head} | " + " | ".join(f"{_fmt(cells[r][0])} / {_fmt(cells[r][1])}" for r in shown) + " |")
+    lines.append("| others | " + " | ".join(f"≤ {_fmt(paper.ZOOM_OTHERS[r])}" for r in shown) + " |")
+    return lines + ["", f"Exceptions in the paper's \"others\" row: {paper.ZOOM_OTHERS_NOTE}.", ""]
+
+
+def _confounds_section(results: dict) -> list[str]:
     conf = results["confounds"]
-    lines += ["## Confounds (Pearson r with d)", "", "| relation | n | r | paper |", "|---|---|---|---|"]
-    paper_r = PAPER_R
-    for k, v in conf.items():
-        if isinstance(v, dict) and "r" in v:
-            lines.append(f"| {k} | {v['n']} | {_fmt(v['r'])} | {paper_r.get(k, '')} |")
+    lines = ["## Confounds (Pearson r with d)", ""] + _header("relation", ["n", "r", "paper: n", "paper: r"])
+    keys = [k for k, v in conf.items() if isinstance(v, dict) and "r" in v]
+    for k in list(dict.fromkeys([*paper.CONFOUNDS, *keys])):  # the paper's order, then any other relation
+        v = conf.get(k, {})
+        pn, pr = paper.CONFOUNDS.get(k, ("", None))
+        lines.append(f"| {RELATION_LABELS.get(k, k)} | {v.get('n', '–')} | {_fmt(v.get('r'))} | {pn} | {_fmt(pr) if pn else ''} |")
     lines.append("")
+    sim, rng = conf.get("similarity_by_location", {}), conf.get("similarity_range")
+    p = paper.SIMILARITY
+    if sim and rng:
+        lines += [f"Caption–foil cosine of the aligned pairs: mean {_fmt(sim.get('caption'), 3)} (negation in caption) and "
+                  f"{_fmt(sim.get('foil'), 3)} (in foil), range {_fmt(rng['min'], 3)} to {_fmt(rng['max'], 3)}; paper: "
+                  f"{_fmt(p['mean_caption'], 3)} and {_fmt(p['mean_foil'], 3)}, range {_fmt(p['min'], 3)} to {_fmt(p['max'], 3)}.", ""]
     if "subjects" in conf:
         sub = conf["subjects"]
         lines += [f"Subjects: {sub['with_subject']} of {sub['foil_pairs']} foil-negated pairs have a subject prompt "
-                  f"(paper: 236 of 240); without one: {sub['without_subject'] or 'none'}.", ""]
+                  f"(paper: {paper.SUBJECTS[0]} of {paper.SUBJECTS[1]}); without one: {sub['without_subject'] or 'none'}.", ""]
+    quart = " / ".join(_fmt(q, 3) for q in paper.SUBJECT_SIZE_QUARTILES)
+    if "subject_size_quartiles" in conf:
+        lines += [f"Subject size, min / Q1 / median / Q3 / max: this run {' / '.join(_fmt(q, 3) for q in conf['subject_size_quartiles'])}; "
+                  f"paper {quart}.", ""]
+    else:
+        lines += [f"Subject size was not measured in this run (paper's quartiles, min / Q1 / median / Q3 / max: {quart}); "
+                  "pass --clipseg with --images.", ""]
+    above = {a["threshold"]: a for a in conf.get("accuracy_above_size", [])}
+    lines += ["Accuracy of the foil-negated items whose subject size exceeds t:", ""]
+    lines += _header("t", ["n (this run)", "accuracy (this run)", "paper: n", "paper: accuracy"])
+    for t, (pn, pacc) in paper.ACCURACY_ABOVE_SIZE.items():
+        a = above.get(t, {})
+        lines.append(f"| {t:.2f} | {a.get('n', '–')} | {_pct(a.get('accuracy'))} | {pn} | {_pct(pacc)} |")
+    lines.append("")
     if "similarity_vs_d_caption" not in conf:
         lines += ["Image-dependent parts (scores, causal tracing, confounds with d) were skipped: no images were given.", ""]
+    return lines
+
+
+def _ablation_section() -> list[str]:
+    lines = ["## Image-tower ablation (the authors' thesis): not run by this study", "",
+             "The paper's code also ablates the image tower's layers with a mean image (PAPER.md §7, probably thesis "
+             "only). This study measures the text tower only, so there is no number of ours to set beside these; "
+             "`hooked_clip.analyses.image_attribution.mean_image_ablation` provides the hooks for a ViT image tower.", ""]
+    lines += _header("component", ["paper: negation in foil", "paper: negation in caption", "paper: layer-1 effects"])
+    lines += [f"| {k} | {_fmt(f)} | {_fmt(c)} | {_fmt(paper.ABLATION_LAYER1[k][0])}–{_fmt(paper.ABLATION_LAYER1[k][1])} |"
+              for k, (f, c) in paper.ABLATION.items()]
+    return lines + ["", "(Mean drop in d over the 12 layers, correct segment.)", ""]
+
+
+def _report(results: dict, model_id: str, images_note: str, figures: list[str], html: Optional[str],
+            records: Optional[dict] = None) -> str:
+    results = _clean(results)
+    lines = [f"# VALSE existence negation study — {model_id}", "",
+             f"Images: {images_note or 'none (text-only parts)'}. Indexing: {results['indexing']}.", "", HOW_TO_READ, ""]
+    if model_id.startswith("tiny-negation"):
+        lines += ["> This run uses the shipped toy model `tiny-negation` with synthesized scenes. Its findings are about "
+                  "that toy model, not about OpenAI's CLIP; the paper's columns are OpenAI's ViT-B/32 on photos.", ""]
+    lines += _caveats(results) + _items_section(results)
+    if "replication" in results:
+        lines += replication_section(results["replication"], results.get("replication_reference"))
+    if "scores" in results:
+        lines += _scores_section(results, records)
+    if "cte" in results:
+        lines += _cte_section(results)
+    if "heads" in results:
+        lines += _heads_section(results)
+    lines += _confounds_section(results) + _ablation_section()
     if figures or html:
         lines += ["## Figures", ""] + [f"![{f}]({f})" for f in figures]
         if html:
