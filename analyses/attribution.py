@@ -227,8 +227,9 @@ def attribution_patch(
         if "pos" not in axes:
             effect = effect.squeeze(1)
     labels = {"layer": list(range(L)), "pos": list(range(width)), "head": list(range(text.cfg.n_heads))}
-    clean_m, corrupt_m = pair.clean_and_corrupt(base_metric, src_metric)
-    return PatchingResult(base_metric + effect, axes, {a: labels[a] for a in axes}, act_name, direction,
+    clean_m, corrupt_m = (m.detach().float().cpu() for m in pair.clean_and_corrupt(base_metric, src_metric))
+    values = (base_metric + effect).detach().float().cpu()  # on the CPU, as activation_patch's
+    return PatchingResult(values, axes, {a: labels[a] for a in axes}, act_name, direction,
                           clean_m, corrupt_m, extra={"method": "attribution", "atp_star": star, "ig_steps": ig_steps})
 
 

@@ -137,8 +137,9 @@ def path_patch(
 
         outputs = base.output.expand(len(senders), *base.output.shape).clone()
         execute(text, base, plan, hooks, outputs, batch_size=batch_size, progress=progress, desc="path patching")
-    values = check_metric(metric, outputs)
-    clean_m, corrupt_m = pair.clean_and_corrupt(check_metric(metric, base.output), check_metric(metric, src_out))
+    values = check_metric(metric, outputs).float().cpu()  # on the CPU, as activation_patch's
+    clean_m, corrupt_m = (m.float().cpu() for m in pair.clean_and_corrupt(check_metric(metric, base.output),
+                                                                          check_metric(metric, src_out)))
     return PatchingResult(values, ("sender",), {"sender": list(range(len(senders)))},
                           "path:" + ",".join(receivers), direction, clean_m, corrupt_m, extra={"senders": senders})
 

@@ -53,7 +53,7 @@ Path("figures").mkdir(exist_ok=True)
 _, c = model.run_with_cache(neg)
 fig, axes = plt.subplots(1, model.cfg.n_layers, figsize=(12, 3))
 for layer, ax in enumerate(axes):
-    ax.bar(range(model.cfg.n_heads), c[f"blocks.{layer}.attn.hook_pattern"][0, :, -1, negator])
+    ax.bar(range(model.cfg.n_heads), c[f"blocks.{layer}.attn.hook_pattern"][0, :, -1, negator].cpu())
     ax.set_title(f"block {layer}")
     ax.set_xlabel("head")
 axes[0].set_ylabel("EOT's attention to 'no'")

@@ -70,10 +70,9 @@
 # print(res.values[:, :, 0])                              # [layer, position of "There are cats."]
 
 # needs real weights (network or a local copy):
-# device = "cuda" if torch.cuda.is_available() else "cpu"
-# model = HookedCLIP.from_pretrained("/models/clip-vit-base-patch32", device=device)
-# img = model.encode_image(images)                         # on `device`
-# print(img.device, model.similarity(model.encode_text(texts), img).shape)
+# model = HookedCLIP.from_pretrained("/models/clip-vit-base-patch32")  # CUDA when available, else the CPU
+# img = model.encode_image(images)                         # on the model's device
+# print(model.cfg.device, img.device, model.similarity(model.encode_text(texts), img).shape)
 
 # needs real weights (network or a local copy):
 # print(model.cfg.causal, model.cfg.pooling, model.cfg.trims)   # CLIP: True argmax/eot True

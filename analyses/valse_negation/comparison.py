@@ -99,7 +99,11 @@ def _markdown(summaries: list[dict], run_dirs: dict, figure, elapsed_s: dict) ->
     lines = ["# VALSE existence negation study — model comparison", "",
              "Each model's full report is in its own run directory: "
              + ", ".join(f"`{n}` → `{run_dirs[n]}/report.md`" for n in names) + ".", "",
-             "Layers in the CTE are hidden-state layers (0 = embeddings output); heads are 1-indexed (L4H2 = blocks.3 head 1).", ""]
+             "Layers in the CTE are hidden-state layers (0 = embeddings output); heads are 1-indexed (L4H2 = blocks.3 head 1).", "",
+             "The paper's column is OpenAI's ViT-B/32 on Visual7W photos. Segments (d = ±1 logit) depend on each model's "
+             "logit scale, layers and head labels on its depth, so a model other than the paper's checkpoint is compared "
+             "by accuracy and by the shape of its tables; each model's report lists what is not like for like "
+             "(\"Like for like?\").", ""]
     if elapsed_s:
         lines += ["Time per model (this invocation): " + ", ".join(f"`{m}` {t:.1f} s" for m, t in elapsed_s.items()), ""]
     lines += ["## Accuracy and segments", "", head, rule]

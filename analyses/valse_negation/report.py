@@ -81,10 +81,11 @@ def _d_stats(aligned: list[dict]) -> dict:
     """The score statistics PAPER.md gives for the aligned set: range and sample SD of d, mean d per
     segment, range of the caption logits."""
     d = np.array([r["aligned"]["d"] for r in aligned], float)
-    s_c = np.array([r["aligned"]["s_caption"] for r in aligned], float)
+    s_c = np.array([r["aligned"].get("s_caption", np.nan) for r in aligned], float)
     seg = np.array([r["aligned"]["segment"] for r in aligned])
     out = {"min": float(d.min()), "max": float(d.max()), "sd": float(d.std(ddof=1)) if len(d) > 1 else None,
-           "caption_logit_min": float(s_c.min()), "caption_logit_max": float(s_c.max())}
+           "caption_logit_min": float(np.nanmin(s_c)) if np.isfinite(s_c).any() else None,
+           "caption_logit_max": float(np.nanmax(s_c)) if np.isfinite(s_c).any() else None}
     for name in SEGMENTS:
         out[f"mean_{name}"] = float(d[seg == name].mean()) if (seg == name).any() else None
     return out
@@ -138,7 +139,7 @@ def aggregate(records: dict[str, dict], n_layers: int, n_heads: int, zoom: str =
     out["n_layers"], out["n_heads"] = n_layers, n_heads
     lengths = [r["aligned"]["n_tokens"] for r in aligned]
     if lengths:
-        out["counts"].update(aligned_t7=sum(n == 7 for n in lengths), tokens_min=min(lengths), tokens_max=max(lengths))
+        out["lengths"] = {"aligned_t7": sum(n == 7 for n in lengths), "tokens_min": min(lengths), "tokens_max": max(lengths)}
     if has_d:
         out["scores"] = {
             "original": {g: _score_table([r["d"] for r in recs if g == "all" or r["negation_in"] == g]) for g in ("all", *LOCATIONS)},
@@ -508,9 +509,10 @@ def _items_section(results: dict) -> list[str]:
     lines += [f"| valid (negation in caption / in foil) | {split(c, 'valid')} | {split(p, 'valid')} |",
               f"| aligned pairs (caption / foil) | {split(c, 'aligned')} | {split(p, 'aligned')} |",
               f"| dropped by the alignment (caption / foil) | {split(ours_dropped, 'dropped')} | {split(p, 'dropped')} |"]
-    if "aligned_t7" in c:
-        lines += [f"| aligned pairs of 7 tokens (no further subject token) | {c['aligned_t7']} | {p['aligned_t7']} |",
-                  f"| token length of the aligned sentences | {c['tokens_min']}–{c['tokens_max']} | "
+    if "lengths" in results:
+        n = results["lengths"]
+        lines += [f"| aligned pairs of 7 tokens (no further subject token) | {n['aligned_t7']} | {p['aligned_t7']} |",
+                  f"| token length of the aligned sentences | {n['tokens_min']}–{n['tokens_max']} | "
                   f"{p['tokens_min']}–{p['tokens_max']} |"]
     return lines + [""]
 
