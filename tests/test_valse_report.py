@@ -93,7 +93,7 @@ def _cells(paper_row: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
+def run(tmp_path_factory):
     from hooked_clip import load_model
 
     path = tmp_path_factory.mktemp("report")
@@ -102,8 +102,43 @@ def report(tmp_path_factory):
                         progress=False)
     results = aggregate(records, model.cfg.n_layers, model.cfg.n_heads)
     results["subject_size_measure"] = "1 / the number of objects in the synthesized scene"
+    return path, model, records, results
+
+
+@pytest.fixture(scope="module")
+def report(run):
+    path, model, records, results = run
     write_outputs(path, records, results, model=model, model_id="tiny-negation")
     return (path / "report.md").read_text()
+
+
+def test_subject_size_figure_is_coloured_by_segment_with_r_and_a_fixed_accuracy_axis(run, tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    _, model, records, results = run
+    seen = {}
+    real = Figure.savefig
+
+    def spy(fig, path, *args, **kwargs):
+        seen[str(path).rsplit("/", 1)[-1]] = fig
+        return real(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", spy)
+    write_outputs(tmp_path, records, results, model=model, model_id="tiny-negation")
+    fig = seen["score_vs_subject_size.png"]
+    ax, ax2 = fig.axes
+    segments = {r["aligned"]["segment"] for r in records.values()
+                if r["negation_in"] == "foil" and r.get("aligned", {}).get("subject_area") is not None}
+    labels = [t.get_text().split(" (")[0] for t in ax.get_legend().get_texts()]
+    assert set(labels) == {"correct", "ambiguous", "incorrect"} and len(ax.collections) == 3
+    assert sum(len(c.get_offsets()) for c in ax.collections) == results["confounds"]["subject_size_vs_d_foil"]["n"]
+    assert len({tuple(c.get_facecolor()[0]) for c in ax.collections}) == 3 and len(segments) >= 1
+    assert ax2.get_ylim() == (0.0, 1.0)
+    assert f"r = {results['confounds']['subject_size_vs_d_foil']['r']:.2f}" in fig._suptitle.get_text()
+    assert "1 / the number of objects" in ax.get_xlabel()
 
 
 def _section(report: str, heading: str) -> str:

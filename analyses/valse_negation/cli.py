@@ -114,7 +114,7 @@ def run_one(args: argparse.Namespace, model_id: str, out, items, reference, pars
     results = aggregate(records, model.cfg.n_layers, model.cfg.n_heads, zoom=args.zoom)
     results["model"] = model_id
     if isinstance(images, SceneImages):
-        results["subject_size_measure"] = "1 / the number of objects in the synthesized scene (the subject's share of it)"
+        results["subject_size_measure"] = "1 / the number of objects in the synthesized scene"
     if reference is not None:
         results["replication"] = compare(records, reference, limited=args.limit is not None)
         results["replication_reference"] = str(args.reference)

@@ -21,6 +21,7 @@ from hooked_clip.analyses.valse_negation.reference import to_reference_format
 from hooked_clip.analyses.valse_negation.study import ROWS, atomic_write
 
 SEGMENTS = ("correct", "ambiguous", "incorrect")
+SEGMENT_COLORS = {"incorrect": "tab:red", "ambiguous": "tab:grey", "correct": "tab:green"}
 LOCATIONS = ("caption", "foil")
 NO_PEOPLE = "There are no people."  # 44 identical caption-negated items (PAPER.md §6.2)
 SIZE_THRESHOLDS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.35)
@@ -387,8 +388,8 @@ def _figures(run_dir: Path, records, results, model_id: str = "") -> list[str]:
         fig, ax = plt.subplots(figsize=(7, 3.8))
         d = np.array([r["aligned"]["d"] for r in aligned])
         bins = np.arange(np.floor(d.min() * 4) / 4, d.max() + 0.25, 0.25)
-        for seg, color, mask in (("incorrect", "tab:red", d < -1), ("ambiguous", "tab:grey", (d >= -1) & (d < 1)), ("correct", "tab:green", d >= 1)):
-            ax.hist(d[mask], bins=bins, color=color, label=f"{seg} ({int(mask.sum())})")
+        for seg, mask in (("incorrect", d < -1), ("ambiguous", (d >= -1) & (d < 1)), ("correct", d >= 1)):
+            ax.hist(d[mask], bins=bins, color=SEGMENT_COLORS[seg], label=f"{seg} ({int(mask.sum())})")
         ax.set_xlabel("classification score d (logits), bins of 0.25")
         ax.set_ylabel("items")
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
@@ -397,13 +398,19 @@ def _figures(run_dir: Path, records, results, model_id: str = "") -> list[str]:
         sized = [r for r in aligned if r["negation_in"] == "foil" and r["aligned"].get("subject_area") is not None]
         if sized:
             fig, ax = plt.subplots(figsize=(7, 4.3))
-            ax.scatter([r["aligned"]["subject_area"] for r in sized], [r["aligned"]["d"] for r in sized], s=10)
-            ax.set_xlabel("relative size of subject (mean sigmoid area)")
+            for seg, color in SEGMENT_COLORS.items():  # coloured by segment, as the paper's figure
+                g = [r for r in sized if r["aligned"]["segment"] == seg]
+                ax.scatter([r["aligned"]["subject_area"] for r in g], [r["aligned"]["d"] for r in g], s=10, color=color,
+                           label=f"{seg} ({len(g)})")
+            measure = results.get("subject_size_measure") or "mean sigmoid area of the CLIPSeg map"
+            ax.set_xlabel(f"relative size of subject ({measure})")
             ax.set_ylabel("classification score d (logits)")
+            ax.legend(fontsize=7, loc="upper left")
             acc = [a for a in results["confounds"]["accuracy_above_size"] if a["accuracy"] is not None]
             ax2 = ax.twinx()
-            ax2.plot([a["threshold"] for a in acc], [a["accuracy"] for a in acc], color="tab:orange")
-            ax2.set_ylabel("accuracy of items with area > x", color="tab:orange")
+            ax2.plot([a["threshold"] for a in acc], [a["accuracy"] for a in acc], color="tab:orange", marker="o")
+            ax2.set_ylim(0.0, 1.0)  # fixed, so runs and models compare; the paper's figure shows 0.6-1.0
+            ax2.set_ylabel("accuracy of items with size > x", color="tab:orange")
             rel = results["confounds"]["subject_size_vs_d_foil"]
             save(fig, "score_vs_subject_size.png", f"negation in foil: score vs subject size (n = {rel['n']}, r = {_fmt(rel['r'])})")
     return made
