@@ -9,15 +9,19 @@ Contract
 - :class:`Plan` — the rows to run. Row i re-runs base example ``example[i]`` from block ``layer[i]`` on
   positions ``offset[i]:`` and its output goes to ``slot[i]`` of the caller's output buffer. An offset > 0
   reuses the base run's keys and values of the earlier positions; it is exact only in a causal tower when
-  the row's interventions change nothing before that position, which the planner must guarantee.
+  the row's interventions change nothing before that position, which the planner must guarantee. Rows of
+  different offsets share forwards.
 - ``hooks(chunk)`` — the intervention: given a :class:`Chunk` (the rows of one forward), the forward hooks
   that apply each row's change. In a chunk, row n sits at batch index n in every block from its own start
   layer on (rows are ordered by start layer and join the batch at their layer), so a hook of block l may
-  touch only rows whose ``layer <= l``.
-- :func:`execute` — runs a plan: rows grouped by offset, ordered by pooling position (similar lengths
-  share a forward), cut into chunks of at most ``batch_size`` rows. Each chunk is ONE forward from its
+  touch only rows whose ``layer <= l``, and row n's position p is at index ``p - chunk.offset[n]``.
+- :func:`execute` — runs a plan: rows sorted by how many positions they run (similar lengths share a
+  forward, whatever their offsets: each row reads its own prefix), cut into chunks of at most
+  ``batch_size`` rows and of at most ``1 / PAD_RATIO`` padding. Each chunk is ONE forward from its
   smallest start layer: at every block the rows that start there join the batch, with the base run's
-  residual. Results are scattered into ``outputs[slot]``; the metric and labels belong to the caller.
+  residual. The last block computes only each row's pooling position (keys and values at all of them)
+  unless a hook of the chunk touches that block after its keys and values. Results are scattered into ``outputs[slot]``; the metric and labels belong to the
+  caller.
 
 Runs under ``torch.inference_mode`` (no autograd graph). Device-agnostic: index building is on the
 device of the base run, and the only host reads are one per chunk (its start-layer boundaries).
@@ -52,6 +56,7 @@ class BaseRun:
     return_type: str
     first_layer: int
     prefix_reuse: bool
+    trims: bool
 
     @classmethod
     def record(cls, text: HookedCLIPText, tokens: Tensor, *, return_type: str = "normalized", first_layer: int = 0,
@@ -64,7 +69,7 @@ class BaseRun:
         with torch.inference_mode(), text.hooks(fwd_hooks=list(hooks)):
             output, cache = text.run_with_cache(tokens, return_type=return_type, names_filter=sorted(names))
         pool = text.pool_positions(tokens)
-        return cls(tokens, pool, output, cache.cache_dict, return_type, first_layer, prefix_reuse)
+        return cls(tokens, pool, output, cache.cache_dict, return_type, first_layer, prefix_reuse, text.cfg.trims)
 
     def __getitem__(self, name: str) -> Tensor:
         return self.cache[name]
@@ -95,12 +100,13 @@ class Plan:
 @dataclass
 class Chunk:
     """The rows of one forward: ``rows`` (indices into the plan), their ``example``, start ``layer``
-    (ascending: row n is at batch index n from its layer on) and the shared ``offset``."""
+    (ascending: row n is at batch index n from its layer on) and ``offset`` (row n holds positions
+    ``offset[n]:``, so position p is at index ``p - offset[n]``)."""
 
     rows: Tensor
     example: Tensor
     layer: Tensor
-    offset: int
+    offset: Tensor
 
     def starting_at(self, layer: int) -> Tensor:
         """Batch indices of the rows whose forward starts at block ``layer``."""
@@ -110,6 +116,10 @@ class Chunk:
         """Batch indices of the rows in the batch at block ``layer`` (started there or before)."""
         return (self.layer <= layer).nonzero().flatten()
 
+
+# Rows of one chunk run as many positions as its longest row: a chunk closes when a row would run fewer
+# than PAD_RATIO of that (at most ~1/PAD_RATIO of a chunk's work is padding; fewer, larger forwards).
+PAD_RATIO = 0.7
 
 def execute(
     text: HookedCLIPText,
@@ -142,23 +152,35 @@ def execute(
 
 
 def _chunks(base: BaseRun, plan: Plan, batch_size: int):
-    """Chunks of rows with one offset, similar lengths together, each ordered by start layer."""
-    n_ctx = int(base.tokens.shape[1]) + 1
-    order = torch.argsort(plan.offset * n_ctx + base.pool[plan.example], stable=True)
-    offsets = plan.offset[order]
-    for offset in torch.unique_consecutive(offsets).tolist():
-        group = order[offsets == offset]
-        for start in range(0, len(group), batch_size):
-            rows = group[start : start + batch_size]
-            rows = rows[torch.argsort(plan.layer[rows], stable=True)]
-            yield Chunk(rows, plan.example[rows], plan.layer[rows], int(offset))
+    """Chunks of rows of similar width (positions run), each ordered by start layer."""
+    width = _width(base, plan.example, plan.offset)
+    order = torch.argsort(width, descending=True, stable=True)
+    widths = width[order].tolist()
+    start = 0
+    while start < len(order):
+        stop = start + 1
+        while stop < len(order) and stop - start < batch_size and widths[stop] >= PAD_RATIO * widths[start]:
+            stop += 1
+        rows = order[start:stop]
+        rows = rows[torch.argsort(plan.layer[rows], stable=True)]
+        yield Chunk(rows, plan.example[rows], plan.layer[rows], plan.offset[rows])
+        start = stop
+
+
+def _width(base: BaseRun, example: Tensor, offset: Tensor) -> Tensor:
+    """Positions a row runs: from its offset to its pooling position (a trimmed tower), else to the end."""
+    return base.pool[example] - offset + 1 if base.trims else base.tokens.shape[1] - offset
 
 
 def _run_chunk(text: HookedCLIPText, base: BaseRun, chunk: Chunk, hooks: Hooks) -> Tensor:
     """One forward: blocks from the chunk's first start layer on, rows joining at their own layer."""
-    n_layers, o = text.cfg.n_layers, chunk.offset
-    pool = base.pool[chunk.example] - o
-    width = int(pool.max()) + 1 if text.cfg.trims else base.tokens.shape[1] - o
+    n_layers, offset, n_pos = text.cfg.n_layers, chunk.offset, base.tokens.shape[1]
+    pool = base.pool[chunk.example] - offset  # index of each row's pooling position
+    width = int(_width(base, chunk.example, offset).max())
+    columns = (offset[:, None] + torch.arange(width, device=offset.device)).clamp(max=n_pos - 1)  # padding: any
+    n_prefix = int(offset.max())
+    lengths = None if int(offset.min()) == n_prefix else offset
+    pooled_only = not _touches_last_block_queries(hooks, n_layers - 1)  # every pooling rule reads one row
     first = int(chunk.layer[0])
     # rows present at each block: the start layers are sorted, so rows with layer <= l are a prefix
     present = torch.searchsorted(chunk.layer, torch.arange(first, n_layers, device=chunk.layer.device), right=True).tolist()
@@ -167,14 +189,25 @@ def _run_chunk(text: HookedCLIPText, base: BaseRun, chunk: Chunk, hooks: Hooks) 
         for layer, n in zip(range(first, n_layers), present):
             have = 0 if resid is None else resid.shape[0]
             if n > have:
-                joining = base[act_name("resid_pre", layer)][chunk.example[have:n], o : o + width]
+                ex = chunk.example[have:n, None]
+                joining = base[act_name("resid_pre", layer)][ex, columns[have:n]]
                 resid = joining if resid is None else torch.cat([resid, joining])
             prefix = None
-            if o:
+            if n_prefix:
                 ex = chunk.example[:n]
-                prefix = KeyValuePrefix(base[act_name("k", layer)][ex, :o], base[act_name("v", layer)][ex, :o])
-            resid = text.blocks[layer](resid, prefix)
-        return text.read_out(resid, pool, base.return_type)
+                prefix = KeyValuePrefix(base[act_name("k", layer)][ex, :n_prefix], base[act_name("v", layer)][ex, :n_prefix],
+                                        None if lengths is None else lengths[:n])
+            last = layer == n_layers - 1 and pooled_only
+            resid = text.blocks[layer](resid, prefix, pool if last else None)
+        return text.read_out(resid, torch.zeros_like(pool) if pooled_only else pool, base.return_type)
+
+
+def _touches_last_block_queries(hooks: Hooks, last: int) -> bool:
+    """Whether a hook could see or change what a pooled-row-only last block leaves out: any hook but those
+    of earlier blocks and of the last block's input, keys and values."""
+    allowed = {act_name(n, last) for n in ("resid_pre", "k", "v", "k_input", "v_input")}
+    earlier = tuple(f"blocks.{l}." for l in range(last))
+    return any(name not in allowed and not name.startswith(earlier) for name, _ in hooks)
 
 
 __all__ = ["BaseRun", "Chunk", "Plan", "execute"]
