@@ -1,6 +1,13 @@
 """The batched patching engine: many patched re-runs of one cached base run, as few forwards as exactness
-allows. Every analysis that re-runs the text tower with interventions (activation patching, the CTE, ROME
-tracing, path patching) is a plan for this engine plus a hook factory; none builds its own batches.
+allows. Every analysis that re-runs a tower with interventions (activation patching of either tower, the
+CTE, ROME tracing, path patching) is a plan for this engine plus a hook factory; none builds its own batches.
+
+Towers: the text tower and the ViT image tower alike (both are blocks of the same components). The engine
+uses of a tower only ``blocks``, ``cfg.n_layers``, ``run_with_cache``, ``hooks``, ``pool_positions(input)``
+(the one position each row's output reads, or None when pooling reads all) and ``read_out(resid, pool,
+return_type)``. A trimming tower (causal, EOT-pooled: ``cfg.trims``) runs rows only up to their pooling
+position and can reuse key/value prefixes; an image tower attends bidirectionally, so neither applies there
+(every patched row runs every position from its block on).
 
 Contract
 --------
@@ -24,13 +31,14 @@ Contract
   caller.
 
 Runs under ``torch.inference_mode`` (no autograd graph). Device-agnostic: index building is on the
-device of the base run, and the only host reads are one per chunk (its start-layer boundaries).
+device of the base run; the host reads a few numbers per chunk (its widths, prefix lengths and start-layer
+boundaries) and the plan's widths once.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -39,18 +47,23 @@ from tqdm.auto import tqdm
 from hooked_clip.components import KeyValuePrefix
 from hooked_clip.hook_names import act_name
 from hooked_clip.text import HookedCLIPText
+from hooked_clip.vision_tower import HookedCLIPVision
+
+Tower = Union[HookedCLIPText, HookedCLIPVision]
 
 Hooks = list[tuple[str, Callable]]
 
 
 @dataclass
 class BaseRun:
-    """A recorded run of the text tower: ``tokens`` [batch, pos] (cut after the last pooling position),
-    ``pool`` [batch], ``output`` [batch, ...] (the tower's output for ``return_type``) and ``cache`` (the
+    """A recorded run of a tower: ``input`` (token ids [batch, pos], cut after the last pooling position, or
+    pixels), ``pool`` [batch] (None when the output reads every position), ``n_pos`` (positions of the
+    residual stream), ``output`` [batch, ...] (the tower's output for ``return_type``) and ``cache`` (the
     residual entering blocks ``first_layer``.., and their keys/values when ``prefix_reuse``)."""
 
-    tokens: Tensor
-    pool: Tensor
+    input: Tensor
+    pool: Optional[Tensor]
+    n_pos: int
     output: Tensor
     cache: dict
     return_type: str
@@ -59,17 +72,21 @@ class BaseRun:
     trims: bool
 
     @classmethod
-    def record(cls, text: HookedCLIPText, tokens: Tensor, *, return_type: str = "normalized", first_layer: int = 0,
+    def record(cls, tower: Tower, input: Tensor, *, return_type: str = "normalized", first_layer: int = 0,
                prefix_reuse: bool = False, extra_names: Iterable[str] = (), hooks: Hooks = ()) -> "BaseRun":
-        """Run ``tokens`` once (with ``hooks``, e.g. ROME's noise) and keep what the engine needs, plus
+        """Run ``input`` once (with ``hooks``, e.g. ROME's noise) and keep what the engine needs, plus
         ``extra_names`` (the activations the caller patches from or compares against)."""
-        names = {act_name("resid_pre", l) for l in range(first_layer, text.cfg.n_layers)} | set(extra_names)
+        trims = bool(getattr(tower.cfg, "trims", False))
+        if prefix_reuse and not trims:
+            raise ValueError("prefix reuse is exact only in a causal tower that trims after its pooling position.")
+        names = {act_name("resid_pre", l) for l in range(first_layer, tower.cfg.n_layers)} | set(extra_names)
         if prefix_reuse:
-            names |= {act_name(kv, l) for l in range(first_layer, text.cfg.n_layers) for kv in "kv"}
-        with torch.inference_mode(), text.hooks(fwd_hooks=list(hooks)):
-            output, cache = text.run_with_cache(tokens, return_type=return_type, names_filter=sorted(names))
-        pool = text.pool_positions(tokens)
-        return cls(tokens, pool, output, cache.cache_dict, return_type, first_layer, prefix_reuse, text.cfg.trims)
+            names |= {act_name(kv, l) for l in range(first_layer, tower.cfg.n_layers) for kv in "kv"}
+        with torch.inference_mode(), tower.hooks(fwd_hooks=list(hooks)):
+            output, cache = tower.run_with_cache(input, return_type=return_type, names_filter=sorted(names))
+        n_pos = cache[act_name("resid_pre", first_layer)].shape[1]
+        return cls(input, tower.pool_positions(input), n_pos, output, cache.cache_dict, return_type, first_layer,
+                   prefix_reuse, trims)
 
     def __getitem__(self, name: str) -> Tensor:
         return self.cache[name]
@@ -122,7 +139,7 @@ class Chunk:
 PAD_RATIO = 0.7
 
 def execute(
-    text: HookedCLIPText,
+    tower: Tower,
     base: BaseRun,
     plan: Plan,
     hooks: Callable[[Chunk], Hooks],
@@ -145,7 +162,7 @@ def execute(
     bar = tqdm(total=len(plan), disable=not progress, desc=desc)
     with torch.inference_mode():
         for chunk in _chunks(base, plan, batch_size):
-            flat[plan.slot[chunk.rows]] = _run_chunk(text, base, chunk, hooks(chunk))
+            flat[plan.slot[chunk.rows]] = _run_chunk(tower, base, chunk, hooks(chunk))
             bar.update(len(chunk.rows))
     bar.close()
     return outputs
@@ -169,23 +186,23 @@ def _chunks(base: BaseRun, plan: Plan, batch_size: int):
 
 def _width(base: BaseRun, example: Tensor, offset: Tensor) -> Tensor:
     """Positions a row runs: from its offset to its pooling position (a trimmed tower), else to the end."""
-    return base.pool[example] - offset + 1 if base.trims else base.tokens.shape[1] - offset
+    return base.pool[example] - offset + 1 if base.trims else base.n_pos - offset
 
 
-def _run_chunk(text: HookedCLIPText, base: BaseRun, chunk: Chunk, hooks: Hooks) -> Tensor:
+def _run_chunk(tower: Tower, base: BaseRun, chunk: Chunk, hooks: Hooks) -> Tensor:
     """One forward: blocks from the chunk's first start layer on, rows joining at their own layer."""
-    n_layers, offset, n_pos = text.cfg.n_layers, chunk.offset, base.tokens.shape[1]
-    pool = base.pool[chunk.example] - offset  # index of each row's pooling position
+    n_layers, offset = tower.cfg.n_layers, chunk.offset
     width = int(_width(base, chunk.example, offset).max())
-    columns = (offset[:, None] + torch.arange(width, device=offset.device)).clamp(max=n_pos - 1)  # padding: any
+    columns = (offset[:, None] + torch.arange(width, device=offset.device)).clamp(max=base.n_pos - 1)  # padding: any
     n_prefix = int(offset.max())
     lengths = None if int(offset.min()) == n_prefix else offset
-    pooled_only = not _touches_last_block_queries(hooks, n_layers - 1)  # every pooling rule reads one row
+    pool = None if base.pool is None else base.pool[chunk.example] - offset  # index of each row's pooled position
+    pooled_only = pool is not None and not _touches_last_block_queries(hooks, n_layers - 1)
     first = int(chunk.layer[0])
     # rows present at each block: the start layers are sorted, so rows with layer <= l are a prefix
     present = torch.searchsorted(chunk.layer, torch.arange(first, n_layers, device=chunk.layer.device), right=True).tolist()
     resid = None
-    with text.hooks(fwd_hooks=hooks):
+    with tower.hooks(fwd_hooks=hooks):
         for layer, n in zip(range(first, n_layers), present):
             have = 0 if resid is None else resid.shape[0]
             if n > have:
@@ -198,8 +215,10 @@ def _run_chunk(text: HookedCLIPText, base: BaseRun, chunk: Chunk, hooks: Hooks) 
                 prefix = KeyValuePrefix(base[act_name("k", layer)][ex, :n_prefix], base[act_name("v", layer)][ex, :n_prefix],
                                         None if lengths is None else lengths[:n])
             last = layer == n_layers - 1 and pooled_only
-            resid = text.blocks[layer](resid, prefix, pool if last else None)
-        return text.read_out(resid, torch.zeros_like(pool) if pooled_only else pool, base.return_type)
+            resid = tower.blocks[layer](resid, prefix, pool if last else None)
+        if pooled_only:
+            pool = torch.zeros_like(pool)
+        return tower.read_out(resid, pool, base.return_type)
 
 
 def _touches_last_block_queries(hooks: Hooks, last: int) -> bool:

@@ -29,11 +29,12 @@ from jaxtyping import Int
 from torch import Tensor
 
 from hooked_clip.analyses._validation import check_alignment
-from hooked_clip.analyses.engine import BaseRun, Chunk, Hooks, Plan, execute
+from hooked_clip.analyses.engine import BaseRun, Chunk, Hooks, Plan, Tower, execute
 from hooked_clip.analyses.metrics import Metric, check_metric, normalized_patching_metric
 from hooked_clip.analyses.pairs import Direction, RunPair, Tokens
 from hooked_clip.hook_names import HEAD_ACTS, act_name as hook_name
 from hooked_clip.text import text_tower
+from hooked_clip.vision_tower import HookedCLIPVision, image_tower
 
 # the activations activation_patch can patch (hook names: hooked_clip.hook_names.act_name)
 PATCHABLE = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "z", "q", "k", "v", "pattern")
@@ -145,11 +146,14 @@ def activation_patch(
     return_type: Literal["normalized", "embed", "pooled"] = "normalized",
     batch_size: int = 1024,
     progress: bool = True,
+    tower: Literal["text", "image"] = "text",
 ) -> PatchingResult:
     """Patch ``act_name`` at every index of the sweep and return the metric after each patch.
 
     Args:
-        clean, corrupt: texts or tokens [batch, pos], example b of one paired with example b of the other.
+        clean, corrupt: texts or tokens [batch, pos] (``tower="text"``), or images — PIL images or preprocessed
+            pixels [batch, channel, H, W] — (``tower="image"``); example b of one paired with example b of
+            the other.
         metric: output embeddings [..., batch, d] -> [..., batch] (``return_type`` chooses the output).
         act_name: resid_pre | resid_mid | resid_post | attn_out | mlp_out | z | q | k | v | pattern.
         index: layer (the whole activation) | layer_pos | layer_head (all positions) | layer_pos_head.
@@ -160,19 +164,34 @@ def activation_patch(
         alignment: [batch, pos of the patched run] -> position in the run the activation comes from (-1:
             no counterpart, result NaN). Needed when clean and corrupt differ in token length.
         batch_size: most rows (sequences) per forward pass; bounds memory.
+        tower: which tower of a ``HookedCLIP`` to patch (a ``HookedCLIPText`` or ``HookedCLIPVision``
+            passed as ``model`` is that tower). Image-side positions are the ViT's (0 = class token, then
+            the patches row by row: ``model.vision.position_labels()``); the metric then maps image
+            embeddings to [..., batch] (e.g. ``similarity_metric(model, text_embeds)``).
 
     Returns:
         :class:`PatchingResult` with ``values`` [*axes, batch] in the metric's units.
     """
-    text = text_tower(model)
+    patched = _patched_tower(model, tower)
     _validate(act_name, index, batch_size)
     if alignment is not None and act_name == "pattern":
         raise ValueError("alignment is not supported for attention patterns (both axes are positions).")
-    pair = RunPair.build(text, clean, corrupt, direction, same_pooling=alignment is None,
+    if alignment is not None and isinstance(patched, HookedCLIPVision):
+        raise ValueError("alignment is for texts of different token lengths; two images always share the patch grid.")
+    pair = RunPair.build(patched, clean, corrupt, direction, same_pooling=alignment is None,
                          hint="Pass alignment=[batch, pos] mapping each position of the patched run to its counterpart.")
-    layer_list = _checked_list("layers", layers, text.cfg.n_layers)
-    return _sweep(text, pair, metric, [(act_name, l) for l in layer_list], index, positions, heads, alignment,
+    layer_list = _checked_list("layers", layers, patched.cfg.n_layers)
+    return _sweep(patched, pair, metric, [(act_name, l) for l in layer_list], index, positions, heads, alignment,
                   return_type, batch_size, progress, ("layer", layer_list), act_name)
+
+
+def _patched_tower(model, tower: str) -> Tower:
+    """The tower to patch: ``model`` itself when it is one, else its ``tower`` side."""
+    if tower not in ("text", "image"):
+        raise ValueError(f"tower must be 'text' or 'image', got {tower!r}.")
+    if tower == "image" or isinstance(model, HookedCLIPVision):
+        return image_tower(model)
+    return text_tower(model)
 
 
 def hidden_state_patch(
@@ -208,7 +227,7 @@ def hidden_state_patch(
                   progress, ("state", state_list), "hidden_state")
 
 
-def _sweep(text, pair: RunPair, metric: Metric, sites: list[tuple[str, int]], index: Index, positions, heads,
+def _sweep(tower: Tower, pair: RunPair, metric: Metric, sites: list[tuple[str, int]], index: Index, positions, heads,
            alignment, return_type: str, batch_size: int, progress: bool, first_axis: tuple[str, list[int]],
            label: str) -> PatchingResult:
     """The plan for the engine: patch activation ``act`` of block ``layer`` for every (act, layer) site at
@@ -216,20 +235,21 @@ def _sweep(text, pair: RunPair, metric: Metric, sites: list[tuple[str, int]], in
     names = [hook_name(act, layer) for act, layer in sites]
     # Per-position patches in a trimmed causal tower leave every earlier position unchanged: run only the
     # positions from the patched one on, with the earlier keys/values taken from the unpatched run.
-    reuse_prefix = text.cfg.trims and "pos" in index and all(act != "pattern" for act, _ in sites)
-    base = BaseRun.record(text, pair.base, return_type=return_type, first_layer=min(l for _, l in sites),
+    reuse_prefix = getattr(tower.cfg, "trims", False) and "pos" in index and all(act != "pattern" for act, _ in sites)
+    base = BaseRun.record(tower, pair.base, return_type=return_type, first_layer=min(l for _, l in sites),
                           prefix_reuse=reuse_prefix, extra_names=names)
     with torch.inference_mode():
-        source_out, source_cache = text.run_with_cache(pair.source, return_type=return_type, names_filter=sorted(set(names)))
+        source_out, source_cache = tower.run_with_cache(pair.source, return_type=return_type, names_filter=sorted(set(names)))
     base_metric, source_metric = check_metric(metric, base.output), check_metric(metric, source_out)
 
-    n_pos, n_ex = base.tokens.shape[1], base.tokens.shape[0]
+    n_pos, n_ex = base.n_pos, base.output.shape[0]
     pos_list = _checked_list("positions", positions, n_pos) if "pos" in index else []
-    head_list = _checked_list("heads", heads, text.cfg.n_heads) if "head" in index else []
-    pos_v, head_v = (t.to(base.tokens.device) for t in _variants(index, pos_list, head_list))
+    head_list = _checked_list("heads", heads, tower.cfg.n_heads) if "head" in index else []
+    device = base.output.device
+    pos_v, head_v = (t.to(device) for t in _variants(index, pos_list, head_list))
     n_var = len(pos_v)
     if alignment is not None:
-        alignment = check_alignment(alignment, n_ex, n_pos, source_cache[names[0]].shape[1], base.tokens.device)
+        alignment = check_alignment(alignment, n_ex, n_pos, source_cache[names[0]].shape[1], device)
 
     sources, missing, plans = [], {}, []
     for si, ((act, layer), name) in enumerate(zip(sites, names)):
@@ -237,8 +257,8 @@ def _sweep(text, pair: RunPair, metric: Metric, sites: list[tuple[str, int]], in
         if alignment is not None:
             src, missing[si] = _align(src, tgt, alignment)
         sources.append(src)
-        needs = _needs_patch(src, tgt, pos_v, head_v, base.pool if text.cfg.trims else None)
-        if layer == text.cfg.n_layers - 1 and act in POOL_ONLY_LAST_LAYER and (pos_v >= 0).all():
+        needs = _needs_patch(src, tgt, pos_v, head_v, base.pool if base.trims else None)
+        if layer == tower.cfg.n_layers - 1 and act in POOL_ONLY_LAST_LAYER and (pos_v >= 0).all() and base.pool is not None:
             needs &= pos_v[:, None] == base.pool[None, :]  # nothing else reaches the pooled output
         var_idx, ex_idx = needs.nonzero(as_tuple=True)
         offset = pos_v[var_idx] if reuse_prefix else torch.zeros_like(var_idx)
@@ -257,7 +277,7 @@ def _sweep(text, pair: RunPair, metric: Metric, sites: list[tuple[str, int]], in
         return out
 
     outputs = base.output.expand(len(sites), n_var, *base.output.shape).clone()
-    execute(text, base, plan, hooks, outputs, batch_size=batch_size, progress=progress, desc=f"patching {label}")
+    execute(tower, base, plan, hooks, outputs, batch_size=batch_size, progress=progress, desc=f"patching {label}")
     values = check_metric(metric, outputs).float().cpu()
     for si, miss in missing.items():
         values[si][_missing_mask(miss, pos_v, head_v)] = float("nan")
