@@ -12,7 +12,8 @@ with torch.no_grad():  # random LayerNorms and biases too: no conversion error h
     for p in hf.parameters():
         p.add_(0.05 * torch.randn_like(p))
 hf.eval()
-cfg = config_from_hf(hf.config, projection_dim=hf.head.out_features, family="siglip", proj_bias=True)
+cfg = config_from_hf(hf.config, projection_dim=hf.head.out_features, family="siglip", proj_bias=True,
+                     device="cpu")  # where the reference is (default: CUDA when available, else the CPU)
 print(cfg.act_fn, cfg.pooling, cfg.causal, cfg.proj_bias, cfg.eps, cfg.pads_to_context)
 
 from hooked_clip import HookedCLIPText
