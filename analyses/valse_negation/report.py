@@ -491,9 +491,10 @@ def _caveats(results: dict) -> list[str]:
                    f"layers 0–{n_layers}); the paper's has 12 × 8. The paper's negator collapse between layers 3 and 4 "
                    f"happens a third of the way up; this model's layer {n_layers} is its last, where the [EOT] row is 1 "
                    "and every other row 0 by construction. Compare by relative depth, not by column number.")
-        out.append(f"- **Head labels are positions in this model.** Its L4H2 is the second head of its 4th block"
-                   + (" (its last)" if n_layers == 4 else "") + ", not CLIP's L4H2: the paper's heads are "
-                   "compared by role (which layer moves the negation), not by label.")
+        out.append("- **Head labels are positions in this model.** A label such as L4H2 is block 4, head 2 (1-indexed) "
+                   "of this model" + (", its last block" if n_layers == 4 else "") + "; this model's L4H2 is not "
+                   "CLIP's L4H2, so the paper's heads are compared by role (which layer moves the negation to later "
+                   "positions), not by label.")
     elif n_layers is not None:
         out.append("- Layers and head labels have the paper's numbering; they name the paper's heads only if this "
                    "model is the paper's checkpoint (openai/clip-vit-base-patch32).")
