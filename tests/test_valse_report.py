@@ -234,3 +234,17 @@ def test_caveats_follow_the_models_facts():
     assert "only if this model is the paper's checkpoint" in text
     other = "\n".join(_caveats({"logit_scale": 50.0, "n_layers": 12, "n_heads": 12}))
     assert "±0.020 cosine" in other and "12 blocks × 12 heads" in other
+
+
+def test_comparison_states_each_models_scale_and_depth_beside_the_papers(run, tmp_path):
+    from hooked_clip.analyses.valse_negation.comparison import write_comparison
+
+    _, model, records, results = run
+    for name in ("a", "b"):
+        write_outputs(tmp_path / name, records, results, model=model, model_id=name)
+    text = write_comparison(tmp_path, [("a", tmp_path / "a"), ("b", tmp_path / "b")]).read_text()
+    line = next(l for l in text.splitlines() if l.startswith("| logit scale"))
+    assert line == "| logit scale (±1 logit in cosine) | 22.22 (±0.045) | 22.22 (±0.045) | 100.00 (±0.010) |"
+    assert "| blocks × heads | 4 × 4 | 4 × 4 | 12 × 8 |" in text
+    assert "1 / the number of objects in the synthesized scene" in text
+    assert "similarity_vs_d_caption" not in text  # human labels

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 
+from hooked_clip.analyses.valse_negation import paper
 from hooked_clip.analyses.valse_negation.report import LOCATIONS, PAPER_R, REFERENCE, RELATION_LABELS, _fmt
 from hooked_clip.analyses.valse_negation.study import ROWS, atomic_write
 
@@ -24,7 +25,8 @@ def run_dir_name(model_id: str) -> str:
 
 
 def _summary(model_id: str, results: dict) -> dict:
-    out: dict = {"model": model_id, "counts": results["counts"]}
+    out: dict = {"model": model_id, "counts": results["counts"],
+                 **{k: results.get(k) for k in ("logit_scale", "n_layers", "n_heads", "subject_size_measure")}}
     if "scores" in results:
         out["scores"] = {kind: {g: {"n": t["n"], "accuracy": t["accuracy"], "segments": t["segments"]}
                                 for g, t in results["scores"][kind].items()} for kind in ("original", "aligned")}
@@ -87,6 +89,10 @@ def _figure(out_dir: Path, summaries: list[dict]):
     return "comparison_cte.png"
 
 
+def _scale(scale) -> str:
+    return "–" if scale is None else f"{scale:.2f} (±{1 / scale:.3f})"
+
+
 def _acc(s: dict, kind: str, group: str) -> str:
     t = s.get("scores", {}).get(kind, {}).get(group)
     return "–" if t is None or t["accuracy"] is None else f"{100 * t['accuracy']:.1f}% (n={t['n']})"
@@ -104,14 +110,21 @@ def _markdown(summaries: list[dict], run_dirs: dict, figure, elapsed_s: dict) ->
              "logit scale, layers and head labels on its depth, so a model other than the paper's checkpoint is compared "
              "by accuracy and by the shape of its tables; each model's report lists what is not like for like "
              "(\"Like for like?\").", ""]
+    lines += ["| like for like? | " + " | ".join(f"`{n}`" for n in names) + " | paper (ViT-B/32) |", rule,
+              "| logit scale (±1 logit in cosine) | " + " | ".join(_scale(s.get("logit_scale")) for s in summaries)
+              + f" | {_scale(paper.LOGIT_SCALE)} |",
+              "| blocks × heads | " + " | ".join("–" if s.get("n_layers") is None else f"{s['n_layers']} × {s['n_heads']}"
+                                              for s in summaries) + f" | {paper.N_LAYERS} × {paper.N_HEADS} |",
+              "| subject size | " + " | ".join(s.get("subject_size_measure") or "CLIPSeg area where measured"
+                                            for s in summaries) + " | CLIPSeg soft area |", ""]
     if elapsed_s:
         lines += ["Time per model (this invocation): " + ", ".join(f"`{m}` {t:.1f} s" for m, t in elapsed_s.items()), ""]
     lines += ["## Accuracy and segments", "", head, rule]
-    paper = {("aligned", "all"): f"{REFERENCE['accuracy_aligned_490']:.1%}", ("original", "all"): f"{REFERENCE['accuracy_original_505']:.1%}"}
+    paper_acc = {key: f"{acc:.1%} (n={n})" for key, (n, acc, _) in paper.SCORES.items()}
     for kind in ("original", "aligned"):
         for group in ("all", *LOCATIONS):
             lines.append(f"| accuracy, {kind}, {group} | " + " | ".join(_acc(s, kind, group) for s in summaries)
-                         + f" | {paper.get((kind, group), '')} |")
+                         + f" | {paper_acc.get((kind, group), '')} |")
     seg = REFERENCE["segments_aligned"]
     lines.append("| segments, aligned (correct / ambiguous / incorrect) | " + " | ".join(
         " / ".join(str(s["scores"]["aligned"]["all"]["segments"][k]) for k in ("correct", "ambiguous", "incorrect"))
