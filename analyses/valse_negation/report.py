@@ -17,6 +17,8 @@ import numpy as np
 
 from hooked_clip.analyses.valse_negation.reference import section as replication_section
 from hooked_clip.analyses.valse_negation.reference import to_reference_format
+from hooked_clip.analyses.valse_negation.layout import (ABSENT, FURTHER_ROW, NEGATOR_ROW, POOLED_ROW, PairLayout, is_absent,
+                                                        row_labels)
 from hooked_clip.analyses.valse_negation.study import ROWS, atomic_write
 
 SEGMENTS = ("correct", "ambiguous", "incorrect")
@@ -65,22 +67,26 @@ def _score_table(ds: list[float]) -> dict:
     return {"n": int(len(ds)), "accuracy": float((ds > 0).mean()) if len(ds) else None, "segments": seg}
 
 
-def _cte_matrix(recs: list[dict], key: str = "cte_rows") -> dict:
+def _cte_matrix(recs: list[dict], key: str = "cte_rows", rows_labels: Optional[list[str]] = None) -> dict:
     """Mean over items of [layer, row] values; the "subj further" row weighted by each item's number of
     further tokens (items with none weigh 0), as the authors average. Returns rows x layers and the
-    per-layer std over rows from the negator on."""
+    per-layer std over rows from the negator on (absent rows left out). ``rows_labels``: the rows'
+    labels (default: CLIP's ``ROWS``)."""
+    labels = ROWS if rows_labels is None else rows_labels
     if not recs:
-        return {"n": 0, "rows": ROWS, "matrix": None, "std": None, "mean_std": None}
+        return {"n": 0, "rows": labels, "matrix": None, "std": None, "mean_std": None}
     rows = np.array([r["aligned"][key] for r in recs], float)  # [n, L+1, 8]
     with warnings.catch_warnings():  # all-NaN columns (e.g. no further tokens anywhere) stay NaN
         warnings.simplefilter("ignore", RuntimeWarning)
         mean = np.nanmean(rows, axis=0)
     if key == "cte_rows":
         w = np.array([r["aligned"]["n_further"] for r in recs], float)
-        fur = np.nan_to_num(rows[:, :, 5])
-        mean[:, 5] = (fur * w[:, None]).sum(0) / w.sum() if w.sum() > 0 else np.nan
-    std = np.nanstd(mean[:, 3:], axis=1, ddof=0)
-    return {"n": len(recs), "rows": ROWS, "matrix": mean.T.tolist(), "std": std.tolist(),
+        fur = np.nan_to_num(rows[:, :, FURTHER_ROW])
+        mean[:, FURTHER_ROW] = (fur * w[:, None]).sum(0) / w.sum() if w.sum() > 0 else np.nan
+    with warnings.catch_warnings():  # a layer whose rows are all NaN stays NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        std = np.nanstd(mean[:, NEGATOR_ROW:], axis=1, ddof=0)
+    return {"n": len(recs), "rows": labels, "matrix": mean.T.tolist(), "std": std.tolist(),
             "mean_std": float(np.nanmean(std))}
 
 
@@ -105,6 +111,7 @@ def aggregate(records: dict[str, dict], n_layers: int, n_heads: int, zoom: str =
     recs = list(records.values())
     aligned = [r for r in recs if "aligned" in r]
     has_d = any("d" in r for r in recs)
+    rows = row_labels([PairLayout.from_record(r["aligned"]) for r in aligned])
     out: dict = {"indexing": "hidden-state layers: 0 = embeddings output, l = output of block l; attention layers "
                              "and heads 1-indexed as in the paper (L4H2 = blocks.3 head 1)",
                  "counts": {"valid": len(recs), "aligned": len(aligned),
@@ -115,10 +122,12 @@ def aggregate(records: dict[str, dict], n_layers: int, n_heads: int, zoom: str =
             "original": {g: _score_table([r["d"] for r in recs if g == "all" or r["negation_in"] == g]) for g in ("all", *LOCATIONS)},
             "aligned": {g: _score_table([r["aligned"]["d"] for r in aligned if g == "all" or r["negation_in"] == g]) for g in ("all", *LOCATIONS)},
         }
-        out["cte"] = {loc: {seg: _cte_matrix([r for r in aligned if r["negation_in"] == loc and seg in ("all", r["aligned"]["segment"])])
+        out["cte"] = {loc: {seg: _cte_matrix([r for r in aligned if r["negation_in"] == loc and seg in ("all", r["aligned"]["segment"])],
+                                             rows_labels=rows)
                             for seg in (*SEGMENTS, "all")} for loc in LOCATIONS}
         if aligned and "rome_rows" in aligned[0]["aligned"]:
-            out["rome"] = {loc: _cte_matrix([r for r in aligned if r["negation_in"] == loc], "rome_rows") for loc in LOCATIONS}
+            out["rome"] = {loc: _cte_matrix([r for r in aligned if r["negation_in"] == loc], "rome_rows", rows)
+                           for loc in LOCATIONS}
     heads = {}
     for loc in LOCATIONS:
         group = [r for r in aligned if r["negation_in"] == loc]
@@ -139,7 +148,7 @@ def aggregate(records: dict[str, dict], n_layers: int, n_heads: int, zoom: str =
             layer = PAPER_ZOOM_LAYER if n_layers > PAPER_ZOOM_LAYER else None
         else:
             layer = int(np.argmax(np.mean([heads[loc]["layer_mean"] for loc in heads], axis=0)))
-        out["zoom"] = {"rule": zoom, "definition": ZOOM_RULES[zoom], "rows": ROWS,
+        out["zoom"] = {"rule": zoom, "definition": ZOOM_RULES[zoom], "rows": rows,
                        "layer": None if layer is None else layer + 1}
         if layer is None:
             out["zoom"]["note"] = f"the model has {n_layers} layers, so there is no layer 4 to zoom on"
@@ -148,7 +157,8 @@ def aggregate(records: dict[str, dict], n_layers: int, n_heads: int, zoom: str =
                 group = [r for r in aligned if r["negation_in"] == loc]
                 out["zoom"][loc] = zoom_rows([r["aligned"]["head_rows"][layer] for r in group], zoom).tolist()
                 out["zoom"][f"n_{loc}"] = len(group)
-                out["zoom"][f"n_{loc}_without_further"] = sum(r["aligned"]["n_tokens"] == 7 for r in group)
+                out["zoom"][f"n_{loc}_without_further"] = sum(PairLayout.from_record(r["aligned"]).n_further == 0
+                                                              for r in group)
     out["confounds"] = _confounds(recs, aligned, has_d)
     return out
 
@@ -228,7 +238,7 @@ def _write_csvs(run_dir: Path, records, results) -> None:
     for loc, segs in results.get("cte", {}).items():
         for seg, m in segs.items():
             if m["n"]:
-                df = pd.DataFrame(m["matrix"], index=ROWS, columns=[f"layer_{l}" for l in range(len(m["std"]))])
+                df = pd.DataFrame(m["matrix"], index=m["rows"], columns=[f"layer_{l}" for l in range(len(m["std"]))])
                 df.loc["CTE std (rows >= negator)"] = m["std"]
                 df.to_csv(run_dir / f"cte_{loc}_{seg}.csv", index_label="row")
     for loc, h in results.get("heads", {}).items():
@@ -241,7 +251,7 @@ def _write_csvs(run_dir: Path, records, results) -> None:
         for loc in LOCATIONS:
             if loc in results["zoom"]:
                 pd.DataFrame(results["zoom"][loc], index=[f"H{i + 1}" for i in range(len(results["zoom"][loc]))],
-                             columns=ROWS).to_csv(run_dir / f"zoom_layer{results['zoom']['layer']}_{loc}.csv", index_label="head")
+                             columns=results["zoom"]["rows"]).to_csv(run_dir / f"zoom_layer{results['zoom']['layer']}_{loc}.csv", index_label="head")
     conf = [{"relation": k, **v} for k, v in results["confounds"].items() if isinstance(v, dict) and "r" in v]
     pd.DataFrame(conf).to_csv(run_dir / "confounds.csv", index=False)
 
@@ -285,7 +295,7 @@ def _figures(run_dir: Path, records, results, model_id: str = "") -> list[str]:
                 for (i, j), v in np.ndenumerate(mat):
                     if not np.isnan(v):
                         ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7)
-                ax.set_yticks(range(len(ROWS)), ROWS)
+                ax.set_yticks(range(len(m["rows"])), m["rows"])
                 ax.set_xticks(range(mat.shape[1]))
                 fig.colorbar(im, ax=ax, label="mean CTE (d*/d)")
                 axes[1, col].bar(range(len(m["std"])), m["std"], color="grey")
@@ -324,7 +334,7 @@ def _figures(run_dir: Path, records, results, model_id: str = "") -> list[str]:
         for col, loc in enumerate(locs):
             mat = mats[loc]
             im = axes[0, col].imshow(mat, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
-            axes[0, col].set_yticks(range(len(ROWS)), ROWS)
+            axes[0, col].set_yticks(range(len(zoom["rows"])), zoom["rows"])
             axes[0, col].set_xticks(range(mat.shape[1]), [str(h + 1) for h in range(mat.shape[1])])
             axes[0, col].set_title(f"Negation in {loc}")
             axes[0, col].set_xlabel("head (1-indexed)")
@@ -416,7 +426,7 @@ def _zoom_section(zoom: dict) -> list[str]:
               "query row; paper's ViT-B/32 value in brackets where §5.3 gives one. "
               f"Tables: `zoom_layer{zoom['layer']}_caption.csv`, `zoom_layer{zoom['layer']}_foil.csv`; figure "
               "`heads_layer_zoom.png`.", ""]
-    shown = ROWS[3:]
+    shown = zoom["rows"][NEGATOR_ROW:]
     for k, loc in enumerate(LOCATIONS):
         if loc not in zoom:
             continue
@@ -424,10 +434,27 @@ def _zoom_section(zoom: dict) -> list[str]:
                   "subject tokens):", "", "| head | " + " | ".join(shown) + " |", "|---" * (len(shown) + 1) + "|"]
         for h, vals in enumerate(zoom[loc]):
             paper = PAPER_ZOOM.get(f"H{h + 1}", {}) if zoom["rule"] == "paper" and zoom["layer"] == 4 else {}
-            cells = [_fmt(v) + (f" ({paper[row][k]:.2f})" if row in paper else "") for row, v in zip(ROWS, vals) if row in shown]
+            cells = [_fmt(v) + (f" ({paper[row][k]:.2f})" if row in paper else "") for row, v in zip(zoom["rows"], vals) if row in shown]
             lines.append(f"| H{h + 1} | " + " | ".join(cells) + " |")
         lines.append("")
     return lines
+
+
+def _layout_note(results: dict) -> list[str]:
+    """A paragraph on the rows where this model's tokenizer lays the pairs out otherwise than CLIP's BPE."""
+    rows = (results.get("zoom") or {}).get("rows") or next(
+        (m["rows"] for segs in results.get("cte", {}).values() for m in segs.values()), ROWS)
+    if list(rows) == ROWS:
+        return []
+    absent = [r[: -len(ABSENT)] for r in rows if is_absent(r)]
+    lines = ["Rows laid out from this model's tokenizer (each pair's positions: the negator where the two sentences "
+             "differ, the pooled position from the tower's pooling rule)."]
+    if absent:
+        lines.append(f"Absent rows (the tokenizer has no such token, shown as –): {', '.join(absent)}.")
+    if POOLED_ROW in rows:
+        lines.append(f"{POOLED_ROW} is the position the tower reads (the last padded position); the padding between "
+                     "[EOT] and it is not shown in the rows.")
+    return [" ".join(lines), ""]
 
 
 def _report(results: dict, model_id: str, images_note: str, figures: list[str], html: Optional[str]) -> str:
@@ -438,6 +465,7 @@ def _report(results: dict, model_id: str, images_note: str, figures: list[str], 
              f"Images: {images_note or 'none (text-only parts)'}. {results['indexing']}.", "",
              f"Items: {c['valid']} valid ({c.get('valid_caption')} negation in caption / {c.get('valid_foil')} in foil); "
              f"{c['aligned']} aligned pairs ({c.get('aligned_caption')} / {c.get('aligned_foil')}).", ""]
+    lines += _layout_note(results)
     if model_id.startswith("tiny-negation"):
         lines += ["> This run uses the shipped toy model `tiny-negation` with synthesized scenes. Its findings are about "
                   "that toy model, not about OpenAI's CLIP; the reference column is the paper's ViT-B/32.", ""]
@@ -465,7 +493,7 @@ def _report(results: dict, model_id: str, images_note: str, figures: list[str], 
             if m["n"]:
                 n_l = len(m["std"])
                 lines += ["| row | " + " | ".join(str(l) for l in range(n_l)) + " |", "|---" * (n_l + 1) + "|"]
-                for name, vals in zip(ROWS, m["matrix"]):
+                for name, vals in zip(m["rows"], m["matrix"]):
                     lines.append(f"| {name} | " + " | ".join(_fmt(v) for v in vals) + " |")
                 lines.append("| CTE std (rows ≥ negator) | " + " | ".join(_fmt(v) for v in m["std"]) + " |")
             lines.append("")
