@@ -95,11 +95,16 @@ def row_labels(layouts: list[PairLayout]) -> list[str]:
     return [label + ABSENT if gone else label for label, gone in zip(labels, absent)]
 
 
-def to_rows(values: torch.Tensor, layout: Union[PairLayout, int], further: str = "mean") -> tuple[list, int]:
+def to_rows(values: torch.Tensor, layout: Union[PairLayout, int, None] = None, further: str = "mean", *,
+            eot: Optional[int] = None) -> tuple[list, int]:
     """Map [..., pos] values of one pair onto its rows ([..., 8], or 9 with a ``[pooled]`` row): each row the
     value at its position, "subj further" the ``mean`` or ``max`` over the further subject tokens, NaN for an
     absent row or no further tokens. ``layout``: the pair's :class:`PairLayout`, or an int for CLIP's layout
-    with the EOT at that position. Returns (rows, number of further tokens)."""
+    with the EOT at that position (``eot=``, the former signature, says the same). Returns (rows, number of
+    further tokens)."""
+    if (layout is None) == (eot is None):
+        raise TypeError("give the pair's layout (a PairLayout, or CLIP's EOT position) once: to_rows(values, layout).")
+    layout = eot if layout is None else layout
     layout = PairLayout.clip(layout) if isinstance(layout, int) else layout
     nan = torch.full(values.shape[:-1], float("nan"), dtype=values.dtype)
     cols = []

@@ -446,7 +446,7 @@ def _layout_note(results: dict) -> list[str]:
         (m["rows"] for segs in results.get("cte", {}).values() for m in segs.values()), ROWS)
     if list(rows) == ROWS:
         return []
-    absent = [r[: -len(ABSENT)] for r in rows if is_absent(r)]
+    absent = [f"`{r[: -len(ABSENT)]}`" for r in rows if is_absent(r)]
     lines = ["Rows laid out from this model's tokenizer (each pair's positions: the negator where the two sentences "
              "differ, the pooled position from the tower's pooling rule)."]
     if absent:
