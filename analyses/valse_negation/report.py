@@ -453,7 +453,8 @@ def _layout_note(results: dict) -> list[str]:
         lines.append(f"Absent rows (the tokenizer has no such token, shown as –): {', '.join(absent)}.")
     if POOLED_ROW in rows:
         lines.append(f"{POOLED_ROW} is the position the tower reads (the last padded position); the padding between "
-                     "[EOT] and it is not shown in the rows.")
+                     "[EOT] and it is not shown in the rows, but the heads' Δ (max over the query positions after the "
+                     "negator up to the pooled one) includes it.")
     return [" ".join(lines), ""]
 
 
