@@ -555,14 +555,22 @@ def test_study_runs_end_to_end_on_a_siglip_directory_with_its_sentencepiece_toke
 
 def test_study_runs_end_to_end_on_an_open_clip_siglip_file_with_a_local_tokenizer(tmp_path, siglip_words_dir):
     """`--model open_clip:NAME:FILE` for a ViT-B-16-SigLIP-shaped config whose tokenizer is a local folder."""
+    import json
+
     from hooked_clip.analyses.cli import main
 
     name = "hc-siglip-study-tiny"
-    _, ckpt = _registered_open_clip(tmp_path, name, "ViT-B-16-SigLIP", siglip_words_dir, vocab_size=400)
+    _, ckpt = _registered_open_clip(tmp_path, name, "ViT-B-16-SigLIP", siglip_words_dir, vocab_size=400, layers=4)
     images = _valse_images(tmp_path / "images", 4)
     main(["valse-negation", "--model", f"open_clip:{name}:{ckpt}", "--images", str(images), "--limit", "4", "--rome",
           "--out", str(tmp_path / "run"), "--no-progress"])
     _check_siglip_run(tmp_path / "run", HookedCLIP.from_open_clip(name, pretrained=ckpt, device="cpu"))
+    zoom = json.loads((tmp_path / "run" / "results.json").read_text())["zoom"]  # 4 layers: the paper's layer-4 zoom
+    assert zoom["layer"] == 4 and zoom["rows"] == SIGLIP_ROWS
+    for loc in ("caption", "foil"):  # absent rows stay empty (not the paper rule's 0 for a missing row)
+        assert all(h[0] is None and h[6] is None and h[3] is not None and h[8] is not None for h in zoom[loc])
+    table = (tmp_path / "run" / "report.md").read_text().split("### Layer zoom")[1]
+    assert "| head | a/some/no | subj 1st | subj further | . (absent) | [EOT] | [pooled] |" in table
 
 
 def test_every_aligned_valse_pair_lays_out_on_a_siglip_tokenizer(siglip_words_dir):

@@ -155,7 +155,9 @@ def aggregate(records: dict[str, dict], n_layers: int, n_heads: int, zoom: str =
         else:
             for loc in heads:
                 group = [r for r in aligned if r["negation_in"] == loc]
-                out["zoom"][loc] = zoom_rows([r["aligned"]["head_rows"][layer] for r in group], zoom).tolist()
+                z = zoom_rows([r["aligned"]["head_rows"][layer] for r in group], zoom)
+                z[:, [i for i, label in enumerate(rows) if is_absent(label)]] = np.nan  # no such token: not a 0
+                out["zoom"][loc] = z.tolist()
                 out["zoom"][f"n_{loc}"] = len(group)
                 out["zoom"][f"n_{loc}_without_further"] = sum(PairLayout.from_record(r["aligned"]).n_further == 0
                                                               for r in group)
