@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from hooked_clip.analyses.engine import BaseRun, Chunk, Hooks, Plan, execute
 from hooked_clip.analyses.metrics import Metric, check_metric, similarity_metric
 from hooked_clip.analyses.pairs import RunPair, Tokens
-from hooked_clip.analyses.patching import activation_patch
+from hooked_clip.analyses.patching import hidden_state_patch
 from hooked_clip.hook_names import act_name, hidden_state_name, layer_of
 from hooked_clip.text import text_tower
 
@@ -44,7 +44,8 @@ def minimal_pair_trace(
     progress: bool = True,
 ) -> Float[Tensor, "pairs n_layers_plus_1 pos"]:
     """The causal-tracing effect CTE(l, p) = d*/d of Quantmeyer et al. (2024) for every hidden state (l, p)
-    of each minimal pair: an application of :func:`activation_patch` and the normalised patching metric.
+    of each minimal pair: an application of :func:`~hooked_clip.analyses.patching.hidden_state_patch` and the
+    normalised patching metric.
 
     For every hidden state l in 0..n_layers (0 = embeddings output, l = output of block l) and position p,
     the negated sentence's state replaces the affirmative sentence's (denoising, with the negated sentence
@@ -73,11 +74,9 @@ def minimal_pair_trace(
     if not isinstance(image_embeds, Tensor) or image_embeds.ndim != 2 or image_embeds.shape[0] != n_pairs:
         raise ValueError(f"image_embeds must be [pairs={n_pairs}, d_proj], got {tuple(getattr(image_embeds, 'shape', ()))}.")
     metric = similarity_metric(model, image_embeds)
-    kw = dict(index="layer_pos", direction="denoise", batch_size=batch_size, progress=progress)
-    neg, aff = pair.source, pair.base
-    states = activation_patch(model, neg, aff, metric, "resid_pre", **kw)  # hidden states 0..L-1
-    last = activation_patch(model, neg, aff, metric, "resid_post", layers=[text.cfg.n_layers - 1], **kw)  # state L
-    cte = torch.cat([states.normalized(), last.normalized()], dim=0).permute(2, 0, 1)  # [pairs, L+1, pos]
+    states = hidden_state_patch(model, pair.source, pair.base, metric, direction="denoise", batch_size=batch_size,
+                                progress=progress)
+    cte = states.normalized().permute(2, 0, 1)  # [pairs, L+1, pos]
     after_eot = torch.arange(cte.shape[-1])[None, :] > pair.base_pool.cpu()[:, None]  # [pairs, pos]
     return cte.masked_fill(after_eot[:, None, :], float("nan"))
 
@@ -256,7 +255,7 @@ def _restore_hooks(names: list[str], clean_cache, n_ex: int, row_pos: Tensor):
     return hooks
 
 
-def _restore_hook(clean: Tensor, idx: Tensor, examples: Tensor, positions: Tensor, offset: int):
+def _restore_hook(clean: Tensor, idx: Tensor, examples: Tensor, positions: Tensor, offset: Tensor):
     def hook(act, hook):
         act[idx, positions - offset] = clean[examples, positions]
         return act

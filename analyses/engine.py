@@ -1,6 +1,13 @@
 """The batched patching engine: many patched re-runs of one cached base run, as few forwards as exactness
-allows. Every analysis that re-runs the text tower with interventions (activation patching, the CTE, ROME
-tracing, path patching) is a plan for this engine plus a hook factory; none builds its own batches.
+allows. Every analysis that re-runs a tower with interventions (activation patching of either tower, the
+CTE, ROME tracing, path patching) is a plan for this engine plus a hook factory; none builds its own batches.
+
+Towers: the text tower and the ViT image tower alike (both are blocks of the same components). The engine
+uses of a tower only ``blocks``, ``cfg.n_layers``, ``run_with_cache``, ``hooks``, ``pool_positions(input)``
+(the one position each row's output reads, or None when pooling reads all) and ``read_out(resid, pool,
+return_type)``. A trimming tower (causal, EOT-pooled: ``cfg.trims``) runs rows only up to their pooling
+position and can reuse key/value prefixes; an image tower attends bidirectionally, so neither applies there
+(every patched row runs every position from its block on).
 
 Contract
 --------
@@ -9,24 +16,29 @@ Contract
 - :class:`Plan` — the rows to run. Row i re-runs base example ``example[i]`` from block ``layer[i]`` on
   positions ``offset[i]:`` and its output goes to ``slot[i]`` of the caller's output buffer. An offset > 0
   reuses the base run's keys and values of the earlier positions; it is exact only in a causal tower when
-  the row's interventions change nothing before that position, which the planner must guarantee.
+  the row's interventions change nothing before that position, which the planner must guarantee. Rows of
+  different offsets share forwards.
 - ``hooks(chunk)`` — the intervention: given a :class:`Chunk` (the rows of one forward), the forward hooks
   that apply each row's change. In a chunk, row n sits at batch index n in every block from its own start
   layer on (rows are ordered by start layer and join the batch at their layer), so a hook of block l may
-  touch only rows whose ``layer <= l``.
-- :func:`execute` — runs a plan: rows grouped by offset, ordered by pooling position (similar lengths
-  share a forward), cut into chunks of at most ``batch_size`` rows. Each chunk is ONE forward from its
+  touch only rows whose ``layer <= l``, and row n's position p is at index ``p - chunk.offset[n]``.
+- :func:`execute` — runs a plan: rows sorted by how many positions they run (similar lengths share a
+  forward, whatever their offsets: each row reads its own prefix), cut into chunks of at most
+  ``batch_size`` rows and of at most ``1 / PAD_RATIO`` padding. Each chunk is ONE forward from its
   smallest start layer: at every block the rows that start there join the batch, with the base run's
-  residual. Results are scattered into ``outputs[slot]``; the metric and labels belong to the caller.
+  residual. The last block computes only each row's pooling position (keys and values at all of them)
+  unless a hook of the chunk touches that block after its keys and values. Results are scattered into ``outputs[slot]``; the metric and labels belong to the
+  caller.
 
 Runs under ``torch.inference_mode`` (no autograd graph). Device-agnostic: index building is on the
-device of the base run, and the only host reads are one per chunk (its start-layer boundaries).
+device of the base run; the host reads a few numbers per chunk (its widths, prefix lengths and start-layer
+boundaries) and the plan's widths once.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -35,36 +47,46 @@ from tqdm.auto import tqdm
 from hooked_clip.components import KeyValuePrefix
 from hooked_clip.hook_names import act_name
 from hooked_clip.text import HookedCLIPText
+from hooked_clip.vision_tower import HookedCLIPVision
+
+Tower = Union[HookedCLIPText, HookedCLIPVision]
 
 Hooks = list[tuple[str, Callable]]
 
 
 @dataclass
 class BaseRun:
-    """A recorded run of the text tower: ``tokens`` [batch, pos] (cut after the last pooling position),
-    ``pool`` [batch], ``output`` [batch, ...] (the tower's output for ``return_type``) and ``cache`` (the
+    """A recorded run of a tower: ``input`` (token ids [batch, pos], cut after the last pooling position, or
+    pixels), ``pool`` [batch] (None when the output reads every position), ``n_pos`` (positions of the
+    residual stream), ``output`` [batch, ...] (the tower's output for ``return_type``) and ``cache`` (the
     residual entering blocks ``first_layer``.., and their keys/values when ``prefix_reuse``)."""
 
-    tokens: Tensor
-    pool: Tensor
+    input: Tensor
+    pool: Optional[Tensor]
+    n_pos: int
     output: Tensor
     cache: dict
     return_type: str
     first_layer: int
     prefix_reuse: bool
+    trims: bool
 
     @classmethod
-    def record(cls, text: HookedCLIPText, tokens: Tensor, *, return_type: str = "normalized", first_layer: int = 0,
+    def record(cls, tower: Tower, input: Tensor, *, return_type: str = "normalized", first_layer: int = 0,
                prefix_reuse: bool = False, extra_names: Iterable[str] = (), hooks: Hooks = ()) -> "BaseRun":
-        """Run ``tokens`` once (with ``hooks``, e.g. ROME's noise) and keep what the engine needs, plus
+        """Run ``input`` once (with ``hooks``, e.g. ROME's noise) and keep what the engine needs, plus
         ``extra_names`` (the activations the caller patches from or compares against)."""
-        names = {act_name("resid_pre", l) for l in range(first_layer, text.cfg.n_layers)} | set(extra_names)
+        trims = bool(getattr(tower.cfg, "trims", False))
+        if prefix_reuse and not trims:
+            raise ValueError("prefix reuse is exact only in a causal tower that trims after its pooling position.")
+        names = {act_name("resid_pre", l) for l in range(first_layer, tower.cfg.n_layers)} | set(extra_names)
         if prefix_reuse:
-            names |= {act_name(kv, l) for l in range(first_layer, text.cfg.n_layers) for kv in "kv"}
-        with torch.inference_mode(), text.hooks(fwd_hooks=list(hooks)):
-            output, cache = text.run_with_cache(tokens, return_type=return_type, names_filter=sorted(names))
-        pool = text.pool_positions(tokens)
-        return cls(tokens, pool, output, cache.cache_dict, return_type, first_layer, prefix_reuse)
+            names |= {act_name(kv, l) for l in range(first_layer, tower.cfg.n_layers) for kv in "kv"}
+        with torch.inference_mode(), tower.hooks(fwd_hooks=list(hooks)):
+            output, cache = tower.run_with_cache(input, return_type=return_type, names_filter=sorted(names))
+        n_pos = cache[act_name("resid_pre", first_layer)].shape[1]
+        return cls(input, tower.pool_positions(input), n_pos, output, cache.cache_dict, return_type, first_layer,
+                   prefix_reuse, trims)
 
     def __getitem__(self, name: str) -> Tensor:
         return self.cache[name]
@@ -95,12 +117,13 @@ class Plan:
 @dataclass
 class Chunk:
     """The rows of one forward: ``rows`` (indices into the plan), their ``example``, start ``layer``
-    (ascending: row n is at batch index n from its layer on) and the shared ``offset``."""
+    (ascending: row n is at batch index n from its layer on) and ``offset`` (row n holds positions
+    ``offset[n]:``, so position p is at index ``p - offset[n]``)."""
 
     rows: Tensor
     example: Tensor
     layer: Tensor
-    offset: int
+    offset: Tensor
 
     def starting_at(self, layer: int) -> Tensor:
         """Batch indices of the rows whose forward starts at block ``layer``."""
@@ -111,8 +134,12 @@ class Chunk:
         return (self.layer <= layer).nonzero().flatten()
 
 
+# Rows of one chunk run as many positions as its longest row: a chunk closes when a row would run fewer
+# than PAD_RATIO of that (at most ~1/PAD_RATIO of a chunk's work is padding; fewer, larger forwards).
+PAD_RATIO = 0.7
+
 def execute(
-    text: HookedCLIPText,
+    tower: Tower,
     base: BaseRun,
     plan: Plan,
     hooks: Callable[[Chunk], Hooks],
@@ -135,46 +162,71 @@ def execute(
     bar = tqdm(total=len(plan), disable=not progress, desc=desc)
     with torch.inference_mode():
         for chunk in _chunks(base, plan, batch_size):
-            flat[plan.slot[chunk.rows]] = _run_chunk(text, base, chunk, hooks(chunk))
+            flat[plan.slot[chunk.rows]] = _run_chunk(tower, base, chunk, hooks(chunk))
             bar.update(len(chunk.rows))
     bar.close()
     return outputs
 
 
 def _chunks(base: BaseRun, plan: Plan, batch_size: int):
-    """Chunks of rows with one offset, similar lengths together, each ordered by start layer."""
-    n_ctx = int(base.tokens.shape[1]) + 1
-    order = torch.argsort(plan.offset * n_ctx + base.pool[plan.example], stable=True)
-    offsets = plan.offset[order]
-    for offset in torch.unique_consecutive(offsets).tolist():
-        group = order[offsets == offset]
-        for start in range(0, len(group), batch_size):
-            rows = group[start : start + batch_size]
-            rows = rows[torch.argsort(plan.layer[rows], stable=True)]
-            yield Chunk(rows, plan.example[rows], plan.layer[rows], int(offset))
+    """Chunks of rows of similar width (positions run), each ordered by start layer."""
+    width = _width(base, plan.example, plan.offset)
+    order = torch.argsort(width, descending=True, stable=True)
+    widths = width[order].tolist()
+    start = 0
+    while start < len(order):
+        stop = start + 1
+        while stop < len(order) and stop - start < batch_size and widths[stop] >= PAD_RATIO * widths[start]:
+            stop += 1
+        rows = order[start:stop]
+        rows = rows[torch.argsort(plan.layer[rows], stable=True)]
+        yield Chunk(rows, plan.example[rows], plan.layer[rows], plan.offset[rows])
+        start = stop
 
 
-def _run_chunk(text: HookedCLIPText, base: BaseRun, chunk: Chunk, hooks: Hooks) -> Tensor:
+def _width(base: BaseRun, example: Tensor, offset: Tensor) -> Tensor:
+    """Positions a row runs: from its offset to its pooling position (a trimmed tower), else to the end."""
+    return base.pool[example] - offset + 1 if base.trims else base.n_pos - offset
+
+
+def _run_chunk(tower: Tower, base: BaseRun, chunk: Chunk, hooks: Hooks) -> Tensor:
     """One forward: blocks from the chunk's first start layer on, rows joining at their own layer."""
-    n_layers, o = text.cfg.n_layers, chunk.offset
-    pool = base.pool[chunk.example] - o
-    width = int(pool.max()) + 1 if text.cfg.trims else base.tokens.shape[1] - o
+    n_layers, offset = tower.cfg.n_layers, chunk.offset
+    width = int(_width(base, chunk.example, offset).max())
+    columns = (offset[:, None] + torch.arange(width, device=offset.device)).clamp(max=base.n_pos - 1)  # padding: any
+    n_prefix = int(offset.max())
+    lengths = None if int(offset.min()) == n_prefix else offset
+    pool = None if base.pool is None else base.pool[chunk.example] - offset  # index of each row's pooled position
+    pooled_only = pool is not None and not _touches_last_block_queries(hooks, n_layers - 1)
     first = int(chunk.layer[0])
     # rows present at each block: the start layers are sorted, so rows with layer <= l are a prefix
     present = torch.searchsorted(chunk.layer, torch.arange(first, n_layers, device=chunk.layer.device), right=True).tolist()
     resid = None
-    with text.hooks(fwd_hooks=hooks):
+    with tower.hooks(fwd_hooks=hooks):
         for layer, n in zip(range(first, n_layers), present):
             have = 0 if resid is None else resid.shape[0]
             if n > have:
-                joining = base[act_name("resid_pre", layer)][chunk.example[have:n], o : o + width]
+                ex = chunk.example[have:n, None]
+                joining = base[act_name("resid_pre", layer)][ex, columns[have:n]]
                 resid = joining if resid is None else torch.cat([resid, joining])
             prefix = None
-            if o:
+            if n_prefix:
                 ex = chunk.example[:n]
-                prefix = KeyValuePrefix(base[act_name("k", layer)][ex, :o], base[act_name("v", layer)][ex, :o])
-            resid = text.blocks[layer](resid, prefix)
-        return text.read_out(resid, pool, base.return_type)
+                prefix = KeyValuePrefix(base[act_name("k", layer)][ex, :n_prefix], base[act_name("v", layer)][ex, :n_prefix],
+                                        None if lengths is None else lengths[:n])
+            last = layer == n_layers - 1 and pooled_only
+            resid = tower.blocks[layer](resid, prefix, pool if last else None)
+        if pooled_only:
+            pool = torch.zeros_like(pool)
+        return tower.read_out(resid, pool, base.return_type)
+
+
+def _touches_last_block_queries(hooks: Hooks, last: int) -> bool:
+    """Whether a hook could see or change what a pooled-row-only last block leaves out: any hook but those
+    of earlier blocks and of the last block's input, keys and values."""
+    allowed = {act_name(n, last) for n in ("resid_pre", "k", "v", "k_input", "v_input")}
+    earlier = tuple(f"blocks.{l}." for l in range(last))
+    return any(name not in allowed and not name.startswith(earlier) for name, _ in hooks)
 
 
 __all__ = ["BaseRun", "Chunk", "Plan", "execute"]

@@ -35,21 +35,9 @@ from jaxtyping import Float
 from torch import Tensor
 
 from hooked_clip.analyses.attribution import Attribution
-from hooked_clip.vision_tower import HookedCLIPVision
+from hooked_clip.vision_tower import HookedCLIPVision, image_tower
 
 Hooks = list[tuple[str, Callable]]
-
-
-def _vision(model) -> HookedCLIPVision:
-    """The hooked image tower of a ``HookedCLIP`` (or the tower itself); a clear error otherwise."""
-    if isinstance(model, HookedCLIPVision):
-        return model
-    vision = getattr(model, "vision", None)
-    if isinstance(vision, HookedCLIPVision):
-        return vision
-    if vision is None:
-        raise ValueError("this model has no image tower; image-side analyses need a CLIP model with a ViT image tower.")
-    raise vision.not_hooked_error()
 
 
 @dataclass
@@ -151,7 +139,7 @@ def _pool_weights(vision: HookedCLIPVision, cache) -> Float[Tensor, "batch pos"]
 @torch.no_grad()
 def decompose_image(model, images: Any) -> ImageDecomposition:
     """The image embedding of each image split exactly into components (see the module docstring)."""
-    vision = _vision(model)
+    vision = image_tower(model)
     cfg = vision.cfg
     if cfg.pooling == "attn":
         raise ValueError("this tower pools with an attention head (SigLIP), which is not linear in the residual "
@@ -220,7 +208,7 @@ def mean_image_ablation(model, reference_images: Any, layers: Sequence[int],
     ``model.vision.hooks(fwd_hooks=...)`` / ``run_with_hooks``: the image-tower layer ablation with a mean
     image. ``part``: ``"out"`` = the block's writes to the residual (attention and MLP output), ``"attn"`` /
     ``"mlp"`` one of them, ``"resid_post"`` the whole residual after the block. Layers are 0-indexed."""
-    vision = _vision(model)
+    vision = image_tower(model)
     if part not in _LAYER_PARTS:
         raise ValueError(f"part must be one of {tuple(_LAYER_PARTS)}, got {part!r}.")
     layers = [int(l) for l in layers]
@@ -243,7 +231,7 @@ def patch_attention_html(model, image: Any, layer: int) -> str:
     the positions of one image (labels ``CLS``, ``r{row}c{col}``)."""
     import circuitsvis.attention as cv
 
-    vision = _vision(model)
+    vision = image_tower(model)
     if not 0 <= layer < vision.cfg.n_layers:
         raise ValueError(f"layer must lie in 0..{vision.cfg.n_layers - 1}, got {layer}.")
     pixels = vision.as_pixels(image)

@@ -1,4 +1,5 @@
-"""The clean/corrupt pair: the two runs every paired analysis compares, checked once.
+"""The clean/corrupt pair: the two runs every paired analysis compares, checked once (texts for the text
+tower, images for the image tower).
 
 Vocabulary (the same in activation patching, attribution patching and path patching): ``clean`` and
 ``corrupt`` are the two inputs, example b of one paired with example b of the other. ``direction``
@@ -17,6 +18,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from hooked_clip.text import HookedCLIPText
+from hooked_clip.vision_tower import HookedCLIPVision
 
 Tokens = Union[str, Sequence[str], Int[Tensor, "batch pos"]]
 Direction = Literal["denoise", "noise"]
@@ -25,17 +27,19 @@ DIRECTIONS = ("denoise", "noise")
 
 @dataclass(frozen=True)
 class RunPair:
-    """Token ids of both runs, cut after the last pooling position they need: ``base`` / ``source``
-    [batch, pos], their pooling positions, and the ``direction`` that assigned them."""
+    """Inputs of both runs — token ids [batch, pos] cut after the last pooling position they need, or pixels
+    [batch, channel, H, W] — as ``base`` / ``source``, their pooling positions (None for an image tower
+    whose pooling reads every position), and the ``direction`` that assigned them."""
 
     base: Tensor
     source: Tensor
-    base_pool: Tensor
-    source_pool: Tensor
+    base_pool: Optional[Tensor]
+    source_pool: Optional[Tensor]
     direction: str
 
     @classmethod
-    def build(cls, text: HookedCLIPText, clean: Tokens, corrupt: Tokens, direction: Direction = "denoise", *,
+    def build(cls, tower: Union[HookedCLIPText, HookedCLIPVision], clean: Tokens, corrupt: Tokens,
+              direction: Direction = "denoise", *,
               same_pooling: bool = True, names: tuple[str, str] = ("clean", "corrupt"),
               hint: Optional[str] = None) -> "RunPair":
         """Check and assign the runs. ``same_pooling``: both runs must pool at the same position per example
@@ -43,12 +47,13 @@ class RunPair:
         (e.g. ``("negated", "affirmative")``)."""
         if direction not in DIRECTIONS:
             raise ValueError(f"direction must be 'denoise' or 'noise', got {direction!r}.")
-        clean_t, corrupt_t = text.as_tokens(clean), text.as_tokens(corrupt)
+        as_input = tower.as_pixels if isinstance(tower, HookedCLIPVision) else tower.as_tokens
+        clean_t, corrupt_t = as_input(clean), as_input(corrupt)
         if clean_t.shape[0] != corrupt_t.shape[0]:
             raise ValueError(f"{clean_t.shape[0]} {names[0]} examples but {corrupt_t.shape[0]} {names[1]} ones; "
                              "give one of each per example.")
-        clean_pool, corrupt_pool = text.pool_positions(clean_t), text.pool_positions(corrupt_t)
-        if same_pooling and not torch.equal(clean_pool, corrupt_pool):
+        clean_pool, corrupt_pool = tower.pool_positions(clean_t), tower.pool_positions(corrupt_t)
+        if same_pooling and clean_pool is not None and not torch.equal(clean_pool, corrupt_pool):
             bad = (clean_pool != corrupt_pool).nonzero().flatten().tolist()
             raise ValueError(
                 f"{names[0]} and {names[1]} differ in token length at examples {bad[:10]} ({names[0]} "
@@ -56,7 +61,7 @@ class RunPair:
                 f"{bad[0]}); positions do not correspond. "
                 + (hint or "Align the sentences first (the same number of tokens per example).")
             )
-        if text.cfg.trims:
+        if getattr(tower.cfg, "trims", False):
             clean_t = clean_t[:, : int(clean_pool.max()) + 1]
             corrupt_t = corrupt_t[:, : int(corrupt_pool.max()) + 1]
         if direction == "denoise":

@@ -29,11 +29,12 @@ from jaxtyping import Int
 from torch import Tensor
 
 from hooked_clip.analyses._validation import check_alignment
-from hooked_clip.analyses.engine import BaseRun, Chunk, Hooks, Plan, execute
+from hooked_clip.analyses.engine import BaseRun, Chunk, Hooks, Plan, Tower, execute
 from hooked_clip.analyses.metrics import Metric, check_metric, normalized_patching_metric
 from hooked_clip.analyses.pairs import Direction, RunPair, Tokens
 from hooked_clip.hook_names import HEAD_ACTS, act_name as hook_name
 from hooked_clip.text import text_tower
+from hooked_clip.vision_tower import HookedCLIPVision, image_tower
 
 # the activations activation_patch can patch (hook names: hooked_clip.hook_names.act_name)
 PATCHABLE = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "z", "q", "k", "v", "pattern")
@@ -145,11 +146,14 @@ def activation_patch(
     return_type: Literal["normalized", "embed", "pooled"] = "normalized",
     batch_size: int = 1024,
     progress: bool = True,
+    tower: Literal["text", "image"] = "text",
 ) -> PatchingResult:
     """Patch ``act_name`` at every index of the sweep and return the metric after each patch.
 
     Args:
-        clean, corrupt: texts or tokens [batch, pos], example b of one paired with example b of the other.
+        clean, corrupt: texts or tokens [batch, pos] (``tower="text"``), or images — PIL images or preprocessed
+            pixels [batch, channel, H, W] — (``tower="image"``); example b of one paired with example b of
+            the other.
         metric: output embeddings [..., batch, d] -> [..., batch] (``return_type`` chooses the output).
         act_name: resid_pre | resid_mid | resid_post | attn_out | mlp_out | z | q | k | v | pattern.
         index: layer (the whole activation) | layer_pos | layer_head (all positions) | layer_pos_head.
@@ -160,71 +164,130 @@ def activation_patch(
         alignment: [batch, pos of the patched run] -> position in the run the activation comes from (-1:
             no counterpart, result NaN). Needed when clean and corrupt differ in token length.
         batch_size: most rows (sequences) per forward pass; bounds memory.
+        tower: which tower of a ``HookedCLIP`` to patch (a ``HookedCLIPText`` or ``HookedCLIPVision``
+            passed as ``model`` is that tower). Image-side positions are the ViT's (0 = class token, then
+            the patches row by row: ``model.vision.position_labels()``); the metric then maps image
+            embeddings to [..., batch] (e.g. ``similarity_metric(model, text_embeds)``).
 
     Returns:
         :class:`PatchingResult` with ``values`` [*axes, batch] in the metric's units.
     """
-    text = text_tower(model)
+    patched = _patched_tower(model, tower)
     _validate(act_name, index, batch_size)
     if alignment is not None and act_name == "pattern":
         raise ValueError("alignment is not supported for attention patterns (both axes are positions).")
+    if alignment is not None and isinstance(patched, HookedCLIPVision):
+        raise ValueError("alignment is for texts of different token lengths; two images always share the patch grid.")
+    pair = RunPair.build(patched, clean, corrupt, direction, same_pooling=alignment is None,
+                         hint="Pass alignment=[batch, pos] mapping each position of the patched run to its counterpart.")
+    layer_list = _checked_list("layers", layers, patched.cfg.n_layers)
+    return _sweep(patched, pair, metric, [(act_name, l) for l in layer_list], index, positions, heads, alignment,
+                  return_type, batch_size, progress, ("layer", layer_list), act_name)
+
+
+def _patched_tower(model, tower: str) -> Tower:
+    """The tower to patch: ``model`` itself when it is one, else its ``tower`` side."""
+    if tower not in ("text", "image"):
+        raise ValueError(f"tower must be 'text' or 'image', got {tower!r}.")
+    if tower == "image" or isinstance(model, HookedCLIPVision):
+        return image_tower(model)
+    return text_tower(model)
+
+
+def hidden_state_patch(
+    model,
+    clean: Tokens,
+    corrupt: Tokens,
+    metric: Metric,
+    *,
+    direction: Direction = "denoise",
+    states: Optional[Sequence[int]] = None,
+    positions: Optional[Sequence[int]] = None,
+    alignment: Optional[Int[Tensor, "batch pos"]] = None,
+    return_type: Literal["normalized", "embed", "pooled"] = "normalized",
+    batch_size: int = 1024,
+    progress: bool = True,
+) -> PatchingResult:
+    """Patch every hidden state (state, position), the paper's unit (transformers' ``hidden_states``): state
+    0 is the embeddings' output, state l the output of block l (1-indexed), state n_layers the residual
+    entering ``ln_final``. One sweep of the engine (the runs are recorded once); the same numbers as
+    :func:`activation_patch` of ``resid_pre`` (states 0..n_layers-1) and of the last block's ``resid_post``.
+
+    Returns a :class:`PatchingResult` with axes ("state", "pos") and ``act_name`` "hidden_state"; the other
+    arguments are :func:`activation_patch`'s.
+    """
+    text = text_tower(model)
+    _validate("resid_pre", "layer_pos", batch_size)
     pair = RunPair.build(text, clean, corrupt, direction, same_pooling=alignment is None,
                          hint="Pass alignment=[batch, pos] mapping each position of the patched run to its counterpart.")
-    layer_list = _checked_list("layers", layers, text.cfg.n_layers)
-    names = {l: hook_name(act_name, l) for l in layer_list}
+    n_layers = text.cfg.n_layers
+    state_list = _checked_list("states", states, n_layers + 1)
+    sites = [("resid_pre", l) if l < n_layers else ("resid_post", n_layers - 1) for l in state_list]
+    return _sweep(text, pair, metric, sites, "layer_pos", positions, None, alignment, return_type, batch_size,
+                  progress, ("state", state_list), "hidden_state")
+
+
+def _sweep(tower: Tower, pair: RunPair, metric: Metric, sites: list[tuple[str, int]], index: Index, positions, heads,
+           alignment, return_type: str, batch_size: int, progress: bool, first_axis: tuple[str, list[int]],
+           label: str) -> PatchingResult:
+    """The plan for the engine: patch activation ``act`` of block ``layer`` for every (act, layer) site at
+    every index; one BaseRun and one source run for all sites."""
+    names = [hook_name(act, layer) for act, layer in sites]
     # Per-position patches in a trimmed causal tower leave every earlier position unchanged: run only the
     # positions from the patched one on, with the earlier keys/values taken from the unpatched run.
-    reuse_prefix = text.cfg.trims and "pos" in index and act_name != "pattern"
-    base = BaseRun.record(text, pair.base, return_type=return_type, first_layer=min(layer_list),
-                          prefix_reuse=reuse_prefix, extra_names=names.values())
+    reuse_prefix = getattr(tower.cfg, "trims", False) and "pos" in index and all(act != "pattern" for act, _ in sites)
+    base = BaseRun.record(tower, pair.base, return_type=return_type, first_layer=min(l for _, l in sites),
+                          prefix_reuse=reuse_prefix, extra_names=names)
     with torch.inference_mode():
-        source_out, source_cache = text.run_with_cache(pair.source, return_type=return_type, names_filter=list(names.values()))
+        source_out, source_cache = tower.run_with_cache(pair.source, return_type=return_type, names_filter=sorted(set(names)))
     base_metric, source_metric = check_metric(metric, base.output), check_metric(metric, source_out)
 
-    n_pos, n_ex = base.tokens.shape[1], base.tokens.shape[0]
+    n_pos, n_ex = base.n_pos, base.output.shape[0]
     pos_list = _checked_list("positions", positions, n_pos) if "pos" in index else []
-    head_list = _checked_list("heads", heads, text.cfg.n_heads) if "head" in index else []
-    pos_v, head_v = (t.to(base.tokens.device) for t in _variants(index, pos_list, head_list))
+    head_list = _checked_list("heads", heads, tower.cfg.n_heads) if "head" in index else []
+    device = base.output.device
+    pos_v, head_v = (t.to(device) for t in _variants(index, pos_list, head_list))
     n_var = len(pos_v)
     if alignment is not None:
-        alignment = check_alignment(alignment, n_ex, n_pos, source_cache[names[layer_list[0]]].shape[1], base.tokens.device)
+        alignment = check_alignment(alignment, n_ex, n_pos, source_cache[names[0]].shape[1], device)
 
-    sources, missing, plans = {}, {}, []
-    for li, layer in enumerate(layer_list):
-        tgt, src = _canon(base[names[layer]], act_name), _canon(source_cache[names[layer]], act_name)
+    sources, missing, plans = [], {}, []
+    for si, ((act, layer), name) in enumerate(zip(sites, names)):
+        tgt, src = _canon(base[name], act), _canon(source_cache[name], act)
         if alignment is not None:
-            src, missing[li] = _align(src, tgt, alignment)
-        sources[layer] = src
-        needs = _needs_patch(src, tgt, pos_v, head_v, base.pool if text.cfg.trims else None)
-        if layer == text.cfg.n_layers - 1 and act_name in POOL_ONLY_LAST_LAYER and (pos_v >= 0).all():
+            src, missing[si] = _align(src, tgt, alignment)
+        sources.append(src)
+        needs = _needs_patch(src, tgt, pos_v, head_v, base.pool if base.trims else None)
+        if layer == tower.cfg.n_layers - 1 and act in POOL_ONLY_LAST_LAYER and (pos_v >= 0).all() and base.pool is not None:
             needs &= pos_v[:, None] == base.pool[None, :]  # nothing else reaches the pooled output
         var_idx, ex_idx = needs.nonzero(as_tuple=True)
         offset = pos_v[var_idx] if reuse_prefix else torch.zeros_like(var_idx)
-        plans.append(Plan(ex_idx, torch.full_like(ex_idx, layer), offset, (li * n_var + var_idx) * n_ex + ex_idx))
+        plans.append(Plan(ex_idx, torch.full_like(ex_idx, layer), offset, (si * n_var + var_idx) * n_ex + ex_idx))
     plan = Plan.concat(plans)
-    variant = plan.slot // n_ex % n_var  # per plan row
+    site, variant = plan.slot // (n_var * n_ex), plan.slot // n_ex % n_var  # per plan row
     row_pos, row_head = pos_v[variant], head_v[variant]
 
     def hooks(chunk: Chunk) -> Hooks:
-        out = []
-        for layer in chunk.layer.unique().tolist():
-            idx = chunk.starting_at(layer)
+        out, chunk_site = [], site[chunk.rows]
+        for si in chunk_site.unique().tolist():
+            idx = (chunk_site == si).nonzero().flatten()
             rows = chunk.rows[idx]
-            out.append((names[layer], _patch_hook(sources[layer], idx, chunk.example[idx], row_pos[rows], row_head[rows],
-                                                  act_name, chunk.offset)))
+            out.append((names[si], _patch_hook(sources[si], idx, chunk.example[idx], row_pos[rows], row_head[rows],
+                                               sites[si][0], chunk.offset[idx])))
         return out
 
-    outputs = base.output.expand(len(layer_list), n_var, *base.output.shape).clone()
-    execute(text, base, plan, hooks, outputs, batch_size=batch_size, progress=progress, desc=f"patching {act_name}")
+    outputs = base.output.expand(len(sites), n_var, *base.output.shape).clone()
+    execute(tower, base, plan, hooks, outputs, batch_size=batch_size, progress=progress, desc=f"patching {label}")
     values = check_metric(metric, outputs).float().cpu()
-    for li, miss in missing.items():
-        values[li][_missing_mask(miss, pos_v, head_v)] = float("nan")
+    for si, miss in missing.items():
+        values[si][_missing_mask(miss, pos_v, head_v)] = float("nan")
 
-    axes = INDEX_AXES[index]
-    shape = [len(layer_list)] + [len(pos_list)] * ("pos" in index) + [len(head_list)] * ("head" in index) + [n_ex]
-    labels = {"layer": layer_list, "pos": pos_list, "head": head_list}
+    axis, axis_labels = first_axis
+    axes = (axis, *INDEX_AXES[index][1:])
+    shape = [len(sites)] + [len(pos_list)] * ("pos" in index) + [len(head_list)] * ("head" in index) + [n_ex]
+    labels = {axis: axis_labels, "pos": pos_list, "head": head_list}
     clean_m, corrupt_m = pair.clean_and_corrupt(base_metric, source_metric)
-    return PatchingResult(values.reshape(shape), axes, {a: labels[a] for a in axes}, act_name, direction,
+    return PatchingResult(values.reshape(shape), axes, {a: labels[a] for a in axes}, label, pair.direction,
                           clean_m.float().cpu(), corrupt_m.float().cpu())
 
 
@@ -265,14 +328,17 @@ def _needs_patch(src: Tensor, tgt: Tensor, pos_v: Tensor, head_v: Tensor, pool: 
     return needs
 
 
-def _patch_hook(src: Tensor, idx: Tensor, examples: Tensor, pos: Tensor, head: Tensor, act: str, offset: int = 0):
+def _patch_hook(src: Tensor, idx: Tensor, examples: Tensor, pos: Tensor, head: Tensor, act: str, offset: Tensor):
     """Hook writing, into batch row idx[n], the source activation of example examples[n] at (pos[n],
-    head[n]) (-1: all); the run holds positions from ``offset`` on (prefix reuse), the source all of them."""
+    head[n]) (-1: all); row idx[n] holds positions from ``offset[n]`` on (prefix reuse), the source all."""
 
     def hook(activation: Tensor, hook) -> Tensor:
         view = _canon(activation, act)
-        source = _crop(src, offset + view.shape[1], act)
-        if (pos < 0).all():  # all positions (then offset is 0)
+        whole = (pos < 0).all()  # all positions (then the offset is 0)
+        # cut to the run's length: needed where positions (or a pattern's keys) are written whole; a
+        # pattern is never run with a prefix, so its run starts at position 0
+        source = _crop(src, view.shape[1], act) if whole or act == "pattern" else src
+        if whole:
             if (head < 0).all():
                 view[idx] = source[examples]
             else:

@@ -29,7 +29,7 @@ from typing import Any, Callable, Literal, Optional
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
@@ -40,6 +40,19 @@ from hooked_clip.vision_config import CLIPVisionConfig
 
 ReturnType = Literal["normalized", "embed", "pooled", None]
 _RETURN_TYPES = ("normalized", "embed", "pooled", None)
+
+
+def image_tower(model) -> "HookedCLIPVision":
+    """The hooked image tower of a ``HookedCLIP`` (its ``.vision``) or a ``HookedCLIPVision`` itself: what every
+    image-side analysis runs on; a clear error for a model without one or with an unhooked tower."""
+    if isinstance(model, HookedCLIPVision):
+        return model
+    vision = getattr(model, "vision", None)
+    if isinstance(vision, HookedCLIPVision):
+        return vision
+    if vision is None:
+        raise ValueError("this model has no image tower; image-side analyses need a CLIP model with a ViT image tower.")
+    raise vision.not_hooked_error()
 
 
 class HookedCLIPVision(HookedTower):
@@ -107,6 +120,18 @@ class HookedCLIPVision(HookedTower):
             resid = block(resid)
         if stop_at_layer is not None:
             return resid
+        return self.read_out(resid, None, return_type)
+
+    def read_out(self, resid: Float[Tensor, "batch pos d_model"], pool: Optional[Int[Tensor, " batch"]] = None,
+                 return_type: ReturnType = "embed") -> Optional[Tensor]:
+        """The final residual stream -> pooling (with ``ln_post``; ``hook_pooled``) -> projection
+        (``hook_image_embed``) -> L2 normalisation (``hook_image_embed_normalized``), up to ``return_type``.
+        ``pool`` [batch] (class-token pooling only): the position of ``resid`` that holds the class token,
+        where it is not position 0 (the text tower's ``read_out`` has the same signature)."""
+        if pool is not None:
+            if self.cfg.pooling != "cls":
+                raise ValueError(f"pool positions are meaningless for pooling={self.cfg.pooling!r} (it reads every position).")
+            resid = resid[torch.arange(resid.shape[0], device=resid.device), pool].unsqueeze(1)
         pooled = self.hook_pooled(self.pool(resid))
         if return_type == "pooled":
             return pooled
@@ -120,6 +145,13 @@ class HookedCLIPVision(HookedTower):
             return embed
         normalized = self.hook_image_embed_normalized(F.normalize(embed, dim=-1))
         return normalized if return_type == "normalized" else None
+
+    def pool_positions(self, pixels: Float[Tensor, "batch channel height width"]) -> Optional[Int[Tensor, " batch"]]:
+        """The one position whose final residual becomes each row's pooled vector (class-token pooling: 0),
+        or None when pooling reads every position (average or attention pooling)."""
+        if self.cfg.pooling != "cls":
+            return None
+        return torch.zeros(pixels.shape[0], dtype=torch.long, device=pixels.device)
 
     def embed_pixels(self, pixels: Float[Tensor, "batch channel height width"]) -> Float[Tensor, "batch pos d_model"]:
         """The residual stream entering block 0: patches (+ class token) + positions (-> ln_pre)."""

@@ -102,7 +102,9 @@ def test_denoising_a_whole_layer_reproduces_clean(model, metric, act):
 
 def test_normalized_and_dataframe(model, metric):
     res = activation_patch(model, NEG, AFF, metric, "resid_pre", index="layer", progress=False)
-    assert (res.normalized() - 1).abs().max() <= 1e-4  # whole residual = full restoration
+    # whole residual = full restoration: normalized 1 up to float error, which the normalisation divides by
+    # the clean-corrupt gap (5e-4 for one example here)
+    assert ((res.normalized() - 1).abs() * (res.clean - res.corrupt).abs()).max() <= ATOL
     df = res.to_dataframe()
     assert list(df.columns) == ["layer", "example", "metric", "normalized"] and len(df) == 2 * len(NEG)
 
@@ -159,3 +161,77 @@ def test_bad_inputs(model, metric):
         activation_patch(model, NEG, AFF, metric, direction="both", progress=False)
     with pytest.raises(ValueError, match="pair row by row"):
         activation_patch(model, NEG, AFF, similarity_metric(model, torch.zeros(3, 32)), progress=False)
+
+
+def hidden_state_loop(model, clean, corrupt, metric, direction):
+    """One full forward per (hidden state, position), hook names written out here: state 0 is the
+    embeddings' output (blocks.0.hook_resid_pre), state l >= 1 the output of block l - 1 (0-indexed)."""
+    source, target = (clean, corrupt) if direction == "denoise" else (corrupt, clean)
+    source_t, target_t = model.to_tokens(source), model.to_tokens(target)
+    _, cache = model.run_with_cache(source_t)
+    n_layers, n_pos = model.cfg.n_layers, target_t.shape[1]
+    ref = torch.empty(n_layers + 1, n_pos, len(clean))
+    for state in range(n_layers + 1):
+        name = "blocks.0.hook_resid_pre" if state == 0 else f"blocks.{state - 1}.hook_resid_post"
+        for pos in range(n_pos):
+            def hook(x, hook, pos=pos):
+                x = x.clone()
+                x[:, pos] = cache[hook.name][:, pos]
+                return x
+
+            ref[state, pos] = metric(model.run_with_hooks(target_t, return_type="normalized", fwd_hooks=[(name, hook)]))
+    return ref
+
+
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+@pytest.mark.parametrize("fused", [False, True])
+def test_hidden_state_patch_equals_loop(metric, direction, fused):
+    """One sweep over every hidden state: rows of different layers, offsets and widths share forwards (batch
+    sizes that cut the plan differently), and the last block computes only the pooled row."""
+    from hooked_clip.analyses.patching import hidden_state_patch
+
+    model = HookedCLIP.from_hf(hf_clip("tiny_eot"), device="cpu", use_fused_attn=fused)
+    ref = hidden_state_loop(model, NEG, AFF, metric, direction)
+    for batch_size in (3, 1024):
+        res = hidden_state_patch(model, NEG, AFF, metric, direction=direction, batch_size=batch_size, progress=False)
+        assert res.axes == ("state", "pos") and res.labels["state"] == list(range(model.cfg.n_layers + 1))
+        assert (res.values - ref).abs().max() <= ATOL
+    # the same numbers as activation patching of resid_pre and of the last block's resid_post
+    pre = activation_patch(model, NEG, AFF, metric, "resid_pre", direction=direction, progress=False)
+    post = activation_patch(model, NEG, AFF, metric, "resid_post", layers=[model.cfg.n_layers - 1],
+                            direction=direction, progress=False)
+    assert (torch.cat([pre.values, post.values]) - res.values).abs().max() <= ATOL
+    some = hidden_state_patch(model, NEG, AFF, metric, direction=direction, states=[0, model.cfg.n_layers],
+                              positions=[3, 4], progress=False)
+    assert (some.values - ref[[0, -1]][:, [3, 4]]).abs().max() <= ATOL
+    with pytest.raises(ValueError, match="states"):
+        hidden_state_patch(model, NEG, AFF, metric, states=[model.cfg.n_layers + 1])
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_block_computing_one_query_row_equals_full_block(fused):
+    """The engine's last block: one query position per row (keys and values at all), same row as the full
+    block computes, with and without a key/value prefix of per-row lengths."""
+    from hooked_clip.components import KeyValuePrefix
+
+    model = HookedCLIP.from_hf(hf_clip("tiny_eot"), device="cpu", use_fused_attn=fused)
+    torch.manual_seed(0)
+    block = model.text.blocks[-1]
+    x = torch.randn(3, 6, model.cfg.d_model)
+    rows = torch.arange(3)
+    pos = torch.tensor([5, 2, 0])
+    with torch.no_grad():
+        full = block(x)
+        assert (block(x, None, pos)[:, 0] - full[rows, pos]).abs().max() <= ATOL
+        # row 0 runs positions 2:6 after a 2-long prefix, row 1 runs 4:6 (padded to 4 columns) after a 4-long
+        # one, row 2 runs 0:4 without; the prefix tensor has 4 slots, shorter prefixes padded
+        _, k, v = block.attn.calculate_qkv(*[block.ln1(x)] * 3)
+        offset = torch.tensor([2, 4, 0])
+        columns = (offset[:, None] + torch.arange(4)).clamp(max=5)
+        prefix = KeyValuePrefix(k[:, :4], v[:, :4], offset)
+        want = torch.tensor([5, 5, 3])
+        out = block(x[rows[:, None], columns], prefix, want - offset)
+        assert (out[:, 0] - full[rows, want]).abs().max() <= ATOL
+        out = block(x[rows[:, None], columns], prefix)  # every position of every row
+        assert (out[0] - full[0, 2:6]).abs().max() <= ATOL and (out[1, :2] - full[1, 4:6]).abs().max() <= ATOL
+        assert (out[2] - full[2, :4]).abs().max() <= ATOL

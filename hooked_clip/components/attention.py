@@ -16,7 +16,7 @@ from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from hooked_clip.config import CLIPTextConfig
@@ -25,10 +25,13 @@ from hooked_clip.hook_points import CheckedHookPoint
 
 class KeyValuePrefix(NamedTuple):
     """Keys and values [batch, prefix, head, d_head] of the positions before a block's input: with them a
-    causal tower runs only the later positions (the patching engine's prefix reuse)."""
+    causal tower runs only the later positions (the patching engine's prefix reuse). ``lengths`` [batch]:
+    rows whose prefixes differ in length share one tensor, row b's own keys in its first ``lengths[b]``
+    slots and padding (never attended to) after them; None = every slot is the row's."""
 
     keys: Float[Tensor, "batch prefix head d_head"]
     values: Float[Tensor, "batch prefix head d_head"]
+    lengths: Optional[Int[Tensor, " batch"]] = None
 
 
 class Attention(nn.Module):
@@ -59,21 +62,30 @@ class Attention(nn.Module):
         key_input: Float[Tensor, "batch pos *head d_model"],
         value_input: Float[Tensor, "batch pos *head d_model"],
         prefix: Optional[KeyValuePrefix] = None,
+        query_pos: Optional[Int[Tensor, " batch"]] = None,
     ) -> Float[Tensor, "batch pos d_model"]:
         """With ``prefix`` the inputs are the positions after it; ``hook_k``/``hook_v`` see only those, the
-        scores and pattern see all keys [batch, head, query, prefix + query]."""
+        scores and pattern see all keys [batch, head, query, prefix + query]. With ``query_pos`` only one
+        query per row is computed, at that position of the inputs (keys and values at every position): the
+        output, ``hook_q``, ``hook_z``, the scores and the pattern have one query position."""
         q, k, v = self.calculate_qkv(query_input, key_input, value_input)
+        if query_pos is not None:
+            q = q[torch.arange(q.shape[0], device=q.device), query_pos].unsqueeze(1)
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
-        offset = 0
+        offset, lengths = 0, None
         if prefix is not None:
-            offset = prefix.keys.shape[1]
+            offset, lengths = prefix.keys.shape[1], prefix.lengths
             k, v = torch.cat([prefix.keys, k], dim=1), torch.cat([prefix.values, v], dim=1)
-        if self._needs_explicit_pattern() or (offset and self.cfg.causal):  # SDPA's causal mask ignores offsets
-            scores = self.hook_attn_scores(self.apply_causal_mask(self.calculate_attention_scores(q, k), offset))
+        if self._needs_explicit_pattern():
+            scores = self.calculate_attention_scores(q, k)
+            scores = self.hook_attn_scores(self.apply_causal_mask(scores, offset, lengths, query_pos))
             z = self.calculate_z(self.hook_pattern(self.calculate_pattern(scores)), v)
-        else:
+        else:  # the fused kernel; its causal mask knows no prefix, so it gets ours where one is needed
+            plain = lengths is None and query_pos is None and not (offset and self.cfg.causal)
+            mask = None if plain else ~self.causal_mask(q.shape[1], k.shape[1], offset, lengths, query_pos, q.device)
             z = F.scaled_dot_product_attention(
-                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=self.cfg.causal
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
+                is_causal=self.cfg.causal and plain,
             ).transpose(1, 2)
         return self.calculate_output(self.hook_z(z))
 
@@ -94,14 +106,33 @@ class Attention(nn.Module):
     ) -> Float[Tensor, "batch head query key"]:
         return torch.einsum("bqhd,bkhd->bhqk", q, k) / self.attn_scale
 
-    def apply_causal_mask(self, scores: Float[Tensor, "batch head query key"], offset: int = 0) -> Tensor:
-        """-inf where a query would read a later key (no-op for a bidirectional tower). ``offset``: the
-        number of keys before the first query (prefix reuse)."""
-        if not self.cfg.causal:
+    def apply_causal_mask(self, scores: Float[Tensor, "batch head query key"], offset: int = 0,
+                          lengths: Optional[Tensor] = None, query_pos: Optional[Tensor] = None) -> Tensor:
+        """-inf where a query may not read a key (see :meth:`causal_mask`; a no-op for a bidirectional
+        tower without prefix padding)."""
+        if not self.cfg.causal and lengths is None:
             return scores
-        n_q, n_k = scores.shape[-2:]
-        mask = torch.ones(n_q, n_k, dtype=torch.bool, device=scores.device).triu(offset + 1)
+        mask = self.causal_mask(scores.shape[-2], scores.shape[-1], offset, lengths, query_pos, scores.device)
         return scores.masked_fill(mask, float("-inf"))
+
+    def causal_mask(self, n_query: int, n_key: int, offset: int = 0, lengths: Optional[Tensor] = None,
+                    query_pos: Optional[Tensor] = None, device=None) -> Tensor:
+        """True where a query may not read a key, broadcastable to [batch, head, query, key]. The keys are
+        ``offset`` prefix slots, then the input's positions. A causal tower hides later positions;
+        ``lengths`` [batch] hides the padding slots of shorter prefixes (in any tower); ``query_pos`` [batch]
+        is the input position of each row's single query (default: query i is position i)."""
+        key = torch.arange(n_key, device=device) - offset  # input position of each key; < 0: a prefix slot
+        if query_pos is None:
+            query = torch.arange(n_query, device=device)[None, None, :, None]
+        else:
+            query = query_pos.view(-1, 1, 1, 1)
+        hidden = key > query
+        if not self.cfg.causal:
+            hidden = torch.zeros_like(hidden)
+        if lengths is not None:
+            slot = torch.arange(n_key, device=device)
+            hidden = hidden | ((slot < offset) & (slot >= lengths[:, None])).view(-1, 1, 1, n_key)
+        return hidden
 
     def calculate_pattern(self, scores: Float[Tensor, "batch head query key"]) -> Tensor:
         return torch.softmax(scores, dim=-1)

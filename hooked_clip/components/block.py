@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-from jaxtyping import Float
+import torch
+from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from hooked_clip.components.attention import Attention, KeyValuePrefix
@@ -32,8 +33,12 @@ class TransformerBlock(nn.Module):
         self.hook_mlp_out = CheckedHookPoint()
         self.hook_resid_post = CheckedHookPoint()
 
-    def forward(self, resid_pre: Float[Tensor, "batch pos d_model"],
-                prefix: Optional[KeyValuePrefix] = None) -> Float[Tensor, "batch pos d_model"]:
+    def forward(self, resid_pre: Float[Tensor, "batch pos d_model"], prefix: Optional[KeyValuePrefix] = None,
+                query_pos: Optional[Int[Tensor, " batch"]] = None) -> Float[Tensor, "batch pos d_model"]:
+        """``prefix``: keys/values of earlier positions (see :class:`KeyValuePrefix`). ``query_pos`` [batch]:
+        compute only that position of each row (attention still reads every key): the hooks after the
+        attention's queries, and the output, have one position (the patching engine's last block, where
+        only the pooled row reaches the output)."""
         resid_pre = self.hook_resid_pre(resid_pre)
         if self.cfg.use_split_qkv_input:
             # one copy per input: a hook may edit its input in place without touching the other two
@@ -43,10 +48,13 @@ class TransformerBlock(nn.Module):
                 self.ln1(self.hook_k_input(per_head())),
                 self.ln1(self.hook_v_input(per_head())),
                 prefix,
+                query_pos,
             )
         else:
             x = self.ln1(resid_pre)
-            attn_out = self.attn(x, x, x, prefix)
+            attn_out = self.attn(x, x, x, prefix, query_pos)
+        if query_pos is not None:
+            resid_pre = resid_pre[torch.arange(resid_pre.shape[0], device=resid_pre.device), query_pos].unsqueeze(1)
         resid_mid = self.hook_resid_mid(resid_pre + self.hook_attn_out(attn_out))
         mlp_out = self.hook_mlp_out(self.mlp(self.ln2(resid_mid)))
         return self.hook_resid_post(resid_mid + mlp_out)
