@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import statistics
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -27,35 +28,61 @@ from hooked_clip.analyses.valse_negation.data import aligned_pairs, load_items
 from hooked_clip import CLIPTextConfig, HookedCLIP, HookedCLIPText
 
 
+def median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--pairs", type=int, default=32)
     parser.add_argument("--ig-steps", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = HookedCLIP(HookedCLIPText(CLIPTextConfig(seed=0, device="cpu")), logit_scale=math.log(100.0))
     pairs = aligned_pairs(load_items())[: args.pairs]
     neg, aff = [p.negated for p in pairs], [p.affirmative for p in pairs]
     metric = similarity_metric(model, torch.randn(len(pairs), model.cfg.d_proj))
     kw = dict(index="layer_pos_head")
-    start = time.perf_counter()
-    est = attribution_patch(model, neg, aff, metric, "z", **kw)
-    t_atp = time.perf_counter() - start
-    start = time.perf_counter()
-    ig = attribution_patch(model, neg, aff, metric, "z", ig_steps=args.ig_steps, **kw)
-    t_ig = time.perf_counter() - start
-    start = time.perf_counter()
-    with torch.no_grad():
-        exact = activation_patch(model, neg, aff, metric, "z", progress=False, **kw)
-    t_exact = time.perf_counter() - start
+    aff_t = model.to_tokens(aff)
+
+    def forward_backward():  # what one step of any gradient method costs at least: one forward + backward
+        embed = model.text.embed_tokens(aff_t).detach().requires_grad_(True)
+        metric(model.text(embed, return_type="normalized", start_at_layer=0, tokens=aff_t)).sum().backward()
+
+    runs = {
+        "atp": lambda: attribution_patch(model, neg, aff, metric, "z", **kw),
+        "ig": lambda: attribution_patch(model, neg, aff, metric, "z", ig_steps=args.ig_steps, **kw),
+        "exact": lambda: activation_patch(model, neg, aff, metric, "z", progress=False, **kw),
+        "fwd_bwd": forward_backward,
+    }
+    est, ig, exact = runs["atp"](), runs["ig"](), runs["exact"]()  # results (and warm-up)
+    forward_backward()
+    times = {k: [] for k in runs}
+    for _ in range(args.repeats):  # interleaved
+        for k, fn in runs.items():
+            times[k].append(median_time(fn, 1))
+    med = {k: statistics.median(v) for k, v in times.items()}
     y = (exact.values - exact.corrupt).flatten()
     keep = ~torch.isnan(y)
-    print(f"{args.pairs} pairs, {int(keep.sum())} (layer, pos, head, pair) patches of z")
-    for name, res, t in (("attribution patching", est, t_atp), (f"integrated gradients ({args.ig_steps} steps)", ig, t_ig)):
+    print(f"random ViT-B/32 text tower, {args.pairs} pairs, {int(keep.sum())} (layer, pos, head, pair) patches of z; "
+          f"torch threads {torch.get_num_threads()}; median of {args.repeats} interleaved repeats")
+    for name, res, key in (("attribution patching", est, "atp"), (f"integrated gradients ({args.ig_steps} steps)", ig, "ig")):
         x = (res.values - res.corrupt).flatten()
         r = float(torch.corrcoef(torch.stack([x[keep], y[keep]]))[0, 1])
-        print(f"{name}: {t_exact / t:.1f}x faster than exact patching with the batched engine "
-              f"({t:.2f} s vs {t_exact:.2f} s); Pearson r(estimate, exact) = {r:.3f}")
+        print(f"{name}: {med['exact'] / med[key]:.1f}x faster than exact patching with the batched engine "
+              f"({med[key]:.2f} s vs {med['exact']:.2f} s); Pearson r(estimate, exact) = {r:.3f}")
+    print(f"integrated gradients: {med['ig'] / args.ig_steps:.3f} s per step = "
+          f"{med['ig'] / args.ig_steps / med['fwd_bwd']:.2f}x one plain forward + backward of the {args.pairs} "
+          f"affirmative sentences ({med['fwd_bwd']:.3f} s)")
 
 
 if __name__ == "__main__":

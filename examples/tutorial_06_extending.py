@@ -7,7 +7,7 @@ from hooked_clip.loading import config_from_hf
 
 torch.manual_seed(0)
 hf = SiglipTextModel(SiglipTextConfig(hidden_size=64, intermediate_size=128, num_attention_heads=2,
-                                      num_hidden_layers=2, vocab_size=300, max_position_embeddings=24))
+                                      num_hidden_layers=2, vocab_size=400, max_position_embeddings=24))
 with torch.no_grad():  # random LayerNorms and biases too: no conversion error hides behind 1s and 0s
     for p in hf.parameters():
         p.add_(0.05 * torch.randn_like(p))
@@ -30,17 +30,20 @@ try:
 except CheckpointMismatchError as err:
     print(err)
 
+import re
+
 import sentencepiece as spm
 from transformers import AutoTokenizer, SiglipTokenizer
 
-from hooked_clip.analyses.valse_negation.data import load_items
+from hooked_clip.analyses.valse_negation.data import aligned_pairs, load_items
 from hooked_clip.hf_tokenizer import HFTextTokenizer
 
-sentences = [s for x in load_items() for s in (x.caption, x.foil)]
+pairs = aligned_pairs(load_items())
+sentences = [s for x in load_items() for s in (x.caption, x.foil)] + [p.affirmative for p in pairs]
 with open("corpus.txt", "w") as f:
-    f.write("\n".join(sentences))
-spm.SentencePieceTrainer.train(input="corpus.txt", model_prefix="sp", vocab_size=300, pad_id=0, eos_id=1,
-                               unk_id=2, bos_id=-1, minloglevel=2)
+    f.write("\n".join(re.sub(r"[^\w\s]", "", s).lower() for s in sentences))
+spm.SentencePieceTrainer.train(input="corpus.txt", model_prefix="sp", vocab_size=400, model_type="bpe",
+                               character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2)
 SiglipTokenizer(vocab_file="sp.model").save_pretrained("siglip-tokenizer")
 reference_tokenizer = AutoTokenizer.from_pretrained("siglip-tokenizer")
 
@@ -78,3 +81,12 @@ ax.set_ylabel("max |ours - transformers|")
 ax.set_title("SigLIP text tower, random weights")
 ax.legend()
 fig.savefig("figures/06_parity.png", dpi=90, bbox_inches="tight")
+
+from hooked_clip.analyses.valse_negation.layout import check_token_layout, row_labels
+
+negated, affirmative = [p.negated for p in pairs], [p.affirmative for p in pairs]
+layouts = check_token_layout(ours, negated, affirmative)  # raises, naming the pairs, where a row cannot be placed
+print(row_labels(layouts))
+pieces = ours.to_str_tokens(ours.to_tokens(negated[0])[0])  # as the tower sees it: padded to the context
+print({label: (pieces[pos] if isinstance(pos, int) else [pieces[i] for i in pos] if pos is not None else None)
+       for label, pos in zip(row_labels(layouts), layouts[0].rows())})

@@ -19,6 +19,7 @@ from hooked_clip.hf_tokenizer import HFTextTokenizer, UnavailableTokenizer, toke
 from hooked_clip.loading import CheckpointMismatchError
 from hooked_clip.parity import capture_block_outputs, parity_errors
 from hooked_clip.tokenizer import CLIPTokenizer, TextTooLongError, TokenizerUnavailableError
+from hooked_clip.analyses.valse_negation.layout import ROWS
 
 ATOL = 1e-5
 SMALL = dict(hidden_size=64, intermediate_size=128, num_attention_heads=2, num_hidden_layers=2)
@@ -386,8 +387,8 @@ def _registered_open_clip(tmp_path, name: str, like: str, tokenizer_dir, **text_
     import open_clip
 
     cfg = open_clip.get_model_config(like)
-    text_cfg = dict(cfg["text_cfg"], width=64, heads=2, layers=2, vocab_size=300, context_length=32,
-                    hf_tokenizer_name=str(tokenizer_dir), **text_overrides)
+    text_cfg = dict(cfg["text_cfg"], **{"width": 64, "heads": 2, "layers": 2, "vocab_size": 300, "context_length": 32,
+                                        "hf_tokenizer_name": str(tokenizer_dir), **text_overrides})
     small = {"embed_dim": 32, "quick_gelu": cfg.get("quick_gelu", False), "custom_text": cfg.get("custom_text", False),
              "vision_cfg": dict(image_size=32, layers=1, width=32, patch_size=16, head_width=32), "text_cfg": text_cfg}
     if "init_logit_bias" in cfg:
@@ -451,6 +452,7 @@ def test_study_runs_end_to_end_on_a_mobileclip_family_checkpoint_file(tmp_path):
           "--limit", "4", "--out", str(tmp_path / "run"), "--no-progress"])
     res = json.loads((tmp_path / "run" / "results.json").read_text())
     assert res["scores"]["original"]["all"]["n"] == 4 and "cte" in res and "heads" in res
+    assert res["cte"]["foil"]["all"]["rows"] == ROWS  # CLIP's BPE, pooled at the EOT: CLIP's rows, none absent
 
 
 def test_weight_processing_keeps_siglip_embeddings():
@@ -461,3 +463,160 @@ def test_weight_processing_keeps_siglip_embeddings():
     processed = HookedCLIP.from_hf(hf, device="cpu", fold_ln=True, center_writing_weights=True, fold_value_biases=True)
     with torch.no_grad():
         assert (processed.encode_text(tokens, normalize=False) - plain.encode_text(tokens, normalize=False)).abs().max() <= ATOL
+
+
+# ------------------------------------------------------------------ the VALSE study on SigLIP towers
+SIGLIP_ROWS = ["[SOT] (absent)", "there", "is/are", "a/some/no", "subj 1st", "subj further", ". (absent)", "[EOT]",
+               "[pooled]"]
+
+
+@pytest.fixture(scope="module")
+def siglip_words_dir(tmp_path_factory):
+    """A SigLIP SentencePiece tokenizer (BPE, 400 ids) trained offline on the VALSE sentences as SigLIP's clean-up
+    leaves them (lower case, no punctuation), so that, as in SigLIP's real 32k vocabulary, "there", "is", "are",
+    "no", "a", "an" and "some" are one piece each while rarer words split."""
+    import re
+
+    import sentencepiece as spm
+    from transformers import SiglipTokenizer
+
+    d = tmp_path_factory.mktemp("spm_words")
+    (d / "corpus.txt").write_text("\n".join(re.sub(r"[^\w\s]", "", s).lower() for s in valse_sentences()))
+    spm.SentencePieceTrainer.train(input=str(d / "corpus.txt"), model_prefix=str(d / "sp"), vocab_size=400, model_type="bpe",
+                                   character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2)
+    out = d / "tok"
+    SiglipTokenizer(vocab_file=str(d / "sp.model")).save_pretrained(out)
+    return out
+
+
+def _valse_images(folder, n):
+    """Random images for the first ``n`` items the study selects (files named as in Visual7W)."""
+    from PIL import Image
+
+    from hooked_clip.analyses.valse_negation.data import load_items
+    from hooked_clip.analyses.valse_negation.study import select_items
+
+    folder.mkdir()
+    gen = torch.Generator().manual_seed(0)
+    for x in select_items(load_items(), n):
+        Image.fromarray((torch.rand(40, 50, 3, generator=gen) * 255).byte().numpy()).save(folder / x.image_file)
+    return folder
+
+
+def _check_siglip_run(run, model):
+    """Rows of a SigLIP run: labels, and what each row holds, read back through the model's own tokenizer;
+    at the embeddings (layer 0) only the negator differs between the sentences, so its CTE is 1 and every other
+    row's 0; at the last layer only the pooled position is read, so the [pooled] row is 1 and the others 0."""
+    import json
+    import math
+
+    res = json.loads((run / "results.json").read_text())
+    assert res["cte"]["foil"]["all"]["rows"] == SIGLIP_ROWS and res["zoom"]["rows"] == SIGLIP_ROWS
+    assert "Absent rows" in (run / "report.md").read_text()
+    records = [json.loads(p.read_text()) for p in sorted((run / "items").glob("*.json"))]
+    assert records and all("aligned" in r for r in records)
+    n_ctx = model.cfg.n_ctx
+    for r in records:
+        a, pos = r["aligned"], r["aligned"]["positions"]
+        negated = a["caption"] if r["negation_in"] == "caption" else a["foil"]
+        affirmative = a["foil"] if r["negation_in"] == "caption" else a["caption"]
+        neg, aff = model.to_str_tokens(negated), model.to_str_tokens(affirmative)
+        assert neg[pos["negator"]] == "▁no" and aff[pos["negator"]] in ("▁a", "▁an", "▁some")
+        assert (neg[pos["there"]], neg[pos["is_are"]]) in (("▁there", "▁is"), ("▁there", "▁are"))
+        assert neg[pos["eot"]] == "</s>" and pos["eot"] == len(neg) - 1 == a["n_tokens"] - 1
+        assert pos["sot"] is None and pos["dot"] is None and pos["pooled"] == n_ctx - 1
+        assert negated.lower().split()[3].startswith(neg[pos["subject"]].lstrip("▁"))  # the subject's first piece
+        first, last = a["cte_rows"][0], a["cte_rows"][-1]
+        for row, v0, vL in zip(SIGLIP_ROWS, first, last):
+            if row.endswith("(absent)") or (row == "subj further" and a["n_further"] == 0):
+                assert math.isnan(v0) and math.isnan(vL), row
+                continue
+            assert v0 == pytest.approx(1.0 if row == "a/some/no" else 0.0, abs=1e-4), (row, first)
+            assert vL == pytest.approx(1.0 if row == "[pooled]" else 0.0, abs=1e-4), (row, last)
+        assert len(a["rome_rows"][0]) == len(SIGLIP_ROWS) and len(a["head_rows"][0][0]) == len(SIGLIP_ROWS)
+
+
+def test_study_runs_end_to_end_on_a_siglip_directory_with_its_sentencepiece_tokenizer(tmp_path, siglip_words_dir):
+    """`hooked-clip valse-negation --model DIR` on a transformers SigLIP directory with its SentencePiece
+    tokenizer: no start token, no "." (SigLIP's clean-up drops it), pooling at the last padded position."""
+    from transformers import AutoTokenizer
+
+    from hooked_clip.analyses.cli import main
+
+    hf_pair("SiglipModel", {"vocab_size": 400, "max_position_embeddings": 32}).save_pretrained(tmp_path / "sig")
+    AutoTokenizer.from_pretrained(siglip_words_dir).save_pretrained(tmp_path / "sig")
+    images = _valse_images(tmp_path / "images", 6)
+    main(["valse-negation", "--model", str(tmp_path / "sig"), "--images", str(images), "--limit", "6", "--rome",
+          "--out", str(tmp_path / "run"), "--no-progress"])
+    model = HookedCLIP.from_pretrained(tmp_path / "sig", device="cpu")
+    assert isinstance(model.tokenizer, HFTextTokenizer) and model.cfg.pooling == "last"
+    _check_siglip_run(tmp_path / "run", model)
+
+
+def test_study_runs_end_to_end_on_an_open_clip_siglip_file_with_a_local_tokenizer(tmp_path, siglip_words_dir):
+    """`--model open_clip:NAME:FILE` for a ViT-B-16-SigLIP-shaped config whose tokenizer is a local folder."""
+    import json
+
+    from hooked_clip.analyses.cli import main
+
+    name = "hc-siglip-study-tiny"
+    _, ckpt = _registered_open_clip(tmp_path, name, "ViT-B-16-SigLIP", siglip_words_dir, vocab_size=400, layers=4)
+    images = _valse_images(tmp_path / "images", 4)
+    main(["valse-negation", "--model", f"open_clip:{name}:{ckpt}", "--images", str(images), "--limit", "4", "--rome",
+          "--out", str(tmp_path / "run"), "--no-progress"])
+    _check_siglip_run(tmp_path / "run", HookedCLIP.from_open_clip(name, pretrained=ckpt, device="cpu"))
+    zoom = json.loads((tmp_path / "run" / "results.json").read_text())["zoom"]  # 4 layers: the paper's layer-4 zoom
+    assert zoom["layer"] == 4 and zoom["rows"] == SIGLIP_ROWS
+    for loc in ("caption", "foil"):  # absent rows stay empty (not the paper rule's 0 for a missing row)
+        assert all(h[0] is None and h[6] is None and h[3] is not None and h[8] is not None for h in zoom[loc])
+    table = (tmp_path / "run" / "report.md").read_text().split("### Layer zoom")[1]
+    assert "| head | a/some/no | subj 1st | subj further | . (absent) | [EOT] | [pooled] |" in table
+
+
+def test_every_aligned_valse_pair_lays_out_on_a_siglip_tokenizer(siglip_words_dir):
+    """All 490 pairs: the negator at position 2 (no start token), holding "no" in the negated sentence."""
+    from transformers import AutoTokenizer
+
+    from hooked_clip.analyses.valse_negation.data import aligned_pairs, load_items
+    from hooked_clip.analyses.valse_negation.layout import check_token_layout
+
+    hf = hf_pair("SiglipTextModel", {"vocab_size": 400, "max_position_embeddings": 32})
+    model = HookedCLIP.from_hf(hf, device="cpu")
+    model.text.tokenizer = HFTextTokenizer(AutoTokenizer.from_pretrained(siglip_words_dir), 32)
+    pairs = aligned_pairs(load_items())
+    layouts = check_token_layout(model.text, [p.negated for p in pairs], [p.affirmative for p in pairs])
+    assert len(layouts) == 490 and {x.negator for x in layouts} == {2} and {x.pooled for x in layouts} == {31}
+    assert all(model.to_str_tokens(p.negated)[x.negator] == "▁no" for p, x in zip(pairs, layouts))
+
+
+def test_study_refuses_pairs_a_tokenizer_splits_apart(spm_dir):
+    """With a 300-piece unigram vocabulary "some" is two pieces (▁s ome) and "there", "is" two each: "there are
+    no X" / "there are some X" do not correspond position by position, and "there is" is not one token per row's
+    word. The layout refuses, naming each pair and why (never rows filled with other tokens)."""
+    from transformers import AutoTokenizer
+
+    from hooked_clip.analyses.valse_negation.layout import TokenLayoutError, check_token_layout
+
+    hf = hf_pair("SiglipTextModel", {"vocab_size": 300, "max_position_embeddings": 32})
+    model = HookedCLIP.from_hf(hf, device="cpu")
+    model.text.tokenizer = HFTextTokenizer(AutoTokenizer.from_pretrained(spm_dir), 32)
+    assert model.to_str_tokens("There are some cats.")[4:6] == ["▁s", "ome"]
+    with pytest.raises(TokenLayoutError, match=r"2 of 2 aligned pairs .*'There is no cat\.': 4 tokens \(\['▁the', 're', "
+                                               r"'▁', 'is'\]\) precede the negator.*'There are no cats\.': the negated "
+                                               r"sentence is 8 tokens and the affirmative one 9"):
+        check_token_layout(model.text, ["There is no cat.", "There are no cats."], ["There is a cat.", "There are some cats."])
+
+
+def test_model_comparison_reads_the_row_each_tower_pools():
+    """`--model A --model B`: the second CTE row of the comparison is the one whose state becomes the embedding:
+    [EOT] for CLIP's layout, [pooled] for a tower that reads its last padded position (labelled so)."""
+    from hooked_clip.analyses.valse_negation.comparison import _summary
+
+    def results(rows):
+        matrix = [[float(i)] * 3 for i in range(len(rows))]  # row i holds i at every layer
+        return {"counts": {}, "confounds": {},
+                "cte": {loc: {"correct": {"n": 2, "rows": rows, "matrix": matrix}} for loc in ("caption", "foil")}}
+
+    clip, siglip = _summary("clip", results(ROWS))["cte"]["foil"], _summary("siglip", results(SIGLIP_ROWS))["cte"]["foil"]
+    assert clip == {"n": 2, "negator": [3.0] * 3, "eot": [7.0] * 3}
+    assert siglip == {"n": 2, "negator": [3.0] * 3, "eot": [8.0] * 3, "eot_row": "[pooled]"}

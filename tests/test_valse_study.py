@@ -15,7 +15,7 @@ from hooked_clip.analyses.valse_negation import study
 from hooked_clip.analyses.valse_negation.data import DataFormatError, NEGATOR_POS, aligned_pairs, load_items
 from hooked_clip.analyses.valse_negation.images import FolderImages, SceneImages
 from hooked_clip.analyses.valse_negation.report import _cte_matrix, aggregate
-from hooked_clip.analyses.valse_negation.study import RunDirMismatchError, Settings, run_items, to_rows
+from hooked_clip.analyses.valse_negation.study import ROWS, RunDirMismatchError, Settings, run_items, to_rows
 from hooked_clip import HookedCLIP
 from hooked_clip.models.tiny_negation import build
 from hooked_clip.models.tiny_negation.world import OBJECTS
@@ -715,11 +715,12 @@ def test_cli_reference_on_a_text_only_run_compares_subject_prompts(hf_dir, tmp_p
     assert [d["id"] for d in c["subjects"]["differ"]] == [changed] and c["positions"]["equal"] == c["n_common"]
 
 
-def test_study_refuses_a_tokenizer_whose_layout_breaks_its_rows():
-    """A SentencePiece-style layout (no start token: the negator one position earlier) must not fill the
-    study's rows with other tokens silently."""
+def test_rows_follow_the_tokenizer_without_a_start_token():
+    """A tokenizer that lays the sentences out otherwise (here CLIP's BPE without its start token: everything one
+    position earlier) gets its rows from its own positions, the missing start token an absent (NaN) row, never
+    filled with another token; CLIP's own layout is CLIP's fixed one."""
     from hooked_clip import load_model
-    from hooked_clip.analyses.valse_negation.study import check_token_layout
+    from hooked_clip.analyses.valse_negation.layout import PairLayout, check_token_layout, row_labels
     from hooked_clip.tokenizer import CLIPTokenizer
 
     class NoStartToken(CLIPTokenizer):
@@ -727,7 +728,13 @@ def test_study_refuses_a_tokenizer_whose_layout_breaks_its_rows():
             return super().encode(text, *args, **kwargs)[1:]
 
     model = load_model("tiny-negation")
-    check_token_layout(model.text, ["There are no cats."], ["There are some cats."])  # CLIP's layout passes
+    neg, aff = ["There are no cats.", "There is no big dog."], ["There are some cats.", "There is a big dog."]
+    assert check_token_layout(model.text, neg, aff) == [PairLayout.clip(6), PairLayout.clip(7)]
     model.text.tokenizer = NoStartToken()
-    with pytest.raises(ValueError, match=r"negator at position 2.*study's per-position rows"):
-        check_token_layout(model.text, ["There are no cats."], ["There are some cats."])
+    layouts = check_token_layout(model.text, neg, aff)
+    assert [x.negator for x in layouts] == [2, 2] and [x.eot for x in layouts] == [5, 6]
+    assert [model.to_str_tokens(s)[x.negator] for s, x in zip(neg, layouts)] == ["no", "no"]
+    assert row_labels(layouts) == ["[SOT] (absent)"] + ROWS[1:]
+    values = torch.arange(10.0)[None]  # [layer, pos]
+    rows, n_further = to_rows(values, layouts[1])  # "there is no big dog . [EOT]" at 0..6
+    assert math.isnan(rows[0][0]) and rows[0][1:] == [0, 1, 2, 3, 4, 5, 6] and n_further == 1

@@ -3,6 +3,8 @@
 Each model runs in its own run directory (resumable as any run); :func:`write_comparison` reads their
 ``results.json`` and writes ``comparison.md``, ``comparison.json`` and ``comparison_cte.png`` (the CTE's
 negator row and EOT row per model, correct segment, both negation locations) into the parent directory.
+For a tower that reads another position than its end token (SigLIP: the last padded position) the second row
+is its ``[pooled]`` row, the one whose state becomes the embedding, and is labelled so.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from typing import Sequence
 
 
 from hooked_clip.analyses.valse_negation import paper
+from hooked_clip.analyses.valse_negation.layout import NEGATOR_ROW, POOLED_ROW, ROWS
 from hooked_clip.analyses.valse_negation.report import LOCATIONS, PAPER_R, REFERENCE, RELATION_LABELS, _fmt
-from hooked_clip.analyses.valse_negation.study import ROWS, atomic_write
+from hooked_clip.analyses.valse_negation.study import atomic_write
 
-NEGATOR_ROW, EOT_ROW = ROWS.index("a/some/no"), ROWS.index("[EOT]")
+EOT_ROW = ROWS.index("[EOT]")
 
 
 def run_dir_name(model_id: str) -> str:
@@ -34,8 +37,11 @@ def _summary(model_id: str, results: dict) -> dict:
         out["cte"] = {}
         for loc in LOCATIONS:
             m = results["cte"][loc]["correct"]
+            read = m["rows"].index(POOLED_ROW) if POOLED_ROW in m["rows"] else EOT_ROW  # the row the tower reads
             out["cte"][loc] = {"n": m["n"], "negator": None if m["matrix"] is None else m["matrix"][NEGATOR_ROW],
-                               "eot": None if m["matrix"] is None else m["matrix"][EOT_ROW]}
+                               "eot": None if m["matrix"] is None else m["matrix"][read]}
+            if read != EOT_ROW:
+                out["cte"][loc]["eot_row"] = m["rows"][read]
     out["top_heads"] = {loc: h["top"][:3] for loc, h in results.get("heads", {}).items()}
     out["confounds"] = {k: v for k, v in results["confounds"].items() if isinstance(v, dict) and "r" in v}
     if "replication" in results:
@@ -76,7 +82,7 @@ def _figure(out_dir: Path, summaries: list[dict]):
             color = f"C{k}"
             layers = range(len(c["negator"]))
             ax.plot(layers, c["negator"], color=color, marker="o", label=f"{s['model']}: negator (n={c['n']})")
-            ax.plot(layers, c["eot"], color=color, marker="s", linestyle="--", label=f"{s['model']}: [EOT]")
+            ax.plot(layers, c["eot"], color=color, marker="s", linestyle="--", label=f"{s['model']}: {c.get('eot_row', '[EOT]')}")
         ax.set_title(f"Negation in {loc}, correct segment")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_xlabel("hidden-state layer (0 = embeddings output)")
@@ -144,7 +150,7 @@ def _markdown(summaries: list[dict], run_dirs: dict, figure, elapsed_s: dict) ->
                     lines.append(f"- `{s['model']}`: no items in the correct segment")
                     continue
                 lines.append(f"- `{s['model']}` (n = {c['n']}): negator " + " ".join(_fmt(v) for v in c["negator"])
-                             + " · [EOT] " + " ".join(_fmt(v) for v in c["eot"]))
+                             + f" · {c.get('eot_row', '[EOT]')} " + " ".join(_fmt(v) for v in c["eot"]))
             lines.append("")
     lines += ["## Top negator-selective heads (mean Δ)", "", head, rule]
     paper_heads = ", ".join(f"{k} {_fmt(v[0])} / {_fmt(v[1])}" for k, v in REFERENCE["head_delta"].items())

@@ -15,7 +15,7 @@ from typing import Optional, Union
 
 from hooked_clip.analyses.valse_negation import EXISTENCE_JSON
 
-NEGATOR_POS = 3  # [SOT] there is/are no ...
+NEGATOR_POS = 3  # [SOT] there is/are no ... on CLIP's BPE; the study reads each pair's own from layout.check_token_layout
 _REQUIRED = ("caption", "foil", "mturk", "provenance_of_foils", "image_file")
 _NO = re.compile(r"\bno\b", re.I)
 

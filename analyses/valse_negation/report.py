@@ -18,6 +18,8 @@ import numpy as np
 from hooked_clip.analyses.valse_negation import paper
 from hooked_clip.analyses.valse_negation.reference import section as replication_section
 from hooked_clip.analyses.valse_negation.reference import to_reference_format
+from hooked_clip.analyses.valse_negation.layout import (ABSENT, FURTHER_ROW, NEGATOR_ROW, POOLED_ROW, PairLayout, is_absent,
+                                                        row_labels)
 from hooked_clip.analyses.valse_negation.study import ROWS, atomic_write
 
 SEGMENTS = ("correct", "ambiguous", "incorrect")
@@ -92,22 +94,26 @@ def _d_stats(aligned: list[dict]) -> dict:
     return out
 
 
-def _cte_matrix(recs: list[dict], key: str = "cte_rows") -> dict:
+def _cte_matrix(recs: list[dict], key: str = "cte_rows", rows_labels: Optional[list[str]] = None) -> dict:
     """Mean over items of [layer, row] values; the "subj further" row weighted by each item's number of
-    further tokens (items with none weigh 0), as the authors average. Returns rows x layers and the
-    per-layer std over rows from the negator on."""
+    further tokens (items with none weigh 0), as the authors average. Returns rows x layers, the
+    per-layer std over rows from the negator on (absent rows left out) and the column sums. ``rows_labels``:
+    the rows' labels (default: CLIP's ``ROWS``)."""
+    labels = ROWS if rows_labels is None else rows_labels
     if not recs:
-        return {"n": 0, "rows": ROWS, "matrix": None, "std": None, "mean_std": None}
+        return {"n": 0, "rows": labels, "matrix": None, "std": None, "mean_std": None}
     rows = np.array([r["aligned"][key] for r in recs], float)  # [n, L+1, 8]
     with warnings.catch_warnings():  # all-NaN columns (e.g. no further tokens anywhere) stay NaN
         warnings.simplefilter("ignore", RuntimeWarning)
         mean = np.nanmean(rows, axis=0)
     if key == "cte_rows":
         w = np.array([r["aligned"]["n_further"] for r in recs], float)
-        fur = np.nan_to_num(rows[:, :, 5])
-        mean[:, 5] = (fur * w[:, None]).sum(0) / w.sum() if w.sum() > 0 else np.nan
-    std = np.nanstd(mean[:, 3:], axis=1, ddof=0)
-    return {"n": len(recs), "rows": ROWS, "matrix": mean.T.tolist(), "std": std.tolist(),
+        fur = np.nan_to_num(rows[:, :, FURTHER_ROW])
+        mean[:, FURTHER_ROW] = (fur * w[:, None]).sum(0) / w.sum() if w.sum() > 0 else np.nan
+    with warnings.catch_warnings():  # a layer whose rows are all NaN stays NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        std = np.nanstd(mean[:, NEGATOR_ROW:], axis=1, ddof=0)
+    return {"n": len(recs), "rows": labels, "matrix": mean.T.tolist(), "std": std.tolist(),
             "mean_std": float(np.nanmean(std)), "column_sums": np.nansum(mean, axis=1).tolist()}
 
 
@@ -132,6 +138,8 @@ def aggregate(records: dict[str, dict], n_layers: int, n_heads: int, zoom: str =
     recs = list(records.values())
     aligned = [r for r in recs if "aligned" in r]
     has_d = any("d" in r for r in recs)
+    layouts = [PairLayout.from_record(r["aligned"]) for r in aligned]
+    rows = row_labels(layouts)
     out: dict = {"indexing": "hidden-state layers: 0 = embeddings output, l = output of block l; attention layers "
                              "and heads 1-indexed as in the paper (L4H2 = blocks.3 head 1)",
                  "counts": {"valid": len(recs), "aligned": len(aligned),
@@ -140,7 +148,8 @@ def aggregate(records: dict[str, dict], n_layers: int, n_heads: int, zoom: str =
     out["n_layers"], out["n_heads"] = n_layers, n_heads
     lengths = [r["aligned"]["n_tokens"] for r in aligned]
     if lengths:
-        out["lengths"] = {"aligned_t7": sum(n == 7 for n in lengths), "tokens_min": min(lengths), "tokens_max": max(lengths)}
+        out["lengths"] = {"no_further": sum(x.n_further == 0 for x in layouts), "tokens_min": min(lengths),
+                          "tokens_max": max(lengths)}
     if has_d:
         out["scores"] = {
             "original": {g: _score_table([r["d"] for r in recs if g == "all" or r["negation_in"] == g]) for g in ("all", *LOCATIONS)},
@@ -148,10 +157,12 @@ def aggregate(records: dict[str, dict], n_layers: int, n_heads: int, zoom: str =
         }
         if aligned:
             out["d_stats"] = _d_stats(aligned)
-        out["cte"] = {loc: {seg: _cte_matrix([r for r in aligned if r["negation_in"] == loc and seg in ("all", r["aligned"]["segment"])])
+        out["cte"] = {loc: {seg: _cte_matrix([r for r in aligned if r["negation_in"] == loc and seg in ("all", r["aligned"]["segment"])],
+                                             rows_labels=rows)
                             for seg in (*SEGMENTS, "all")} for loc in LOCATIONS}
         if aligned and "rome_rows" in aligned[0]["aligned"]:
-            out["rome"] = {loc: _cte_matrix([r for r in aligned if r["negation_in"] == loc], "rome_rows") for loc in LOCATIONS}
+            out["rome"] = {loc: _cte_matrix([r for r in aligned if r["negation_in"] == loc], "rome_rows", rows)
+                           for loc in LOCATIONS}
     heads = {}
     for loc in LOCATIONS:
         group = [r for r in aligned if r["negation_in"] == loc]
@@ -172,16 +183,19 @@ def aggregate(records: dict[str, dict], n_layers: int, n_heads: int, zoom: str =
             layer = PAPER_ZOOM_LAYER if n_layers > PAPER_ZOOM_LAYER else None
         else:
             layer = int(np.argmax(np.mean([heads[loc]["layer_mean"] for loc in heads], axis=0)))
-        out["zoom"] = {"rule": zoom, "definition": ZOOM_RULES[zoom], "rows": ROWS,
+        out["zoom"] = {"rule": zoom, "definition": ZOOM_RULES[zoom], "rows": rows,
                        "layer": None if layer is None else layer + 1}
         if layer is None:
             out["zoom"]["note"] = f"the model has {n_layers} layers, so there is no layer 4 to zoom on"
         else:
             for loc in heads:
                 group = [r for r in aligned if r["negation_in"] == loc]
-                out["zoom"][loc] = zoom_rows([r["aligned"]["head_rows"][layer] for r in group], zoom).tolist()
+                z = zoom_rows([r["aligned"]["head_rows"][layer] for r in group], zoom)
+                z[:, [i for i, label in enumerate(rows) if is_absent(label)]] = np.nan  # no such token: not a 0
+                out["zoom"][loc] = z.tolist()
                 out["zoom"][f"n_{loc}"] = len(group)
-                out["zoom"][f"n_{loc}_without_further"] = sum(r["aligned"]["n_tokens"] == 7 for r in group)
+                out["zoom"][f"n_{loc}_without_further"] = sum(PairLayout.from_record(r["aligned"]).n_further == 0
+                                                              for r in group)
     out["confounds"] = _confounds(recs, aligned, has_d)
     return out
 
@@ -267,7 +281,7 @@ def _write_csvs(run_dir: Path, records, results) -> None:
     for loc, segs in results.get("cte", {}).items():
         for seg, m in segs.items():
             if m["n"]:
-                df = pd.DataFrame(m["matrix"], index=ROWS, columns=[f"layer_{l}" for l in range(len(m["std"]))])
+                df = pd.DataFrame(m["matrix"], index=m["rows"], columns=[f"layer_{l}" for l in range(len(m["std"]))])
                 df.loc["CTE std (rows >= negator)"] = m["std"]
                 df.to_csv(run_dir / f"cte_{loc}_{seg}.csv", index_label="row")
     for loc, h in results.get("heads", {}).items():
@@ -280,7 +294,7 @@ def _write_csvs(run_dir: Path, records, results) -> None:
         for loc in LOCATIONS:
             if loc in results["zoom"]:
                 pd.DataFrame(results["zoom"][loc], index=[f"H{i + 1}" for i in range(len(results["zoom"][loc]))],
-                             columns=ROWS).to_csv(run_dir / f"zoom_layer{results['zoom']['layer']}_{loc}.csv", index_label="head")
+                             columns=results["zoom"]["rows"]).to_csv(run_dir / f"zoom_layer{results['zoom']['layer']}_{loc}.csv", index_label="head")
     conf = [{"relation": k, **v} for k, v in results["confounds"].items() if isinstance(v, dict) and "r" in v]
     pd.DataFrame(conf).to_csv(run_dir / "confounds.csv", index=False)
 
@@ -324,7 +338,7 @@ def _figures(run_dir: Path, records, results, model_id: str = "") -> list[str]:
                 for (i, j), v in np.ndenumerate(mat):
                     if not np.isnan(v):
                         ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7)
-                ax.set_yticks(range(len(ROWS)), ROWS)
+                ax.set_yticks(range(len(m["rows"])), m["rows"])
                 ax.set_xticks(range(mat.shape[1]))
                 fig.colorbar(im, ax=ax, label="mean CTE (d*/d)")
                 axes[1, col].bar(range(len(m["std"])), m["std"], color="grey")
@@ -363,7 +377,7 @@ def _figures(run_dir: Path, records, results, model_id: str = "") -> list[str]:
         for col, loc in enumerate(locs):
             mat = mats[loc]
             im = axes[0, col].imshow(mat, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
-            axes[0, col].set_yticks(range(len(ROWS)), ROWS)
+            axes[0, col].set_yticks(range(len(zoom["rows"])), zoom["rows"])
             axes[0, col].set_xticks(range(mat.shape[1]), [str(h + 1) for h in range(mat.shape[1])])
             axes[0, col].set_title(f"Negation in {loc}")
             axes[0, col].set_xlabel("head (1-indexed)")
@@ -519,7 +533,8 @@ def _items_section(results: dict) -> list[str]:
               f"| dropped by the alignment (caption / foil) | {split(ours_dropped, 'dropped')} | {split(p, 'dropped')} |"]
     if "lengths" in results:
         n = results["lengths"]
-        lines += [f"| aligned pairs of 7 tokens (no further subject token) | {n['aligned_t7']} | {p['aligned_t7']} |",
+        lines += [f"| aligned pairs without a further subject token (7 tokens with CLIP's tokenizer) | {n['no_further']} | "
+                  f"{p['aligned_t7']} |",
                   f"| token length of the aligned sentences | {n['tokens_min']}–{n['tokens_max']} | "
                   f"{p['tokens_min']}–{p['tokens_max']} |"]
     return lines + [""]
@@ -580,7 +595,7 @@ def _cte_section(results: dict) -> list[str]:
         if m["n"]:
             n_l = len(m["std"])
             lines += _header("row", range(n_l))
-            lines += [_row(name, vals) for name, vals in zip(ROWS, m["matrix"])]
+            lines += [_row(name, vals) for name, vals in zip(m["rows"], m["matrix"])]
             lines += [_row("CTE std (rows ≥ negator)", m["std"]), _row("column sum", m["column_sums"]), "",
                       f"Mean CTE std: {_fmt(m['mean_std'], 3)}.", ""]
         lines += [f"Paper (ViT-B/32, n = {ref['n']}; rows [SOT], there, is/are are exactly 0):", ""]
@@ -594,7 +609,7 @@ def _cte_section(results: dict) -> list[str]:
         for loc in LOCATIONS:
             m = results["cte"][loc]["correct"]
             if m["n"]:
-                ours = m["matrix"][ROWS.index("a/some/no")][3:5]
+                ours = m["matrix"][NEGATOR_ROW][3:5]
                 lines.append(f"- Negator row, layers 3 → 4, negation in {loc}: this run {_fmt(ours[0])} → {_fmt(ours[1])}; "
                              f"paper {_fmt(REFERENCE['cte_negator_layers_3_4'][loc][0])} → {_fmt(REFERENCE['cte_negator_layers_3_4'][loc][1])}.")
         lines.append("")
@@ -635,7 +650,7 @@ def _heads_section(results: dict) -> list[str]:
 
 def _zoom_section(zoom: dict) -> list[str]:
     lines = [f"### Layer zoom ({zoom['rule']} rule)", "", f"Definition: {zoom['definition']}.", ""]
-    shown = ROWS[3:]
+    shown, paper_rows = zoom["rows"][NEGATOR_ROW:], ROWS[NEGATOR_ROW:]
     if zoom["layer"] is None:
         lines += [f"Not computed: {zoom['note']}.", ""]
     else:
@@ -647,12 +662,12 @@ def _zoom_section(zoom: dict) -> list[str]:
                 continue
             lines += [f"Negation in {loc}, this run (n = {zoom[f'n_{loc}']}, of which {zoom[f'n_{loc}_without_further']} "
                       "without further subject tokens):", ""] + _header("head", shown)
-            lines += [_row(f"H{h + 1}", [v for row, v in zip(ROWS, vals) if row in shown]) for h, vals in enumerate(zoom[loc])]
+            lines += [_row(f"H{h + 1}", vals[NEGATOR_ROW:]) for h, vals in enumerate(zoom[loc])]
             lines.append("")
-    lines += ["Paper (ViT-B/32, layer 4, the paper's rule; caption / foil per cell):", ""] + _header("head", shown)
+    lines += ["Paper (ViT-B/32, layer 4, the paper's rule; caption / foil per cell):", ""] + _header("head", paper_rows)
     for head, cells in paper.ZOOM.items():
-        lines.append(f"| {head} | " + " | ".join(f"{_fmt(cells[r][0])} / {_fmt(cells[r][1])}" for r in shown) + " |")
-    lines.append("| others | " + " | ".join(f"≤ {_fmt(paper.ZOOM_OTHERS[r])}" for r in shown) + " |")
+        lines.append(f"| {head} | " + " | ".join(f"{_fmt(cells[r][0])} / {_fmt(cells[r][1])}" for r in paper_rows) + " |")
+    lines.append("| others | " + " | ".join(f"≤ {_fmt(paper.ZOOM_OTHERS[r])}" for r in paper_rows) + " |")
     return lines + ["", f"Exceptions in the paper's \"others\" row: {paper.ZOOM_OTHERS_NOTE}.", ""]
 
 
@@ -705,6 +720,24 @@ def _ablation_section() -> list[str]:
     return lines + ["", "(Mean drop in d over the 12 layers, correct segment.)", ""]
 
 
+def _layout_note(results: dict) -> list[str]:
+    """A paragraph on the rows where this model's tokenizer lays the pairs out otherwise than CLIP's BPE."""
+    rows = (results.get("zoom") or {}).get("rows") or next(
+        (m["rows"] for segs in results.get("cte", {}).values() for m in segs.values()), ROWS)
+    if list(rows) == ROWS:
+        return []
+    absent = [f"`{r[: -len(ABSENT)]}`" for r in rows if is_absent(r)]
+    lines = ["Rows laid out from this model's tokenizer (each pair's positions: the negator where the two sentences "
+             "differ, the pooled position from the tower's pooling rule)."]
+    if absent:
+        lines.append(f"Absent rows (the tokenizer has no such token, shown as –): {', '.join(absent)}.")
+    if POOLED_ROW in rows:
+        lines.append(f"{POOLED_ROW} is the position the tower reads (the last padded position); the padding between "
+                     "[EOT] and it is not shown in the rows, but the heads' Δ (max over the query positions after the "
+                     "negator up to the pooled one) includes it.")
+    return [" ".join(lines), ""]
+
+
 def _report(results: dict, model_id: str, images_note: str, figures: list[str], html: Optional[str],
             records: Optional[dict] = None) -> str:
     results = _clean(results)
@@ -713,7 +746,7 @@ def _report(results: dict, model_id: str, images_note: str, figures: list[str], 
     if model_id.startswith("tiny-negation"):
         lines += ["> This run uses the shipped toy model `tiny-negation` with synthesized scenes. Its findings are about "
                   "that toy model, not about OpenAI's CLIP; the paper's columns are OpenAI's ViT-B/32 on photos.", ""]
-    lines += _caveats(results) + _items_section(results)
+    lines += _layout_note(results) + _caveats(results) + _items_section(results)
     if "replication" in results:
         lines += replication_section(results["replication"], results.get("replication_reference"))
     if "scores" in results:

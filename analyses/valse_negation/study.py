@@ -30,10 +30,10 @@ from hooked_clip.files import UnreadableFileError, read_json, read_safetensors
 from hooked_clip.analyses.causal_tracing import minimal_pair_trace, rome_trace
 from hooked_clip.analyses.heads import negator_head_scores
 from hooked_clip.analyses.metrics import normalized_patching_metric, similarity_metric
-from hooked_clip.analyses.valse_negation.data import NEGATOR_POS, Item, SubjectParser, align, load_items
+from hooked_clip.analyses.valse_negation.data import Item, SubjectParser, align, load_items
+from hooked_clip.analyses.valse_negation.layout import ROWS, check_token_layout, to_rows  # noqa: F401 (re-exported)
 
 STUDY_VERSION = 2  # 2: the negator's own zoom row; subject prompt and both areas on the aligned pair
-ROWS = ["[SOT]", "there", "is/are", "a/some/no", "subj 1st", "subj further", ".", "[EOT]"]
 
 
 class RunDirMismatchError(ValueError):
@@ -61,44 +61,6 @@ class Settings:
 def segment(d: float) -> str:
     """The paper's segments, thresholds in logits: incorrect d < -1, ambiguous -1 <= d < 1, correct d >= 1."""
     return "incorrect" if d < -1 else "ambiguous" if d < 1 else "correct"
-
-
-def to_rows(values: torch.Tensor, eot: int, further: str = "mean") -> tuple[list, int]:
-    """Map [..., pos] values of one sentence (EOT at ``eot``) onto the paper's 8 generic rows ([..., 8]):
-    SOT, there, is/are, negator slot, first subject token, further subject tokens (positions 4 < p < eot - 1,
-    ``mean`` or ``max``; NaN when there are none), ".", EOT. Returns (rows, number of further tokens)."""
-    v = values[..., : eot + 1]
-    fur = v[..., 5: eot - 1]
-    n_further = fur.shape[-1]
-    if n_further == 0:
-        f = torch.full(v.shape[:-1], float("nan"))
-    else:
-        f = fur.mean(-1) if further == "mean" else fur.amax(-1)
-    rows = torch.stack([v[..., 0], v[..., 1], v[..., 2], v[..., 3], v[..., 4], f, v[..., eot - 1], v[..., eot]], -1)
-    return rows.tolist(), n_further
-
-
-def check_token_layout(text, negated: list[str], affirmative: list[str]) -> None:
-    """The study's rows assume CLIP's BPE layout: the start token at 0, "there is/are" at 1-2, the negator at
-    ``NEGATOR_POS`` (the first position where the negated and affirmative sentences differ), "." just before
-    the pooled EOT. A tokenizer that lays the sentences out otherwise (SentencePiece: no start token, words
-    split, pooling at the last padded position) would put other tokens in those rows: refuse it."""
-    neg, aff = text.as_tokens(negated), text.as_tokens(affirmative)
-    width = min(neg.shape[1], aff.shape[1])
-    differs = (neg[:, :width] != aff[:, :width]).int()
-    first = differs.argmax(-1)
-    pool = text.pool_positions(neg)
-    eot = getattr(text.tokenizer, "eot_token_id", text.cfg.eot_token_id)
-    bad = ((first != NEGATOR_POS) | (neg[torch.arange(len(neg)), pool] != eot)).nonzero().flatten().tolist()
-    if bad:
-        k = bad[0]
-        raise ValueError(
-            f"this model's tokenizer lays the VALSE sentences out differently from CLIP's BPE (e.g. {negated[k]!r}: "
-            f"negator at position {int(first[k])}, pooling at {int(pool[k])} on id {int(neg[k, pool[k]])}), so the "
-            f"study's per-position rows (start token, there, is/are, negator at {NEGATOR_POS}, subject, '.', EOT) "
-            "would hold other tokens. The study supports towers with CLIP's tokenizer layout (CLIP, OpenCLIP, "
-            "MobileCLIP, MetaCLIP); run the generic analyses (hooked_clip.analyses) on this model instead."
-        )
 
 
 def fingerprint(model) -> str:
@@ -255,15 +217,16 @@ def _measure(model, items: list[Item], img: Optional[dict], images, settings: Se
     idx = [i for i, _ in pairs]
     pairs = [p for _, p in pairs]
     neg, aff = [p.negated for p in pairs], [p.affirmative for p in pairs]
-    check_token_layout(text, neg, aff)
-    heads = negator_head_scores(model, neg, aff, NEGATOR_POS)
-    eots = text.pool_positions(text.as_tokens(neg)).tolist()
+    layouts = check_token_layout(text, neg, aff)  # every row's position per pair, from the model's tokenizer
+    negator = torch.tensor([x.negator for x in layouts])
+    heads = negator_head_scores(model, neg, aff, negator)
     (raw_c, e_c), (raw_f, e_f) = _text_embeds(model, [p.caption for p in pairs]), _text_embeds(model, [p.foil for p in pairs])
     head_rows = heads.rows.clone()
-    head_rows[:, :, :, NEGATOR_POS] = heads.self_row  # the negator's own query row, kept as the authors do
+    head_rows[torch.arange(len(pairs)), :, :, negator] = heads.self_row  # the negator's own query row, kept as the authors do
     for k, (i, p) in enumerate(zip(idx, pairs)):
-        zoom, _ = to_rows(head_rows[k], eots[k], further="max")  # no further tokens: NaN (see report.zoom_rows)
-        recs[i]["aligned"] = {"caption": p.caption, "foil": p.foil, "n_tokens": eots[k] + 1,
+        zoom, _ = to_rows(head_rows[k], layouts[k], further="max")  # no further tokens: NaN (see report.zoom_rows)
+        recs[i]["aligned"] = {"caption": p.caption, "foil": p.foil, "n_tokens": layouts[k].n_tokens,
+                              "positions": layouts[k].to_record(),
                               "similarity": float((e_c[k] * e_f[k]).sum()),
                               "head_delta": heads.delta[k].tolist(), "head_rows": zoom}
     # the subject: foil-negated pairs only (it is in the image, PAPER.md §6.1); prompt from the text, size from the image
@@ -281,13 +244,16 @@ def _measure(model, items: list[Item], img: Optional[dict], images, settings: Se
     cte = minimal_pair_trace(model, neg, aff, im, batch_size=settings.batch_size, progress=False)
     for k, i in enumerate(idx):
         d = float(s_c[k] - s_f[k])
-        rows, n_further = to_rows(cte[k], eots[k])
+        rows, n_further = to_rows(cte[k], layouts[k])
         recs[i]["aligned"].update(s_caption=float(s_c[k]), s_foil=float(s_f[k]), d=d, segment=segment(d),
                                   cte_rows=rows, n_further=n_further)
     if settings.rome:  # ROME variant: noise on the negator embedding of the negated sentence, restore one state
-        trace = rome_trace(model, neg, similarity_metric(model, im), [NEGATOR_POS], n_samples=settings.rome_samples,
+        tokens = text.as_tokens(neg)
+        noise = torch.zeros(tokens.shape, dtype=torch.bool)
+        noise[torch.arange(len(pairs)), negator] = True  # each pair's own negator position
+        trace = rome_trace(model, tokens, similarity_metric(model, im), noise, n_samples=settings.rome_samples,
                            seed=settings.seed, batch_size=settings.batch_size, progress=False)
         norm = normalized_patching_metric(trace.scores, trace.clean[:, None, None], trace.corrupted[:, None, None])
         for k, i in enumerate(idx):
-            recs[i]["aligned"]["rome_rows"], _ = to_rows(norm[k], eots[k])
+            recs[i]["aligned"]["rome_rows"], _ = to_rows(norm[k], layouts[k])
     return recs
