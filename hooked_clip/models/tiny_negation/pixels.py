@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Optional
-
 import torch
 
 from hooked_clip.models.tiny_negation import WEIGHTS, load
@@ -70,10 +68,10 @@ def save_vision(vision, path: Path, text_weights: Path = WEIGHTS) -> None:
                                        "text_weights_sha256": sha256(text_weights)})
 
 
-def load_pixels(path: Path = PIXEL_WEIGHTS, text_weights: Path = WEIGHTS, device: str = "cpu",
-                text_model: Optional[object] = None):
+def load_pixels(path: Path = PIXEL_WEIGHTS, text_weights: Path = WEIGHTS, device: str = "cpu"):
     """The shipped pixel demo model as a ``HookedCLIP`` (offline): ``tiny-negation``'s text tower and logit
-    scale (``text_model`` or loaded from ``text_weights``) with the ViT from ``path``. ``encode_image`` takes
+    scale (loaded from ``text_weights``, which must be the file the ViT was trained against) with the ViT
+    from ``path``. ``encode_image`` takes
     PIL images of 32 x 32 (``render.render_images``), scenes (rendered on the way in) or pixel tensors."""
     from safetensors import safe_open
     from safetensors.torch import load_file
@@ -86,12 +84,15 @@ def load_pixels(path: Path = PIXEL_WEIGHTS, text_weights: Path = WEIGHTS, device
     if json.loads(meta["objects"]) != OBJECTS:
         raise ValueError(f"{path} was trained on another object list than world.OBJECTS (its glyphs index that list); "
                          "retrain it with `python -m hooked_clip.models.tiny_negation.train_pixels`.")
-    if text_model is None:
-        expected, actual = meta["text_weights_sha256"], sha256(text_weights)
-        if actual != expected:
-            raise ValueError(f"{path} was trained against text weights with sha256 {expected}, but {text_weights} has "
-                             f"{actual}; retrain the pixel tower (`python -m hooked_clip.models.tiny_negation.train_pixels`).")
-        text_model = load(text_weights, device=device)
-    vision = build_vision(device="cpu", **json.loads(meta["vision_config"]))
+    expected, actual = meta["text_weights_sha256"], sha256(text_weights)
+    if actual != expected:
+        raise ValueError(f"{path} was trained against text weights with sha256 {expected}, but {text_weights} has "
+                         f"{actual}; retrain the pixel tower (`python -m hooked_clip.models.tiny_negation.train_pixels`).")
+    fields = json.loads(meta["vision_config"])
+    if (fields["image_size"], fields["patch_size"]) != (render.IMAGE_SIZE, render.CELL):
+        raise ValueError(f"{path} reads {fields['image_size']}-pixel images in {fields['patch_size']}-pixel patches, but "
+                         f"the renderer draws {render.IMAGE_SIZE} pixels in {render.CELL}-pixel cells; retrain it.")
+    text_model = load(text_weights, device=device)
+    vision = build_vision(device="cpu", **fields)
     vision.load_state_dict(load_file(str(path)), strict=True)  # names missing / unexpected keys
     return with_vision(text_model, vision.to(device).eval())
