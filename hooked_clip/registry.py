@@ -24,7 +24,21 @@ def _tiny_negation(device: str = "cpu", dtype: Union[torch.dtype, str] = torch.f
     return model.to(dtype)
 
 
-SHIPPED_MODELS: dict[str, Callable[..., HookedCLIP]] = {"tiny-negation": _tiny_negation}
+def _tiny_negation_pixels(device: str = "cpu", dtype: Union[torch.dtype, str] = torch.float32,
+                          **processing) -> HookedCLIP:
+    """``tiny-negation``'s text tower with a hooked ViT that reads rendered scenes (processing: text tower)."""
+    from hooked_clip.models.tiny_negation.pixels import load_pixels
+
+    dtype = resolve_dtype(dtype)
+    model = load_pixels(device=device)
+    process_weights(model, **processing)
+    model.text.cfg.dtype = dtype
+    model.vision.cfg.dtype = dtype
+    return model.to(dtype)
+
+
+SHIPPED_MODELS: dict[str, Callable[..., HookedCLIP]] = {"tiny-negation": _tiny_negation,
+                                                        "tiny-negation-pixels": _tiny_negation_pixels}
 
 
 def load_model(name: str, **kwargs: Any) -> HookedCLIP:

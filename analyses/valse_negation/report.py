@@ -470,7 +470,7 @@ def _report(results: dict, model_id: str, images_note: str, figures: list[str], 
              f"{c['aligned']} aligned pairs ({c.get('aligned_caption')} / {c.get('aligned_foil')}).", ""]
     lines += _layout_note(results)
     if model_id.startswith("tiny-negation"):
-        lines += ["> This run uses the shipped toy model `tiny-negation` with synthesized scenes. Its findings are about "
+        lines += [f"> This run uses the shipped toy model `{model_id}` with synthesized scenes. Its findings are about "
                   "that toy model, not about OpenAI's CLIP; the reference column is the paper's ViT-B/32.", ""]
     if "replication" in results:
         lines += replication_section(results["replication"], results.get("replication_reference"))
