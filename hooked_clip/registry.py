@@ -24,7 +24,19 @@ def _tiny_negation(device: Optional[str] = None, dtype: Union[torch.dtype, str] 
     return model.to(dtype)  # the towers' cfg.dtype follow (HookedTower._apply)
 
 
-SHIPPED_MODELS: dict[str, Callable[..., HookedCLIP]] = {"tiny-negation": _tiny_negation}
+def _tiny_negation_pixels(device: Optional[str] = None, dtype: Union[torch.dtype, str] = torch.float32,
+                          **processing) -> HookedCLIP:
+    """``tiny-negation``'s text tower with a hooked ViT that reads rendered scenes (processing: text tower)."""
+    from hooked_clip.models.tiny_negation.pixels import load_pixels
+
+    dtype = resolve_dtype(dtype)
+    model = load_pixels(device=resolve_device(device))
+    process_weights(model, **processing)
+    return model.to(dtype)  # both towers' cfg.dtype follow (HookedTower._apply)
+
+
+SHIPPED_MODELS: dict[str, Callable[..., HookedCLIP]] = {"tiny-negation": _tiny_negation,
+                                                        "tiny-negation-pixels": _tiny_negation_pixels}
 
 
 def load_model(name: str, **kwargs: Any) -> HookedCLIP:

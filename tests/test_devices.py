@@ -20,6 +20,7 @@ CUDA_ERROR = re.compile(r"cuda|nvidia|driver", re.I)  # what torch says when it 
 
 LOADERS = {
     "load_model(tiny-negation)": lambda **kw: load_model("tiny-negation", **kw),
+    "load_model(tiny-negation-pixels)": lambda **kw: load_model("tiny-negation-pixels", **kw),
     "HookedCLIP.from_hf": lambda **kw: HookedCLIP.from_hf(hf_clip("tiny_eot"), **kw),
     "HookedCLIP.from_open_clip": lambda **kw: HookedCLIP.from_open_clip(open_clip_model("tiny_argmax"), **kw),
     "HookedCLIPVision.from_hf": lambda **kw: HookedCLIPVision.from_hf(hf_clip("tiny_eot"), **kw),

@@ -146,7 +146,8 @@ def test_cli_end_to_end_on_the_demo_model(tmp_path):
 
     main(["valse-negation", "--limit", "40", "--out", str(tmp_path), "--no-progress"])
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["counts"]["valid"] == 40 and results["model"] == "tiny-negation"
+    assert results["counts"]["valid"] == 40 and results["model"] == "tiny-negation-pixels"  # the default: pixels
+    assert "tiny-negation-pixels renderer" in (tmp_path / "report.md").read_text()  # the report names the pipeline
     for name in ("report.md", "items.csv", "scores.csv", "heads_delta_caption.csv", "cte_heatmaps.png", "heads.png",
                  "attention.html"):
         assert (tmp_path / name).is_file(), name
@@ -615,7 +616,7 @@ def test_cli_several_models_end_to_end_and_resumable(hf_dir, tmp_path, capsys):
     from hooked_clip.analyses.valse_negation.study import select_items
 
     _write_images(tmp_path / "images", select_items(load_items(), 8))
-    main(["valse-negation", "--limit", "8", "--out", str(tmp_path / "demo"), "--no-progress"])
+    main(["valse-negation", "--model", "tiny-negation", "--limit", "8", "--out", str(tmp_path / "demo"), "--no-progress"])
     argv = ["valse-negation", "--model", "tiny-negation", "--model", str(hf_dir), "--images", str(tmp_path / "images"),
             "--limit", "8", "--out", str(tmp_path / "cmp"), "--no-progress",
             "--reference", str(tmp_path / "demo" / "per_item.json"), "--subject-parser", "regex"]

@@ -1,6 +1,7 @@
 """``hooked-clip valse-negation``: the whole study in one command.
 
-Default: the shipped demo model ``tiny-negation`` with synthesized scenes, fully offline. With ``--model``
+Default: the shipped demo model ``tiny-negation-pixels`` (its hooked ViT reads synthesized scenes rendered to
+images), fully offline; ``--model tiny-negation`` runs the symbolic-scene demo model. With ``--model``
 (an HF hub id or directory, or ``open_clip:NAME:TAG``) and ``--images DIR`` the real study; without
 ``--images`` the image-dependent parts are skipped and the text-only parts still run. ``--reference FILE``
 compares the run item by item with a per-item file in the authors' format; ``--model A --model B`` runs each
@@ -25,7 +26,8 @@ from hooked_clip.analyses.valse_negation.study import Settings, run_items, selec
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", action="append", default=None,
-                   help="tiny-negation (default, offline), an HF hub id or local directory, or open_clip:NAME:TAG; "
+                   help="tiny-negation-pixels (default, offline), tiny-negation (symbolic scenes), an HF hub id or "
+                        "local directory, or open_clip:NAME:TAG; "
                         "repeat (--model A --model B) to run each and write a comparison report")
     p.add_argument("--images", type=Path, help="folder with the Visual7W images (v7w_<id>.jpg) for a real model")
     p.add_argument("--data", type=Path, help="a VALSE existence.json (default: the shipped copy)")
@@ -49,6 +51,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
+DEMO_MODELS = ("tiny-negation-pixels", "tiny-negation")  # shipped; they see synthesized scenes, not photos
+
+
 def load(model_id: str, device: Optional[str] = None):
     from hooked_clip import HookedCLIP, load_model
 
@@ -63,17 +68,17 @@ def load(model_id: str, device: Optional[str] = None):
 def run(args: argparse.Namespace) -> Path:
     if args.limit is not None and args.limit < 1:
         raise SystemExit("--limit must be a positive number of items.")
-    models = args.model or ["tiny-negation"]
+    models = args.model or [DEMO_MODELS[0]]
     if len(set(models)) != len(models):
         raise SystemExit(f"--model lists a model twice ({models}); name each model once.")
-    if args.clipseg is not None and (models == ["tiny-negation"] or args.images is None):
+    if args.clipseg is not None and (all(m in DEMO_MODELS for m in models) or args.images is None):
         raise SystemExit("--clipseg measures subject sizes in the --images photos of a real --model; pass both, "
                          "or drop --clipseg.")
     Settings(limit=args.limit, chunk=args.chunk, rome=args.rome)  # checks the values before any work
     items = load_items(args.data)
     reference = load_reference(args.reference) if args.reference else None  # fail before any work
     parser = None  # subject prompts: for subject size (--clipseg) and for the comparison with a reference
-    if (args.clipseg or args.reference) and any(m != "tiny-negation" for m in models):
+    if (args.clipseg or args.reference) and any(m not in DEMO_MODELS for m in models):
         parser = SubjectParser.regex() if args.subject_parser == "regex" else SubjectParser.spacy()
     if len(models) == 1:
         return run_one(args, models[0], args.out, items, reference, parser)
@@ -90,14 +95,14 @@ def run(args: argparse.Namespace) -> Path:
 
 
 def run_one(args: argparse.Namespace, model_id: str, out, items, reference, parser=None, several: bool = False) -> Path:
-    """One model's study into ``out``. ``parser``: the subject prompts (not used by the demo model, whose
-    scenes have their own subjects). With ``several``, the demo model keeps its scenes while the others use
+    """One model's study into ``out``. ``parser``: the subject prompts (not used by the demo models, whose
+    scenes have their own subjects). With ``several``, a demo model keeps its scenes while the others use
     ``--images``."""
     start = time.perf_counter()
     model = load(model_id, args.device)
-    if model_id == "tiny-negation":
+    if model_id in DEMO_MODELS:
         if args.images is not None and not several:
-            raise SystemExit("the demo model sees synthesized scenes, not photos; drop --images or pass --model.")
+            raise SystemExit(f"the demo model {model_id} sees synthesized scenes, not photos; drop --images or pass --model.")
         images, parser = SceneImages(), None  # its subjects are the toy scenes' objects
     else:
         if args.images is not None:

@@ -21,12 +21,13 @@ from torch import Tensor
 
 from hooked_clip.analyses.valse_negation.data import Item, Pair
 from hooked_clip.files import unreadable
-from hooked_clip.analyses.valse_negation.demo_scenes import synthesize_scene
+from hooked_clip.analyses.valse_negation.demo_scenes import scene_input, synthesize_scene
 
 
 class SceneImages:
-    """Synthesized scenes for the ``tiny-negation`` demo model: the subject is present iff the affirmative
-    sentence is true, plus seeded distractors. Subject size = the subject's share of the scene's objects
+    """Synthesized scenes for the demo models: the subject is present iff the affirmative sentence is true,
+    plus seeded distractors; for the pixel model (``tiny-negation-pixels``) each scene is rendered to a glyph
+    image (cells drawn from the same seed) and the image goes through the model's own pipeline. Subject size = the subject's share of the scene's objects
     (1 / number of objects) where it is present: the toy analogue of the paper's CLIPSeg area."""
 
     def __init__(self, seed: int = 0):
@@ -40,7 +41,7 @@ class SceneImages:
 
     @torch.no_grad()
     def embed(self, model, items: Sequence[Item]) -> Tensor:
-        return model.encode_image(self.scenes(items), normalize=False)
+        return model.encode_image(scene_input(model, self.scenes(items), seed=self.seed), normalize=False)
 
     def subjects(self, pairs: Sequence[Pair], prompts: Sequence[Optional[dict]] = ()) -> list[Optional[dict]]:
         """Foil-negated pairs: the toy scene's own subject (the object word after "no"; ``prompts`` are not

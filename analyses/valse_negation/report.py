@@ -744,7 +744,7 @@ def _report(results: dict, model_id: str, images_note: str, figures: list[str], 
     lines = [f"# VALSE existence negation study — {model_id}", "",
              f"Images: {images_note or 'none (text-only parts)'}. Indexing: {results['indexing']}.", "", HOW_TO_READ, ""]
     if model_id.startswith("tiny-negation"):
-        lines += ["> This run uses the shipped toy model `tiny-negation` with synthesized scenes. Its findings are about "
+        lines += [f"> This run uses the shipped toy model `{model_id}` with synthesized scenes. Its findings are about "
                   "that toy model, not about OpenAI's CLIP; the paper's columns are OpenAI's ViT-B/32 on photos.", ""]
     lines += _layout_note(results) + _caveats(results) + _items_section(results)
     if "replication" in results:

@@ -1,12 +1,20 @@
 """``tiny-negation``: a small CLIP trained here on synthetic existence scenes, shipped as the offline demo
-model (``load_model("tiny-negation")``). Model card: docs/models/tiny-negation.md.
+model (``load_model("tiny-negation")``), and its pixel sibling ``tiny-negation-pixels``. Model card: docs/models/tiny-negation.md.
 
 - ``world.py``: objects, statement templates, random scenes;
 - ``vocabulary.txt``: extra words the demo model knows beyond its world (every word of the VALSE
   existence sentences, so the study runs on it);
 - ``scene.py``: the symbolic image tower (scenes = lists of object names);
 - ``train.py``: the training script that reproduces the shipped weights;
-- ``evaluate.py``: the quality numbers of the card."""
+- ``evaluate.py``: the quality numbers of the card.
+
+``tiny-negation-pixels`` (``load_model("tiny-negation-pixels")``): the same text tower with a hooked ViT
+that reads rendered scenes:
+
+- ``render.py``: the scene renderer (each object a fixed glyph in one cell of a 4 x 4 grid) and the pixel
+  model's preprocessing;
+- ``pixels.py``: the ViT's architecture, loading and saving (``tiny_negation_pixels.safetensors``);
+- ``train_pixels.py``: the training script of the ViT (text tower frozen)."""
 
 from __future__ import annotations
 

@@ -1,13 +1,14 @@
 """Quality of the ``tiny-negation`` demo model, as recorded in docs/models/tiny-negation.md.
 
-    python -m hooked_clip.models.tiny_negation.evaluate [--n 2000]
+    python -m hooked_clip.models.tiny_negation.evaluate [--n 2000] [--model tiny-negation-pixels]
 
 Prints pairwise accuracy S(true statement) > S(negation-flipped statement):
   * held-out synthetic items: scenes from a seed never used in training, templates and trailing phrases
     never used in training ("In the picture there are (no) X", "Here you see (no) X", "... beside the
     <place>", ...), and the same scenes with the training templates;
 a breakdown of the held-out items by sentence form and by scene size (subject present or absent), and
-the sha256 of the weights file. The accuracy on VALSE existence items (the card's third number) belongs
+the sha256 of the weights file (for ``tiny-negation-pixels``: of its ViT file; its scenes are rendered by
+``render.py`` on the way into ``encode_image``). The accuracy on VALSE existence items (the card's third number) belongs
 to the study layer: ``python -m hooked_clip.analyses.valse_negation.demo_scenes``.
 """
 
@@ -56,15 +57,21 @@ def sha256(path=WEIGHTS) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--model", choices=("tiny-negation", "tiny-negation-pixels"), default="tiny-negation")
     args = parser.parse_args()
-    model = load()
+    if args.model == "tiny-negation-pixels":
+        from hooked_clip.models.tiny_negation.pixels import PIXEL_WEIGHTS as weights
+        from hooked_clip.models.tiny_negation.pixels import load_pixels as load_chosen
+    else:
+        weights, load_chosen = WEIGHTS, load
+    model = load_chosen()
     report = {
         "held_out_synthetic_pairwise_accuracy": held_out_accuracy(model, args.n),
         "held_out_scenes_train_templates_pairwise_accuracy": held_out_accuracy(model, args.n, held_out_templates=False),
         "n_synthetic": args.n,
         "held_out_breakdown": held_out_breakdown(model, args.n),
-        "weights_sha256": sha256(),
-        "weights_bytes": WEIGHTS.stat().st_size,
+        "weights_sha256": sha256(weights),
+        "weights_bytes": weights.stat().st_size,
     }
     print(json.dumps(report, indent=2))
 
