@@ -35,8 +35,8 @@ from pathlib import Path
 
 Path("figures").mkdir(exist_ok=True)
 fig, ax = plt.subplots(figsize=(5, 3))
-ax.plot(plain, marker="o", label="similarity lens")
-ax.plot(tuned, marker="o", label="tuned lens")
+ax.plot(plain.cpu(), marker="o", label="similarity lens")
+ax.plot(tuned.cpu(), marker="o", label="tuned lens")
 ax.set_xlabel("layer (0 = embeddings)")
 ax.set_ylabel("cosine to the final embedding")
 ax.legend()
