@@ -29,7 +29,9 @@ def _logit_parameters(model_or_scale) -> tuple[Tensor, Optional[Tensor]]:
 
 def similarity_metric(model_or_scale, image_embeds: Float[Tensor, "batch d_proj"]) -> Metric:
     """Metric: S(text_b, image_b) in logits, one image per example. ``model_or_scale`` is a ``HookedCLIP``
-    (its own similarity: ``logit_scale.exp() * cos`` + ``logit_bias`` where it has one) or a scale number."""
+    (its own similarity: ``logit_scale.exp() * cos`` + ``logit_bias`` where it has one) or a scale number.
+    S is symmetric, so for image-side patching pass the fixed *text* embeddings here: the metric then maps
+    patched image embeddings to S(text_b, image_b)."""
     scale, bias = _logit_parameters(model_or_scale)
     image_embeds = image_embeds.detach()
 

@@ -44,21 +44,28 @@ from hooked_clip.analyses.image_attribution import patch_attention_html
 
 Path("patch_attention.html").write_text(patch_attention_html(model, pixels[:1], layer=0))
 
+from hooked_clip.analyses.metrics import similarity_metric
+from hooked_clip.analyses.patching import activation_patch
+
 without_dog = model.vision.as_pixels(render_images([["tree", "car"]]))
-_, source = model.vision.run_with_cache(without_dog, names_filter=lambda n: n.endswith("hook_z"))
-base = model(texts[:1], pixels[:1])[0, 0]
-print("S with the dog:", base.item(), " without:", model(texts[:1], without_dog)[0, 0].item())
+dog_text = model.encode_text(texts[:1])
+metric = similarity_metric(model, dog_text)      # S("There is a dog.", patched image)
+res = activation_patch(model, without_dog, pixels[:1], metric, "z", index="layer_head", tower="image",
+                       progress=False)
+print("S with the dog:", res.corrupt.item(), " without:", res.clean.item())
+effect = res.values[..., 0] - res.corrupt        # [block, head]: ΔS of each patched head
 n_layers, n_heads = model.vision.cfg.n_layers, model.vision.cfg.n_heads
-effect = torch.zeros(n_layers, n_heads)
-for layer in range(n_layers):
-    for head in range(n_heads):
-        def patch(z, hook, layer=layer, head=head):
-            z = z.clone()
-            z[:, :, head] = source[f"blocks.{layer}.attn.hook_z"][:, :, head]
-            return z
-        patched = model.run_with_hooks(texts[:1], pixels[:1], fwd_hooks=[(f"vision.blocks.{layer}.attn.hook_z", patch)])
-        effect[layer, head] = patched[0, 0] - base
 print(effect)
+
+_, source = model.vision.run_with_cache(without_dog, names_filter=lambda n: n.endswith("hook_z"))
+
+def patch(z, hook, head=1):
+    z = z.clone()
+    z[:, :, head] = source[hook.name.removeprefix("vision.")][:, :, head]
+    return z
+
+patched = model.run_with_hooks(texts[:1], pixels[:1], fwd_hooks=[("vision.blocks.2.attn.hook_z", patch)])
+assert abs((patched[0, 0] - res.corrupt[0]) - effect[2, 1]) < 1e-4
 
 fig, ax = plt.subplots(figsize=(4, 2.6))
 im = ax.imshow(effect, cmap="RdBu", vmin=-effect.abs().max(), vmax=effect.abs().max())
@@ -107,7 +114,7 @@ print("S ablated:", model.similarity(t, ablated.image_embed).diagonal())
 
 fig, axes = plt.subplots(1, 3, figsize=(11, 2.6))
 axes[0].imshow(images[0]); axes[0].set_title(", ".join(scenes[0])); axes[0].axis("off")
-axes[1].bar(range(n_layers), att.per_layer()[0].cpu())
+axes[1].bar(range(n_layers), att.per_layer()[0].tolist())
 axes[1].set_xlabel("block"); axes[1].set_ylabel('direct contribution to S("dog")')
 patch_map = patch_map.cpu()  # plots read CPU memory (the model is on CUDA when one is available)
 im = axes[2].imshow(patch_map, cmap="RdBu", vmin=-patch_map.abs().max(), vmax=patch_map.abs().max())
