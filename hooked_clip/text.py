@@ -3,6 +3,12 @@
     tokens -> hook_embed + hook_pos_embed -> blocks[0..L-1] -> ln_final -> hook_pooled (at the pooling
     position) -> text_projection -> hook_text_embed -> (L2 normalise) -> hook_text_embed_normalized
 
+BERT/RoBERTa towers (``cfg.ln_position == "post"``: ChineseCLIP, AltCLIP) add, by config,
+``hook_token_type_embed`` (to the sum) and ``ln_embed`` (``ln_embed.hook_scale``/``ln_embed.hook_normalized``,
+whose output enters block 0), use :class:`~hooked_clip.components.PostLNBlock` blocks, mask attention to
+padding (``cfg.mask_padding``), and may have no ``ln_final`` (``cfg.final_ln``), pool at the first token or
+the mean, and apply ``tanh`` after the projection (``cfg.proj_act``).
+
 Every activation passes through a ``HookPoint`` with TransformerLens's name, so ``run_with_hooks``,
 ``run_with_cache``, ``hooks()``, ``utils.get_act_name`` and ``transformer_lens.patching`` work unchanged.
 """
@@ -17,7 +23,8 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from hooked_clip.components import Embed, KeyValuePrefix, LayerNorm, PosEmbed, TransformerBlock
+from hooked_clip.components import (Embed, KeyValuePrefix, LayerNorm, PosEmbed, PostLNBlock, TokenTypeEmbed,
+                                    TransformerBlock)
 from hooked_clip.config import CLIPTextConfig
 from hooked_clip.families import default_tokenizer, padding_for
 from hooked_clip.hook_points import CheckedHookPoint
@@ -53,8 +60,13 @@ class HookedCLIPText(HookedTower):
         self.hook_embed = CheckedHookPoint()  # [batch, pos, d_model]
         self.pos_embed = PosEmbed(cfg)
         self.hook_pos_embed = CheckedHookPoint()  # [batch, pos, d_model]
-        self.blocks = nn.ModuleList([TransformerBlock(cfg, layer) for layer in range(cfg.n_layers)])
-        self.ln_final = LayerNorm(cfg)
+        if cfg.n_token_types:
+            self.token_type_embed = TokenTypeEmbed(cfg)
+            self.hook_token_type_embed = CheckedHookPoint()  # [batch, pos, d_model]
+        self.ln_embed = LayerNorm(cfg) if cfg.ln_embed else None
+        block = PostLNBlock if cfg.ln_position == "post" else TransformerBlock
+        self.blocks = nn.ModuleList([block(cfg, layer) for layer in range(cfg.n_layers)])
+        self.ln_final = LayerNorm(cfg) if cfg.final_ln else None
         if cfg.d_proj is not None:
             self.W_proj = nn.Parameter(torch.empty(cfg.d_model, cfg.d_proj, dtype=cfg.dtype))
             self.b_proj = nn.Parameter(torch.zeros(cfg.d_proj, dtype=cfg.dtype)) if cfg.proj_bias else None
@@ -103,8 +115,13 @@ class HookedCLIPText(HookedTower):
             raise ValueError(f"{word!r} is {len(ids)} tokens, not one: {self.tokenizer.to_str_tokens(ids)}")
         return ids[0]
 
-    def pool_positions(self, tokens: Int[Tensor, "batch pos"]) -> Int[Tensor, "batch"]:
-        """Position whose final residual becomes each row's text embedding (``cfg.pooling``)."""
+    def pool_positions(self, tokens: Int[Tensor, "batch pos"]) -> Optional[Int[Tensor, "batch"]]:
+        """Position whose final residual becomes each row's text embedding (``cfg.pooling``); ``None`` for
+        mean pooling, which reads every (non-padding) position."""
+        if self.cfg.pooling == "mean":
+            return None
+        if self.cfg.pooling == "first":
+            return torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
         if self.cfg.pooling == "argmax":
             pool = tokens.argmax(dim=-1)
             self._check_argmax_pools_at_eot(tokens, pool)
@@ -213,21 +230,42 @@ class HookedCLIPText(HookedTower):
         if start_at_layer is None:
             tokens = self.as_tokens(input)
             pool = self.pool_positions(tokens) if pool_positions is None else torch.as_tensor(pool_positions, device=tokens.device)
-            resid = self.embed_tokens(tokens[:, : self._kept_positions(pool, tokens.shape[1], trim)])
+            tokens = tokens[:, : self._kept_positions(pool, tokens.shape[1], trim)]
+            resid = self.embed_tokens(tokens)
         else:
             resid = self._check_resid(input)
             pool = self._resid_pool_positions(resid, tokens, pool_positions, stop_at_layer)
             resid = resid[:, : self._kept_positions(pool, resid.shape[1], trim)]
-        resid = self.run_blocks(resid, start_at_layer or 0, stop_at_layer, prefix)
+            if tokens is not None:
+                tokens = self._check_tokens(tokens)[:, : resid.shape[1]]
+            elif self.cfg.mask_padding:
+                raise ValueError("this tower masks its padding (cfg.mask_padding), which it reads from the token "
+                                 "ids; with start_at_layer, pass tokens=... (the ids of the input's rows).")
+        key_mask = self.padding_mask(tokens)
+        resid = self.run_blocks(resid, start_at_layer or 0, stop_at_layer, prefix, key_mask)
         if stop_at_layer is not None:
             return resid
-        return self.read_out(resid, pool, return_type)
+        return self.read_out(resid, pool, return_type, key_mask)
 
     def embed_tokens(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
         """The residual stream entering block 0: token + position embeddings (``hook_embed``,
-        ``hook_pos_embed``)."""
-        embed = self.hook_embed(self.embed(tokens))
-        return embed + self.hook_pos_embed(self.pos_embed(tokens.shape[0], tokens.shape[1]))
+        ``hook_pos_embed``), + token-type row 0 (``hook_token_type_embed``) and through ``ln_embed`` where
+        the config has them."""
+        batch, n_pos = tokens.shape
+        ids = self.pos_embed.roberta_position_ids(tokens) if self.cfg.position_ids == "roberta" else None
+        resid = self.hook_embed(self.embed(tokens))
+        if self.cfg.n_token_types:
+            resid = resid + self.hook_token_type_embed(self.token_type_embed(batch, n_pos))
+        resid = resid + self.hook_pos_embed(self.pos_embed(batch, n_pos, ids))
+        return resid if self.ln_embed is None else self.ln_embed(resid)
+
+    def padding_mask(self, tokens: Optional[Int[Tensor, "batch pos"]]) -> Optional[Tensor]:
+        """[batch, pos] True at padding (``pad_token_id``) where the tower masks it (``cfg.mask_padding``);
+        ``None`` where it does not, where no tokens are known, or where a batch has no padding."""
+        if not self.cfg.mask_padding or tokens is None:
+            return None
+        mask = tokens == self.cfg.pad_token_id
+        return mask if bool(mask.any()) else None
 
     def run_blocks(
         self,
@@ -235,8 +273,10 @@ class HookedCLIPText(HookedTower):
         start: int = 0,
         stop: Optional[int] = None,
         prefix: Optional[Sequence[KeyValuePrefix]] = None,
+        key_mask: Optional[Tensor] = None,
     ) -> Float[Tensor, "batch pos d_model"]:
-        """Blocks ``start`` .. ``stop - 1`` on the residual stream (``prefix``: one per block run)."""
+        """Blocks ``start`` .. ``stop - 1`` on the residual stream (``prefix``: one per block run;
+        ``key_mask``: :meth:`padding_mask`, for post-LN blocks)."""
         blocks = self.blocks[start:stop]
         if prefix is not None:
             if not self.cfg.causal:
@@ -244,30 +284,52 @@ class HookedCLIPText(HookedTower):
             if len(prefix) != len(blocks):
                 raise ValueError(f"prefix has {len(prefix)} entries for {len(blocks)} blocks.")
         for i, block in enumerate(blocks):
-            resid = block(resid, None if prefix is None else KeyValuePrefix(*prefix[i]))
+            if key_mask is None:
+                resid = block(resid, None if prefix is None else KeyValuePrefix(*prefix[i]))
+            else:
+                resid = block(resid, key_mask=key_mask)
         return resid
 
     def read_out(
-        self, resid: Float[Tensor, "batch pos d_model"], pool: Int[Tensor, "batch"], return_type: ReturnType = "embed"
+        self, resid: Float[Tensor, "batch pos d_model"], pool: Optional[Int[Tensor, "batch"]],
+        return_type: ReturnType = "embed", key_mask: Optional[Tensor] = None,
     ) -> Optional[Tensor]:
-        """``ln_final`` -> the row at each pooling position (``hook_pooled``) -> ``text_projection``
-        (``hook_text_embed``) -> L2 normalisation (``hook_text_embed_normalized``), up to ``return_type``."""
-        resid = self.ln_final(resid)
+        """``ln_final`` (if the tower has one) -> the row at each pooling position, or with ``pool=None`` the
+        mean over positions (those not hidden by ``key_mask``) (``hook_pooled``) -> ``text_projection``
+        (then ``tanh`` with ``cfg.proj_act``) (``hook_text_embed``) -> L2 normalisation
+        (``hook_text_embed_normalized``), up to ``return_type``."""
+        if self.ln_final is not None:
+            resid = self.ln_final(resid)
         if return_type is None:
             return None
-        pooled = self.hook_pooled(resid[torch.arange(resid.shape[0], device=resid.device), pool])
+        if pool is None:
+            pooled = self.hook_pooled(self._mean_over_positions(resid, key_mask))
+        else:
+            pooled = self.hook_pooled(resid[torch.arange(resid.shape[0], device=resid.device), pool])
         if return_type == "pooled":
             return pooled
         embed = pooled if self.W_proj is None else pooled @ self.W_proj
         if self.b_proj is not None:
             embed = embed + self.b_proj
+        if self.cfg.proj_act == "tanh":
+            embed = torch.tanh(embed)
         embed = self.hook_text_embed(embed)
         if return_type == "embed":
             return embed
         return self.hook_text_embed_normalized(F.normalize(embed, dim=-1))
 
+    @staticmethod
+    def _mean_over_positions(resid: Tensor, key_mask: Optional[Tensor]) -> Tensor:
+        """Mean pooling as open_clip's ``MeanPooler``: sum over kept positions / their count."""
+        if key_mask is None:
+            return resid.mean(dim=1)
+        keep = (~key_mask).unsqueeze(-1).to(resid.dtype)
+        return (resid * keep).sum(dim=1) / keep.sum(dim=1)
+
     def _resid_pool_positions(self, resid: Tensor, tokens: Optional[Tensor], pool_positions: Optional[Tensor],
-                              stop_at_layer: Optional[int]) -> Tensor:
+                              stop_at_layer: Optional[int]) -> Optional[Tensor]:
+        if self.cfg.pooling in ("first", "mean") and pool_positions is None:
+            return self.pool_positions(resid[..., 0])
         if pool_positions is not None:
             return torch.as_tensor(pool_positions, device=resid.device)
         if tokens is not None:
@@ -302,6 +364,8 @@ class HookedCLIPText(HookedTower):
 
     def _kept_positions(self, pool: Tensor, n_pos: int, trim: Optional[bool]) -> int:
         do_trim = self.cfg.trim_after_pool if trim is None else trim
+        if pool is None:
+            return n_pos
         if pool.numel() and (int(pool.min()) < 0 or int(pool.max()) >= n_pos):
             raise ValueError(f"pool_positions must lie in [0, {n_pos}), got {pool.tolist()}.")
         if do_trim and self.cfg.trims and pool.numel():
