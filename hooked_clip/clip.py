@@ -21,6 +21,9 @@ from hooked_clip.loading import (
     CheckpointMismatchError,
     mismatch_summary,
     config_from_hf,
+    config_from_hf_post_ln,
+    hf_post_ln_source,
+    hf_post_ln_state_dict,
     config_from_open_clip,
     hf_text_model_state_dict,
     hf_text_state_dict,
@@ -200,7 +203,8 @@ class HookedCLIP(nn.Module):
                 **cfg_overrides) -> "HookedCLIP":
         """From an in-memory transformers model of a CLIP family (:data:`hooked_clip.families.HF_CLASSES`:
         ``CLIPModel``, ``CLIPTextModelWithProjection``, ``CLIPTextModel`` (no projection: ``d_proj=None``),
-        SigLIP/SigLIP2, MetaCLIP 2, OWL-ViT/OWLv2, X-CLIP, CLIPSeg models and text models).
+        SigLIP/SigLIP2, MetaCLIP 2, OWL-ViT/OWLv2, X-CLIP, CLIPSeg models and text models; ChineseCLIP and
+        AltCLIP (BERT/RoBERTa post-LN towers; text only: their image towers are not reimplemented)).
         ``tokenizer``: the checkpoint's tokenizer: a :class:`~hooked_clip.tokenizer.TextTokenizer`, or a
         directory holding the transformers tokenizer files (see :func:`hooked_clip.families.resolve_tokenizer`);
         default CLIP's BPE for a CLIP-vocabulary model, else a placeholder that asks for it.
@@ -211,12 +215,19 @@ class HookedCLIP(nn.Module):
 
         dtype = resolve_dtype(dtype)
         family = hf_family(hf_model)
-        text_cfg, text_module, proj = hf_text_parts(hf_model)
-        cfg = config_from_hf(text_cfg, None if proj is None else proj.out_features, family.name,
-                             proj_bias=proj is not None and proj.bias is not None,
-                             device=_device(device), dtype=dtype, **cfg_overrides)
+        if family.post_ln:  # BERT/RoBERTa towers: ChineseCLIP, AltCLIP
+            text_cfg, source = hf_post_ln_source(hf_model)
+            cfg = config_from_hf_post_ln(text_cfg, source, family.name, device=_device(device), dtype=dtype,
+                                         **cfg_overrides)
+            converted = lambda: hf_post_ln_state_dict(source, cfg)  # noqa: E731
+        else:
+            text_cfg, text_module, proj = hf_text_parts(hf_model)
+            cfg = config_from_hf(text_cfg, None if proj is None else proj.out_features, family.name,
+                                 proj_bias=proj is not None and proj.bias is not None,
+                                 device=_device(device), dtype=dtype, **cfg_overrides)
+            converted = lambda: hf_text_state_dict(hf_text_model_state_dict(text_module, proj), cfg)  # noqa: E731
         text = HookedCLIPText(cfg, tokenizer=resolve_tokenizer(tokenizer, cfg))
-        load_converted(text, hf_text_state_dict(hf_text_model_state_dict(text_module, proj), cfg))
+        load_converted(text, converted())
         vision = None
         if family.vision and hasattr(hf_model, "vision_model"):
             vision = image_tower_from_hf(hf_model, image_processor, cfg.device, dtype)

@@ -44,6 +44,7 @@ class HFFamily:
     causal: bool = True
     pooling: str = "clip"  # "clip" (argmax if eos == 2 else eot) | "argmax" | "eot" | "last"
     vision: bool = False  # image features = vision_model pooler output (+ visual_projection)
+    post_ln: bool = False  # a BERT/RoBERTa tower (loading.config_from_hf_post_ln / hf_post_ln_state_dict)
 
 
 FAMILIES = {f.name: f for f in (
@@ -56,6 +57,8 @@ FAMILIES = {f.name: f for f in (
     HFFamily("metaclip_2", pooling="eot", vision=True),
     HFFamily("siglip", causal=False, pooling="last", vision=True),
     HFFamily("siglip2", causal=False, pooling="last"),
+    HFFamily("chinese_clip", causal=False, pooling="first", post_ln=True),
+    HFFamily("altclip", causal=False, pooling="first", post_ln=True),
 )}
 
 # transformers class -> family. Text-only classes have no image tower; "*TextModel" of CLIP/MetaCLIP 2/
@@ -70,6 +73,8 @@ HF_CLASSES = {
     "MetaClip2TextModelWithProjection": "metaclip_2",
     "SiglipModel": "siglip", "SiglipTextModel": "siglip",
     "Siglip2Model": "siglip2", "Siglip2TextModel": "siglip2",
+    "ChineseCLIPModel": "chinese_clip", "ChineseCLIPTextModel": "chinese_clip",
+    "AltCLIPModel": "altclip", "AltCLIPTextModel": "altclip",
 }
 
 _POST_LN = ("its text tower is a BERT/RoBERTa-style post-LayerNorm encoder, not CLIP's pre-LN transformer; "
@@ -77,8 +82,6 @@ _POST_LN = ("its text tower is a BERT/RoBERTa-style post-LayerNorm encoder, not 
 _FLAVA = ("its text tower has pre-LN blocks but BERT's embeddings (token-type embeddings, a LayerNorm on the "
           "embeddings) and a tanh pooler on the first token, which CLIPTextConfig cannot express")
 REFUSED_HF_CLASSES = {
-    "AltCLIPModel": _POST_LN, "AltCLIPTextModel": _POST_LN,
-    "ChineseCLIPModel": _POST_LN, "ChineseCLIPTextModel": _POST_LN,
     "AlignModel": _POST_LN, "AlignTextModel": _POST_LN,
     "GroupViTModel": ("its text projection is an MLP (Linear-BatchNorm-ReLU-Linear), not one linear map; load "
                       "GroupViTTextModel for the (CLIP) text tower without projection"),

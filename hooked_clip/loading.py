@@ -8,7 +8,7 @@ Each converter reads a source state dict key by key: a key the converter does no
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 from torch import Tensor, nn
 
@@ -132,6 +132,113 @@ def hf_text_model_state_dict(text_module: nn.Module, projection: Optional[nn.Mod
     if projection is not None:
         sd.update({"text_projection." + k: v for k, v in projection.state_dict().items()})
     return sd
+
+
+def hf_post_ln_source(hf_model: nn.Module) -> tuple[Any, dict[str, Tensor]]:
+    """(text config, state dict) of a BERT/RoBERTa-style transformers text tower (ChineseCLIP, AltCLIP) in one
+    layout: ``embeddings.*`` and ``encoder.layer.*`` (AltCLIP: ``encoder.layers.*``; its ``roberta.`` prefix dropped), and whichever of
+    ``pooler.dense.*`` (ChineseCLIPTextModel), ``pre_LN.*`` and ``transformation.*`` (AltCLIPTextModel) and
+    ``text_projection.*`` (the two-tower classes) the model has."""
+    text = getattr(hf_model, "text_model", hf_model)
+    sd = {k.removeprefix("roberta."): v for k, v in text.state_dict().items()}
+    if text is not hf_model:
+        sd.update({"text_projection." + k: v for k, v in hf_model.text_projection.state_dict().items()})
+    return text.config, sd
+
+
+def config_from_hf_post_ln(text_config, source: dict[str, Tensor], family: str, **overrides) -> CLIPTextConfig:
+    """``CLIPTextConfig`` of a BERT/RoBERTa-style tower from its transformers config and the keys of
+    :func:`hf_post_ln_source`: post-LN blocks, token-type embeddings, a LayerNorm on the embeddings, padding
+    masked, pooled at the first token (CLS / <s>); ``ln_final`` = AltCLIP's ``pre_LN``; the projection is
+    ChineseCLIP's ``text_projection``, AltCLIP's ``transformation`` (folded with ``text_projection`` into one
+    linear map in AltCLIPModel), or ChineseCLIPTextModel's pooler (tanh of a linear map)."""
+    if getattr(text_config, "position_embedding_type", "absolute") != "absolute":
+        raise CheckpointMismatchError(
+            f"position_embedding_type={text_config.position_embedding_type!r} is not supported; hooked_clip "
+            "reimplements absolute position embeddings only.")
+    if text_config.hidden_act not in _HF_ACTS:
+        raise CheckpointMismatchError(
+            f"hidden_act={text_config.hidden_act!r} is not supported; hooked_clip has {', '.join(_HF_ACTS)}.")
+    has = lambda prefix: any(k.startswith(prefix) for k in source)  # noqa: E731
+    if has("text_projection."):
+        d_proj = source["text_projection.weight"].shape[0]
+    elif has("transformation."):
+        d_proj = source["transformation.weight"].shape[0]
+    elif has("pooler."):
+        d_proj = source["pooler.dense.weight"].shape[0]
+    else:
+        d_proj = None
+    eos = getattr(text_config, "eos_token_id", None)
+    kw = dict(
+        d_model=text_config.hidden_size,
+        n_heads=text_config.num_attention_heads,
+        d_head=text_config.hidden_size // text_config.num_attention_heads,
+        n_layers=text_config.num_hidden_layers,
+        d_mlp=text_config.intermediate_size,
+        n_ctx=text_config.max_position_embeddings,
+        d_vocab=text_config.vocab_size,
+        act_fn=_HF_ACTS[text_config.hidden_act],
+        eps=text_config.layer_norm_eps,
+        d_proj=d_proj,
+        proj_bias=has("transformation.") or (has("pooler.") and not has("text_projection.")),
+        proj_act="tanh" if has("pooler.") and not has("text_projection.") else None,
+        pooling="first",
+        pad_token_id=text_config.pad_token_id if text_config.pad_token_id is not None else 0,
+        causal=False,
+        ln_position="post",
+        n_token_types=text_config.type_vocab_size,
+        ln_embed=True,
+        position_ids="roberta" if family == "altclip" else "absolute",
+        mask_padding=True,
+        final_ln=has("pre_LN."),
+        trim_after_pool=False,
+        family=family,
+        model_name=getattr(text_config, "_name_or_path", "") or "hf",
+    )
+    if eos is not None:
+        kw["eot_token_id"] = eos
+    kw.update(overrides)
+    return CLIPTextConfig(**kw)
+
+
+def hf_post_ln_state_dict(source: dict[str, Tensor], cfg: CLIPTextConfig) -> dict[str, Tensor]:
+    """Our state dict from :func:`hf_post_ln_source`'s, every key consumed (strict, as the other converters).
+    AltCLIPModel's two projections (``transformation`` with bias, then ``text_projection``) become one linear
+    map: ``W_proj = W_t.T @ W_p.T``, ``b_proj = b_t @ W_p.T`` (exact up to float rounding)."""
+    read = _Reader(source, "HF transformers", "BERT/RoBERTa text tower")
+    e = "embeddings."
+    out = {
+        "embed.W_E": read.take(e + "word_embeddings.weight"),
+        "pos_embed.W_pos": read.take(e + "position_embeddings.weight"),
+        "token_type_embed.W_token_type": read.take(e + "token_type_embeddings.weight"),
+        "ln_embed.w": read.take(e + "LayerNorm.weight"),
+        "ln_embed.b": read.take(e + "LayerNorm.bias"),
+    }
+    out.update(
+        _convert_blocks(
+            read, cfg, "encoder.layers." if any(k.startswith("encoder.layers.") for k in source) else "encoder.layer.",
+            {"packed_qkv": False, "q_proj": "attention.self.query", "k_proj": "attention.self.key",
+             "v_proj": "attention.self.value", "out_proj": "attention.output.dense",
+             "ln1": "attention.output.LayerNorm", "ln2": "output.LayerNorm", "fc1": "intermediate.dense",
+             "fc2": "output.dense"},
+        )
+    )
+    if cfg.final_ln:
+        out["ln_final.w"], out["ln_final.b"] = read.take("pre_LN.weight"), read.take("pre_LN.bias")
+    if cfg.d_proj is not None:
+        linear = "pooler.dense" if cfg.proj_act == "tanh" else "transformation" if cfg.proj_bias else None
+        if linear is not None:
+            w, b = read.take(linear + ".weight"), read.take(linear + ".bias")
+            out["W_proj"], out["b_proj"] = (None if w is None else w.T), b
+        if "text_projection.weight" in read.rest or linear is None:
+            p = read.take("text_projection.weight")
+            if p is not None and out.get("W_proj") is not None:
+                out["W_proj"] = out["W_proj"] @ p.T
+                out["b_proj"] = None if out["b_proj"] is None else out["b_proj"] @ p.T
+            elif p is not None:
+                out["W_proj"] = p.T
+    read.finish(ignore=lambda k: k.endswith(("position_ids", "token_type_ids")))
+    return out
 
 
 def open_clip_text_state_dict(state_dict: dict[str, Tensor], cfg: CLIPTextConfig) -> dict[str, Tensor]:

@@ -1,0 +1,178 @@
+"""BERT/RoBERTa-style post-LayerNorm text towers (ChineseCLIP: BERT; AltCLIP: XLM-R) against transformers:
+per block and at the output to 1e-5 (fp32) on tiny random models with every LayerNorm randomised, on padded
+batches (the reference given its tokenizer's attention mask); strict loading; the post-LN block's hooks;
+RoBERTa position ids; mean pooling and the patching engine on such towers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import randomize_
+
+from hooked_clip import HookedCLIP
+from hooked_clip.components import PostLNBlock
+from hooked_clip.config import CLIPTextConfig
+from hooked_clip.loading import CheckpointMismatchError, hf_post_ln_source, hf_post_ln_state_dict
+from hooked_clip.parity import capture_block_outputs, parity_errors
+from hooked_clip.text import HookedCLIPText
+
+ATOL = 1e-5
+SMALL = dict(hidden_size=64, intermediate_size=128, num_attention_heads=2, num_hidden_layers=2, vocab_size=300,
+             max_position_embeddings=40, type_vocab_size=2)
+CLASSES = ["ChineseCLIPModel", "ChineseCLIPTextModel", "AltCLIPModel", "AltCLIPTextModel"]
+
+
+def randomize_bert_(model, seed):
+    """conftest.randomize_ plus BERT's LayerNorm names (``LayerNorm``, ``pre_LN``): weights 1 + N(0, 0.1)."""
+    randomize_(model, seed)
+    gen = torch.Generator().manual_seed(seed + 100)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ("LayerNorm" in name or "pre_LN" in name) and name.endswith("weight"):
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=gen))
+            elif ("LayerNorm" in name or "pre_LN" in name) and name.endswith("bias"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+    return model
+
+
+def build(cls_name: str, seed: int = 0, **text_kw):
+    import transformers
+
+    cls = getattr(transformers, cls_name)
+    ccls = cls.config_class
+    torch.manual_seed(seed)
+    text_kw = {**SMALL, **text_kw}
+    if "text_config" in getattr(ccls, "sub_configs", {}):
+        tc = ccls.sub_configs["text_config"](**text_kw)
+        vc = ccls.sub_configs["vision_config"](hidden_size=32, intermediate_size=64, num_attention_heads=2,
+                                               num_hidden_layers=1, image_size=32, patch_size=16)
+        hf = cls(ccls(text_config=tc.to_dict(), vision_config=vc.to_dict(), projection_dim=24))
+    else:
+        hf = cls(ccls(**text_kw))
+    return randomize_bert_(hf, seed).eval()
+
+
+def padded_tokens(pad: int, seed: int = 0) -> torch.Tensor:
+    """Rows of different lengths (first id 0 = CLS/<s>, then random ids, padding after)."""
+    gen = torch.Generator().manual_seed(seed)
+    lengths = [12, 5, 9, 3]
+    rows = torch.full((len(lengths), 12), pad)
+    for i, n in enumerate(lengths):
+        body = torch.randint(3, 300, (n,), generator=gen)
+        body[0] = 0 if pad != 0 else 101
+        rows[i, :n] = body
+    return rows
+
+
+def reference(hf, tokens, pad):
+    """(text embeddings, [block outputs]) by transformers, with the attention mask its tokenizer returns."""
+    layers = [m for n, m in hf.named_modules() if n.endswith(("encoder.layer", "encoder.layers")) and "vision" not in n]
+    assert len(layers) == 1
+    mask = (tokens != pad).long()
+
+    def run():
+        if hasattr(hf, "get_text_features"):
+            return hf.get_text_features(input_ids=tokens, attention_mask=mask).pooler_output
+        return hf(input_ids=tokens, attention_mask=mask).pooler_output
+
+    return capture_block_outputs(layers[0], run)
+
+
+@pytest.mark.parametrize("cls_name", CLASSES)
+def test_post_ln_parity_on_padded_batches(cls_name):
+    hf = build(cls_name)
+    model = HookedCLIP.from_hf(hf, device="cpu")
+    cfg = model.cfg
+    assert (cfg.ln_position, cfg.causal, cfg.pooling, cfg.mask_padding, cfg.ln_embed) == ("post", False, "first", True, True)
+    assert isinstance(model.text.blocks[0], PostLNBlock)
+    pad = cfg.pad_token_id
+    tokens = padded_tokens(pad)
+    ref, blocks = reference(hf, tokens, pad)
+    errors = parity_errors(model.text, tokens, ref, blocks)
+    assert errors["blocks"] <= ATOL and errors["output"] <= ATOL, errors
+    assert ref.abs().max() > 1e-2  # a real signal, not a vanishing one
+
+
+def test_chinese_clip_text_model_output_is_its_tanh_pooler():
+    hf = build("ChineseCLIPTextModel")
+    model = HookedCLIP.from_hf(hf, device="cpu")
+    assert (model.cfg.proj_act, model.cfg.proj_bias, model.cfg.final_ln) == ("tanh", True, False)
+    assert model.cfg.position_ids == "absolute"
+
+
+def test_altclip_uses_roberta_position_ids():
+    """XLM-R: ids start at pad + 1 and padding reads row pad; a left-padded row gets the same embedding."""
+    hf = build("AltCLIPTextModel")
+    model = HookedCLIP.from_hf(hf, device="cpu")
+    assert (model.cfg.position_ids, model.cfg.pad_token_id, model.cfg.final_ln) == ("roberta", 1, True)
+    tokens = torch.tensor([[0, 7, 8, 2, 1, 1]])
+    assert model.text.pos_embed.roberta_position_ids(tokens).tolist() == [[2, 3, 4, 5, 1, 1]]
+    emb = hf.roberta.embeddings.create_position_ids_from_input_ids(tokens, 1)
+    assert model.text.pos_embed.roberta_position_ids(tokens).tolist() == emb.tolist()
+
+
+@pytest.mark.parametrize("cls_name", ["ChineseCLIPModel", "AltCLIPModel"])
+def test_embedding_does_not_depend_on_padding(cls_name):
+    model = HookedCLIP.from_hf(build(cls_name), device="cpu")
+    pad = model.cfg.pad_token_id
+    tokens = padded_tokens(pad)
+    with torch.no_grad():
+        batch = model.encode_text(tokens, normalize=False)
+        alone = torch.cat([model.encode_text(t[None, : int((t != pad).sum())], normalize=False) for t in tokens])
+    assert (batch - alone).abs().max() <= 1e-5
+
+
+def test_post_ln_checkpoints_load_completely_or_are_refused():
+    hf = build("AltCLIPModel")
+    model = HookedCLIP.from_hf(hf, device="cpu")
+    _, source = hf_post_ln_source(hf)
+    missing = dict(source)
+    missing.pop("encoder.layers.1.output.LayerNorm.bias")
+    with pytest.raises(CheckpointMismatchError, match=r"missing keys \(1\): encoder.layers.1.output.LayerNorm.bias"):
+        hf_post_ln_state_dict(missing, model.cfg)
+    extra = {**source, "pooler.dense.weight": torch.zeros(64, 64)}
+    with pytest.raises(CheckpointMismatchError, match=r"unexpected keys \(1\): pooler.dense.weight"):
+        hf_post_ln_state_dict(extra, model.cfg)
+
+
+def test_post_ln_block_hooks_hold_the_normalised_sums():
+    model = HookedCLIP.from_hf(build("ChineseCLIPModel"), device="cpu")
+    tokens = padded_tokens(0)
+    _, cache = model.text.run_with_cache(tokens)
+    b = "blocks.0."
+    assert torch.allclose(cache[b + "hook_resid_mid"], cache[b + "ln1.hook_normalized"])
+    mid = model.text.blocks[0].ln1(cache[b + "hook_resid_pre"] + cache[b + "hook_attn_out"])
+    assert torch.allclose(cache[b + "hook_resid_mid"], mid, atol=1e-6)
+    post = model.text.blocks[0].ln2(cache[b + "hook_resid_mid"] + cache[b + "hook_mlp_out"])
+    assert torch.allclose(cache[b + "hook_resid_post"], post, atol=1e-6)
+    assert torch.equal(cache["ln_embed.hook_normalized"], cache[b + "hook_resid_pre"])
+    pattern = cache[b + "attn.hook_pattern"]  # padding keys are never read
+    assert pattern[1, :, :, 5:].abs().max() == 0 and pattern[0, :, :, 5:].abs().max() > 0
+
+
+def test_post_ln_config_fields_are_validated():
+    base = dict(d_model=32, d_head=16, n_heads=2, n_layers=1, n_ctx=16, d_vocab=50, causal=False)
+    with pytest.raises(ValueError, match="ln_position='mid' is not supported"):
+        CLIPTextConfig(**base, ln_position="mid")
+    with pytest.raises(ValueError, match="mask_padding=True is implemented for post-LN"):
+        CLIPTextConfig(**base, mask_padding=True)
+    with pytest.raises(ValueError, match="position_ids='alibi' is not supported"):
+        CLIPTextConfig(**base, position_ids="alibi")
+    with pytest.raises(ValueError, match="proj_act='tanh' needs a projection"):
+        CLIPTextConfig(**base, d_proj=None, proj_act="tanh")
+    with pytest.raises(ValueError, match="n_token_types must be an int >= 0"):
+        CLIPTextConfig(**base, n_token_types=-1)
+    with pytest.raises(ValueError, match="pooling='cls' is not supported"):
+        CLIPTextConfig(**base, pooling="cls")
+    with pytest.raises(ValueError, match="set causal=False"):
+        CLIPTextConfig(**{**base, "causal": True}, ln_position="post", mask_padding=True)
+
+
+def test_start_at_layer_on_a_masked_tower_needs_the_tokens():
+    model = HookedCLIP.from_hf(build("ChineseCLIPModel"), device="cpu")
+    tokens = padded_tokens(0)
+    with torch.no_grad():
+        resid = model.text(tokens, stop_at_layer=1)
+        with pytest.raises(ValueError, match="pass tokens="):
+            model.text(resid, start_at_layer=1)
+        assert torch.allclose(model.text(resid, start_at_layer=1, tokens=tokens), model.text(tokens), atol=1e-6)
