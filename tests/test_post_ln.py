@@ -176,3 +176,22 @@ def test_start_at_layer_on_a_masked_tower_needs_the_tokens():
         with pytest.raises(ValueError, match="pass tokens="):
             model.text(resid, start_at_layer=1)
         assert torch.allclose(model.text(resid, start_at_layer=1, tokens=tokens), model.text(tokens), atol=1e-6)
+
+
+def test_pre_ln_only_processing_and_decompositions_refuse_a_post_ln_tower():
+    from hooked_clip.cache import decompose_resid
+    from hooked_clip.processing import center_writing_weights, fold_ln, fold_value_biases
+
+    model = HookedCLIP.from_hf(build("AltCLIPModel"), device="cpu")
+    tokens = padded_tokens(1)
+    with pytest.raises(ValueError, match="fold_ln is derived for pre-LN towers"):
+        fold_ln(model)
+    with pytest.raises(ValueError, match="center_writing_weights is derived for pre-LN towers"):
+        center_writing_weights(model)
+    _, cache = model.text.run_with_cache(tokens)
+    with pytest.raises(ValueError, match="decompose_resid needs a pre-LN tower"):
+        decompose_resid(model.text, cache, model.text.pool_positions(tokens))
+    with torch.no_grad():
+        before = model.encode_text(tokens, normalize=False)
+        fold_value_biases(model)  # exact in either block: each pattern row (padding masked) sums to 1
+        assert (model.encode_text(tokens, normalize=False) - before).abs().max() <= 1e-5
