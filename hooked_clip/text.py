@@ -117,7 +117,21 @@ class HookedCLIPText(HookedTower):
 
     def pool_positions(self, tokens: Int[Tensor, "batch pos"]) -> Optional[Int[Tensor, "batch"]]:
         """Position whose final residual becomes each row's text embedding (``cfg.pooling``); ``None`` for
-        mean pooling, which reads every (non-padding) position."""
+        mean pooling, which reads every (non-padding) position.
+
+        A tower that masks its padding (``cfg.mask_padding``) refuses a batch with padding here: this is what
+        analyses call before running the blocks themselves (the patching engine), and those runs carry no
+        padding mask. ``forward``/``run_with_cache`` mask padding themselves and do not go through this."""
+        if self.padding_mask(tokens) is not None:
+            rows = (tokens == self.cfg.pad_token_id).any(dim=-1).nonzero().flatten().tolist()
+            raise ValueError(
+                f"rows {rows[:10]} hold padding (id {self.cfg.pad_token_id}), which this tower masks in attention "
+                "(cfg.mask_padding); analyses that run its blocks directly (activation patching, the study) pass "
+                "no padding mask, so give them texts of equal token length (no padding), or run the model "
+                "itself (forward, run_with_cache, run_with_hooks), which masks padding.")
+        return self._pool_positions(tokens)
+
+    def _pool_positions(self, tokens: Int[Tensor, "batch pos"]) -> Optional[Int[Tensor, "batch"]]:
         if self.cfg.pooling == "mean":
             return None
         if self.cfg.pooling == "first":
@@ -229,7 +243,7 @@ class HookedCLIPText(HookedTower):
         self._check_layer_range(start_at_layer, stop_at_layer)
         if start_at_layer is None:
             tokens = self.as_tokens(input)
-            pool = self.pool_positions(tokens) if pool_positions is None else torch.as_tensor(pool_positions, device=tokens.device)
+            pool = self._pool_positions(tokens) if pool_positions is None else torch.as_tensor(pool_positions, device=tokens.device)
             tokens = tokens[:, : self._kept_positions(pool, tokens.shape[1], trim)]
             resid = self.embed_tokens(tokens)
         else:
@@ -329,11 +343,11 @@ class HookedCLIPText(HookedTower):
     def _resid_pool_positions(self, resid: Tensor, tokens: Optional[Tensor], pool_positions: Optional[Tensor],
                               stop_at_layer: Optional[int]) -> Optional[Tensor]:
         if self.cfg.pooling in ("first", "mean") and pool_positions is None:
-            return self.pool_positions(resid[..., 0])
+            return self._pool_positions(resid[..., 0])
         if pool_positions is not None:
             return torch.as_tensor(pool_positions, device=resid.device)
         if tokens is not None:
-            return self.pool_positions(self._check_tokens(tokens))
+            return self._pool_positions(self._check_tokens(tokens))
         if self.cfg.pooling == "last" or stop_at_layer is not None:
             return torch.full((resid.shape[0],), resid.shape[1] - 1, device=resid.device)
         raise ValueError(

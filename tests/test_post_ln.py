@@ -190,8 +190,72 @@ def test_pre_ln_only_processing_and_decompositions_refuse_a_post_ln_tower():
         center_writing_weights(model)
     _, cache = model.text.run_with_cache(tokens)
     with pytest.raises(ValueError, match="decompose_resid needs a pre-LN tower"):
-        decompose_resid(model.text, cache, model.text.pool_positions(tokens))
+        decompose_resid(model.text, cache, torch.zeros(len(tokens), dtype=torch.long))
     with torch.no_grad():
         before = model.encode_text(tokens, normalize=False)
         fold_value_biases(model)  # exact in either block: each pattern row (padding masked) sums to 1
         assert (model.encode_text(tokens, normalize=False) - before).abs().max() <= 1e-5
+
+
+# ----------------------------------------------------------------------------- the patching engine
+def _loop(tower, clean, corrupt, metric, act):
+    """One forward per (layer, position), hook written by hand; nothing shared with the engine."""
+    from transformer_lens.utilities import get_act_name
+
+    _, cache = tower.run_with_cache(clean)
+    out = torch.empty(tower.cfg.n_layers, corrupt.shape[1], corrupt.shape[0])
+    for layer in range(tower.cfg.n_layers):
+        for pos in range(corrupt.shape[1]):
+            def hook(x, hook, pos=pos):
+                x = x.clone()
+                x[:, pos] = cache[hook.name][:, pos]
+                return x
+
+            emb = tower.run_with_hooks(corrupt, return_type="normalized", fwd_hooks=[(get_act_name(act, layer), hook)])
+            out[layer, pos] = metric(emb)
+    return out
+
+
+def mean_pooled_tower():
+    """open_clip's hf-text layout: a RoBERTa tower pooled by the mean over non-padding tokens."""
+    cfg = CLIPTextConfig(d_model=32, d_head=16, n_heads=2, n_layers=2, n_ctx=20, d_vocab=100, d_mlp=64, act_fn="gelu",
+                         ln_position="post", n_token_types=1, ln_embed=True, position_ids="roberta", pad_token_id=1,
+                         mask_padding=True, final_ln=False, pooling="mean", causal=False, d_proj=8, seed=3)
+    tower = HookedCLIPText(cfg)
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, p in tower.named_parameters():
+            if name.endswith(".w"):
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=gen))
+            elif name.endswith(".b"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+    return tower
+
+
+@pytest.mark.parametrize("which", ["ChineseCLIPModel", "AltCLIPModel", "mean"])
+@pytest.mark.parametrize("act", ["resid_pre", "resid_mid", "attn_out", "mlp_out"])
+def test_activation_patch_equals_a_plain_loop_on_post_ln_towers(which, act):
+    from hooked_clip.analyses.metrics import cosine_to_target
+    from hooked_clip.analyses.patching import activation_patch
+
+    tower = mean_pooled_tower() if which == "mean" else HookedCLIP.from_hf(build(which), device="cpu").text
+    gen = torch.Generator().manual_seed(5)
+    clean = torch.randint(3, 100, (3, 7), generator=gen)
+    corrupt = clean.clone()
+    corrupt[:, 3] = torch.randint(3, 100, (3,), generator=gen)
+    clean[:, 0] = corrupt[:, 0] = 2  # a CLS-like first token (not the pad id of either tower)
+    assert (which == "mean") == (tower.pool_positions(clean) is None)
+    d = tower.cfg.d_proj
+    metric = cosine_to_target(torch.randn(3, d, generator=gen))
+    res = activation_patch(tower, clean, corrupt, metric, act, index="layer_pos", progress=False, batch_size=5)
+    assert (res.values - _loop(tower, clean, corrupt, metric, act)).abs().max() <= ATOL
+    assert res.values.std() > 1e-4  # the patches do move the metric
+
+
+def test_padded_batches_are_refused_where_blocks_run_without_the_mask():
+    from hooked_clip.analyses.patching import activation_patch
+
+    tower = HookedCLIP.from_hf(build("ChineseCLIPModel"), device="cpu").text
+    tokens = padded_tokens(0)
+    with pytest.raises(ValueError, match=r"rows \[1, 2, 3\] hold padding .* equal token length"):
+        activation_patch(tower, tokens, tokens, lambda e: e[..., 0], "resid_pre", progress=False)
