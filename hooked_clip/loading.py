@@ -142,6 +142,9 @@ def hf_post_ln_source(hf_model: nn.Module) -> tuple[Any, dict[str, Tensor]]:
     text = getattr(hf_model, "text_model", hf_model)
     sd = {k.removeprefix("roberta."): v for k, v in text.state_dict().items()}
     if text is not hf_model:
+        # a two-tower model embeds text as text_projection(CLS); ALIGN's text model keeps BERT's pooler, which
+        # is on no path to that embedding, so it is not part of the tower
+        sd = {k: v for k, v in sd.items() if not k.startswith("pooler.")}
         sd.update({"text_projection." + k: v for k, v in hf_model.text_projection.state_dict().items()})
     return text.config, sd
 
@@ -180,8 +183,8 @@ def config_from_hf_post_ln(text_config, source: dict[str, Tensor], family: str, 
         act_fn=_HF_ACTS[text_config.hidden_act],
         eps=text_config.layer_norm_eps,
         d_proj=d_proj,
-        proj_bias=has("transformation.") or (has("pooler.") and not has("text_projection.")),
-        proj_act="tanh" if has("pooler.") and not has("text_projection.") else None,
+        proj_bias=has("transformation.") or has("pooler.") or "text_projection.bias" in source,
+        proj_act="tanh" if has("pooler.") else None,
         pooling="first",
         pad_token_id=text_config.pad_token_id if text_config.pad_token_id is not None else 0,
         causal=False,
@@ -226,17 +229,21 @@ def hf_post_ln_state_dict(source: dict[str, Tensor], cfg: CLIPTextConfig) -> dic
     if cfg.final_ln:
         out["ln_final.w"], out["ln_final.b"] = read.take("pre_LN.weight"), read.take("pre_LN.bias")
     if cfg.d_proj is not None:
-        linear = "pooler.dense" if cfg.proj_act == "tanh" else "transformation" if cfg.proj_bias else None
-        if linear is not None:
-            w, b = read.take(linear + ".weight"), read.take(linear + ".bias")
-            out["W_proj"], out["b_proj"] = (None if w is None else w.T), b
-        if "text_projection.weight" in read.rest or linear is None:
+        w = b = None
+        first = next((p for p in ("transformation", "pooler.dense") if p + ".weight" in read.rest), None)
+        if first is not None:
+            w, b = read.take(first + ".weight").T, read.take(first + ".bias")
+        if first is None or "text_projection.weight" in read.rest:
             p = read.take("text_projection.weight")
-            if p is not None and out.get("W_proj") is not None:
-                out["W_proj"] = out["W_proj"] @ p.T
-                out["b_proj"] = None if out["b_proj"] is None else out["b_proj"] @ p.T
+            p_b = read.take("text_projection.bias") if "text_projection.bias" in read.rest else None
+            if p is not None and w is not None:  # AltCLIPModel: two linear maps in a row, folded into one
+                w, b = w @ p.T, (None if b is None else b @ p.T)
+                b = p_b if b is None else b if p_b is None else b + p_b
             elif p is not None:
-                out["W_proj"] = p.T
+                w, b = p.T, p_b
+        out["W_proj"] = w
+        if cfg.proj_bias:
+            out["b_proj"] = b
     read.finish(ignore=lambda k: k.endswith(("position_ids", "token_type_ids")))
     return out
 

@@ -19,7 +19,7 @@ from hooked_clip.text import HookedCLIPText
 ATOL = 1e-5
 SMALL = dict(hidden_size=64, intermediate_size=128, num_attention_heads=2, num_hidden_layers=2, vocab_size=300,
              max_position_embeddings=40, type_vocab_size=2)
-CLASSES = ["ChineseCLIPModel", "ChineseCLIPTextModel", "AltCLIPModel", "AltCLIPTextModel"]
+CLASSES = ["ChineseCLIPModel", "ChineseCLIPTextModel", "AltCLIPModel", "AltCLIPTextModel", "AlignModel", "AlignTextModel"]
 
 
 def randomize_bert_(model, seed):
