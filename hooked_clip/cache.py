@@ -125,6 +125,9 @@ def to_embedding_space(text: HookedCLIPText, normed: Float[Tensor, "... d_model"
     if text.W_proj is None:
         raise ValueError("this text tower has no projection (cfg.d_proj is None); its embedding space is the "
                          "pooled residual itself, so use the ln_final output directly.")
+    if text.cfg.d_proj_hidden is not None or text.cfg.proj_act is not None:
+        raise ValueError("this text tower's projection is not linear (an MLP or a tanh: cfg.d_proj_hidden / "
+                         "cfg.proj_act), so component rows cannot be mapped into the embedding space one by one.")
     out = normed @ text.W_proj
     return out + embedding_bias(text) if with_bias else out
 

@@ -22,6 +22,8 @@ from hooked_clip.loading import (
     mismatch_summary,
     config_from_hf,
     config_from_hf_post_ln,
+    config_from_open_clip_hf,
+    open_clip_hf_text_state_dict,
     hf_post_ln_source,
     hf_post_ln_state_dict,
     config_from_open_clip,
@@ -303,7 +305,9 @@ class HookedCLIP(nn.Module):
             oc_model, preprocess_cfg = _open_clip_model(model, pretrained, cache_dir)
         else:
             raise TypeError(f"from_open_clip takes an open_clip model or a model name, got {type(model).__name__}.")
-        cfg = config_from_open_clip(oc_model, device=_device(device), dtype=dtype, **cfg_overrides)
+        hf_text = _is_open_clip_hf_text(oc_model)
+        config_from = config_from_open_clip_hf if hf_text else config_from_open_clip
+        cfg = config_from(oc_model.text if hf_text else oc_model, device=_device(device), dtype=dtype, **cfg_overrides)
         from hooked_clip.families import resolve_tokenizer
         from hooked_clip.hf_tokenizer import tokenizer_for_open_clip
 
@@ -312,7 +316,8 @@ class HookedCLIP(nn.Module):
         else:
             tokenizer = resolve_tokenizer(tokenizer, cfg)
         text = HookedCLIPText(cfg, tokenizer=tokenizer)
-        load_converted(text, open_clip_text_state_dict(oc_model.state_dict(), cfg))
+        converter = open_clip_hf_text_state_dict if hf_text else open_clip_text_state_dict
+        load_converted(text, converter(oc_model.state_dict(), cfg))
         process_weights(text, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
                         fold_value_biases=fold_value_biases)
         vision = image_tower_from_open_clip(oc_model, preprocess_cfg, cfg.device, dtype)
@@ -322,6 +327,13 @@ class HookedCLIP(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+def _is_open_clip_hf_text(oc_model: nn.Module) -> bool:
+    """Whether an open_clip model's text tower is an ``HFTextEncoder`` (a transformers model, ``hf_model_name``)."""
+    from open_clip.hf_model import HFTextEncoder
+
+    return isinstance(getattr(oc_model, "text", None), HFTextEncoder)
+
+
 def _device(device: Optional[str]) -> str:
     return device or ("cuda" if torch.cuda.is_available() else "cpu")
 

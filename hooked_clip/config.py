@@ -75,6 +75,9 @@ class CLIPTextConfig(TransformerLensConfig):
     - ``final_ln``: whether ``ln_final`` exists (``False`` for BERT towers whose last block ends in a
       LayerNorm, e.g. ChineseCLIP; AltCLIP's ``pre_LN`` is its ``ln_final``).
     - ``proj_act``: ``None`` or ``"tanh"``, applied after the projection (BERT's pooler: tanh(W x + b)).
+    - ``d_proj_hidden``: ``None`` (the projection is one linear map ``W_proj``) or the width of an MLP
+      projection (open_clip's ``hf_proj_type="mlp"``): ``W_proj_in`` [d_model, d_proj_hidden], exact GELU
+      (``hook_proj_hidden``), then ``W_proj`` [d_proj_hidden, d_proj]; no bias before the GELU.
     - ``use_fused_attn`` (default ``False``): opt in to ``F.scaled_dot_product_attention`` for layers
       with no hook on ``hook_attn_scores``/``hook_pattern``. It differs from the explicit softmax path by
       float rounding (~1e-7), so a cached clean run (pattern hooked) and a patched run (not hooked) would
@@ -108,6 +111,7 @@ class CLIPTextConfig(TransformerLensConfig):
     mask_padding: bool = False
     final_ln: bool = True
     proj_act: Optional[str] = None
+    d_proj_hidden: Optional[int] = None
     init_range: float = 0.02
     ln_folded: bool = False  # weight-processing state (hooked_clip.processing), set by those functions
     writing_weights_centered: bool = False
@@ -143,6 +147,10 @@ class CLIPTextConfig(TransformerLensConfig):
             raise ValueError(f"proj_act={self.proj_act!r} is not supported; use one of {_PROJ_ACTS}.")
         if self.proj_act is not None and self.d_proj is None:
             raise ValueError(f"proj_act={self.proj_act!r} needs a projection; set d_proj.")
+        if self.d_proj_hidden is not None and (isinstance(self.d_proj_hidden, bool) or not isinstance(self.d_proj_hidden, int)
+                                               or self.d_proj_hidden <= 0 or self.d_proj is None):
+            raise ValueError(f"d_proj_hidden must be None or a positive int with d_proj set, got "
+                             f"d_proj_hidden={self.d_proj_hidden!r}, d_proj={self.d_proj!r}.")
         if isinstance(self.n_token_types, bool) or not isinstance(self.n_token_types, int) or self.n_token_types < 0:
             raise ValueError(f"n_token_types must be an int >= 0 (0: no token-type embedding), got {self.n_token_types!r}.")
         for name in ("ln_embed", "mask_padding", "final_ln"):

@@ -204,8 +204,9 @@ def config_from_hf_post_ln(text_config, source: dict[str, Tensor], family: str, 
     return CLIPTextConfig(**kw)
 
 
-def hf_post_ln_state_dict(source: dict[str, Tensor], cfg: CLIPTextConfig) -> dict[str, Tensor]:
-    """Our state dict from :func:`hf_post_ln_source`'s, every key consumed (strict, as the other converters).
+def hf_post_ln_state_dict(source: dict[str, Tensor], cfg: CLIPTextConfig, projection: bool = True) -> dict[str, Tensor]:
+    """Our state dict from :func:`hf_post_ln_source`'s, every key consumed (strict, as the other converters);
+    ``projection=False``: the transformer only (a caller with its own projection keys converts those).
     AltCLIPModel's two projections (``transformation`` with bias, then ``text_projection``) become one linear
     map: ``W_proj = W_t.T @ W_p.T``, ``b_proj = b_t @ W_p.T`` (exact up to float rounding)."""
     read = _Reader(source, "HF transformers", "BERT/RoBERTa text tower")
@@ -228,7 +229,7 @@ def hf_post_ln_state_dict(source: dict[str, Tensor], cfg: CLIPTextConfig) -> dic
     )
     if cfg.final_ln:
         out["ln_final.w"], out["ln_final.b"] = read.take("pre_LN.weight"), read.take("pre_LN.bias")
-    if cfg.d_proj is not None:
+    if cfg.d_proj is not None and projection:
         w = b = None
         first = next((p for p in ("transformation", "pooler.dense") if p + ".weight" in read.rest), None)
         if first is not None:
@@ -245,6 +246,87 @@ def hf_post_ln_state_dict(source: dict[str, Tensor], cfg: CLIPTextConfig) -> dic
         if cfg.proj_bias:
             out["b_proj"] = b
     read.finish(ignore=lambda k: k.endswith(("position_ids", "token_type_ids")))
+    return out
+
+
+_OPEN_CLIP_HF_TYPES = ("roberta", "xlm-roberta")
+
+
+def config_from_open_clip_hf(text: nn.Module, **overrides) -> CLIPTextConfig:
+    """``CLIPTextConfig`` of open_clip's ``HFTextEncoder`` (``hf_model_name`` towers) wrapping a RoBERTa or
+    XLM-R model: post-LN blocks with RoBERTa position ids, padding masked (open_clip masks ``pad_token_id``),
+    pooled by the mean over non-padding tokens (``mean_pooler``) or at the first token
+    (``cls_last_hidden_state_pooler``), projected by nothing, one linear map or open_clip's MLP
+    (Linear-GELU-Linear, no biases). mT5 (a T5 encoder: relative position buckets, RMS norm, pre-norm blocks)
+    and NLLB (an M2M-100 encoder: sinusoidal positions, pre-LN) and the other poolers are refused by name."""
+    from open_clip.hf_model import ClsLastHiddenStatePooler, ClsPooler, MeanPooler
+
+    hf_cfg = text.config
+    if hf_cfg.model_type not in _OPEN_CLIP_HF_TYPES:
+        raise CheckpointMismatchError(
+            f"open_clip's HF text tower {hf_cfg.model_type!r} is not supported: hooked_clip reimplements the "
+            f"BERT/RoBERTa post-LN encoders ({', '.join(_OPEN_CLIP_HF_TYPES)}); mT5 is a T5 encoder (relative "
+            "position buckets, RMS-style LayerNorm before each sublayer) and NLLB an M2M-100 encoder (sinusoidal "
+            "positions, pre-LN), which its blocks do not express.")
+    pooler = text.pooler
+    uses_hf_pooler = isinstance(pooler, ClsPooler) and pooler.use_pooler_output and getattr(
+        text.transformer, "pooler", None) is not None
+    if isinstance(pooler, MeanPooler):
+        pooling = "mean"
+    elif isinstance(pooler, (ClsPooler, ClsLastHiddenStatePooler)) and not uses_hf_pooler:
+        pooling = "first"
+    else:
+        raise CheckpointMismatchError(
+            f"open_clip pooler {type(pooler).__name__}" + (" reading the transformer's tanh pooler" if uses_hf_pooler
+                                                          else "") + " is not supported; hooked_clip pools by the "
+            "mean (mean_pooler) or at the first token (cls_last_hidden_state_pooler).")
+    proj = text.proj
+    d_proj_hidden = None
+    if isinstance(proj, nn.Identity):
+        d_proj = None
+    elif isinstance(proj, nn.Linear) and proj.bias is None:
+        d_proj = proj.out_features
+    elif (isinstance(proj, nn.Sequential) and len(proj) == 3 and isinstance(proj[1], nn.GELU)
+          and proj[1].approximate == "none" and all(isinstance(proj[i], nn.Linear) and proj[i].bias is None for i in (0, 2))):
+        d_proj_hidden, d_proj = proj[0].out_features, proj[2].out_features
+    else:
+        raise CheckpointMismatchError(f"open_clip HF text projection {proj!r} is not supported (Identity, a linear "
+                                      "map or open_clip's Linear-GELU-Linear MLP, without biases).")
+    if getattr(hf_cfg, "position_embedding_type", "absolute") != "absolute":
+        raise CheckpointMismatchError(f"position_embedding_type={hf_cfg.position_embedding_type!r} is not supported.")
+    if hf_cfg.hidden_act not in _HF_ACTS:
+        raise CheckpointMismatchError(f"hidden_act={hf_cfg.hidden_act!r} is not supported.")
+    kw = dict(
+        d_model=hf_cfg.hidden_size, n_heads=hf_cfg.num_attention_heads,
+        d_head=hf_cfg.hidden_size // hf_cfg.num_attention_heads, n_layers=hf_cfg.num_hidden_layers,
+        d_mlp=hf_cfg.intermediate_size, n_ctx=hf_cfg.max_position_embeddings, d_vocab=hf_cfg.vocab_size,
+        act_fn=_HF_ACTS[hf_cfg.hidden_act], eps=hf_cfg.layer_norm_eps, d_proj=d_proj, d_proj_hidden=d_proj_hidden,
+        pooling=pooling, pad_token_id=hf_cfg.pad_token_id, causal=False, ln_position="post",
+        n_token_types=hf_cfg.type_vocab_size, ln_embed=True, position_ids="roberta", mask_padding=True,
+        final_ln=False, trim_after_pool=False, family="open_clip-hf", model_name="open_clip",
+    )
+    if hf_cfg.eos_token_id is not None:
+        kw["eot_token_id"] = hf_cfg.eos_token_id
+    kw.update(overrides)
+    return CLIPTextConfig(**kw)
+
+
+def open_clip_hf_text_state_dict(state_dict: dict[str, Tensor], cfg: CLIPTextConfig) -> dict[str, Tensor]:
+    """Our state dict from an open_clip model with an ``HFTextEncoder`` (keys ``text.transformer.*``,
+    ``text.proj.*``), every key consumed. The transformer's own tanh pooler, which open_clip builds when it
+    is given a config object but which the mean/CLS-hidden-state poolers never read, is not part of the tower."""
+    t = "text.transformer."
+    source = {k[len(t):]: v for k, v in state_dict.items() if k.startswith(t) and not k.startswith(t + "pooler.")}
+    out = hf_post_ln_state_dict(source, cfg, projection=False)
+    read = _Reader({k: v for k, v in state_dict.items() if k.startswith("text.proj")}, "open_clip",
+                   "HF text tower's projection")
+    if cfg.d_proj_hidden is not None:
+        w_in, w = read.take("text.proj.0.weight"), read.take("text.proj.2.weight")
+        out["W_proj_in"], out["W_proj"] = (None if w_in is None else w_in.T), (None if w is None else w.T)
+    elif cfg.d_proj is not None:
+        w = read.take("text.proj.weight")
+        out["W_proj"] = None if w is None else w.T
+    read.finish()
     return out
 
 

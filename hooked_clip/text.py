@@ -67,8 +67,14 @@ class HookedCLIPText(HookedTower):
         block = PostLNBlock if cfg.ln_position == "post" else TransformerBlock
         self.blocks = nn.ModuleList([block(cfg, layer) for layer in range(cfg.n_layers)])
         self.ln_final = LayerNorm(cfg) if cfg.final_ln else None
+        if cfg.d_proj_hidden is not None:  # an MLP projection: W_proj_in -> GELU -> W_proj
+            self.W_proj_in = nn.Parameter(torch.empty(cfg.d_model, cfg.d_proj_hidden, dtype=cfg.dtype))
+            self.hook_proj_hidden = CheckedHookPoint()  # [batch, d_proj_hidden], after the GELU
+        else:
+            self.W_proj_in = None
         if cfg.d_proj is not None:
-            self.W_proj = nn.Parameter(torch.empty(cfg.d_model, cfg.d_proj, dtype=cfg.dtype))
+            d_in = cfg.d_model if cfg.d_proj_hidden is None else cfg.d_proj_hidden
+            self.W_proj = nn.Parameter(torch.empty(d_in, cfg.d_proj, dtype=cfg.dtype))
             self.b_proj = nn.Parameter(torch.zeros(cfg.d_proj, dtype=cfg.dtype)) if cfg.proj_bias else None
         else:
             self.W_proj, self.b_proj = None, None
@@ -310,7 +316,8 @@ class HookedCLIPText(HookedTower):
     ) -> Optional[Tensor]:
         """``ln_final`` (if the tower has one) -> the row at each pooling position, or with ``pool=None`` the
         mean over positions (those not hidden by ``key_mask``) (``hook_pooled``) -> ``text_projection``
-        (then ``tanh`` with ``cfg.proj_act``) (``hook_text_embed``) -> L2 normalisation
+        (an MLP with ``cfg.d_proj_hidden``: ``hook_proj_hidden``; then ``tanh`` with ``cfg.proj_act``)
+        (``hook_text_embed``) -> L2 normalisation
         (``hook_text_embed_normalized``), up to ``return_type``."""
         if self.ln_final is not None:
             resid = self.ln_final(resid)
@@ -322,6 +329,8 @@ class HookedCLIPText(HookedTower):
             pooled = self.hook_pooled(resid[torch.arange(resid.shape[0], device=resid.device), pool])
         if return_type == "pooled":
             return pooled
+        if self.W_proj_in is not None:
+            pooled = self.hook_proj_hidden(F.gelu(pooled @ self.W_proj_in))
         embed = pooled if self.W_proj is None else pooled @ self.W_proj
         if self.b_proj is not None:
             embed = embed + self.b_proj

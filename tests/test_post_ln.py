@@ -259,3 +259,59 @@ def test_padded_batches_are_refused_where_blocks_run_without_the_mask():
     tokens = padded_tokens(0)
     with pytest.raises(ValueError, match=r"rows \[1, 2, 3\] hold padding .* equal token length"):
         activation_patch(tower, tokens, tokens, lambda e: e[..., 0], "resid_pre", progress=False)
+
+
+# ------------------------------------------------------------------ open_clip's hf_model_name towers
+def open_clip_hf_model(config_cls: str, pooler: str, proj: str, seed: int = 0):
+    """An open_clip CustomTextCLIP whose text tower is its HFTextEncoder around a tiny local transformers
+    config (open_clip builds it from a hub config by name, which needs a download; given a config object it
+    builds the same modules offline)."""
+    import transformers
+    from open_clip.hf_model import HFTextEncoder
+    from open_clip.model import CustomTextCLIP
+
+    hf_cfg = getattr(transformers, config_cls)(**{k: v for k, v in SMALL.items() if k != "type_vocab_size"})
+    torch.manual_seed(seed)
+    oc = CustomTextCLIP(embed_dim=32, text_cfg=dict(width=32, heads=2, layers=1, vocab_size=300, context_length=8),
+                        vision_cfg=dict(image_size=32, layers=1, width=32, patch_size=16, head_width=32))
+    oc.text = HFTextEncoder("local", output_dim=32, config=hf_cfg, pooler_type=pooler, proj_type=proj)
+    return randomize_bert_(oc, seed).eval()
+
+
+@pytest.mark.parametrize("config_cls,pooler,proj", [
+    ("RobertaConfig", "mean_pooler", "mlp"),  # roberta-ViT-B-32
+    ("XLMRobertaConfig", "mean_pooler", "mlp"),  # xlm-roberta-base-ViT-B-32, xlm-roberta-large-ViT-H-14
+    ("RobertaConfig", "cls_last_hidden_state_pooler", "linear"),
+])
+def test_open_clip_hf_text_tower_parity(config_cls, pooler, proj):
+    oc = open_clip_hf_model(config_cls, pooler, proj)
+    model = HookedCLIP.from_open_clip(oc, device="cpu")
+    cfg = model.cfg
+    assert (cfg.ln_position, cfg.position_ids, cfg.pad_token_id) == ("post", "roberta", 1)
+    assert cfg.pooling == ("mean" if pooler == "mean_pooler" else "first")
+    assert (cfg.d_proj_hidden is not None) == (proj == "mlp")
+    tokens = padded_tokens(1)
+    ref, blocks = capture_block_outputs(oc.text.transformer.encoder.layer, lambda: oc.encode_text(tokens))
+    errors = parity_errors(model.text, tokens, ref, blocks)
+    assert errors["blocks"] <= ATOL and errors["output"] <= ATOL, errors
+    with torch.no_grad():  # the mean reads only the non-padding tokens of each row
+        alone = torch.cat([model.encode_text(t[None, : int((t != 1).sum())], normalize=False) for t in tokens])
+    assert (alone - ref).abs().max() <= ATOL
+
+
+def test_open_clip_hf_text_towers_that_are_not_bert_are_refused():
+    from open_clip.hf_model import HFTextEncoder
+
+    oc = open_clip_hf_model("RobertaConfig", "mean_pooler", "mlp")
+    oc.text.pooler = __import__("open_clip").hf_model.MaxPooler()
+    with pytest.raises(CheckpointMismatchError, match="pooler MaxPooler is not supported"):
+        HookedCLIP.from_open_clip(oc)
+    oc = open_clip_hf_model("RobertaConfig", "cls_pooler", "linear")  # reads the transformer's tanh pooler
+    with pytest.raises(CheckpointMismatchError, match="ClsPooler reading the transformer's tanh pooler"):
+        HookedCLIP.from_open_clip(oc)
+    import transformers
+
+    t5 = transformers.MT5Config(d_model=32, d_ff=64, num_heads=2, num_layers=1, vocab_size=100)
+    oc.text = HFTextEncoder("local", output_dim=32, config=t5, pooler_type="mean_pooler")
+    with pytest.raises(CheckpointMismatchError, match="'mt5' is not supported.*T5 encoder"):
+        HookedCLIP.from_open_clip(oc)
