@@ -176,6 +176,12 @@ class CLIPTextConfig(TransformerLensConfig):
         return not (self.causal and self.pooling in ("eot", "argmax"))
 
     @property
+    def max_text_tokens(self) -> int:
+        """Most tokens a text may have: ``n_ctx``, less ``pad_token_id + 1`` with RoBERTa position ids (their
+        rows start after the padding row: XLM-R's 514 rows hold 512 tokens)."""
+        return self.n_ctx - self.pad_token_id - 1 if self.position_ids == "roberta" else self.n_ctx
+
+    @property
     def trims(self) -> bool:
         """Whether positions after the last pooling position are dropped (only where that is exact)."""
         return self.trim_after_pool and self.causal and self.pooling in ("eot", "argmax")

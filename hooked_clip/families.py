@@ -99,8 +99,9 @@ HF_CLASSES = {
 
 _BLIP = ("its text tower is a BERT decoder: BlipTextConfig.is_decoder defaults to True, which gives every layer a "
          "cross-attention to image features that hooked_clip's post-LN block does not have (loading would leave those "
-         "weights out), it has no token-type embedding, and BlipModel's text embedding is text_projection(tanh("
-         "pooler(CLS))), a two-layer map that CLIPTextConfig's one projection cannot express")
+         "weights out); and BlipModel's text embedding is text_projection(tanh(pooler.dense(CLS))), a Linear-tanh-"
+         "Linear head that neither of CLIPTextConfig's projections (linear, or open_clip's bias-free "
+         "Linear-GELU-Linear) expresses")
 _FLAVA = ("its text tower has pre-LN blocks but BERT's embeddings (token-type embeddings, a LayerNorm on the "
           "embeddings) and a tanh pooler on the first token, which CLIPTextConfig cannot express")
 REFUSED_HF_CLASSES = {

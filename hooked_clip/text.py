@@ -93,14 +93,14 @@ class HookedCLIPText(HookedTower):
         """Token ids [batch, pos] on the model's device, from the model's own tokenizer. ``padding``
         defaults to the model's rule (:func:`hooked_clip.families.padding_for`)."""
         padding = padding_for(self.cfg, padding)
-        return self.tokenizer(text, truncate=truncate, padding=padding, context_length=self.cfg.n_ctx).to(
+        return self.tokenizer(text, truncate=truncate, padding=padding, context_length=self.cfg.max_text_tokens).to(
             self.cfg.device
         )
 
     def to_str_tokens(self, text: Union[str, Tensor, Sequence[int]], *, truncate: bool = False) -> list[str]:
         """String tokens of one text (or one row of ids), up to and including EOT."""
         if isinstance(text, str):
-            ids = self.tokenizer(text, truncate=truncate, context_length=self.cfg.n_ctx)[0]
+            ids = self.tokenizer(text, truncate=truncate, context_length=self.cfg.max_text_tokens)[0]
         elif isinstance(text, (list, tuple)) and any(isinstance(t, str) for t in text):
             raise TypeError(
                 f"to_str_tokens takes one text, got a {type(text).__name__} of {len(text)}; for several use "
@@ -199,9 +199,9 @@ class HookedCLIPText(HookedTower):
                 f"tokens of shape {tuple(tokens.shape)} hold no text; every row needs at least SOT and EOT "
                 "(model.to_tokens(texts) builds them)."
             )
-        if tokens.shape[1] > self.cfg.n_ctx:
+        if tokens.shape[1] > self.cfg.max_text_tokens:
             raise ValueError(
-                f"tokens have {tokens.shape[1]} positions, over the context length {self.cfg.n_ctx}; "
+                f"tokens have {tokens.shape[1]} positions, over the context length {self.cfg.max_text_tokens}; "
                 "shorten the text or tokenize with truncate=True."
             )
         if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.cfg.d_vocab):

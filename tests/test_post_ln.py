@@ -315,3 +315,12 @@ def test_open_clip_hf_text_towers_that_are_not_bert_are_refused():
     oc.text = HFTextEncoder("local", output_dim=32, config=t5, pooler_type="mean_pooler")
     with pytest.raises(CheckpointMismatchError, match="'mt5' is not supported.*T5 encoder"):
         HookedCLIP.from_open_clip(oc)
+
+
+def test_roberta_context_length_leaves_out_the_padding_rows():
+    model = HookedCLIP.from_hf(build("AltCLIPTextModel"), device="cpu")  # 40 rows, pad id 1: 38 tokens
+    assert model.cfg.max_text_tokens == 38
+    with torch.no_grad():
+        model.encode_text(torch.full((1, 38), 5))
+        with pytest.raises(ValueError, match="tokens have 39 positions, over the context length 38"):
+            model.encode_text(torch.full((1, 39), 5))
