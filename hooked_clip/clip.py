@@ -461,7 +461,18 @@ def _open_clip_model(name: str, pretrained: Optional[str], cache_dir: Optional[s
                 f"{pretrained!r} is neither a file nor a pretrained tag of {name!r}; tags: {tags}"
             )
         path = _resolve_open_clip_weights(name, pretrained, pcfg, cache_dir)
-    model = open_clip.create_model(name, pretrained=None, force_quick_gelu=bool(pcfg.get("quick_gelu", False)))
+    hf_name = (open_clip.get_model_config(name) or {}).get("text_cfg", {}).get("hf_model_name")
+    try:
+        model = open_clip.create_model(name, pretrained=None, force_quick_gelu=bool(pcfg.get("quick_gelu", False)))
+    except OSError:
+        if not hf_name:
+            raise
+        raise unavailable(  # open_clip builds the text tower from the transformers hub model of that name
+            hf_name,
+            f"open_clip builds {name!r}'s text tower from the transformers model {hf_name!r} (its config, and its "
+            "weights unless pretrained_hf=False), which is not in the local HF cache. Fetch it where there is "
+            f"network (`AutoModel.from_pretrained({hf_name!r})` fills the cache) and copy the cache here, or build "
+            "the open_clip model yourself and pass the object: HookedCLIP.from_open_clip(model).") from None
     if path is not None:
         _load_open_clip_checkpoint(model, path, name)
     preprocess_cfg = open_clip.get_model_preprocess_cfg(model)

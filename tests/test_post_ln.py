@@ -324,3 +324,11 @@ def test_roberta_context_length_leaves_out_the_padding_rows():
         model.encode_text(torch.full((1, 38), 5))
         with pytest.raises(ValueError, match="tokens have 39 positions, over the context length 38"):
             model.encode_text(torch.full((1, 39), 5))
+
+
+def test_open_clip_hf_text_name_without_its_transformers_model_says_what_to_fetch(monkeypatch):
+    from hooked_clip.hub import WeightsUnavailableError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsUnavailableError, match=r"'roberta-base'.*not in the local HF cache.*from_open_clip\(model\)"):
+        HookedCLIP.from_open_clip("roberta-ViT-B-32")
