@@ -332,3 +332,38 @@ def test_open_clip_hf_text_name_without_its_transformers_model_says_what_to_fetc
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(WeightsUnavailableError, match=r"'roberta-base'.*not in the local HF cache.*from_open_clip\(model\)"):
         HookedCLIP.from_open_clip("roberta-ViT-B-32")
+
+
+def test_chinese_clip_directory_carries_its_wordpiece_tokenizer_and_pads_to_the_longest(tmp_path):
+    """save_pretrained + a BERT WordPiece tokenizer beside it: the model tokenizes with it, pads to the longest
+    text (padding is masked), and embeds as transformers does with that tokenizer's attention mask."""
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import BertTokenizerFast
+
+    from conftest import valse_sentences
+
+    wp = BertWordPieceTokenizer(lowercase=True)
+    wp.train_from_iterator(list(valse_sentences()), vocab_size=300, min_frequency=1)
+    wp.save_model(str(tmp_path))
+    hf_tok = BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"))
+    hf = build("ChineseCLIPModel", vocab_size=len(hf_tok), pad_token_id=hf_tok.pad_token_id)
+    hf.save_pretrained(tmp_path / "ckpt")
+    hf_tok.save_pretrained(tmp_path / "ckpt")
+    model = HookedCLIP.from_pretrained(tmp_path / "ckpt", device="cpu")
+    texts = ["There are no dogs.", "A man is riding a horse on the beach next to the water."]
+    tokens = model.to_tokens(texts)
+    enc = hf_tok(texts, padding=True, return_tensors="pt")
+    assert torch.equal(tokens, enc["input_ids"])
+    with torch.no_grad():
+        ref = hf.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).pooler_output
+        assert (model.encode_text(texts, normalize=False) - ref).abs().max() <= ATOL
+    assert model.vision is None
+
+
+def test_fused_attention_masks_padding_too():
+    hf = build("AltCLIPModel")
+    tokens = padded_tokens(1)
+    ref, blocks = reference(hf, tokens, 1)
+    model = HookedCLIP.from_hf(hf, device="cpu", use_fused_attn=True)
+    errors = parity_errors(model.text, tokens, ref, blocks)
+    assert errors["blocks"] <= ATOL and errors["output"] <= ATOL, errors
