@@ -304,10 +304,11 @@ class HookedCLIPText(HookedTower):
             if len(prefix) != len(blocks):
                 raise ValueError(f"prefix has {len(prefix)} entries for {len(blocks)} blocks.")
         for i, block in enumerate(blocks):
-            if key_mask is None:
-                resid = block(resid, None if prefix is None else KeyValuePrefix(*prefix[i]))
+            block_prefix = None if prefix is None else KeyValuePrefix(*prefix[i])
+            if key_mask is None:  # the pre-LN TransformerBlock takes no key mask (cfg.mask_padding is post-LN only)
+                resid = block(resid, block_prefix)
             else:
-                resid = block(resid, key_mask=key_mask)
+                resid = block(resid, block_prefix, key_mask=key_mask)
         return resid
 
     def read_out(
