@@ -99,18 +99,38 @@ def _tokenizer_note(name: str, text_cfg: dict) -> str:
     return f"HF `{hf}`" if hf else "CLIP BPE"
 
 
+# The transformers configs open_clip's hf_model_name towers download by name (AutoConfig.from_pretrained),
+# transcribed from their hub config.json so the sweep builds the same modules offline (HFTextEncoder takes a
+# config object; tests/test_post_ln.py checks the converter on tiny ones).
+HF_TEXT_CONFIGS = {
+    "roberta-base": ("RobertaConfig", dict(vocab_size=50265, hidden_size=768, num_hidden_layers=12,
+                                           num_attention_heads=12, intermediate_size=3072)),
+    "xlm-roberta-base": ("XLMRobertaConfig", dict(vocab_size=250002, hidden_size=768, num_hidden_layers=12,
+                                                  num_attention_heads=12, intermediate_size=3072)),
+    "xlm-roberta-large": ("XLMRobertaConfig", dict(vocab_size=250002, hidden_size=1024, num_hidden_layers=24,
+                                                   num_attention_heads=16, intermediate_size=4096)),
+}
+_ROBERTA_COMMON = dict(max_position_embeddings=514, type_vocab_size=1, pad_token_id=1, bos_token_id=0,
+                       eos_token_id=2, layer_norm_eps=1e-5, hidden_act="gelu")
+
+
 def _refusal(text_cfg: dict, cfg: dict) -> Optional[tuple[str, str]]:
     """(family, reason) for towers refused by design, decided from the config before building anything."""
-    if text_cfg.get("hf_model_name"):
-        return "hf-text", (f"text tower is the transformers model `{text_cfg['hf_model_name']}` (BERT/RoBERTa/mT5/NLLB-"
-                           "style post-LN encoder), not CLIP's pre-LN transformer")
     if "multimodal_cfg" in cfg or text_cfg.get("embed_cls"):
         return "coca", "CoCa text tower (appended CLS token, LayerNorm after pooling) is not reimplemented"
+    hf = text_cfg.get("hf_model_name")
+    if hf and hf not in HF_TEXT_CONFIGS:
+        kind = ("an mT5 (T5) encoder: relative position buckets and an RMS-style norm before each sublayer"
+                if "mt5" in hf else "an NLLB (M2M-100) encoder: sinusoidal positions, pre-LN blocks")
+        return "hf-text", (f"text tower is the transformers model `{hf}`, {kind}; hooked_clip reimplements the "
+                           "BERT/RoBERTa post-LN encoders only")
     return None
 
 
 def _family(text_cfg: dict) -> str:
     hf = text_cfg.get("hf_tokenizer_name", "") or ""
+    if text_cfg.get("hf_model_name"):
+        return "hf-text (post-LN)"
     if "SigLIP2" in hf:
         return "siglip2"
     if "SigLIP" in hf:
@@ -126,7 +146,7 @@ def _tokens(cfg, n: int = 4, seed: int = 0) -> torch.Tensor:
     """Random ids laid out as the model's tokenizer lays them out: a row of text ids, its EOS/EOT (the
     largest id for argmax pooling), then padding (to the context length)."""
     gen = torch.Generator().manual_seed(seed)
-    vocab, ctx = cfg.d_vocab, cfg.n_ctx
+    vocab, ctx = cfg.d_vocab, cfg.max_text_tokens
     top = vocab - 1 if cfg.pooling == "argmax" else vocab
     tokens = torch.randint(3, max(top, 4), (n, ctx), generator=gen)
     eot = vocab - 1 if cfg.pooling == "argmax" else cfg.eot_token_id
@@ -160,20 +180,53 @@ def open_clip_row(name: str, layers: int = 2, width: Optional[int] = None, seed:
     if text_cfg.get("vocab_size", 49408) > MAX_VOCAB:
         text_cfg["vocab_size"] = MAX_VOCAB
         notes.append(f"vocab cut to {MAX_VOCAB}")
-    cls = CustomTextCLIP if cfg.pop("custom_text", False) else CLIP
+    cls = CustomTextCLIP if cfg.pop("custom_text", False) or text_cfg.get("hf_model_name") else CLIP
     cfg["vision_cfg"] = TINY_VISION
     torch.manual_seed(seed)
-    oc = randomize_(cls(**cfg), seed)
+    if text_cfg.get("hf_model_name"):
+        oc = _open_clip_hf_text_model(cfg, text_cfg, layers, width, notes)
+    else:
+        oc = cls(**cfg)
+    oc = randomize_(oc, seed)
     try:
         model = HookedCLIP.from_open_clip(oc, device="cpu")
     except CheckpointMismatchError as err:
         return Row(name, "open_clip", _family(text_cfg), "refused", tokenizer=tok, note=str(err)[:160])
     tokens = _tokens(model.cfg, seed=seed)
-    resblocks = (oc.text if cls is CustomTextCLIP else oc).transformer.resblocks
+    if text_cfg.get("hf_model_name"):
+        resblocks = oc.text.transformer.encoder.layer
+    else:
+        resblocks = (oc.text if cls is CustomTextCLIP else oc).transformer.resblocks
     ref, blocks = capture_block_outputs(resblocks, lambda: oc.encode_text(tokens))
     err = parity_errors(model.text, tokens, ref, blocks)
     worst = max(err.values())
     return Row(name, "open_clip", _family(text_cfg), "exact" if worst <= ATOL else "MISMATCH", worst, tok, ", ".join(notes))
+
+
+def _open_clip_hf_text_model(cfg: dict, text_cfg: dict, layers: int, width: Optional[int], notes: list):
+    """open_clip's CustomTextCLIP with its HFTextEncoder built from :data:`HF_TEXT_CONFIGS` (offline), at the
+    reduced depth/width/vocabulary the other rows use; pooler and projection as the name's config says."""
+    import transformers
+    from open_clip.hf_model import HFTextEncoder
+    from open_clip.model import CustomTextCLIP
+
+    cls_name, sizes = HF_TEXT_CONFIGS[text_cfg["hf_model_name"]]
+    sizes = {**_ROBERTA_COMMON, **sizes}
+    if layers:  # open_clip_row's reduction has written text_cfg["layers"] and its note
+        sizes["num_hidden_layers"] = min(text_cfg["layers"], sizes["num_hidden_layers"])
+    if width:
+        sizes.update(hidden_size=width, num_attention_heads=max(2, width // 64), intermediate_size=4 * width)
+    if sizes["vocab_size"] > MAX_VOCAB:
+        sizes["vocab_size"] = MAX_VOCAB
+        notes.append(f"vocab cut to {MAX_VOCAB}")
+    hf_cfg = getattr(transformers, cls_name)(**sizes)
+    oc = CustomTextCLIP(embed_dim=cfg["embed_dim"], vision_cfg=TINY_VISION,
+                        text_cfg=dict(width=32, heads=2, layers=1, vocab_size=8, context_length=4))
+    oc.text = HFTextEncoder(text_cfg["hf_model_name"], output_dim=cfg["embed_dim"], config=hf_cfg,
+                            pooler_type=text_cfg.get("hf_pooler_type", "mean_pooler"),
+                            proj_type=text_cfg.get("hf_proj_type", "mlp"))
+    notes.append("config transcribed from the hub")
+    return oc
 
 
 # --------------------------------------------------------------------------------------- transformers
@@ -200,17 +253,23 @@ def hf_row(class_name: str, seed: int = 0) -> Row:
     hf = randomize_(hf, seed)
     model = HookedCLIP.from_hf(hf, device="cpu")
     tokens = _tokens(model.cfg, seed=seed)
-    layers = [m for n, m in hf.named_modules() if n.endswith("encoder.layers") and n.startswith(("text_model", "encoder"))]
+    post_ln = FAMILIES[family].post_ln
+    if post_ln:  # BERT/RoBERTa: encoder.layer(s), run with the attention mask their tokenizers return
+        layers = [m for n, m in hf.named_modules() if n.endswith(("encoder.layer", "encoder.layers")) and "vision" not in n]
+        kw = dict(input_ids=tokens, attention_mask=(tokens != model.cfg.pad_token_id).long())
+    else:
+        layers = [m for n, m in hf.named_modules() if n.endswith("encoder.layers") and n.startswith(("text_model", "encoder"))]
+        kw = dict(input_ids=tokens)
 
     def run():
-        out = hf.get_text_features(input_ids=tokens) if hasattr(hf, "get_text_features") else hf(input_ids=tokens)
+        out = hf.get_text_features(**kw) if hasattr(hf, "get_text_features") else hf(**kw)
         if isinstance(out, torch.Tensor):
             return out
         return out.text_embeds if getattr(out, "text_embeds", None) is not None else out.pooler_output
 
     ref, blocks = capture_block_outputs(layers[0], run)
     worst = max(parity_errors(model.text, tokens, ref, blocks).values())
-    tok = "CLIP BPE / saved beside the checkpoint" if FAMILIES[family].pooling != "last" else "saved beside the checkpoint"
+    tok = "CLIP BPE / saved beside the checkpoint" if FAMILIES[family].pooling not in ("last", "first") else "saved beside the checkpoint"
     return Row(class_name, "transformers", family, "exact" if worst <= ATOL else "MISMATCH", worst, tok, "tiny config")
 
 
@@ -237,8 +296,15 @@ def write_table(rows: list[Row], seconds: float, layers: int) -> str:
         f"{count('transformers', 'refused')} refused. Run time {seconds:.0f} s.",
         "",
         "Tokenizers: CLIP BPE is bundled with open_clip (offline). An HF tokenizer (SigLIP SentencePiece, BERT for",
-        "CLIPA, XLM-V / mT5 for the worldwide towers) is read from the local HF cache or from `tokenizer=DIR`;",
-        "without its files the model runs on token ids and `to_tokens` says which files to supply.",
+        "CLIPA, XLM-V / mT5 for the worldwide towers, RoBERTa / XLM-R for the hf-text towers) is read from the local",
+        "HF cache or from `tokenizer=DIR`; without its files the model runs on token ids and `to_tokens` says which",
+        "files to supply.",
+        "",
+        "Post-LN (BERT/RoBERTa) towers — the ChineseCLIP, AltCLIP and ALIGN classes, open_clip's `hf-text (post-LN)`",
+        "rows — are compared on padded batches with the reference given its tokenizer's attention mask. open_clip",
+        "builds an hf-text tower from the transformers config of its `hf_model_name`, which needs a download; the",
+        "sweep builds the same modules offline from the configs transcribed in `benchmarks/support.py`",
+        "(`HF_TEXT_CONFIGS`).",
         "",
         "| name | source | family | status | max error | tokenizer | note |",
         "|---|---|---|---|---|---|---|",

@@ -4,7 +4,10 @@
 All functions take the text tower, an ``ActivationCache`` from ``run_with_cache`` and the pool positions
 [batch] (``text.pool_positions(tokens)``), and return ``(stack, labels)`` with ``stack`` [component,
 batch, d_model]. The residual decomposition is exact: ``decompose_resid`` sums to the residual entering
-``ln_final`` (``blocks.{L-1}.hook_resid_post``) at the pooling position.
+``ln_final`` (``blocks.{L-1}.hook_resid_post``) at the pooling position. The decomposition and the
+``ln_final`` helpers are for pre-LN towers; a post-LN (BERT/RoBERTa) tower's residual stream is a
+LayerNorm's output, not a sum of writers, and they refuse it (``accumulated_resid`` and
+``stack_head_results`` read hooks only and work on both).
 """
 
 from __future__ import annotations
@@ -60,11 +63,19 @@ def stack_head_results(text: HookedCLIPText, cache: ActivationCache,
     return torch.cat(rows), labels
 
 
+def _pre_ln_only(text: HookedCLIPText, what: str) -> None:
+    if text.cfg.ln_position != "pre" or text.ln_final is None:
+        raise ValueError(f"{what} needs a pre-LN tower with ln_final: in this post-LN (BERT/RoBERTa) tower every "
+                         "residual sum passes through a LayerNorm, so the final residual is not a sum of its "
+                         "writers. Read the hooks (hook_attn_out, hook_mlp_out, hook_resid_*) directly.")
+
+
 def decompose_resid(text: HookedCLIPText, cache: ActivationCache, pool: Int[Tensor, "batch"],
                     heads: bool = True) -> tuple[Float[Tensor, "component batch d_model"], list[str]]:
     """The residual entering ``ln_final`` at the pooling position, split exactly into its writers:
     ``embed``, ``pos_embed``, then per layer either each head and ``L{l}_attn_bias`` (b_O) (``heads=True``)
     or ``L{l}_attn``, then ``L{l}_mlp``. The rows sum to ``blocks.{L-1}.hook_resid_post`` at the pool."""
+    _pre_ln_only(text, "decompose_resid")
     rows = [at_pool(_get(cache, "hook_embed"), pool), at_pool(_get(cache, "hook_pos_embed"), pool)]
     labels = ["embed", "pos_embed"]
     head_rows, head_labels = stack_head_results(text, cache, pool) if heads else (None, None)
@@ -94,6 +105,7 @@ def apply_ln_to_stack(text: HookedCLIPText, stack: Float[Tensor, "component batc
     """``ln_final`` without its bias applied to each row: (x - mean(x)) / scale * w. ``frozen`` divides by
     the scale of the full run (``ln_final_scale``; then the rows stay additive: they sum to ``ln_final``'s
     output minus its bias); ``recompute`` divides each row by its own std (for a lens on partial residuals)."""
+    _pre_ln_only(text, "apply_ln_to_stack")
     centered = stack - stack.mean(dim=-1, keepdim=True)
     if mode == "frozen":
         if scale is None:
@@ -113,11 +125,15 @@ def to_embedding_space(text: HookedCLIPText, normed: Float[Tensor, "... d_model"
     if text.W_proj is None:
         raise ValueError("this text tower has no projection (cfg.d_proj is None); its embedding space is the "
                          "pooled residual itself, so use the ln_final output directly.")
+    if text.cfg.d_proj_hidden is not None or text.cfg.proj_act is not None:
+        raise ValueError("this text tower's projection is not linear (an MLP or a tanh: cfg.d_proj_hidden / "
+                         "cfg.proj_act), so component rows cannot be mapped into the embedding space one by one.")
     out = normed @ text.W_proj
     return out + embedding_bias(text) if with_bias else out
 
 
 def embedding_bias(text: HookedCLIPText) -> Float[Tensor, "d_proj"]:
     """The part of the text embedding that no component writes: ``ln_final.b @ W_proj + b_proj``."""
+    _pre_ln_only(text, "embedding_bias")
     out = text.ln_final.b @ text.W_proj
     return out + text.b_proj if text.b_proj is not None else out

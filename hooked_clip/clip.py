@@ -22,6 +22,11 @@ from hooked_clip.loading import (
     CheckpointMismatchError,
     mismatch_summary,
     config_from_hf,
+    config_from_hf_post_ln,
+    config_from_open_clip_hf,
+    open_clip_hf_text_state_dict,
+    hf_post_ln_source,
+    hf_post_ln_state_dict,
     config_from_open_clip,
     hf_text_model_state_dict,
     hf_text_state_dict,
@@ -201,7 +206,8 @@ class HookedCLIP(nn.Module):
                 **cfg_overrides) -> "HookedCLIP":
         """From an in-memory transformers model of a CLIP family (:data:`hooked_clip.families.HF_CLASSES`:
         ``CLIPModel``, ``CLIPTextModelWithProjection``, ``CLIPTextModel`` (no projection: ``d_proj=None``),
-        SigLIP/SigLIP2, MetaCLIP 2, OWL-ViT/OWLv2, X-CLIP, CLIPSeg models and text models).
+        SigLIP/SigLIP2, MetaCLIP 2, OWL-ViT/OWLv2, X-CLIP, CLIPSeg models and text models; ChineseCLIP and
+        AltCLIP (BERT/RoBERTa post-LN towers; text only: their image towers are not reimplemented)).
         ``tokenizer``: the checkpoint's tokenizer: a :class:`~hooked_clip.tokenizer.TextTokenizer`, or a
         directory holding the transformers tokenizer files (see :func:`hooked_clip.families.resolve_tokenizer`);
         default CLIP's BPE for a CLIP-vocabulary model, else a placeholder that asks for it.
@@ -215,12 +221,19 @@ class HookedCLIP(nn.Module):
 
         dtype = resolve_dtype(dtype)
         family = hf_family(hf_model)
-        text_cfg, text_module, proj = hf_text_parts(hf_model)
-        cfg = config_from_hf(text_cfg, None if proj is None else proj.out_features, family.name,
-                             proj_bias=proj is not None and proj.bias is not None,
-                             device=resolve_device(device), dtype=dtype, **cfg_overrides)
+        if family.post_ln:  # BERT/RoBERTa towers: ChineseCLIP, AltCLIP
+            text_cfg, source = hf_post_ln_source(hf_model)
+            cfg = config_from_hf_post_ln(text_cfg, source, family.name, device=resolve_device(device), dtype=dtype,
+                                         **cfg_overrides)
+            converted = lambda: hf_post_ln_state_dict(source, cfg)  # noqa: E731
+        else:
+            text_cfg, text_module, proj = hf_text_parts(hf_model)
+            cfg = config_from_hf(text_cfg, None if proj is None else proj.out_features, family.name,
+                                 proj_bias=proj is not None and proj.bias is not None,
+                                 device=resolve_device(device), dtype=dtype, **cfg_overrides)
+            converted = lambda: hf_text_state_dict(hf_text_model_state_dict(text_module, proj), cfg)  # noqa: E731
         text = HookedCLIPText(cfg, tokenizer=resolve_tokenizer(tokenizer, cfg))
-        load_converted(text, hf_text_state_dict(hf_text_model_state_dict(text_module, proj), cfg))
+        load_converted(text, converted())
         vision = None
         if family.vision and hasattr(hf_model, "vision_model"):
             vision = image_tower_from_hf(hf_model, image_processor, cfg.device, dtype)
@@ -296,7 +309,9 @@ class HookedCLIP(nn.Module):
             oc_model, preprocess_cfg = _open_clip_model(model, pretrained, cache_dir)
         else:
             raise TypeError(f"from_open_clip takes an open_clip model or a model name, got {type(model).__name__}.")
-        cfg = config_from_open_clip(oc_model, device=resolve_device(device), dtype=dtype, **cfg_overrides)
+        hf_text = _is_open_clip_hf_text(oc_model)
+        config_from = config_from_open_clip_hf if hf_text else config_from_open_clip
+        cfg = config_from(oc_model.text if hf_text else oc_model, device=resolve_device(device), dtype=dtype, **cfg_overrides)
         from hooked_clip.families import resolve_tokenizer
         from hooked_clip.hf_tokenizer import tokenizer_for_open_clip
 
@@ -305,7 +320,8 @@ class HookedCLIP(nn.Module):
         else:
             tokenizer = resolve_tokenizer(tokenizer, cfg)
         text = HookedCLIPText(cfg, tokenizer=tokenizer)
-        load_converted(text, open_clip_text_state_dict(oc_model.state_dict(), cfg))
+        converter = open_clip_hf_text_state_dict if hf_text else open_clip_text_state_dict
+        load_converted(text, converter(oc_model.state_dict(), cfg))
         process_weights(text, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
                         fold_value_biases=fold_value_biases)
         vision = image_tower_from_open_clip(oc_model, preprocess_cfg, cfg.device, dtype)
@@ -315,6 +331,12 @@ class HookedCLIP(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+def _is_open_clip_hf_text(oc_model: nn.Module) -> bool:
+    """Whether an open_clip model's text tower is an ``HFTextEncoder`` (a transformers model, ``hf_model_name``)."""
+    from open_clip.hf_model import HFTextEncoder
+
+    return isinstance(getattr(oc_model, "text", None), HFTextEncoder)
+
 
 
 def _hf_vision_tower(hf_model, image_processor):
@@ -440,7 +462,18 @@ def _open_clip_model(name: str, pretrained: Optional[str], cache_dir: Optional[s
                 f"{pretrained!r} is neither a file nor a pretrained tag of {name!r}; tags: {tags}"
             )
         path = _resolve_open_clip_weights(name, pretrained, pcfg, cache_dir)
-    model = open_clip.create_model(name, pretrained=None, force_quick_gelu=bool(pcfg.get("quick_gelu", False)))
+    hf_name = (open_clip.get_model_config(name) or {}).get("text_cfg", {}).get("hf_model_name")
+    try:
+        model = open_clip.create_model(name, pretrained=None, force_quick_gelu=bool(pcfg.get("quick_gelu", False)))
+    except OSError:
+        if not hf_name:
+            raise
+        raise unavailable(  # open_clip builds the text tower from the transformers hub model of that name
+            hf_name,
+            f"open_clip builds {name!r}'s text tower from the transformers model {hf_name!r} (its config, and its "
+            "weights unless pretrained_hf=False), which is not in the local HF cache. Fetch it where there is "
+            f"network (`AutoModel.from_pretrained({hf_name!r})` fills the cache) and copy the cache here, or build "
+            "the open_clip model yourself and pass the object: HookedCLIP.from_open_clip(model).") from None
     if path is not None:
         _load_open_clip_checkpoint(model, path, name)
     preprocess_cfg = open_clip.get_model_preprocess_cfg(model)

@@ -17,9 +17,27 @@ metaclip_2              yes        first ``eos_token_id`` (XLM-V: id 2)        `
 siglip, siglip2         no         last position (texts padded to n_ctx)       ``head`` (with bias)
 ======================  =========  ==========================================  ===================
 
-Refused, with the reason (:data:`REFUSED_HF_CLASSES`): BERT/RoBERTa-style post-LayerNorm encoders (AltCLIP,
-ChineseCLIP, ALIGN, BLIP; open_clip's ``hf-text`` towers, mT5/NLLB), FLAVA (BERT embeddings and pooler),
-GroupViT's full model (MLP projection; its text model loads).
+BERT/RoBERTa post-LayerNorm towers (``post_ln``; their own converter, :func:`hooked_clip.loading.
+config_from_hf_post_ln` / :func:`~hooked_clip.loading.hf_post_ln_state_dict`, keys ``embeddings`` /
+``encoder.layer`` / ...; padding masked, so texts pad to the longest of the batch):
+
+======================  =========  ==========================================  ===========================
+family                  causal     pooling                                     projection
+======================  =========  ==========================================  ===========================
+chinese_clip (BERT)     no         first token (CLS)                           ``text_projection``; text
+                                                                               model: pooler, tanh(W x + b)
+altclip (XLM-R)         no         first token (<s>), after ``pre_LN``         ``transformation`` (+ ``text_
+                                                                               projection``, folded)
+align (BERT)            no         first token (CLS)                           ``text_projection`` (bias);
+                                                                               text model: tanh pooler
+======================  =========  ==========================================  ===========================
+
+Text towers only: these classes' image towers (ChineseCLIP's and AltCLIP's ViT, ALIGN's EfficientNet) are
+not reimplemented, so ``HookedCLIP.vision`` is ``None`` for them.
+
+Refused, with the reason (:data:`REFUSED_HF_CLASSES`): BLIP (a BERT decoder with cross-attention layers and
+a two-layer text head), FLAVA (BERT embeddings and pooler on pre-LN blocks), GroupViT's full model (MLP
+projection; its text model loads).
 """
 
 from __future__ import annotations
@@ -44,6 +62,7 @@ class HFFamily:
     causal: bool = True
     pooling: str = "clip"  # "clip" (argmax if eos == 2 else eot) | "argmax" | "eot" | "last"
     vision: bool = False  # image features = vision_model pooler output (+ visual_projection)
+    post_ln: bool = False  # a BERT/RoBERTa tower (loading.config_from_hf_post_ln / hf_post_ln_state_dict)
 
 
 FAMILIES = {f.name: f for f in (
@@ -56,6 +75,9 @@ FAMILIES = {f.name: f for f in (
     HFFamily("metaclip_2", pooling="eot", vision=True),
     HFFamily("siglip", causal=False, pooling="last", vision=True),
     HFFamily("siglip2", causal=False, pooling="last"),
+    HFFamily("chinese_clip", causal=False, pooling="first", post_ln=True),
+    HFFamily("altclip", causal=False, pooling="first", post_ln=True),
+    HFFamily("align", causal=False, pooling="first", post_ln=True),
 )}
 
 # transformers class -> family. Text-only classes have no image tower; "*TextModel" of CLIP/MetaCLIP 2/
@@ -70,20 +92,23 @@ HF_CLASSES = {
     "MetaClip2TextModelWithProjection": "metaclip_2",
     "SiglipModel": "siglip", "SiglipTextModel": "siglip",
     "Siglip2Model": "siglip2", "Siglip2TextModel": "siglip2",
+    "ChineseCLIPModel": "chinese_clip", "ChineseCLIPTextModel": "chinese_clip",
+    "AltCLIPModel": "altclip", "AltCLIPTextModel": "altclip",
+    "AlignModel": "align", "AlignTextModel": "align",
 }
 
-_POST_LN = ("its text tower is a BERT/RoBERTa-style post-LayerNorm encoder, not CLIP's pre-LN transformer; "
-            "hooked_clip does not reimplement it (yet)")
+_BLIP = ("its text tower is a BERT decoder: BlipTextConfig.is_decoder defaults to True, which gives every layer a "
+         "cross-attention to image features that hooked_clip's post-LN block does not have (loading would leave those "
+         "weights out); and BlipModel's text embedding is text_projection(tanh(pooler.dense(CLS))), a Linear-tanh-"
+         "Linear head that neither of CLIPTextConfig's projections (linear, or open_clip's bias-free "
+         "Linear-GELU-Linear) expresses")
 _FLAVA = ("its text tower has pre-LN blocks but BERT's embeddings (token-type embeddings, a LayerNorm on the "
           "embeddings) and a tanh pooler on the first token, which CLIPTextConfig cannot express")
 REFUSED_HF_CLASSES = {
-    "AltCLIPModel": _POST_LN, "AltCLIPTextModel": _POST_LN,
-    "ChineseCLIPModel": _POST_LN, "ChineseCLIPTextModel": _POST_LN,
-    "AlignModel": _POST_LN, "AlignTextModel": _POST_LN,
     "GroupViTModel": ("its text projection is an MLP (Linear-BatchNorm-ReLU-Linear), not one linear map; load "
                       "GroupViTTextModel for the (CLIP) text tower without projection"),
     "FlavaModel": _FLAVA, "FlavaTextModel": _FLAVA,
-    "BlipModel": _POST_LN, "BlipTextModel": _POST_LN,
+    "BlipModel": _BLIP, "BlipTextModel": _BLIP,
 }
 
 

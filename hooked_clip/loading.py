@@ -8,7 +8,7 @@ Each converter reads a source state dict key by key: a key the converter does no
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 from torch import Tensor, nn
 
@@ -132,6 +132,202 @@ def hf_text_model_state_dict(text_module: nn.Module, projection: Optional[nn.Mod
     if projection is not None:
         sd.update({"text_projection." + k: v for k, v in projection.state_dict().items()})
     return sd
+
+
+def hf_post_ln_source(hf_model: nn.Module) -> tuple[Any, dict[str, Tensor]]:
+    """(text config, state dict) of a BERT/RoBERTa-style transformers text tower (ChineseCLIP, AltCLIP) in one
+    layout: ``embeddings.*`` and ``encoder.layer.*`` (AltCLIP: ``encoder.layers.*``; its ``roberta.`` prefix dropped), and whichever of
+    ``pooler.dense.*`` (ChineseCLIPTextModel), ``pre_LN.*`` and ``transformation.*`` (AltCLIPTextModel) and
+    ``text_projection.*`` (the two-tower classes) the model has."""
+    text = getattr(hf_model, "text_model", hf_model)
+    sd = {k.removeprefix("roberta."): v for k, v in text.state_dict().items()}
+    if text is not hf_model:
+        # a two-tower model embeds text as text_projection(CLS); ALIGN's text model keeps BERT's pooler, which
+        # is on no path to that embedding, so it is not part of the tower
+        sd = {k: v for k, v in sd.items() if not k.startswith("pooler.")}
+        sd.update({"text_projection." + k: v for k, v in hf_model.text_projection.state_dict().items()})
+    return text.config, sd
+
+
+def config_from_hf_post_ln(text_config, source: dict[str, Tensor], family: str, **overrides) -> CLIPTextConfig:
+    """``CLIPTextConfig`` of a BERT/RoBERTa-style tower from its transformers config and the keys of
+    :func:`hf_post_ln_source`: post-LN blocks, token-type embeddings, a LayerNorm on the embeddings, padding
+    masked, pooled at the first token (CLS / <s>); ``ln_final`` = AltCLIP's ``pre_LN``; the projection is
+    ChineseCLIP's ``text_projection``, AltCLIP's ``transformation`` (folded with ``text_projection`` into one
+    linear map in AltCLIPModel), or ChineseCLIPTextModel's pooler (tanh of a linear map)."""
+    if getattr(text_config, "position_embedding_type", "absolute") != "absolute":
+        raise CheckpointMismatchError(
+            f"position_embedding_type={text_config.position_embedding_type!r} is not supported; hooked_clip "
+            "reimplements absolute position embeddings only.")
+    if text_config.hidden_act not in _HF_ACTS:
+        raise CheckpointMismatchError(
+            f"hidden_act={text_config.hidden_act!r} is not supported; hooked_clip has {', '.join(_HF_ACTS)}.")
+    has = lambda prefix: any(k.startswith(prefix) for k in source)  # noqa: E731
+    if has("text_projection."):
+        d_proj = source["text_projection.weight"].shape[0]
+    elif has("transformation."):
+        d_proj = source["transformation.weight"].shape[0]
+    elif has("pooler."):
+        d_proj = source["pooler.dense.weight"].shape[0]
+    else:
+        d_proj = None
+    eos = getattr(text_config, "eos_token_id", None)
+    kw = dict(
+        d_model=text_config.hidden_size,
+        n_heads=text_config.num_attention_heads,
+        d_head=text_config.hidden_size // text_config.num_attention_heads,
+        n_layers=text_config.num_hidden_layers,
+        d_mlp=text_config.intermediate_size,
+        n_ctx=text_config.max_position_embeddings,
+        d_vocab=text_config.vocab_size,
+        act_fn=_HF_ACTS[text_config.hidden_act],
+        eps=text_config.layer_norm_eps,
+        d_proj=d_proj,
+        proj_bias=has("transformation.") or has("pooler.") or "text_projection.bias" in source,
+        proj_act="tanh" if has("pooler.") else None,
+        pooling="first",
+        pad_token_id=text_config.pad_token_id if text_config.pad_token_id is not None else 0,
+        causal=False,
+        ln_position="post",
+        n_token_types=text_config.type_vocab_size,
+        ln_embed=True,
+        position_ids="roberta" if family == "altclip" else "absolute",
+        mask_padding=True,
+        final_ln=has("pre_LN."),
+        trim_after_pool=False,
+        family=family,
+        model_name=getattr(text_config, "_name_or_path", "") or "hf",
+    )
+    if eos is not None:
+        kw["eot_token_id"] = eos
+    kw.update(overrides)
+    return CLIPTextConfig(**kw)
+
+
+def hf_post_ln_state_dict(source: dict[str, Tensor], cfg: CLIPTextConfig, projection: bool = True) -> dict[str, Tensor]:
+    """Our state dict from :func:`hf_post_ln_source`'s, every key consumed (strict, as the other converters);
+    ``projection=False``: the transformer only (a caller with its own projection keys converts those).
+    AltCLIPModel's two projections (``transformation`` with bias, then ``text_projection``) become one linear
+    map: ``W_proj = W_t.T @ W_p.T``, ``b_proj = b_t @ W_p.T`` (exact up to float rounding)."""
+    read = _Reader(source, "HF transformers", "BERT/RoBERTa text tower")
+    e = "embeddings."
+    out = {
+        "embed.W_E": read.take(e + "word_embeddings.weight"),
+        "pos_embed.W_pos": read.take(e + "position_embeddings.weight"),
+        "token_type_embed.W_token_type": read.take(e + "token_type_embeddings.weight"),
+        "ln_embed.w": read.take(e + "LayerNorm.weight"),
+        "ln_embed.b": read.take(e + "LayerNorm.bias"),
+    }
+    out.update(
+        _convert_blocks(
+            read, cfg, "encoder.layers." if any(k.startswith("encoder.layers.") for k in source) else "encoder.layer.",
+            {"packed_qkv": False, "q_proj": "attention.self.query", "k_proj": "attention.self.key",
+             "v_proj": "attention.self.value", "out_proj": "attention.output.dense",
+             "ln1": "attention.output.LayerNorm", "ln2": "output.LayerNorm", "fc1": "intermediate.dense",
+             "fc2": "output.dense"},
+        )
+    )
+    if cfg.final_ln:
+        out["ln_final.w"], out["ln_final.b"] = read.take("pre_LN.weight"), read.take("pre_LN.bias")
+    if cfg.d_proj is not None and projection:
+        w = b = None
+        first = next((p for p in ("transformation", "pooler.dense") if p + ".weight" in read.rest), None)
+        if first is not None:
+            w, b = read.take(first + ".weight").T, read.take(first + ".bias")
+        if first is None or "text_projection.weight" in read.rest:
+            p = read.take("text_projection.weight")
+            p_b = read.take("text_projection.bias") if "text_projection.bias" in read.rest else None
+            if p is not None and w is not None:  # AltCLIPModel: two linear maps in a row, folded into one
+                w, b = w @ p.T, (None if b is None else b @ p.T)
+                b = p_b if b is None else b if p_b is None else b + p_b
+            elif p is not None:
+                w, b = p.T, p_b
+        out["W_proj"] = w
+        if cfg.proj_bias:
+            out["b_proj"] = b
+    read.finish(ignore=lambda k: k.endswith(("position_ids", "token_type_ids")))
+    return out
+
+
+_OPEN_CLIP_HF_TYPES = ("roberta", "xlm-roberta")
+
+
+def config_from_open_clip_hf(text: nn.Module, **overrides) -> CLIPTextConfig:
+    """``CLIPTextConfig`` of open_clip's ``HFTextEncoder`` (``hf_model_name`` towers) wrapping a RoBERTa or
+    XLM-R model: post-LN blocks with RoBERTa position ids, padding masked (open_clip masks ``pad_token_id``),
+    pooled by the mean over non-padding tokens (``mean_pooler``) or at the first token
+    (``cls_last_hidden_state_pooler``), projected by nothing, one linear map or open_clip's MLP
+    (Linear-GELU-Linear, no biases). mT5 (a T5 encoder: relative position buckets, RMS norm, pre-norm blocks)
+    and NLLB (an M2M-100 encoder: sinusoidal positions, pre-LN) and the other poolers are refused by name."""
+    from open_clip.hf_model import ClsLastHiddenStatePooler, ClsPooler, MeanPooler
+
+    hf_cfg = text.config
+    if hf_cfg.model_type not in _OPEN_CLIP_HF_TYPES:
+        raise CheckpointMismatchError(
+            f"open_clip's HF text tower {hf_cfg.model_type!r} is not supported: hooked_clip reimplements the "
+            f"BERT/RoBERTa post-LN encoders ({', '.join(_OPEN_CLIP_HF_TYPES)}); mT5 is a T5 encoder (relative "
+            "position buckets, RMS-style LayerNorm before each sublayer) and NLLB an M2M-100 encoder (sinusoidal "
+            "positions, pre-LN), which its blocks do not express.")
+    pooler = text.pooler
+    uses_hf_pooler = isinstance(pooler, ClsPooler) and pooler.use_pooler_output and getattr(
+        text.transformer, "pooler", None) is not None
+    if isinstance(pooler, MeanPooler):
+        pooling = "mean"
+    elif isinstance(pooler, (ClsPooler, ClsLastHiddenStatePooler)) and not uses_hf_pooler:
+        pooling = "first"
+    else:
+        raise CheckpointMismatchError(
+            f"open_clip pooler {type(pooler).__name__}" + (" reading the transformer's tanh pooler" if uses_hf_pooler
+                                                          else "") + " is not supported; hooked_clip pools by the "
+            "mean (mean_pooler) or at the first token (cls_last_hidden_state_pooler).")
+    proj = text.proj
+    d_proj_hidden = None
+    if isinstance(proj, nn.Identity):
+        d_proj = None
+    elif isinstance(proj, nn.Linear) and proj.bias is None:
+        d_proj = proj.out_features
+    elif (isinstance(proj, nn.Sequential) and len(proj) == 3 and isinstance(proj[1], nn.GELU)
+          and proj[1].approximate == "none" and all(isinstance(proj[i], nn.Linear) and proj[i].bias is None for i in (0, 2))):
+        d_proj_hidden, d_proj = proj[0].out_features, proj[2].out_features
+    else:
+        raise CheckpointMismatchError(f"open_clip HF text projection {proj!r} is not supported (Identity, a linear "
+                                      "map or open_clip's Linear-GELU-Linear MLP, without biases).")
+    if getattr(hf_cfg, "position_embedding_type", "absolute") != "absolute":
+        raise CheckpointMismatchError(f"position_embedding_type={hf_cfg.position_embedding_type!r} is not supported.")
+    if hf_cfg.hidden_act not in _HF_ACTS:
+        raise CheckpointMismatchError(f"hidden_act={hf_cfg.hidden_act!r} is not supported.")
+    kw = dict(
+        d_model=hf_cfg.hidden_size, n_heads=hf_cfg.num_attention_heads,
+        d_head=hf_cfg.hidden_size // hf_cfg.num_attention_heads, n_layers=hf_cfg.num_hidden_layers,
+        d_mlp=hf_cfg.intermediate_size, n_ctx=hf_cfg.max_position_embeddings, d_vocab=hf_cfg.vocab_size,
+        act_fn=_HF_ACTS[hf_cfg.hidden_act], eps=hf_cfg.layer_norm_eps, d_proj=d_proj, d_proj_hidden=d_proj_hidden,
+        pooling=pooling, pad_token_id=hf_cfg.pad_token_id, causal=False, ln_position="post",
+        n_token_types=hf_cfg.type_vocab_size, ln_embed=True, position_ids="roberta", mask_padding=True,
+        final_ln=False, trim_after_pool=False, family="open_clip-hf", model_name="open_clip",
+    )
+    if hf_cfg.eos_token_id is not None:
+        kw["eot_token_id"] = hf_cfg.eos_token_id
+    kw.update(overrides)
+    return CLIPTextConfig(**kw)
+
+
+def open_clip_hf_text_state_dict(state_dict: dict[str, Tensor], cfg: CLIPTextConfig) -> dict[str, Tensor]:
+    """Our state dict from an open_clip model with an ``HFTextEncoder`` (keys ``text.transformer.*``,
+    ``text.proj.*``), every key consumed. The transformer's own tanh pooler, which open_clip builds when it
+    is given a config object but which the mean/CLS-hidden-state poolers never read, is not part of the tower."""
+    t = "text.transformer."
+    source = {k[len(t):]: v for k, v in state_dict.items() if k.startswith(t) and not k.startswith(t + "pooler.")}
+    out = hf_post_ln_state_dict(source, cfg, projection=False)
+    read = _Reader({k: v for k, v in state_dict.items() if k.startswith("text.proj")}, "open_clip",
+                   "HF text tower's projection")
+    if cfg.d_proj_hidden is not None:
+        w_in, w = read.take("text.proj.0.weight"), read.take("text.proj.2.weight")
+        out["W_proj_in"], out["W_proj"] = (None if w_in is None else w_in.T), (None if w is None else w.T)
+    elif cfg.d_proj is not None:
+        w = read.take("text.proj.weight")
+        out["W_proj"] = None if w is None else w.T
+    read.finish()
+    return out
 
 
 def open_clip_text_state_dict(state_dict: dict[str, Tensor], cfg: CLIPTextConfig) -> dict[str, Tensor]:

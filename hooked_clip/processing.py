@@ -11,7 +11,9 @@ while every text embedding stays the same (up to float rounding; tested ≤1e-5 
 - ``fold_value_biases``: b_V moves into b_O (b_O += Σ_h b_V[h] @ W_O[h]). Exact because each attention
   pattern row sums to 1; ``hook_v``/``hook_z`` then lack the bias, ``hook_attn_out`` is unchanged.
 
-Each step is recorded in the config (``cfg.ln_folded`` etc.) and refuses to run twice.
+Each step is recorded in the config (``cfg.ln_folded`` etc.) and refuses to run twice. ``fold_ln`` and
+``center_writing_weights`` are derived for pre-LN blocks and refuse post-LN (BERT/RoBERTa) towers, whose
+LayerNorms write to the residual stream; ``fold_value_biases`` holds for both.
 """
 
 from __future__ import annotations
@@ -29,11 +31,19 @@ def _once(text: HookedCLIPText, flag: str, what: str) -> None:
                          "is refused. Reload the model to start from the original weights.")
 
 
+def _pre_ln_only(text: HookedCLIPText, what: str) -> None:
+    if text.cfg.ln_position != "pre":
+        raise ValueError(f"{what} is derived for pre-LN towers; this tower's LayerNorms come after each residual "
+                         "sum (cfg.ln_position='post', BERT/RoBERTa), so their outputs are the residual stream "
+                         "itself and cannot be folded away. Load it without this option.")
+
+
 @torch.no_grad()
 def fold_ln(model: Union[HookedCLIPText, "HookedCLIP"]) -> None:  # noqa: F821
     """Fold every LayerNorm's weight and bias into the weights that read it (in place)."""
     text = text_tower(model)
     _once(text, "ln_folded", "fold_ln")
+    _pre_ln_only(text, "fold_ln")
     for block in text.blocks:
         w, b = block.ln1.w.clone(), block.ln1.b.clone()
         for W, bias in ((block.attn.W_Q, block.attn.b_Q), (block.attn.W_K, block.attn.b_K), (block.attn.W_V, block.attn.b_V)):
@@ -64,6 +74,7 @@ def center_writing_weights(model: Union[HookedCLIPText, "HookedCLIP"]) -> None: 
     """Remove the d_model mean of everything that writes to the residual stream (in place)."""
     text = text_tower(model)
     _once(text, "writing_weights_centered", "center_writing_weights")
+    _pre_ln_only(text, "center_writing_weights")
     params = [text.embed.W_E, text.pos_embed.W_pos]
     for block in text.blocks:
         params += [block.attn.W_O, block.attn.b_O, block.mlp.W_out, block.mlp.b_out]

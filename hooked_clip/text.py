@@ -3,6 +3,12 @@
     tokens -> hook_embed + hook_pos_embed -> blocks[0..L-1] -> ln_final -> hook_pooled (at the pooling
     position) -> text_projection -> hook_text_embed -> (L2 normalise) -> hook_text_embed_normalized
 
+BERT/RoBERTa towers (``cfg.ln_position == "post"``: ChineseCLIP, AltCLIP) add, by config,
+``hook_token_type_embed`` (to the sum) and ``ln_embed`` (``ln_embed.hook_scale``/``ln_embed.hook_normalized``,
+whose output enters block 0), use :class:`~hooked_clip.components.PostLNBlock` blocks, mask attention to
+padding (``cfg.mask_padding``), and may have no ``ln_final`` (``cfg.final_ln``), pool at the first token or
+the mean, and apply ``tanh`` after the projection (``cfg.proj_act``).
+
 Every activation passes through a ``HookPoint`` with TransformerLens's name, so ``run_with_hooks``,
 ``run_with_cache``, ``hooks()``, ``utils.get_act_name`` and ``transformer_lens.patching`` work unchanged.
 """
@@ -17,7 +23,8 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from hooked_clip.components import Embed, KeyValuePrefix, LayerNorm, PosEmbed, TransformerBlock
+from hooked_clip.components import (Embed, KeyValuePrefix, LayerNorm, PosEmbed, PostLNBlock, TokenTypeEmbed,
+                                    TransformerBlock)
 from hooked_clip.config import CLIPTextConfig
 from hooked_clip.families import default_tokenizer, padding_for
 from hooked_clip.hook_points import CheckedHookPoint
@@ -53,10 +60,21 @@ class HookedCLIPText(HookedTower):
         self.hook_embed = CheckedHookPoint()  # [batch, pos, d_model]
         self.pos_embed = PosEmbed(cfg)
         self.hook_pos_embed = CheckedHookPoint()  # [batch, pos, d_model]
-        self.blocks = nn.ModuleList([TransformerBlock(cfg, layer) for layer in range(cfg.n_layers)])
-        self.ln_final = LayerNorm(cfg)
+        if cfg.n_token_types:
+            self.token_type_embed = TokenTypeEmbed(cfg)
+            self.hook_token_type_embed = CheckedHookPoint()  # [batch, pos, d_model]
+        self.ln_embed = LayerNorm(cfg) if cfg.ln_embed else None
+        block = PostLNBlock if cfg.ln_position == "post" else TransformerBlock
+        self.blocks = nn.ModuleList([block(cfg, layer) for layer in range(cfg.n_layers)])
+        self.ln_final = LayerNorm(cfg) if cfg.final_ln else None
+        if cfg.d_proj_hidden is not None:  # an MLP projection: W_proj_in -> GELU -> W_proj
+            self.W_proj_in = nn.Parameter(torch.empty(cfg.d_model, cfg.d_proj_hidden, dtype=cfg.dtype))
+            self.hook_proj_hidden = CheckedHookPoint()  # [batch, d_proj_hidden], after the GELU
+        else:
+            self.W_proj_in = None
         if cfg.d_proj is not None:
-            self.W_proj = nn.Parameter(torch.empty(cfg.d_model, cfg.d_proj, dtype=cfg.dtype))
+            d_in = cfg.d_model if cfg.d_proj_hidden is None else cfg.d_proj_hidden
+            self.W_proj = nn.Parameter(torch.empty(d_in, cfg.d_proj, dtype=cfg.dtype))
             self.b_proj = nn.Parameter(torch.zeros(cfg.d_proj, dtype=cfg.dtype)) if cfg.proj_bias else None
         else:
             self.W_proj, self.b_proj = None, None
@@ -75,14 +93,14 @@ class HookedCLIPText(HookedTower):
         """Token ids [batch, pos] on the model's device, from the model's own tokenizer. ``padding``
         defaults to the model's rule (:func:`hooked_clip.families.padding_for`)."""
         padding = padding_for(self.cfg, padding)
-        return self.tokenizer(text, truncate=truncate, padding=padding, context_length=self.cfg.n_ctx).to(
+        return self.tokenizer(text, truncate=truncate, padding=padding, context_length=self.cfg.max_text_tokens).to(
             self.cfg.device
         )
 
     def to_str_tokens(self, text: Union[str, Tensor, Sequence[int]], *, truncate: bool = False) -> list[str]:
         """String tokens of one text (or one row of ids), up to and including EOT."""
         if isinstance(text, str):
-            ids = self.tokenizer(text, truncate=truncate, context_length=self.cfg.n_ctx)[0]
+            ids = self.tokenizer(text, truncate=truncate, context_length=self.cfg.max_text_tokens)[0]
         elif isinstance(text, (list, tuple)) and any(isinstance(t, str) for t in text):
             raise TypeError(
                 f"to_str_tokens takes one text, got a {type(text).__name__} of {len(text)}; for several use "
@@ -103,8 +121,27 @@ class HookedCLIPText(HookedTower):
             raise ValueError(f"{word!r} is {len(ids)} tokens, not one: {self.tokenizer.to_str_tokens(ids)}")
         return ids[0]
 
-    def pool_positions(self, tokens: Int[Tensor, "batch pos"]) -> Int[Tensor, "batch"]:
-        """Position whose final residual becomes each row's text embedding (``cfg.pooling``)."""
+    def pool_positions(self, tokens: Int[Tensor, "batch pos"]) -> Optional[Int[Tensor, "batch"]]:
+        """Position whose final residual becomes each row's text embedding (``cfg.pooling``); ``None`` for
+        mean pooling, which reads every (non-padding) position.
+
+        A tower that masks its padding (``cfg.mask_padding``) refuses a batch with padding here: this is what
+        analyses call before running the blocks themselves (the patching engine), and those runs carry no
+        padding mask. ``forward``/``run_with_cache`` mask padding themselves and do not go through this."""
+        if self.padding_mask(tokens) is not None:
+            rows = (tokens == self.cfg.pad_token_id).any(dim=-1).nonzero().flatten().tolist()
+            raise ValueError(
+                f"rows {rows[:10]} hold padding (id {self.cfg.pad_token_id}), which this tower masks in attention "
+                "(cfg.mask_padding); analyses that run its blocks directly (activation patching, the study) pass "
+                "no padding mask, so give them texts of equal token length (no padding), or run the model "
+                "itself (forward, run_with_cache, run_with_hooks), which masks padding.")
+        return self._pool_positions(tokens)
+
+    def _pool_positions(self, tokens: Int[Tensor, "batch pos"]) -> Optional[Int[Tensor, "batch"]]:
+        if self.cfg.pooling == "mean":
+            return None
+        if self.cfg.pooling == "first":
+            return torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
         if self.cfg.pooling == "argmax":
             pool = tokens.argmax(dim=-1)
             self._check_argmax_pools_at_eot(tokens, pool)
@@ -162,9 +199,9 @@ class HookedCLIPText(HookedTower):
                 f"tokens of shape {tuple(tokens.shape)} hold no text; every row needs at least SOT and EOT "
                 "(model.to_tokens(texts) builds them)."
             )
-        if tokens.shape[1] > self.cfg.n_ctx:
+        if tokens.shape[1] > self.cfg.max_text_tokens:
             raise ValueError(
-                f"tokens have {tokens.shape[1]} positions, over the context length {self.cfg.n_ctx}; "
+                f"tokens have {tokens.shape[1]} positions, over the context length {self.cfg.max_text_tokens}; "
                 "shorten the text or tokenize with truncate=True."
             )
         if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.cfg.d_vocab):
@@ -212,22 +249,43 @@ class HookedCLIPText(HookedTower):
         self._check_layer_range(start_at_layer, stop_at_layer)
         if start_at_layer is None:
             tokens = self.as_tokens(input)
-            pool = self.pool_positions(tokens) if pool_positions is None else torch.as_tensor(pool_positions, device=tokens.device)
-            resid = self.embed_tokens(tokens[:, : self._kept_positions(pool, tokens.shape[1], trim)])
+            pool = self._pool_positions(tokens) if pool_positions is None else torch.as_tensor(pool_positions, device=tokens.device)
+            tokens = tokens[:, : self._kept_positions(pool, tokens.shape[1], trim)]
+            resid = self.embed_tokens(tokens)
         else:
             resid = self._check_resid(input)
             pool = self._resid_pool_positions(resid, tokens, pool_positions, stop_at_layer)
             resid = resid[:, : self._kept_positions(pool, resid.shape[1], trim)]
-        resid = self.run_blocks(resid, start_at_layer or 0, stop_at_layer, prefix)
+            if tokens is not None:
+                tokens = self._check_tokens(tokens)[:, : resid.shape[1]]
+            elif self.cfg.mask_padding:
+                raise ValueError("this tower masks its padding (cfg.mask_padding), which it reads from the token "
+                                 "ids; with start_at_layer, pass tokens=... (the ids of the input's rows).")
+        key_mask = self.padding_mask(tokens)
+        resid = self.run_blocks(resid, start_at_layer or 0, stop_at_layer, prefix, key_mask)
         if stop_at_layer is not None:
             return resid
-        return self.read_out(resid, pool, return_type)
+        return self.read_out(resid, pool, return_type, key_mask)
 
     def embed_tokens(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
         """The residual stream entering block 0: token + position embeddings (``hook_embed``,
-        ``hook_pos_embed``)."""
-        embed = self.hook_embed(self.embed(tokens))
-        return embed + self.hook_pos_embed(self.pos_embed(tokens.shape[0], tokens.shape[1]))
+        ``hook_pos_embed``), + token-type row 0 (``hook_token_type_embed``) and through ``ln_embed`` where
+        the config has them."""
+        batch, n_pos = tokens.shape
+        ids = self.pos_embed.roberta_position_ids(tokens) if self.cfg.position_ids == "roberta" else None
+        resid = self.hook_embed(self.embed(tokens))
+        if self.cfg.n_token_types:
+            resid = resid + self.hook_token_type_embed(self.token_type_embed(batch, n_pos))
+        resid = resid + self.hook_pos_embed(self.pos_embed(batch, n_pos, ids))
+        return resid if self.ln_embed is None else self.ln_embed(resid)
+
+    def padding_mask(self, tokens: Optional[Int[Tensor, "batch pos"]]) -> Optional[Tensor]:
+        """[batch, pos] True at padding (``pad_token_id``) where the tower masks it (``cfg.mask_padding``);
+        ``None`` where it does not, where no tokens are known, or where a batch has no padding."""
+        if not self.cfg.mask_padding or tokens is None:
+            return None
+        mask = tokens == self.cfg.pad_token_id
+        return mask if bool(mask.any()) else None
 
     def run_blocks(
         self,
@@ -235,8 +293,10 @@ class HookedCLIPText(HookedTower):
         start: int = 0,
         stop: Optional[int] = None,
         prefix: Optional[Sequence[KeyValuePrefix]] = None,
+        key_mask: Optional[Tensor] = None,
     ) -> Float[Tensor, "batch pos d_model"]:
-        """Blocks ``start`` .. ``stop - 1`` on the residual stream (``prefix``: one per block run)."""
+        """Blocks ``start`` .. ``stop - 1`` on the residual stream (``prefix``: one per block run;
+        ``key_mask``: :meth:`padding_mask`, for post-LN blocks)."""
         blocks = self.blocks[start:stop]
         if prefix is not None:
             if not self.cfg.causal:
@@ -244,34 +304,60 @@ class HookedCLIPText(HookedTower):
             if len(prefix) != len(blocks):
                 raise ValueError(f"prefix has {len(prefix)} entries for {len(blocks)} blocks.")
         for i, block in enumerate(blocks):
-            resid = block(resid, None if prefix is None else KeyValuePrefix(*prefix[i]))
+            block_prefix = None if prefix is None else KeyValuePrefix(*prefix[i])
+            if key_mask is None:  # the pre-LN TransformerBlock takes no key mask (cfg.mask_padding is post-LN only)
+                resid = block(resid, block_prefix)
+            else:
+                resid = block(resid, block_prefix, key_mask=key_mask)
         return resid
 
     def read_out(
-        self, resid: Float[Tensor, "batch pos d_model"], pool: Int[Tensor, "batch"], return_type: ReturnType = "embed"
+        self, resid: Float[Tensor, "batch pos d_model"], pool: Optional[Int[Tensor, "batch"]],
+        return_type: ReturnType = "embed", key_mask: Optional[Tensor] = None,
     ) -> Optional[Tensor]:
-        """``ln_final`` -> the row at each pooling position (``hook_pooled``) -> ``text_projection``
-        (``hook_text_embed``) -> L2 normalisation (``hook_text_embed_normalized``), up to ``return_type``."""
-        resid = self.ln_final(resid)
+        """``ln_final`` (if the tower has one) -> the row at each pooling position, or with ``pool=None`` the
+        mean over positions (those not hidden by ``key_mask``) (``hook_pooled``) -> ``text_projection``
+        (an MLP with ``cfg.d_proj_hidden``: ``hook_proj_hidden``; then ``tanh`` with ``cfg.proj_act``)
+        (``hook_text_embed``) -> L2 normalisation
+        (``hook_text_embed_normalized``), up to ``return_type``."""
+        if self.ln_final is not None:
+            resid = self.ln_final(resid)
         if return_type is None:
             return None
-        pooled = self.hook_pooled(resid[torch.arange(resid.shape[0], device=resid.device), pool])
+        if pool is None:
+            pooled = self.hook_pooled(self._mean_over_positions(resid, key_mask))
+        else:
+            pooled = self.hook_pooled(resid[torch.arange(resid.shape[0], device=resid.device), pool])
         if return_type == "pooled":
             return pooled
+        if self.W_proj_in is not None:
+            pooled = self.hook_proj_hidden(F.gelu(pooled @ self.W_proj_in))
         embed = pooled if self.W_proj is None else pooled @ self.W_proj
         if self.b_proj is not None:
             embed = embed + self.b_proj
+        if self.cfg.proj_act == "tanh":
+            embed = torch.tanh(embed)
         embed = self.hook_text_embed(embed)
         if return_type == "embed":
             return embed
         return self.hook_text_embed_normalized(F.normalize(embed, dim=-1))
 
+    @staticmethod
+    def _mean_over_positions(resid: Tensor, key_mask: Optional[Tensor]) -> Tensor:
+        """Mean pooling as open_clip's ``MeanPooler``: sum over kept positions / their count."""
+        if key_mask is None:
+            return resid.mean(dim=1)
+        keep = (~key_mask).unsqueeze(-1).to(resid.dtype)
+        return (resid * keep).sum(dim=1) / keep.sum(dim=1)
+
     def _resid_pool_positions(self, resid: Tensor, tokens: Optional[Tensor], pool_positions: Optional[Tensor],
-                              stop_at_layer: Optional[int]) -> Tensor:
+                              stop_at_layer: Optional[int]) -> Optional[Tensor]:
+        if self.cfg.pooling in ("first", "mean") and pool_positions is None:
+            return self._pool_positions(resid[..., 0])
         if pool_positions is not None:
             return torch.as_tensor(pool_positions, device=resid.device)
         if tokens is not None:
-            return self.pool_positions(self._check_tokens(tokens))
+            return self._pool_positions(self._check_tokens(tokens))
         if self.cfg.pooling == "last" or stop_at_layer is not None:
             return torch.full((resid.shape[0],), resid.shape[1] - 1, device=resid.device)
         raise ValueError(
@@ -302,6 +388,8 @@ class HookedCLIPText(HookedTower):
 
     def _kept_positions(self, pool: Tensor, n_pos: int, trim: Optional[bool]) -> int:
         do_trim = self.cfg.trim_after_pool if trim is None else trim
+        if pool is None:
+            return n_pos
         if pool.numel() and (int(pool.min()) < 0 or int(pool.max()) >= n_pos):
             raise ValueError(f"pool_positions must lie in [0, {n_pos}), got {pool.tolist()}.")
         if do_trim and self.cfg.trims and pool.numel():

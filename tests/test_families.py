@@ -5,7 +5,7 @@ Covers: bidirectional towers (MobileCLIP-S*, SigLIP) padded as their reference p
 transformers directories (missing/foreign weights, CLIPTextModel without projection, mistyped paths); the
 checkpoint's own tokenizer (SentencePiece / WordPiece built offline here, ids checked against the
 reference tokenizer); SigLIP/SigLIP2 (tanh GELU, last-token pooling, head with bias, logit_bias);
-OWL-ViT, OWLv2, X-CLIP, CLIPSeg, MetaCLIP 2; refusals of post-LN towers.
+OWL-ViT, OWLv2, X-CLIP, CLIPSeg, MetaCLIP 2; refusals (BLIP, GroupViTModel). Post-LN towers: test_post_ln.py.
 """
 
 from __future__ import annotations
@@ -351,8 +351,8 @@ def test_metaclip_2_pools_at_the_first_eos_id_2():
     assert_parity(model, tokens, *hf_text_reference(hf, tokens))
 
 
-@pytest.mark.parametrize("cls_name,why", [("AltCLIPModel", "BERT/RoBERTa-style post-LayerNorm encoder"),
-                                          ("ChineseCLIPModel", "BERT/RoBERTa-style post-LayerNorm encoder"),
+@pytest.mark.parametrize("cls_name,why", [("BlipModel", "BERT decoder.*cross-attention"),
+                                          ("BlipTextModel", "BERT decoder.*cross-attention"),
                                           ("GroupViTModel", "an MLP")])
 def test_refused_classes_say_why(cls_name, why):
     import transformers

@@ -7,6 +7,8 @@ from hooked_clip.components.embed import Embed, PosEmbed
 from hooked_clip.components.layer_norm import LayerNorm
 from hooked_clip.components.mlp import MLP
 from hooked_clip.components.patch_embed import PatchEmbed
+from hooked_clip.components.post_ln_block import PostLNBlock
+from hooked_clip.components.token_type_embed import TokenTypeEmbed
 
 __all__ = ["Attention", "AttentionPool", "Embed", "KeyValuePrefix", "LayerNorm", "MLP", "PatchEmbed", "PosEmbed",
-           "TransformerBlock"]
+           "PostLNBlock", "TokenTypeEmbed", "TransformerBlock"]

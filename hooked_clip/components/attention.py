@@ -63,11 +63,13 @@ class Attention(nn.Module):
         value_input: Float[Tensor, "batch pos *head d_model"],
         prefix: Optional[KeyValuePrefix] = None,
         query_pos: Optional[Int[Tensor, " batch"]] = None,
+        key_mask: Optional[Tensor] = None,
     ) -> Float[Tensor, "batch pos d_model"]:
         """With ``prefix`` the inputs are the positions after it; ``hook_k``/``hook_v`` see only those, the
         scores and pattern see all keys [batch, head, query, prefix + query]. With ``query_pos`` only one
         query per row is computed, at that position of the inputs (keys and values at every position): the
-        output, ``hook_q``, ``hook_z``, the scores and the pattern have one query position."""
+        output, ``hook_q``, ``hook_z``, the scores and the pattern have one query position. ``key_mask``
+        [batch, key] (bool): True at keys no query may read (a post-LN tower's padding)."""
         q, k, v = self.calculate_qkv(query_input, key_input, value_input)
         if query_pos is not None:
             q = q[torch.arange(q.shape[0], device=q.device), query_pos].unsqueeze(1)
@@ -78,11 +80,17 @@ class Attention(nn.Module):
             k, v = torch.cat([prefix.keys, k], dim=1), torch.cat([prefix.values, v], dim=1)
         if self._needs_explicit_pattern():
             scores = self.calculate_attention_scores(q, k)
-            scores = self.hook_attn_scores(self.apply_causal_mask(scores, offset, lengths, query_pos))
+            scores = self.apply_causal_mask(scores, offset, lengths, query_pos)
+            if key_mask is not None:
+                scores = self.apply_key_mask(scores, key_mask)
+            scores = self.hook_attn_scores(scores)
             z = self.calculate_z(self.hook_pattern(self.calculate_pattern(scores)), v)
         else:  # the fused kernel; its causal mask knows no prefix, so it gets ours where one is needed
             plain = lengths is None and query_pos is None and not (offset and self.cfg.causal)
             mask = None if plain else ~self.causal_mask(q.shape[1], k.shape[1], offset, lengths, query_pos, q.device)
+            if key_mask is not None:
+                plain = False
+                mask = ~key_mask[:, None, None, :] if mask is None else mask & ~key_mask[:, None, None, :]
             z = F.scaled_dot_product_attention(
                 q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
                 is_causal=self.cfg.causal and plain,
@@ -114,6 +122,14 @@ class Attention(nn.Module):
             return scores
         mask = self.causal_mask(scores.shape[-2], scores.shape[-1], offset, lengths, query_pos, scores.device)
         return scores.masked_fill(mask, float("-inf"))
+
+    def apply_key_mask(self, scores: Float[Tensor, "batch head query key"], key_mask: Tensor) -> Tensor:
+        """-inf at the keys ``key_mask`` [batch, key] hides (padding). A row whose every key is hidden would
+        read NaN; the references never mask a whole row (their tokenizers emit CLS/BOS)."""
+        if key_mask.shape != (scores.shape[0], scores.shape[-1]) or key_mask.dtype != torch.bool:
+            raise ValueError(f"key_mask must be a bool tensor [batch, key] = {(scores.shape[0], scores.shape[-1])}, "
+                             f"got {key_mask.dtype} {tuple(key_mask.shape)}.")
+        return scores.masked_fill(key_mask[:, None, None, :], float("-inf"))
 
     def causal_mask(self, n_query: int, n_key: int, offset: int = 0, lengths: Optional[Tensor] = None,
                     query_pos: Optional[Tensor] = None, device=None) -> Tensor:
