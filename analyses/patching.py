@@ -44,6 +44,7 @@ POOL_ONLY_LAST_LAYER = ("resid_mid", "resid_post", "mlp_out")
 INDEX_AXES = {"layer": ("layer",), "layer_pos": ("layer", "pos"), "layer_head": ("layer", "head"), "layer_pos_head": ("layer", "pos", "head")}
 
 Index = Literal["layer", "layer_pos", "layer_head", "layer_pos_head"]
+_ALIGNMENT_HINT = "Pass alignment=[batch, pos] mapping each position of the patched run to its counterpart."
 
 
 @dataclass
@@ -179,7 +180,7 @@ def activation_patch(
     if alignment is not None and isinstance(patched, HookedCLIPVision):
         raise ValueError("alignment is for texts of different token lengths; two images always share the patch grid.")
     pair = RunPair.build(patched, clean, corrupt, direction, same_pooling=alignment is None,
-                         hint="Pass alignment=[batch, pos] mapping each position of the patched run to its counterpart.")
+                         hint=_ALIGNMENT_HINT)
     layer_list = _checked_list("layers", layers, patched.cfg.n_layers)
     return _sweep(patched, pair, metric, [(act_name, l) for l in layer_list], index, positions, heads, alignment,
                   return_type, batch_size, progress, ("layer", layer_list), act_name)
@@ -219,7 +220,7 @@ def hidden_state_patch(
     text = text_tower(model)
     _validate("resid_pre", "layer_pos", batch_size)
     pair = RunPair.build(text, clean, corrupt, direction, same_pooling=alignment is None,
-                         hint="Pass alignment=[batch, pos] mapping each position of the patched run to its counterpart.")
+                         hint=_ALIGNMENT_HINT)
     n_layers = text.cfg.n_layers
     state_list = _checked_list("states", states, n_layers + 1)
     sites = [("resid_pre", l) if l < n_layers else ("resid_post", n_layers - 1) for l in state_list]

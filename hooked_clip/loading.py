@@ -149,12 +149,9 @@ def hf_post_ln_source(hf_model: nn.Module) -> tuple[Any, dict[str, Tensor]]:
     return text.config, sd
 
 
-def config_from_hf_post_ln(text_config, source: dict[str, Tensor], family: str, **overrides) -> CLIPTextConfig:
-    """``CLIPTextConfig`` of a BERT/RoBERTa-style tower from its transformers config and the keys of
-    :func:`hf_post_ln_source`: post-LN blocks, token-type embeddings, a LayerNorm on the embeddings, padding
-    masked, pooled at the first token (CLS / <s>); ``ln_final`` = AltCLIP's ``pre_LN``; the projection is
-    ChineseCLIP's ``text_projection``, AltCLIP's ``transformation`` (folded with ``text_projection`` into one
-    linear map in AltCLIPModel), or ChineseCLIPTextModel's pooler (tanh of a linear map)."""
+def _hf_text_shape(text_config) -> dict:
+    """The fields every transformers text config gives the same way (widths, depth, context, vocabulary,
+    activation, LayerNorm eps), checked: an activation or position scheme we do not reimplement is refused."""
     if getattr(text_config, "position_embedding_type", "absolute") != "absolute":
         raise CheckpointMismatchError(
             f"position_embedding_type={text_config.position_embedding_type!r} is not supported; hooked_clip "
@@ -162,6 +159,26 @@ def config_from_hf_post_ln(text_config, source: dict[str, Tensor], family: str, 
     if text_config.hidden_act not in _HF_ACTS:
         raise CheckpointMismatchError(
             f"hidden_act={text_config.hidden_act!r} is not supported; hooked_clip has {', '.join(_HF_ACTS)}.")
+    return dict(
+        d_model=text_config.hidden_size,
+        n_heads=text_config.num_attention_heads,
+        d_head=text_config.hidden_size // text_config.num_attention_heads,
+        n_layers=text_config.num_hidden_layers,
+        d_mlp=text_config.intermediate_size,
+        n_ctx=text_config.max_position_embeddings,
+        d_vocab=text_config.vocab_size,
+        act_fn=_HF_ACTS[text_config.hidden_act],
+        eps=text_config.layer_norm_eps,
+    )
+
+
+def config_from_hf_post_ln(text_config, source: dict[str, Tensor], family: str, **overrides) -> CLIPTextConfig:
+    """``CLIPTextConfig`` of a BERT/RoBERTa-style tower from its transformers config and the keys of
+    :func:`hf_post_ln_source`: post-LN blocks, token-type embeddings, a LayerNorm on the embeddings, padding
+    masked, pooled at the first token (CLS / <s>); ``ln_final`` = AltCLIP's ``pre_LN``; the projection is
+    ChineseCLIP's ``text_projection``, AltCLIP's ``transformation`` (folded with ``text_projection`` into one
+    linear map in AltCLIPModel), or ChineseCLIPTextModel's pooler (tanh of a linear map)."""
+    shape = _hf_text_shape(text_config)
     has = lambda prefix: any(k.startswith(prefix) for k in source)  # noqa: E731
     if has("text_projection."):
         d_proj = source["text_projection.weight"].shape[0]
@@ -173,15 +190,7 @@ def config_from_hf_post_ln(text_config, source: dict[str, Tensor], family: str, 
         d_proj = None
     eos = getattr(text_config, "eos_token_id", None)
     kw = dict(
-        d_model=text_config.hidden_size,
-        n_heads=text_config.num_attention_heads,
-        d_head=text_config.hidden_size // text_config.num_attention_heads,
-        n_layers=text_config.num_hidden_layers,
-        d_mlp=text_config.intermediate_size,
-        n_ctx=text_config.max_position_embeddings,
-        d_vocab=text_config.vocab_size,
-        act_fn=_HF_ACTS[text_config.hidden_act],
-        eps=text_config.layer_norm_eps,
+        **shape,
         d_proj=d_proj,
         proj_bias=has("transformation.") or has("pooler.") or "text_projection.bias" in source,
         proj_act="tanh" if has("pooler.") else None,
@@ -292,15 +301,8 @@ def config_from_open_clip_hf(text: nn.Module, **overrides) -> CLIPTextConfig:
     else:
         raise CheckpointMismatchError(f"open_clip HF text projection {proj!r} is not supported (Identity, a linear "
                                       "map or open_clip's Linear-GELU-Linear MLP, without biases).")
-    if getattr(hf_cfg, "position_embedding_type", "absolute") != "absolute":
-        raise CheckpointMismatchError(f"position_embedding_type={hf_cfg.position_embedding_type!r} is not supported.")
-    if hf_cfg.hidden_act not in _HF_ACTS:
-        raise CheckpointMismatchError(f"hidden_act={hf_cfg.hidden_act!r} is not supported.")
     kw = dict(
-        d_model=hf_cfg.hidden_size, n_heads=hf_cfg.num_attention_heads,
-        d_head=hf_cfg.hidden_size // hf_cfg.num_attention_heads, n_layers=hf_cfg.num_hidden_layers,
-        d_mlp=hf_cfg.intermediate_size, n_ctx=hf_cfg.max_position_embeddings, d_vocab=hf_cfg.vocab_size,
-        act_fn=_HF_ACTS[hf_cfg.hidden_act], eps=hf_cfg.layer_norm_eps, d_proj=d_proj, d_proj_hidden=d_proj_hidden,
+        **_hf_text_shape(hf_cfg), d_proj=d_proj, d_proj_hidden=d_proj_hidden,
         pooling=pooling, pad_token_id=hf_cfg.pad_token_id, causal=False, ln_position="post",
         n_token_types=hf_cfg.type_vocab_size, ln_embed=True, position_ids="roberta", mask_padding=True,
         final_ln=False, trim_after_pool=False, family="open_clip-hf", model_name="open_clip",
@@ -394,21 +396,10 @@ def config_from_hf(text_config, projection_dim: Optional[int], family: str = "cl
     from hooked_clip.families import FAMILIES, hf_pooling
 
     fam = FAMILIES[family]
-    if text_config.hidden_act not in _HF_ACTS:
-        raise CheckpointMismatchError(
-            f"hidden_act={text_config.hidden_act!r} is not supported; hooked_clip has {', '.join(_HF_ACTS)}.")
-    act = _HF_ACTS[text_config.hidden_act]
+    shape = _hf_text_shape(text_config)
     pooling, eot = hf_pooling(fam, text_config.eos_token_id)
     kw = dict(
-        d_model=text_config.hidden_size,
-        n_heads=text_config.num_attention_heads,
-        d_head=text_config.hidden_size // text_config.num_attention_heads,
-        n_layers=text_config.num_hidden_layers,
-        d_mlp=text_config.intermediate_size,
-        n_ctx=text_config.max_position_embeddings,
-        d_vocab=text_config.vocab_size,
-        act_fn=act,
-        eps=text_config.layer_norm_eps,
+        **shape,
         d_proj=projection_dim,
         proj_bias=proj_bias,
         pooling=pooling,

@@ -24,6 +24,7 @@ import argparse
 import math
 import random
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -177,10 +178,17 @@ def train(steps: int = 2800, batch: int = 128, lr: float = 7e-4, seed: int = 0, 
         if not ok:
             raise ValueError(f"{name}={value!r} is out of range: steps >= 1, batch >= 2, extra_scenes >= 0, "
                              "0 <= plain_fraction <= 1.")
+    with deterministic_algorithms():
+        return _train(steps, batch, lr, seed, log_every, extra_scenes, plain_fraction)
+
+
+@contextmanager
+def deterministic_algorithms():
+    """``torch.use_deterministic_algorithms(True)`` for the block, the previous setting restored after it."""
     previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
-        return _train(steps, batch, lr, seed, log_every, extra_scenes, plain_fraction)
+        yield
     finally:
         torch.use_deterministic_algorithms(previous)
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from hooked_clip.models.tiny_negation import load, render
 from hooked_clip.models.tiny_negation import world as w
 from hooked_clip.models.tiny_negation.pixels import PIXEL_WEIGHTS, build_vision, save_vision, with_vision
-from hooked_clip.models.tiny_negation.train import pairwise_accuracy, sample_batch
+from hooked_clip.models.tiny_negation.train import deterministic_algorithms, pairwise_accuracy, sample_batch
 from hooked_clip.tokenizer import CLIPTokenizer
 
 
@@ -86,12 +86,8 @@ def train(steps: int = 1500, batch: int = 128, lr: float = 2e-3, seed: int = 0, 
         if not ok:
             raise ValueError(f"{name}={value!r} is out of range: steps >= 1, batch >= 2, distill_weight >= 0, "
                              "pool >= 1.")
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
+    with deterministic_algorithms():
         return _train(steps, batch, lr, seed, log_every, distill_weight, pool)
-    finally:
-        torch.use_deterministic_algorithms(previous)
 
 
 def _train(steps, batch, lr, seed, log_every, distill_weight, pool_size):
