@@ -17,8 +17,8 @@ from torch import Tensor
 
 from hooked_clip.analyses.pairs import Tokens
 from hooked_clip.analyses.patching import PATCHABLE
-from hooked_clip.hook_names import act_name as hook_name
-from hooked_clip.text import text_tower
+from hooked_clip.names import act_name as hook_name
+from hooked_clip.tower import get_tower
 
 Kind = Literal["zero", "mean", "resample"]
 Hooks = list[tuple[str, Callable]]
@@ -89,7 +89,7 @@ def ablate_heads(model, heads: Sequence[tuple[int, int]], kind: Kind = "zero", *
                  reference: Optional[Tokens] = None, positions: Optional[Sequence[int]] = None,
                  seed: int = 0) -> Hooks:
     """Hooks ablating the output ``z`` of each (layer, head) (0-indexed), at all positions or ``positions``."""
-    text = text_tower(model)
+    text = get_tower(model, "text")
     _check_kind(kind)
     heads = [(int(l), int(h)) for l, h in heads]
     bad = [(l, h) for l, h in heads if not (0 <= l < text.cfg.n_layers and 0 <= h < text.cfg.n_heads)]
@@ -104,7 +104,7 @@ def ablate_heads(model, heads: Sequence[tuple[int, int]], kind: Kind = "zero", *
 def ablate_mlps(model, layers: Sequence[int], kind: Kind = "zero", *, reference: Optional[Tokens] = None,
                 positions: Optional[Sequence[int]] = None, seed: int = 0) -> Hooks:
     """Hooks ablating the MLP output of each block in ``layers`` (0-indexed)."""
-    text = text_tower(model)
+    text = get_tower(model, "text")
     _check_kind(kind)
     layers = _checked_layers(text, layers)
     return _hooks(text, kind, {hook_name("mlp_out", l): None for l in layers}, positions, reference, seed)
@@ -115,7 +115,7 @@ def ablate_positions(model, positions: Sequence[int], kind: Kind = "zero", *, ac
                      seed: int = 0) -> Hooks:
     """Hooks ablating ``act_name`` (any of ``hooked_clip.analyses.patching.PATCHABLE`` except pattern) at
     ``positions`` in each block of ``layers`` (default: all)."""
-    text = text_tower(model)
+    text = get_tower(model, "text")
     _check_kind(kind)
     if act_name not in PATCHABLE or act_name == "pattern":
         raise ValueError(f"act_name must be one of {sorted(set(PATCHABLE) - {'pattern'})}, got {act_name!r}.")

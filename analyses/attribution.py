@@ -29,10 +29,10 @@ from torch import Tensor
 from hooked_clip.analyses.metrics import Metric, check_metric
 from hooked_clip.analyses.pairs import Direction, RunPair, Tokens
 from hooked_clip.analyses.patching import INDEX_AXES, PATCHABLE, Index, PatchingResult, _canon
-from hooked_clip.hook_names import HEAD_ACTS, act_name as hook_name
-from hooked_clip.text import text_tower
+from hooked_clip.names import HEAD_ACTS, act_name as hook_name
+from hooked_clip.tower import get_tower
 from hooked_clip.similarity import logit_parameters
-from hooked_clip.cache import apply_ln_to_stack, decompose_resid, embedding_bias, ln_final_scale, to_embedding_space
+from hooked_clip.text.readout import apply_ln_to_stack, decompose_resid, embedding_bias, ln_final_scale, to_embedding_space
 
 
 @dataclass
@@ -59,7 +59,7 @@ _DSA_HOOKS = ("hook_embed", "hook_pos_embed", "ln_final.hook_scale")
 def direct_attribution(model, texts: Tokens, directions: Float[Tensor, "batch d_proj"], *,
                        heads: bool = True) -> Attribution:
     """Split t · direction (t: the unnormalised text embedding) into components, ln_final scale frozen."""
-    text = text_tower(model)
+    text = get_tower(model, "text")
     tokens = text.as_tokens(texts)
     keep = lambda name: name in _DSA_HOOKS or name.endswith(("hook_z", "hook_mlp_out", "hook_attn_out"))  # noqa: E731
     embeds, cache = text.run_with_cache(tokens, names_filter=keep)
@@ -77,7 +77,7 @@ def direct_similarity_attribution(model, texts: Tokens, image_embeds: Float[Tens
     """S(text_b, image_b) (logit_scale x cosine, + logit_bias) split exactly into per-component
     contributions, for each (text, image) pair; the ln_final scale and |t| are those of the run. A model
     with a ``logit_bias`` (SigLIP) gets a last ``"logit_bias"`` row."""
-    text = text_tower(model)
+    text = get_tower(model, "text")
     with torch.no_grad():
         t = text(text.as_tokens(texts))
     if image_embeds.shape != t.shape:
@@ -147,7 +147,7 @@ def attribution_patch(
         :class:`PatchingResult`, ``values`` [*axes, batch] = base metric + estimated effect;
         ``extra["method"] == "attribution"``.
     """
-    text = text_tower(model)
+    text = get_tower(model, "text")
     if act_name not in PATCHABLE:
         raise ValueError(f"unknown act_name {act_name!r}; use one of {sorted(PATCHABLE)}.")
     if index not in INDEX_AXES or ("head" in index and act_name not in HEAD_ACTS):

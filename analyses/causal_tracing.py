@@ -21,8 +21,8 @@ from hooked_clip.analyses.engine import BaseRun, Chunk, Hooks, Plan, execute
 from hooked_clip.analyses.metrics import Metric, check_metric, similarity_metric
 from hooked_clip.analyses.pairs import RunPair, Tokens
 from hooked_clip.analyses.patching import hidden_state_patch
-from hooked_clip.hook_names import act_name, hidden_state_name, layer_of
-from hooked_clip.text import text_tower
+from hooked_clip.names import act_name, hidden_state_name, layer_of
+from hooked_clip.tower import get_tower
 
 NegationIn = Literal["caption", "foil"]
 
@@ -62,7 +62,7 @@ def minimal_pair_trace(
     Returns CTE [pairs, n_layers + 1, pos] (dimensionless; 1 = the single state carries the whole
     caption-foil gap). Positions after a pair's EOT, and pairs with S(negated) = S(affirmative), are NaN.
     """
-    text = text_tower(model)
+    text = get_tower(model, "text")
     pair = RunPair.build(text, negated, affirmative, "denoise", names=("negated", "affirmative"),
                          hint="The minimal-pair trace patches position p into position p, so align the sentences first "
                               "(e.g. 'There are some X' for 'There are no X').")
@@ -112,7 +112,7 @@ class RomeTraceResult:
 
 def embedding_std(model, reference: Tokens) -> float:
     """Std of token embeddings (``hook_embed``) over the valid positions (up to EOT) of a reference set."""
-    text = text_tower(model)
+    text = get_tower(model, "text")
     tokens = text.as_tokens(reference)
     with torch.inference_mode():
         emb = text.embed(tokens)
@@ -160,7 +160,7 @@ def rome_trace(
     Runs on the batched engine: each restored (state, position) is a row started at its first restored
     block, with the noisy run's keys/values reused before position p in a causal tower.
     """
-    text = text_tower(model)
+    text = get_tower(model, "text")
     if kind not in ("resid", "mlp", "attn"):
         raise ValueError(f"kind must be 'resid', 'mlp' or 'attn', got {kind!r}.")
     for name, v in (("n_samples", n_samples), ("batch_size", batch_size), ("window", window)):

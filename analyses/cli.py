@@ -12,9 +12,9 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from hooked_clip.files import UnreadableFileError, UnsafeCheckpointError
-from hooked_clip.hub import WeightsUnavailableError
-from hooked_clip.loading import CheckpointMismatchError
+from hooked_clip.errors import UnreadableFileError, UnsafeCheckpointError
+from hooked_clip.errors import WeightsUnavailableError
+from hooked_clip.errors import CheckpointMismatchError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ValueError,  # a bad value (the study's RunDirMismatchError and DataFormatError are ValueErrors too)

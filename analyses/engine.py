@@ -2,10 +2,10 @@
 allows. Every analysis that re-runs a tower with interventions (activation patching of either tower, the
 CTE, ROME tracing, path patching) is a plan for this engine plus a hook factory; none builds its own batches.
 
-Towers: the text tower and the ViT image tower alike (both are blocks of the same components). The engine
-uses of a tower only ``blocks``, ``cfg.n_layers``, ``run_with_cache``, ``hooks``, ``pool_positions(input)``
-(the one position each row's output reads, or None when pooling reads all) and ``read_out(resid, pool,
-return_type)``. A trimming tower (causal, EOT-pooled: ``cfg.trims``) runs rows only up to their pooling
+Towers: any tower that implements the :class:`~hooked_clip.tower.Tower` contract (the text tower, the ViT
+image tower, a family's own), never told apart by class. The engine uses of a tower only ``blocks``,
+``cfg.n_layers``, ``cfg.trims``, ``run_with_cache``, ``hooks``, ``pool_positions(input)`` (the one position each
+row's output reads, or None when pooling reads all) and ``read_out(resid, pool, return_type)``. A trimming tower (causal, EOT-pooled: ``cfg.trims``) runs rows only up to their pooling
 position and can reuse key/value prefixes; an image tower attends bidirectionally, so neither applies there
 (every patched row runs every position from its block on).
 
@@ -38,18 +38,15 @@ boundaries) and the plan's widths once.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Optional, Sequence, Union
+from typing import Callable, Iterable, Optional, Sequence
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from hooked_clip.components import KeyValuePrefix
-from hooked_clip.hook_names import act_name
-from hooked_clip.text import HookedCLIPText
-from hooked_clip.vision_tower import HookedCLIPVision
-
-Tower = Union[HookedCLIPText, HookedCLIPVision]
+from hooked_clip.names import act_name
+from hooked_clip.tower import Tower
 
 Hooks = list[tuple[str, Callable]]
 

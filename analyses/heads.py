@@ -20,8 +20,8 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from hooked_clip.analyses.pairs import RunPair, Tokens
-from hooked_clip.hook_names import act_name
-from hooked_clip.text import text_tower
+from hooked_clip.names import act_name
+from hooked_clip.tower import get_tower
 
 
 @dataclass
@@ -52,7 +52,7 @@ def negator_head_scores(model, negated: Tokens, affirmative: Tokens,
                         negator_pos: Union[int, Sequence[int], Int[Tensor, "pairs"]]) -> NegatorHeadScores:
     """Δ per pair, layer and head (see the module docstring). ``negator_pos``: the negator's token
     position in each negated sentence (3 for "There are no X" after the start token), one int for all."""
-    text = text_tower(model)
+    text = get_tower(model, "text")
     pair = RunPair.build(text, negated, affirmative, "noise", names=("negated", "affirmative"),
                          hint="Δ compares the same key position in both sentences, so align them first (e.g. "
                               "'There are some X' for 'There are no X').")
@@ -90,7 +90,7 @@ def attention_to_tokens(model, texts: Tokens, key_mask: Union[Bool[Tensor, "batc
     """Mean over examples and valid query positions (up to the EOT) of the attention mass each head puts on
     the keys in ``key_mask`` — a boolean [batch, pos] mask, or a list of token strings (as
     ``to_str_tokens`` prints them, e.g. ``["no", "not"]``) to mark wherever they occur."""
-    text = text_tower(model)
+    text = get_tower(model, "text")
     tokens = text.as_tokens(texts)
     pool = text.pool_positions(tokens)
     width = int(pool.max()) + 1

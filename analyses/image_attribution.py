@@ -35,9 +35,11 @@ from jaxtyping import Float
 from torch import Tensor
 
 from hooked_clip.analyses.attribution import Attribution
-from hooked_clip.vision_tower import HookedCLIPVision, image_tower
+from hooked_clip.analyses.engine import Hooks
+from hooked_clip.names import act_name
+from hooked_clip.similarity import logit_parameters
+from hooked_clip.tower import Tower, get_tower
 
-Hooks = list[tuple[str, Callable]]
 
 
 @dataclass
@@ -122,7 +124,7 @@ class ImageSimilarityAttribution:
         return Attribution(torch.cat(rows), labels + ["bias"], self.total)
 
 
-def _pool_weights(vision: HookedCLIPVision, cache) -> Float[Tensor, "batch pos"]:
+def _pool_weights(vision: Tower, cache) -> Float[Tensor, "batch pos"]:
     """a[b, q]: how much the residual at position q enters the pooled vector, divided by the frozen
     ``ln_post`` scale that applies to it (zero for positions that are not pooled)."""
     cfg = vision.cfg
@@ -139,7 +141,7 @@ def _pool_weights(vision: HookedCLIPVision, cache) -> Float[Tensor, "batch pos"]
 @torch.no_grad()
 def decompose_image(model, images: Any) -> ImageDecomposition:
     """The image embedding of each image split exactly into components (see the module docstring)."""
-    vision = image_tower(model)
+    vision = get_tower(model, "vision")
     cfg = vision.cfg
     if cfg.pooling == "attn":
         raise ValueError("this tower pools with an attention head (SigLIP), which is not linear in the residual "
@@ -147,7 +149,7 @@ def decompose_image(model, images: Any) -> ImageDecomposition:
     if cfg.d_proj is None:
         raise ValueError("this tower has no projection; decompose the pooled vector (hook_pooled) instead.")
     pixels = vision.as_pixels(images)
-    keep = lambda n: n in ("blocks.0.hook_resid_pre", "ln_post.hook_scale", "hook_image_embed") or n.endswith(  # noqa: E731
+    keep = lambda n: n in (act_name("resid_pre", 0), "ln_post.hook_scale", "hook_image_embed") or n.endswith(  # noqa: E731
         ("attn.hook_pattern", "attn.hook_v", "hook_mlp_out"))
     image_embed, cache = vision.run_with_cache(pixels, names_filter=lambda n: keep(n) and not n.startswith("head."))
     a = _pool_weights(vision, cache)  # [batch, pos]
@@ -161,16 +163,16 @@ def decompose_image(model, images: Any) -> ImageDecomposition:
 
     heads, mlps = [], []
     for l, block in enumerate(vision.blocks):
-        pattern, v = cache[f"blocks.{l}.attn.hook_pattern"], cache[f"blocks.{l}.attn.hook_v"]
+        pattern, v = cache[act_name("pattern", l)], cache[act_name("v", l)]
         weighted = torch.einsum("bq,bhqp,bphd->bhpd", a, pattern, v)  # [batch, head, src pos, d_head]
         heads.append(to_embed(torch.einsum("bhpd,hdm->bhpm", weighted, block.attn.W_O)))
-        mlps.append(to_embed(pooled(cache[f"blocks.{l}.hook_mlp_out"])))
+        mlps.append(to_embed(pooled(cache[act_name("mlp_out", l)])))
     a_sum = a.sum(-1, keepdim=True)  # [batch, 1]
     attn_bias = torch.stack([to_embed(a_sum * b.attn.b_O) for b in vision.blocks], dim=1)
     bias = vision.ln_post.b @ vision.W_proj
     if vision.b_proj is not None:
         bias = bias + vision.b_proj
-    return ImageDecomposition(embed=to_embed(pooled(cache["blocks.0.hook_resid_pre"])), heads=torch.stack(heads, 1),
+    return ImageDecomposition(embed=to_embed(pooled(cache[act_name("resid_pre", 0)])), heads=torch.stack(heads, 1),
                               attn_bias=attn_bias, mlp=torch.stack(mlps, 1), bias=bias, image_embed=image_embed)
 
 
@@ -185,20 +187,21 @@ def image_similarity_attribution(model, decomposition: ImageDecomposition,
                          f"got {tuple(text_embeds.shape)}.")
     if getattr(model, "logit_scale", None) is None:
         raise ValueError("similarity attribution needs the model (HookedCLIP) for its logit_scale, not the tower alone.")
-    direction = model.logit_scale.exp() * F.normalize(text_embeds.to(d.image_embed), dim=-1)
+    scale, logit_bias = logit_parameters(model)  # the similarity's own parameters (hooked_clip.similarity)
+    direction = scale * F.normalize(text_embeds.to(d.image_embed), dim=-1)
     direction = direction / d.image_embed.norm(dim=-1, keepdim=True)  # [batch, d_proj]
     dot = lambda x, extra="": torch.einsum(f"b{extra}e,be->b{extra}", x, direction)  # noqa: E731
     bias = (d.bias * direction).sum(-1)
-    if model.logit_bias is not None:
-        bias = bias + model.logit_bias
+    if logit_bias is not None:
+        bias = bias + logit_bias
     total = model.similarity(text_embeds, d.image_embed).diagonal()
     return ImageSimilarityAttribution(embed=dot(d.embed), heads=dot(d.heads, "lhp"), attn_bias=dot(d.attn_bias, "l"),
                                       mlp=dot(d.mlp, "l"), bias=bias, total=total)
 
 
 # ----------------------------------------------------------------------------------------------- ablation
-_LAYER_PARTS = {"out": ("hook_attn_out", "hook_mlp_out"), "attn": ("hook_attn_out",), "mlp": ("hook_mlp_out",),
-                "resid_post": ("hook_resid_post",)}
+_LAYER_PARTS = {"out": ("attn_out", "mlp_out"), "attn": ("attn_out",), "mlp": ("mlp_out",),
+                "resid_post": ("resid_post",)}
 
 
 @torch.no_grad()
@@ -208,14 +211,14 @@ def mean_image_ablation(model, reference_images: Any, layers: Sequence[int],
     ``model.vision.hooks(fwd_hooks=...)`` / ``run_with_hooks``: the image-tower layer ablation with a mean
     image. ``part``: ``"out"`` = the block's writes to the residual (attention and MLP output), ``"attn"`` /
     ``"mlp"`` one of them, ``"resid_post"`` the whole residual after the block. Layers are 0-indexed."""
-    vision = image_tower(model)
+    vision = get_tower(model, "vision")
     if part not in _LAYER_PARTS:
         raise ValueError(f"part must be one of {tuple(_LAYER_PARTS)}, got {part!r}.")
     layers = [int(l) for l in layers]
     bad = [l for l in layers if not 0 <= l < vision.cfg.n_layers]
     if bad or not layers:
         raise ValueError(f"layers {bad or '[]'} invalid: blocks are 0..{vision.cfg.n_layers - 1}.")
-    names = [f"blocks.{l}.{h}" for l in layers for h in _LAYER_PARTS[part]]
+    names = [act_name(kind, l) for l in layers for kind in _LAYER_PARTS[part]]
     _, cache = vision.run_with_cache(vision.as_pixels(reference_images), names_filter=names)
     means = {name: cache[name].mean(0, keepdim=True) for name in names}
 
@@ -231,13 +234,13 @@ def patch_attention_html(model, image: Any, layer: int) -> str:
     the positions of one image (labels ``CLS``, ``r{row}c{col}``)."""
     import circuitsvis.attention as cv
 
-    vision = image_tower(model)
+    vision = get_tower(model, "vision")
     if not 0 <= layer < vision.cfg.n_layers:
         raise ValueError(f"layer must lie in 0..{vision.cfg.n_layers - 1}, got {layer}.")
     pixels = vision.as_pixels(image)
     if pixels.shape[0] != 1:
         raise ValueError(f"patch_attention_html shows one image; got a batch of {pixels.shape[0]}.")
-    name = f"blocks.{layer}.attn.hook_pattern"
+    name = act_name("pattern", layer)
     with torch.no_grad():
         _, cache = vision.run_with_cache(pixels, names_filter=name)
     return cv.attention_patterns(tokens=vision.position_labels(), attention=cache[name][0]).local_src

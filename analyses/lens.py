@@ -24,10 +24,11 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from hooked_clip.analyses.pairs import Tokens
-from hooked_clip.hook_names import act_name
-from hooked_clip.text import text_tower
-from hooked_clip.cache import accumulated_resid, apply_ln_to_stack, ln_final_scale, to_embedding_space
-from hooked_clip.files import UnreadableFileError, read_safetensors
+from hooked_clip.names import act_name
+from hooked_clip.tower import get_tower
+from hooked_clip.text.readout import accumulated_resid, apply_ln_to_stack, ln_final_scale, to_embedding_space
+from hooked_clip.errors import UnreadableFileError
+from hooked_clip.loaders.files import read_safetensors
 
 LnMode = Literal["frozen", "recompute"]
 
@@ -38,7 +39,7 @@ def _resid_names(n_layers: int) -> list[str]:
 
 def layer_residuals(model, texts: Tokens) -> tuple[Float[Tensor, "n_layers_plus_1 batch d_model"], Float[Tensor, "batch 1"]]:
     """The residual at the pooling position after the embeddings and each block, and ln_final's scale there."""
-    text = text_tower(model)
+    text = get_tower(model, "text")
     tokens = text.as_tokens(texts)
     _, cache = text.run_with_cache(tokens, names_filter=_resid_names(text.cfg.n_layers))
     pool = text.pool_positions(tokens)
@@ -50,7 +51,7 @@ def lens_embeddings(model, texts: Tokens, *, ln: LnMode = "frozen",
                     tuned: Optional["TunedLens"] = None) -> Float[Tensor, "n_layers_plus_1 batch d_proj"]:
     """Each layer's read-out in the embedding space (unnormalised, bias included): row l is what the text
     embedding would be if the blocks after l were skipped. With ``tuned``, the tuned lens (ln recomputed)."""
-    text = text_tower(model)
+    text = get_tower(model, "text")
     if text.W_proj is None:
         raise ValueError("the similarity lens needs a text projection into the joint embedding space; this model "
                          "has none (cfg.d_proj is None).")
@@ -113,7 +114,7 @@ class TunedLens(nn.Module):
     def fit(cls, model, sentences: Sequence[str], *, steps: int = 300, lr: float = 1e-3, seed: int = 0,
             batch_size: int = 256) -> "TunedLens":
         """Train on ``sentences`` (the objective is in the module docstring). The model is frozen."""
-        text = text_tower(model)
+        text = get_tower(model, "text")
         if text.W_proj is None:
             raise ValueError("a tuned similarity lens needs a text projection (cfg.d_proj is None).")
         if len(sentences) == 0:
@@ -160,7 +161,7 @@ class TunedLens(nn.Module):
             )
         lens = cls(int(meta["d_model"]), int(meta["n_layers"]))
         if model is not None:
-            cfg = text_tower(model).cfg
+            cfg = get_tower(model, "text").cfg
             if (cfg.d_model, cfg.n_layers) != (lens.translators[0].in_features, len(lens.translators)):
                 raise ValueError(f"the tuned lens at {path} is for d_model={meta['d_model']}, n_layers={meta['n_layers']}; "
                                  f"the model has d_model={cfg.d_model}, n_layers={cfg.n_layers}.")

@@ -17,8 +17,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from hooked_clip.text import HookedCLIPText
-from hooked_clip.vision_tower import HookedCLIPVision
+from hooked_clip.tower import Tower
 
 Tokens = Union[str, Sequence[str], Int[Tensor, "batch pos"]]
 Direction = Literal["denoise", "noise"]
@@ -38,7 +37,7 @@ class RunPair:
     direction: str
 
     @classmethod
-    def build(cls, tower: Union[HookedCLIPText, HookedCLIPVision], clean: Tokens, corrupt: Tokens,
+    def build(cls, tower: Tower, clean: Tokens, corrupt: Tokens,
               direction: Direction = "denoise", *,
               same_pooling: bool = True, names: tuple[str, str] = ("clean", "corrupt"),
               hint: Optional[str] = None) -> "RunPair":
@@ -47,8 +46,7 @@ class RunPair:
         (e.g. ``("negated", "affirmative")``)."""
         if direction not in DIRECTIONS:
             raise ValueError(f"direction must be 'denoise' or 'noise', got {direction!r}.")
-        as_input = tower.as_pixels if isinstance(tower, HookedCLIPVision) else tower.as_tokens
-        clean_t, corrupt_t = as_input(clean), as_input(corrupt)
+        clean_t, corrupt_t = tower.as_input(clean), tower.as_input(corrupt)
         if clean_t.shape[0] != corrupt_t.shape[0]:
             raise ValueError(f"{clean_t.shape[0]} {names[0]} examples but {corrupt_t.shape[0]} {names[1]} ones; "
                              "give one of each per example.")

@@ -29,12 +29,11 @@ from jaxtyping import Int
 from torch import Tensor
 
 from hooked_clip.analyses._validation import check_alignment
-from hooked_clip.analyses.engine import BaseRun, Chunk, Hooks, Plan, Tower, execute
+from hooked_clip.analyses.engine import BaseRun, Chunk, Hooks, Plan, execute
 from hooked_clip.analyses.metrics import Metric, check_metric, normalized_patching_metric
 from hooked_clip.analyses.pairs import Direction, RunPair, Tokens
-from hooked_clip.hook_names import HEAD_ACTS, act_name as hook_name
-from hooked_clip.text import text_tower
-from hooked_clip.vision_tower import HookedCLIPVision, image_tower
+from hooked_clip.names import HEAD_ACTS, act_name as hook_name
+from hooked_clip.tower import Tower, get_tower
 
 # the activations activation_patch can patch (hook names: hooked_clip.hook_names.act_name)
 PATCHABLE = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "z", "q", "k", "v", "pattern")
@@ -147,13 +146,13 @@ def activation_patch(
     return_type: Literal["normalized", "embed", "pooled"] = "normalized",
     batch_size: int = 1024,
     progress: bool = True,
-    tower: Literal["text", "image"] = "text",
+    tower: Optional[Literal["text", "vision"]] = None,
 ) -> PatchingResult:
     """Patch ``act_name`` at every index of the sweep and return the metric after each patch.
 
     Args:
         clean, corrupt: texts or tokens [batch, pos] (``tower="text"``), or images — PIL images or preprocessed
-            pixels [batch, channel, H, W] — (``tower="image"``); example b of one paired with example b of
+            pixels [batch, channel, H, W] — (``tower="vision"``); example b of one paired with example b of
             the other.
         metric: output embeddings [..., batch, d] -> [..., batch] (``return_type`` chooses the output).
         act_name: resid_pre | resid_mid | resid_post | attn_out | mlp_out | z | q | k | v | pattern.
@@ -165,34 +164,25 @@ def activation_patch(
         alignment: [batch, pos of the patched run] -> position in the run the activation comes from (-1:
             no counterpart, result NaN). Needed when clean and corrupt differ in token length.
         batch_size: most rows (sequences) per forward pass; bounds memory.
-        tower: which tower of a ``HookedCLIP`` to patch (a ``HookedCLIPText`` or ``HookedCLIPVision``
-            passed as ``model`` is that tower). Image-side positions are the ViT's (0 = class token, then
+        tower: which tower of a ``HookedCLIP`` to patch, ``"text"`` (the default) or ``"vision"`` (a tower
+            passed as ``model`` is patched itself). Image-side positions are the ViT's (0 = class token, then
             the patches row by row: ``model.vision.position_labels()``); the metric then maps image
             embeddings to [..., batch] (e.g. ``similarity_metric(model, text_embeds)``).
 
     Returns:
         :class:`PatchingResult` with ``values`` [*axes, batch] in the metric's units.
     """
-    patched = _patched_tower(model, tower)
+    patched = get_tower(model, tower)
     _validate(act_name, index, batch_size)
     if alignment is not None and act_name == "pattern":
         raise ValueError("alignment is not supported for attention patterns (both axes are positions).")
-    if alignment is not None and isinstance(patched, HookedCLIPVision):
+    if alignment is not None and patched.name == "vision":
         raise ValueError("alignment is for texts of different token lengths; two images always share the patch grid.")
     pair = RunPair.build(patched, clean, corrupt, direction, same_pooling=alignment is None,
                          hint=_ALIGNMENT_HINT)
     layer_list = _checked_list("layers", layers, patched.cfg.n_layers)
     return _sweep(patched, pair, metric, [(act_name, l) for l in layer_list], index, positions, heads, alignment,
                   return_type, batch_size, progress, ("layer", layer_list), act_name)
-
-
-def _patched_tower(model, tower: str) -> Tower:
-    """The tower to patch: ``model`` itself when it is one, else its ``tower`` side."""
-    if tower not in ("text", "image"):
-        raise ValueError(f"tower must be 'text' or 'image', got {tower!r}.")
-    if tower == "image" or isinstance(model, HookedCLIPVision):
-        return image_tower(model)
-    return text_tower(model)
 
 
 def hidden_state_patch(
@@ -217,7 +207,7 @@ def hidden_state_patch(
     Returns a :class:`PatchingResult` with axes ("state", "pos") and ``act_name`` "hidden_state"; the other
     arguments are :func:`activation_patch`'s.
     """
-    text = text_tower(model)
+    text = get_tower(model, "text")
     _validate("resid_pre", "layer_pos", batch_size)
     pair = RunPair.build(text, clean, corrupt, direction, same_pooling=alignment is None,
                          hint=_ALIGNMENT_HINT)

@@ -32,8 +32,8 @@ from hooked_clip.analyses.engine import BaseRun, Chunk, Hooks, Plan, execute
 from hooked_clip.analyses.metrics import Metric, check_metric
 from hooked_clip.analyses.pairs import Direction, RunPair, Tokens
 from hooked_clip.analyses.patching import PatchingResult
-from hooked_clip.hook_names import act_name, head_label, mlp_label
-from hooked_clip.text import text_tower
+from hooked_clip.names import act_name, head_label, mlp_label
+from hooked_clip.tower import get_tower
 
 _SENDER = re.compile(r"^(embed|L(\d+)H(\d+)|L(\d+)_mlp)$")
 _RECEIVER = re.compile(r"^(pooled|L(\d+)H(\d+)\.([qkv])|L(\d+)_mlp)$")
@@ -41,7 +41,7 @@ _RECEIVER = re.compile(r"^(pooled|L(\d+)H(\d+)\.([qkv])|L(\d+)_mlp)$")
 
 def all_senders(model) -> list[str]:
     """Every sender name, in residual-stream order: embed, then per layer its heads and its MLP."""
-    cfg = text_tower(model).cfg
+    cfg = get_tower(model, "text").cfg
     out = ["embed"]
     for l in range(cfg.n_layers):
         out += [head_label(l, h) for h in range(cfg.n_heads)] + [mlp_label(l)]
@@ -102,7 +102,7 @@ def path_patch(
     means every sender upstream of all receivers. ``return_type``: the output the metric reads;
     ``batch_size``: most rows (sender x example) per forward.
     """
-    text = text_tower(model)
+    text = get_tower(model, "text")
     cfg = text.cfg
     receivers = [receivers] if isinstance(receivers, str) else list(receivers)
     if not receivers:

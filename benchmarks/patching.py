@@ -38,7 +38,7 @@ from hooked_clip import HookedCLIP
 from hooked_clip.analyses.causal_tracing import minimal_pair_trace, rome_trace
 from hooked_clip.analyses.metrics import similarity_metric
 from hooked_clip.analyses.valse_negation.data import aligned_pairs, load_items
-from hooked_clip.hook_names import hidden_state_name
+from hooked_clip.names import hidden_state_name
 
 NEGATOR_POS = 3  # "There are no X": SOT, there, are, no
 

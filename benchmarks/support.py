@@ -35,9 +35,12 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from hooked_clip import HookedCLIP  # noqa: E402
-from hooked_clip.families import FAMILIES, HF_CLASSES, REFUSED_HF_CLASSES  # noqa: E402
-from hooked_clip.loading import CheckpointMismatchError  # noqa: E402
+from hooked_clip.errors import CheckpointMismatchError  # noqa: E402
+from hooked_clip.loaders.families import find_family, refused_classes, supported_classes  # noqa: E402
 from hooked_clip.parity import capture_block_outputs, parity_errors  # noqa: E402
+
+HF_CLASSES = supported_classes("transformers")
+REFUSED_HF_CLASSES = refused_classes("transformers")
 
 ATOL = 1e-5
 MAX_VOCAB = 65536
@@ -235,7 +238,7 @@ def hf_row(class_name: str, seed: int = 0) -> Row:
     documented refusal)."""
     import transformers
 
-    family = HF_CLASSES.get(class_name) or class_name.replace("TextModel", "").replace("Model", "").lower()
+    family = getattr(find_family("transformers", class_name), "name", None) or class_name.replace("TextModel", "").replace("Model", "").lower()
     if class_name in REFUSED_HF_CLASSES:
         return Row(class_name, "transformers", family, "refused", note=REFUSED_HF_CLASSES[class_name])
     cls = getattr(transformers, class_name)
@@ -253,7 +256,7 @@ def hf_row(class_name: str, seed: int = 0) -> Row:
     hf = randomize_(hf, seed)
     model = HookedCLIP.from_hf(hf, device="cpu")
     tokens = _tokens(model.cfg, seed=seed)
-    post_ln = FAMILIES[family].post_ln
+    post_ln = model.cfg.ln_position == "post"
     if post_ln:  # BERT/RoBERTa: encoder.layer(s), run with the attention mask their tokenizers return
         layers = [m for n, m in hf.named_modules() if n.endswith(("encoder.layer", "encoder.layers")) and "vision" not in n]
         kw = dict(input_ids=tokens, attention_mask=(tokens != model.cfg.pad_token_id).long())
@@ -269,7 +272,7 @@ def hf_row(class_name: str, seed: int = 0) -> Row:
 
     ref, blocks = capture_block_outputs(layers[0], run)
     worst = max(parity_errors(model.text, tokens, ref, blocks).values())
-    tok = "CLIP BPE / saved beside the checkpoint" if FAMILIES[family].pooling not in ("last", "first") else "saved beside the checkpoint"
+    tok = "CLIP BPE / saved beside the checkpoint" if model.cfg.pooling not in ("last", "first") else "saved beside the checkpoint"
     return Row(class_name, "transformers", family, "exact" if worst <= ATOL else "MISMATCH", worst, tok, "tiny config")
 
 

@@ -7,7 +7,7 @@ caches every block's ``hook_resid_post`` (what an analysis pays).
 
 With ``--patching``: image-side activation patching of ``resid_pre`` over (layer, position) for the last
 ``--patch-layers`` blocks of the same tower, S(text, image) metric, ``--patch-images`` image pairs: ours
-(``activation_patch(..., tower="image")``, the shared engine: rows start at their block, the last block
+(``activation_patch(..., tower="vision")``, the shared engine: rows start at their block, the last block
 computes only the class row; nothing else can be reused in a bidirectional ViT) vs the plain loop a
 researcher writes (TransformerLens style: one ``run_with_hooks`` per (layer, position), batched over the
 images), checked equal (≤1e-5) first, then timed interleaved.
@@ -96,7 +96,7 @@ def patching(model, args) -> None:
     layers = list(range(vision.cfg.n_layers - args.patch_layers, vision.cfg.n_layers))
 
     def ours():
-        return activation_patch(model, clean, corrupt, metric, "resid_pre", tower="image", layers=layers,
+        return activation_patch(model, clean, corrupt, metric, "resid_pre", tower="vision", layers=layers,
                                 progress=False).values
 
     def loop():

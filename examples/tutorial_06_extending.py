@@ -3,7 +3,7 @@
 import torch
 from transformers import SiglipTextConfig, SiglipTextModel
 
-from hooked_clip.loading import config_from_hf
+from hooked_clip.loaders.hf_text import config_from_hf
 
 torch.manual_seed(0)
 hf = SiglipTextModel(SiglipTextConfig(hidden_size=64, intermediate_size=128, num_attention_heads=2,
@@ -17,7 +17,9 @@ cfg = config_from_hf(hf.config, projection_dim=hf.head.out_features, family="sig
 print(cfg.act_fn, cfg.pooling, cfg.causal, cfg.proj_bias, cfg.eps, cfg.pads_to_context)
 
 from hooked_clip import HookedCLIPText
-from hooked_clip.loading import CheckpointMismatchError, hf_text_model_state_dict, hf_text_state_dict, load_converted
+from hooked_clip.errors import CheckpointMismatchError
+from hooked_clip.loaders.hf_text import hf_text_model_state_dict, hf_text_state_dict
+from hooked_clip.loaders.convert import load_converted
 
 ours = HookedCLIPText(cfg)
 state = hf_text_model_state_dict(hf, hf.head)
@@ -36,7 +38,7 @@ import sentencepiece as spm
 from transformers import AutoTokenizer, SiglipTokenizer
 
 from hooked_clip.analyses.valse_negation.data import aligned_pairs, load_items
-from hooked_clip.hf_tokenizer import HFTextTokenizer
+from hooked_clip.tokenizers.hf import HFTextTokenizer
 
 pairs = aligned_pairs(load_items())
 sentences = [s for x in load_items() for s in (x.caption, x.foil)] + [p.affirmative for p in pairs]

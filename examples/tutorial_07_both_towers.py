@@ -50,7 +50,7 @@ from hooked_clip.analyses.patching import activation_patch
 without_dog = model.vision.as_pixels(render_images([["tree", "car"]]))
 dog_text = model.encode_text(texts[:1])
 metric = similarity_metric(model, dog_text)      # S("There is a dog.", patched image)
-res = activation_patch(model, without_dog, pixels[:1], metric, "z", index="layer_head", tower="image",
+res = activation_patch(model, without_dog, pixels[:1], metric, "z", index="layer_head", tower="vision",
                        progress=False)
 print("S with the dog:", res.corrupt.item(), " without:", res.clean.item())
 effect = res.values[..., 0] - res.corrupt        # [block, head]: ΔS of each patched head

@@ -1,18 +1,26 @@
-"""hooked_clip: a mechanistic-interpretability toolkit for CLIP in the style of TransformerLens."""
+"""hooked_clip: a mechanistic-interpretability toolkit for CLIP-family models in the style of TransformerLens.
 
-from hooked_clip.clip import HookedCLIP
-from hooked_clip.config import CLIPTextConfig
-from hooked_clip.files import UnreadableFileError, UnsafeCheckpointError
-from hooked_clip.hub import WeightsUnavailableError
-from hooked_clip.loading import CheckpointMismatchError
-from hooked_clip.registry import load_model
-from hooked_clip.text import HookedCLIPText
-from hooked_clip.hf_tokenizer import HFTextTokenizer
-from hooked_clip.tokenizer import CLIPTokenizer, TextTokenizer, TokenizerUnavailableError
-from hooked_clip.vision_config import CLIPVisionConfig
-from hooked_clip.vision_tower import HookedCLIPVision
+The tree is the architecture: ``text/`` and ``vision/`` (each tower's config and hooked transformer),
+``components/`` (the pieces both towers are built from), ``tower.py`` (the shared base and the ``Tower``
+contract), ``names.py`` (every hook name and label), ``tokenizers/``, ``loaders/`` (one module per source and
+the ONE family table), ``models/`` (shipped models), ``model.py`` (``HookedCLIP``), and ``analyses/``
+(installed as ``hooked_clip.analyses``) on top."""
+
+from hooked_clip.errors import (CheckpointMismatchError, HookReturnError, TokenizerUnavailableError,
+                                UnknownHookError, UnreadableFileError, UnsafeCheckpointError,
+                                UnsupportedImageTower, WeightsUnavailableError)
+from hooked_clip.model import HookedCLIP
+from hooked_clip.models.registry import load_model
+from hooked_clip.text.config import CLIPTextConfig
+from hooked_clip.text.tower import HookedCLIPText
+from hooked_clip.tokenizers.base import TextTokenizer
+from hooked_clip.tokenizers.clip_bpe import CLIPTokenizer
+from hooked_clip.tokenizers.hf import HFTextTokenizer
+from hooked_clip.vision.config import CLIPVisionConfig
+from hooked_clip.vision.tower import HookedCLIPVision
 
 __all__ = ["CLIPTextConfig", "CLIPTokenizer", "CLIPVisionConfig", "CheckpointMismatchError", "HFTextTokenizer",
-           "HookedCLIP", "HookedCLIPText", "HookedCLIPVision", "TextTokenizer", "TokenizerUnavailableError",
-           "UnreadableFileError", "UnsafeCheckpointError", "WeightsUnavailableError", "load_model"]
+           "HookReturnError", "HookedCLIP", "HookedCLIPText", "HookedCLIPVision", "TextTokenizer",
+           "TokenizerUnavailableError", "UnknownHookError", "UnreadableFileError", "UnsafeCheckpointError",
+           "UnsupportedImageTower", "WeightsUnavailableError", "load_model"]
 __version__ = "0.1.0"

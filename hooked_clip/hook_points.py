@@ -10,6 +10,8 @@ tensor (see ``benchmarks/hooks.py``); hooks returning ``None`` or their input ar
 
 from __future__ import annotations
 
+from hooked_clip.errors import HookReturnError
+
 from functools import partial
 from typing import Any, Callable, Optional
 
@@ -17,8 +19,6 @@ from torch import Tensor
 from transformer_lens.hook_points import HookPoint, LensHandle
 
 
-class HookReturnError(ValueError):
-    """A hook returned something that cannot replace the activation it was given."""
 
 
 def _describe(t: Tensor) -> str:

@@ -113,7 +113,7 @@ class _WithSetstate(torch.nn.Module):
 
 
 def test_torchscript_checkpoint_is_refused_without_running_it(tmp_path, monkeypatch, capfd):
-    from hooked_clip.files import UnsafeCheckpointError
+    from hooked_clip.errors import UnsafeCheckpointError
 
     path = tmp_path / "ViT-B-32.pt"
     torch.jit.save(torch.jit.script(_WithSetstate()), str(path))
@@ -133,7 +133,7 @@ def test_torchscript_checkpoint_is_refused_without_running_it(tmp_path, monkeypa
 def test_empty_and_truncated_checkpoints_name_the_file(tmp_path, suffix):
     from safetensors.torch import save_file
 
-    from hooked_clip.files import UnreadableFileError
+    from hooked_clip.errors import UnreadableFileError
 
     good = tmp_path / f"good{suffix}"
     sd = {"a": torch.randn(64, 64), "b": torch.randn(64)}
@@ -148,7 +148,7 @@ def test_empty_and_truncated_checkpoints_name_the_file(tmp_path, suffix):
 
 
 def test_pickle_with_objects_is_not_unpickled(tmp_path):
-    from hooked_clip.files import UnreadableFileError
+    from hooked_clip.errors import UnreadableFileError
 
     path = tmp_path / "objects.pt"
     torch.save({"model": torch.nn.Linear(2, 2)}, path)
@@ -188,7 +188,7 @@ def test_cli_user_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, ca
     code, err = _cli(argv, capsys)
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
     assert "ViT-B-32.pt' is a TorchScript archive" in err and "--debug" in err
-    from hooked_clip.files import UnsafeCheckpointError
+    from hooked_clip.errors import UnsafeCheckpointError
 
     with pytest.raises(UnsafeCheckpointError):
         from hooked_clip.analyses.cli import main
@@ -262,7 +262,7 @@ def _max_abs_diff(a, b) -> float:
 
 
 def test_damaged_run_dir_files_are_named(random_demo, tmp_path):
-    from hooked_clip.files import UnreadableFileError
+    from hooked_clip.errors import UnreadableFileError
 
     _study_run(random_demo, tmp_path)
     embeds = tmp_path / "image_embeds.safetensors"
@@ -319,7 +319,7 @@ def test_truncated_jpeg_is_named(tiny_model, tmp_path):
 
     from hooked_clip.analyses.valse_negation.data import load_items
     from hooked_clip.analyses.valse_negation.images import FolderImages
-    from hooked_clip.files import UnreadableFileError
+    from hooked_clip.errors import UnreadableFileError
 
     items = load_items()[:2]
     gen = torch.Generator().manual_seed(0)
@@ -409,7 +409,7 @@ def test_tuned_lens_load_refuses_other_files(tmp_path):
     from safetensors.torch import save_file
 
     from hooked_clip.analyses.lens import TunedLens
-    from hooked_clip.files import UnreadableFileError
+    from hooked_clip.errors import UnreadableFileError
 
     other = tmp_path / "model.safetensors"
     save_file({"embed.W_E": torch.zeros(4, 4)}, str(other))
@@ -472,7 +472,7 @@ def test_demo_encode_image_of_one_image():
 def test_empty_or_damaged_checkpoint_dir_names_the_file(tmp_path):
     from conftest import hf_clip
 
-    from hooked_clip.files import UnreadableFileError
+    from hooked_clip.errors import UnreadableFileError
 
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match=r"empty' is an empty directory.*save_pretrained"):

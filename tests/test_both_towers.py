@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hooked_clip.hooked_root import UnknownHookError
+from hooked_clip.errors import UnknownHookError
 
 TEXTS = ["There is a cat.", "no dogs", "A man riding a bicycle."]
 

@@ -15,8 +15,7 @@ from hooked_clip.analyses.metrics import cosine_to_target
 from hooked_clip.analyses.path_patching import all_senders, path_patch
 from hooked_clip.analyses.patching import activation_patch
 from hooked_clip import CLIPTextConfig, HookedCLIP, HookedCLIPText
-from hooked_clip.cache import (accumulated_resid, apply_ln_to_stack, decompose_resid, embedding_bias, ln_final_scale,
-                               stack_head_results, to_embedding_space)
+from hooked_clip.text.readout import accumulated_resid, apply_ln_to_stack, decompose_resid, embedding_bias, ln_final_scale, stack_head_results, to_embedding_space
 
 NEG = ["There are no cats in the picture.", "There is no dog.", "There are no people.", "You see no red bus here."]
 AFF = ["There are some cats in the picture.", "There is a dog.", "There are some people.", "You see a red bus here."]

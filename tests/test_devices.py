@@ -14,7 +14,7 @@ import torch
 from conftest import hf_clip, open_clip_model
 from hooked_clip import HookedCLIP, load_model
 from hooked_clip.devices import resolve_device
-from hooked_clip.vision_tower import HookedCLIPVision
+from hooked_clip.vision.tower import HookedCLIPVision
 
 CUDA_ERROR = re.compile(r"cuda|nvidia|driver", re.I)  # what torch says when it cannot initialise CUDA
 

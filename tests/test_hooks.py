@@ -145,7 +145,7 @@ def test_raising_hook_leaves_no_hook_attached(tiny_model, tokens):
 
 
 def test_unknown_hook_names_suggest_close_ones(tiny_model, tokens):
-    from hooked_clip.text import UnknownHookError
+    from hooked_clip.errors import UnknownHookError
 
     with pytest.raises(UnknownHookError, match=r"no hook 'blocks.0.hook_resid_pr'.*'blocks.0.hook_resid_pre'"):
         tiny_model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.hook_resid_pr", lambda x, hook: x)])
@@ -264,7 +264,7 @@ def test_every_hook_point_is_checked(full_model, tiny_model):
 
 def test_hook_returning_fewer_rows_stops_the_run(tiny_model):
     """x[:1] on a batch of 2 used to be indexed/broadcast downstream: row 1 silently became example 0."""
-    from hooked_clip.hook_points import HookReturnError
+    from hooked_clip.errors import HookReturnError
 
     tokens = tiny_model.to_tokens(["There is a cat.", "There are no dogs."])
     with pytest.raises(HookReturnError, match=r"on 'blocks.0.hook_resid_pre' \(fwd\) returned a tensor of shape "
@@ -274,7 +274,7 @@ def test_hook_returning_fewer_rows_stops_the_run(tiny_model):
 
 
 def test_pattern_hook_returning_one_head_stops_the_run(full_model, tokens):
-    from hooked_clip.hook_points import HookReturnError
+    from hooked_clip.errors import HookReturnError
 
     def one_head(pattern, hook):
         return pattern[:, :1]
@@ -291,7 +291,7 @@ def test_pattern_hook_returning_one_head_stops_the_run(full_model, tokens):
     (lambda x, hook: 0.0, "returned a float"),
 ])
 def test_hook_returning_other_dtype_or_type_stops_the_run(tiny_model, tokens, bad, got):
-    from hooked_clip.hook_points import HookReturnError
+    from hooked_clip.errors import HookReturnError
 
     with pytest.raises(HookReturnError, match=got):
         tiny_model.run_with_hooks(tokens, fwd_hooks=[("blocks.1.hook_mlp_out", bad)])
@@ -308,7 +308,7 @@ def test_hook_returning_other_dtype_or_type_stops_the_run(tiny_model, tokens, ba
 
 
 def test_backward_hook_returning_another_shape_stops(tiny_model, tokens):
-    from hooked_clip.hook_points import HookReturnError
+    from hooked_clip.errors import HookReturnError
 
     text = tiny_model.text
     with torch.no_grad():

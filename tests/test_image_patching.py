@@ -75,7 +75,7 @@ def test_image_patching_equals_one_forward_per_patch_loop(tiny_model, spec, act,
 
 
 def test_image_patching_from_a_clip_model_with_a_similarity_metric(tiny_model):
-    """``tower="image"`` on a HookedCLIP: S(text, patched image) with the model's own similarity; noising too;
+    """``tower="vision"`` on a HookedCLIP: S(text, patched image) with the model's own similarity; noising too;
     patching every layer's whole residual restores the other run exactly."""
     model = tiny_model
     size = model.vision.cfg.image_size
@@ -84,11 +84,11 @@ def test_image_patching_from_a_clip_model_with_a_similarity_metric(tiny_model):
         text = model.encode_text(["a cat", "a dog", "a car"])
     metric = similarity_metric(model, text)
     for direction in ("denoise", "noise"):
-        res = activation_patch(model, clean, corrupt, metric, "resid_pre", direction=direction, tower="image",
+        res = activation_patch(model, clean, corrupt, metric, "resid_pre", direction=direction, tower="vision",
                                progress=False)
         ref = image_loop(model.vision, clean, corrupt, metric, "resid_pre", res.axes, res.labels, direction)
         assert (res.values - ref).abs().max() <= ATOL
-    whole = activation_patch(model, clean, corrupt, metric, "resid_pre", index="layer", tower="image", progress=False)
+    whole = activation_patch(model, clean, corrupt, metric, "resid_pre", index="layer", tower="vision", progress=False)
     assert (whole.values - whole.clean).abs().max() <= ATOL
     with torch.no_grad():
         assert (whole.clean - metric(model.vision(clean, "normalized"))).abs().max() <= ATOL
@@ -99,11 +99,11 @@ def test_image_patching_bad_input(tiny_model):
     size = model.vision.cfg.image_size
     px = pixels(size, n=2)
     metric = cosine_to_target(torch.randn(2, model.cfg.d_proj))
-    with pytest.raises(ValueError, match="tower must be 'text' or 'image'"):
-        activation_patch(model, px, px, metric, tower="vision", progress=False)
+    with pytest.raises(ValueError, match=r"tower must be one of \('text', 'vision'\), got 'image' \(the image tower is called 'vision'\)"):
+        activation_patch(model, px, px, metric, tower="image", progress=False)
     with pytest.raises(ValueError, match="two images always share the patch grid"):
-        activation_patch(model, px, px, metric, tower="image", alignment=torch.zeros(2, 17, dtype=torch.long))
+        activation_patch(model, px, px, metric, tower="vision", alignment=torch.zeros(2, 17, dtype=torch.long))
     with pytest.raises(ValueError, match="2 clean examples but 3 corrupt"):
-        activation_patch(model, px, pixels(size, n=3), metric, tower="image", progress=False)
-    with pytest.raises(ValueError, match="no image tower"):
-        activation_patch(model.text, px, px, metric, tower="image", progress=False)
+        activation_patch(model, px, pixels(size, n=3), metric, tower="vision", progress=False)
+    with pytest.raises(ValueError, match="this is the text tower; pass the HookedCLIP to run on its vision tower"):
+        activation_patch(model.text, px, px, metric, tower="vision", progress=False)

@@ -10,8 +10,10 @@ import torch
 from conftest import MIXED_TEXTS, hf_clip, open_clip_model, randomize_
 
 from hooked_clip import HookedCLIP, load_model
-from hooked_clip.hub import WeightsUnavailableError
-from hooked_clip.loading import CheckpointMismatchError, hf_text_state_dict, open_clip_text_state_dict
+from hooked_clip.errors import WeightsUnavailableError
+from hooked_clip.errors import CheckpointMismatchError
+from hooked_clip.loaders.hf_text import hf_text_state_dict
+from hooked_clip.loaders.open_clip_text import open_clip_text_state_dict
 
 ATOL = 1e-5
 
@@ -105,7 +107,7 @@ def test_converters_list_missing_and_unexpected_keys():
 
 
 def test_hf_checkpoint_with_other_shapes_is_refused():
-    from hooked_clip.loading import load_converted
+    from hooked_clip.loaders.convert import load_converted
 
     small = HookedCLIP.from_hf(hf_clip("tiny_eot"), device="cpu")
     big_sd = hf_text_state_dict(hf_clip("laion_gelu").state_dict(), HookedCLIP.from_hf(hf_clip("laion_gelu")).cfg)
@@ -117,7 +119,7 @@ def test_non_clip_directory_is_refused(tmp_path):
     from transformers import BertConfig, BertModel
 
     BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)).save_pretrained(tmp_path)
-    with pytest.raises(CheckpointMismatchError, match="'bert' model; hooked_clip loads CLIP"):
+    with pytest.raises(CheckpointMismatchError, match=r"a 'bert' model\) cannot be loaded as a transformers BertModel: it is not a CLIP-family model"):
         HookedCLIP.from_pretrained(tmp_path)
 
 
@@ -135,7 +137,7 @@ def test_unreachable_hub_fails_fast_without_offline_flag(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.delenv("TRANSFORMERS_OFFLINE")
     monkeypatch.setenv("HF_ENDPOINT", "https://127.0.0.1:9")  # nothing listens there
-    import hooked_clip.clip as clip_mod
+    import hooked_clip.loaders.transformers as clip_mod
 
     monkeypatch.setattr(clip_mod, "_load_hf_dir", _raise_not_cached)
     start = time.perf_counter()

@@ -21,7 +21,7 @@ from hooked_clip.models.tiny_negation import render, world
 from hooked_clip.models.tiny_negation.evaluate import held_out_accuracy
 from hooked_clip.models.tiny_negation.pixels import PIXEL_WEIGHTS, load_pixels, save_vision
 from hooked_clip.models.tiny_negation.train_pixels import train
-from hooked_clip.vision_tower import HookedCLIPVision
+from hooked_clip.vision.tower import HookedCLIPVision
 
 CARD = Path(__file__).parents[1] / "docs" / "models" / "tiny-negation.md"
 # floors stated in the card's pixel section, on the fixed samples below (measured on the shipped weights:

@@ -11,10 +11,11 @@ from conftest import randomize_
 
 from hooked_clip import HookedCLIP
 from hooked_clip.components import PostLNBlock
-from hooked_clip.config import CLIPTextConfig
-from hooked_clip.loading import CheckpointMismatchError, hf_post_ln_source, hf_post_ln_state_dict
+from hooked_clip.text.config import CLIPTextConfig
+from hooked_clip.errors import CheckpointMismatchError
+from hooked_clip.loaders.hf_text import hf_post_ln_source, hf_post_ln_state_dict
 from hooked_clip.parity import capture_block_outputs, parity_errors
-from hooked_clip.text import HookedCLIPText
+from hooked_clip.text.tower import HookedCLIPText
 
 ATOL = 1e-5
 SMALL = dict(hidden_size=64, intermediate_size=128, num_attention_heads=2, num_hidden_layers=2, vocab_size=300,
@@ -179,8 +180,8 @@ def test_start_at_layer_on_a_masked_tower_needs_the_tokens():
 
 
 def test_pre_ln_only_processing_and_decompositions_refuse_a_post_ln_tower():
-    from hooked_clip.cache import decompose_resid
-    from hooked_clip.processing import center_writing_weights, fold_ln, fold_value_biases
+    from hooked_clip.text.readout import decompose_resid
+    from hooked_clip.weight_processing import center_writing_weights, fold_ln, fold_value_biases
 
     model = HookedCLIP.from_hf(build("AltCLIPModel"), device="cpu")
     tokens = padded_tokens(1)
@@ -327,7 +328,7 @@ def test_roberta_context_length_leaves_out_the_padding_rows():
 
 
 def test_open_clip_hf_text_name_without_its_transformers_model_says_what_to_fetch(monkeypatch):
-    from hooked_clip.hub import WeightsUnavailableError
+    from hooked_clip.errors import WeightsUnavailableError
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(WeightsUnavailableError, match=r"'roberta-base'.*not in the local HF cache.*from_open_clip\(model\)"):

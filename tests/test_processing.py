@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from conftest import MIXED_TEXTS, SPECS, hf_clip, open_clip_model
 
 from hooked_clip import CLIPTextConfig, HookedCLIP, HookedCLIPText
-from hooked_clip.processing import center_writing_weights, fold_ln, fold_value_biases
+from hooked_clip.weight_processing import center_writing_weights, fold_ln, fold_value_biases
 
 ATOL = 1e-5
 ALL = dict(fold_ln=True, center_writing_weights=True, fold_value_biases=True)

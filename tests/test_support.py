@@ -15,7 +15,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import support  # noqa: E402
 
-from hooked_clip.families import HF_CLASSES, REFUSED_HF_CLASSES  # noqa: E402
+from hooked_clip.loaders.families import find_family, refused_classes, supported_classes  # noqa: E402
+
+HF_CLASSES = supported_classes("transformers")
+REFUSED_HF_CLASSES = refused_classes("transformers")
 
 
 def _architectures() -> dict[str, str]:

@@ -8,7 +8,7 @@ import torch
 from conftest import valse_sentences
 
 from hooked_clip import CLIPTokenizer
-from hooked_clip.tokenizer import TextTooLongError
+from hooked_clip.errors import TextTooLongError
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ def test_bad_text_input(tok):
 
 
 def test_clip_tokenizer_follows_the_protocol(tok):
-    from hooked_clip.tokenizer import TextTokenizer
+    from hooked_clip.tokenizers.base import TextTokenizer
 
     assert isinstance(tok, TextTokenizer)
     assert tok.encode("There are no cats.", special_tokens=False) == tok.encode("There are no cats.")[1:-1]
@@ -80,7 +80,7 @@ def test_model_padding_rule(tiny_model):
     """Causal EOT-pooled towers pad to the longest text; one that reads its padding may not."""
     import dataclasses
 
-    from hooked_clip.families import padding_for
+    from hooked_clip.tokenizers.base import padding_for
 
     assert padding_for(tiny_model.cfg, None) == "longest"
     bidirectional = dataclasses.replace(tiny_model.cfg, causal=False)

@@ -203,7 +203,7 @@ def test_clipseg_subject_size_from_local_weights(tmp_path):
                               ViTImageProcessor)
 
     from hooked_clip.analyses.valse_negation.images import clipseg_subject_size
-    from hooked_clip.tokenizer import CLIPTokenizer as OurTokenizer
+    from hooked_clip.tokenizers.clip_bpe import CLIPTokenizer as OurTokenizer
 
     OurTokenizer().save_hf_vocab(tmp_path)
     processor = CLIPSegProcessor(image_processor=ViTImageProcessor(size={"height": 64, "width": 64}),
@@ -364,7 +364,7 @@ def test_demo_model_vocabulary_covers_every_valse_sentence():
     """The demo model ships its extra words (vocabulary.txt) instead of reading the study's data."""
     from hooked_clip.analyses.valse_negation.data import load_items
     from hooked_clip.models.tiny_negation.train import extra_vocabulary
-    from hooked_clip.tokenizer import CLIPTokenizer
+    from hooked_clip.tokenizers.clip_bpe import CLIPTokenizer
 
     tok = CLIPTokenizer()
     words = {i for w in extra_vocabulary() for i in tok.encode(w)}
@@ -422,7 +422,7 @@ def _fed_pixels(model, folder, items):
 def hf_dir(tmp_path_factory):
     from transformers import CLIPImageProcessor
 
-    from hooked_clip.tokenizer import CLIPTokenizer as OurTokenizer
+    from hooked_clip.tokenizers.clip_bpe import CLIPTokenizer as OurTokenizer
 
     path = tmp_path_factory.mktemp("hf_ckpt")
     hf_clip("laion_gelu").save_pretrained(path)
@@ -722,7 +722,7 @@ def test_rows_follow_the_tokenizer_without_a_start_token():
     filled with another token; CLIP's own layout is CLIP's fixed one."""
     from hooked_clip import load_model
     from hooked_clip.analyses.valse_negation.layout import PairLayout, check_token_layout, row_labels
-    from hooked_clip.tokenizer import CLIPTokenizer
+    from hooked_clip.tokenizers.clip_bpe import CLIPTokenizer
 
     class NoStartToken(CLIPTokenizer):
         def encode(self, text, *args, **kwargs):

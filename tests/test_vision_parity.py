@@ -10,9 +10,9 @@ from conftest import hf_clip, open_clip_model, randomize_
 from test_parity import capture_block_outputs
 
 from hooked_clip import CheckpointMismatchError, HookedCLIP, HookedCLIPVision
-from hooked_clip.vision import VisionTower
-from hooked_clip.vision_loading import (UnsupportedImageTower, open_clip_vision_state_dict,
-                                        vision_config_from_open_clip)
+from hooked_clip.vision.reference import ReferenceVisionTower
+from hooked_clip.errors import UnsupportedImageTower
+from hooked_clip.loaders.open_clip_vision import open_clip_vision_state_dict, vision_config_from_open_clip
 
 ATOL = 1e-5
 
@@ -194,7 +194,7 @@ def test_resnet_tower_stays_reference_and_refuses_hooks():
     oc = randomize_(CLIP(embed_dim=32, vision_cfg=dict(image_size=64, layers=(1, 1, 1, 1), width=16, head_width=16),
                          text_cfg=open_clip_text_cfg("tiny_argmax")), seed=0)
     model = HookedCLIP.from_open_clip(oc, device="cpu")
-    assert isinstance(model.vision, VisionTower)
+    assert isinstance(model.vision, ReferenceVisionTower)
     px = pixels(64, n=2)
     with torch.no_grad():
         assert (model.encode_image(px, normalize=False) - oc.encode_image(px)).abs().max() <= ATOL

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from hooked_clip.analyses.valse_negation.data import Item, Pair
-from hooked_clip.files import unreadable
+from hooked_clip.loaders.files import unreadable
 from hooked_clip.analyses.valse_negation.demo_scenes import scene_input, synthesize_scene
 
 

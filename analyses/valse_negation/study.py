@@ -25,7 +25,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from hooked_clip.files import UnreadableFileError, read_json, read_safetensors
+from hooked_clip.errors import UnreadableFileError
+
+from hooked_clip.loaders.files import read_json, read_safetensors
 
 from hooked_clip.analyses.causal_tracing import minimal_pair_trace, rome_trace
 from hooked_clip.analyses.heads import negator_head_scores

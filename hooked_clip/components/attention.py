@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from hooked_clip.config import CLIPTextConfig
+from hooked_clip.config import TowerConfig
 from hooked_clip.hook_points import CheckedHookPoint
 
 
@@ -35,7 +35,7 @@ class KeyValuePrefix(NamedTuple):
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: CLIPTextConfig):
+    def __init__(self, cfg: TowerConfig):
         super().__init__()
         self.cfg = cfg
         h, m, d = cfg.n_heads, cfg.d_model, cfg.d_head

@@ -12,24 +12,25 @@ from __future__ import annotations
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
-from transformer_lens.hook_points import HookPoint
 
 from hooked_clip.components.attention import Attention
 from hooked_clip.components.layer_norm import LayerNorm
 from hooked_clip.components.mlp import MLP
+from hooked_clip.config import TowerConfig
+from hooked_clip.hook_points import CheckedHookPoint
 
 
 class AttentionPool(nn.Module):
-    def __init__(self, cfg):
+    def __init__(self, cfg: TowerConfig):
         super().__init__()
         self.cfg = cfg
         self.probe = nn.Parameter(torch.empty(1, cfg.d_model, dtype=cfg.dtype))
         self.attn = Attention(cfg)
         self.ln = LayerNorm(cfg)
         self.mlp = MLP(cfg)
-        self.hook_attn_out = HookPoint()  # [batch, 1, d_model]
-        self.hook_mlp_out = HookPoint()  # [batch, 1, d_model]
-        self.hook_out = HookPoint()  # [batch, d_model]
+        self.hook_attn_out = CheckedHookPoint()  # [batch, 1, d_model]
+        self.hook_mlp_out = CheckedHookPoint()  # [batch, 1, d_model]
+        self.hook_out = CheckedHookPoint()  # [batch, d_model]
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch d_model"]:
         probe = self.probe.unsqueeze(0).expand(x.shape[0], -1, -1)

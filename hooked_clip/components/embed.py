@@ -8,13 +8,13 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from hooked_clip.config import CLIPTextConfig
+from hooked_clip.config import TowerConfig
 
 
 class Embed(nn.Module):
     """Token embedding: ids [batch, pos] -> [batch, pos, d_model]."""
 
-    def __init__(self, cfg: CLIPTextConfig):
+    def __init__(self, cfg: TowerConfig):
         super().__init__()
         self.cfg = cfg
         self.W_E = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model, dtype=cfg.dtype))
@@ -27,7 +27,7 @@ class PosEmbed(nn.Module):
     """Learned absolute position embedding for the first ``pos`` positions, broadcast over the batch; or, with
     ``position_ids`` [batch, pos] (RoBERTa's, from :meth:`roberta_position_ids`), those rows."""
 
-    def __init__(self, cfg: CLIPTextConfig):
+    def __init__(self, cfg: TowerConfig):
         super().__init__()
         self.cfg = cfg
         self.W_pos = nn.Parameter(torch.empty(cfg.n_ctx, cfg.d_model, dtype=cfg.dtype))

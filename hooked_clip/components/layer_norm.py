@@ -7,12 +7,12 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from hooked_clip.config import CLIPTextConfig
+from hooked_clip.config import TowerConfig
 from hooked_clip.hook_points import CheckedHookPoint
 
 
 class LayerNorm(nn.Module):
-    def __init__(self, cfg: CLIPTextConfig):
+    def __init__(self, cfg: TowerConfig):
         super().__init__()
         self.cfg = cfg
         self.w = nn.Parameter(torch.ones(cfg.d_model, dtype=cfg.dtype))

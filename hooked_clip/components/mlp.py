@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from hooked_clip.config import CLIPTextConfig
+from hooked_clip.config import TowerConfig
 from hooked_clip.hook_points import CheckedHookPoint
 
 
@@ -26,7 +26,7 @@ ACTIVATIONS = {"quick_gelu": quick_gelu, "gelu": F.gelu, "gelu_tanh": gelu_tanh}
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: CLIPTextConfig):
+    def __init__(self, cfg: TowerConfig):
         super().__init__()
         self.cfg = cfg
         self.W_in = nn.Parameter(torch.empty(cfg.d_model, cfg.d_mlp, dtype=cfg.dtype))

@@ -8,12 +8,14 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from hooked_clip.config import TowerConfig
+
 
 class PatchEmbed(nn.Module):
     """``W_patch`` [d_model, channel, patch, patch] (a ``Conv2d`` weight), ``b_patch`` [d_model] when
     ``cfg.patch_bias``."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg: TowerConfig):  # a CLIPVisionConfig: patch_size, n_channels, patch_bias
         super().__init__()
         self.cfg = cfg
         p = cfg.patch_size

@@ -21,12 +21,12 @@ from torch import Tensor, nn
 from hooked_clip.components.attention import Attention, KeyValuePrefix
 from hooked_clip.components.layer_norm import LayerNorm
 from hooked_clip.components.mlp import MLP
-from hooked_clip.config import CLIPTextConfig
+from hooked_clip.config import TowerConfig
 from hooked_clip.hook_points import CheckedHookPoint
 
 
 class PostLNBlock(nn.Module):
-    def __init__(self, cfg: CLIPTextConfig, layer: int):
+    def __init__(self, cfg: TowerConfig, layer: int):
         super().__init__()
         self.cfg = cfg
         self.layer = layer

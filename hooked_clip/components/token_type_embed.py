@@ -7,13 +7,13 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from hooked_clip.config import CLIPTextConfig
+from hooked_clip.config import TowerConfig
 
 
 class TokenTypeEmbed(nn.Module):
     """``W_token_type`` [n_token_types, d_model], all rows loaded from the checkpoint; row 0 is added."""
 
-    def __init__(self, cfg: CLIPTextConfig):
+    def __init__(self, cfg: TowerConfig):
         super().__init__()
         self.cfg = cfg
         self.W_token_type = nn.Parameter(torch.empty(cfg.n_token_types, cfg.d_model, dtype=cfg.dtype))

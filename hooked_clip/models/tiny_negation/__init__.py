@@ -32,7 +32,7 @@ __all__ = ["VOCABULARY", "WEIGHTS", "build", "load", "save"]
 
 
 def text_config(device: str = "cpu", **overrides):
-    from hooked_clip.config import CLIPTextConfig
+    from hooked_clip.text.config import CLIPTextConfig
 
     kw = dict(d_model=128, n_heads=4, d_head=32, n_layers=4, d_mlp=512, n_ctx=77, d_proj=128,
               act_fn="quick_gelu", pooling="argmax", model_name="tiny-negation", device=device,
@@ -43,8 +43,8 @@ def text_config(device: str = "cpu", **overrides):
 
 def build(objects, seed: int = 0, device: str = "cpu"):
     """A randomly initialised demo-model architecture (what ``train.py`` starts from)."""
-    from hooked_clip.clip import HookedCLIP
-    from hooked_clip.text import HookedCLIPText
+    from hooked_clip.model import HookedCLIP
+    from hooked_clip.text.tower import HookedCLIPText
 
     torch.manual_seed(seed)
     text = HookedCLIPText(text_config(device, seed=seed))

@@ -23,7 +23,7 @@ import torch
 
 from hooked_clip.models.tiny_negation import WEIGHTS, load
 from hooked_clip.models.tiny_negation.train import pairwise_accuracy, pairwise_correct, sample_batch
-from hooked_clip.tokenizer import CLIPTokenizer
+from hooked_clip.tokenizers.clip_bpe import CLIPTokenizer
 
 HELD_OUT_SEED = 20261127
 

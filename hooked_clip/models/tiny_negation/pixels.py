@@ -26,7 +26,7 @@ def vision_config(device: str = "cpu", **overrides):
     """The pixel tower's architecture: 3 blocks, d_model 128, 4 heads of 32, d_mlp 512, quick_gelu, a class
     token, ln_pre, class-token pooling, projection to the text tower's 128 dimensions; 32 x 32 pixels cut
     into 8 x 8 patches (one patch per canvas cell, 16 patches + the class token)."""
-    from hooked_clip.vision_config import CLIPVisionConfig
+    from hooked_clip.vision.config import CLIPVisionConfig
 
     kw = dict(d_model=128, n_heads=4, d_head=32, n_layers=3, d_mlp=512, d_proj=128, act_fn="quick_gelu",
               image_size=render.IMAGE_SIZE, patch_size=render.CELL, model_name="tiny-negation-pixels",
@@ -37,7 +37,7 @@ def vision_config(device: str = "cpu", **overrides):
 
 def build_vision(seed: int = 0, device: str = "cpu", **overrides):
     """A randomly initialised pixel tower (what ``train_pixels.py`` starts from), with its own preprocessing."""
-    from hooked_clip.vision_tower import HookedCLIPVision
+    from hooked_clip.vision.tower import HookedCLIPVision
 
     tower = HookedCLIPVision(vision_config(device, seed=seed, **overrides), preprocess=render.preprocess)
     tower.preprocessing = render.PREPROCESSING
@@ -46,7 +46,7 @@ def build_vision(seed: int = 0, device: str = "cpu", **overrides):
 
 def with_vision(text_model, vision):
     """A ``HookedCLIP`` of ``text_model``'s text tower and logit scale with ``vision`` as its image tower."""
-    from hooked_clip.clip import HookedCLIP
+    from hooked_clip.model import HookedCLIP
 
     model = HookedCLIP(text_model.text, vision, logit_scale=float(text_model.logit_scale.detach()))
     return model.to(text_model.logit_scale.device).eval()

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from hooked_clip.vision import VisionTower
+from hooked_clip.vision.reference import ReferenceVisionTower
 
 
 class SceneEncoder(nn.Module):
@@ -41,7 +41,7 @@ class SceneEncoder(nn.Module):
         return out
 
 
-class SceneTower(VisionTower):
+class SceneTower(ReferenceVisionTower):
     """``encode_image`` for the demo model: a list of scenes, each a list of object names."""
 
     def __init__(self, encoder: SceneEncoder):

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from hooked_clip.models.tiny_negation import VOCABULARY, WEIGHTS, build, save
 from hooked_clip.models.tiny_negation import world as w
-from hooked_clip.tokenizer import CLIPTokenizer
+from hooked_clip.tokenizers.clip_bpe import CLIPTokenizer
 
 
 def training_vocabulary_ids(tokenizer: CLIPTokenizer, extra_sentences=()) -> set[int]:

@@ -30,7 +30,7 @@ from hooked_clip.models.tiny_negation import load, render
 from hooked_clip.models.tiny_negation import world as w
 from hooked_clip.models.tiny_negation.pixels import PIXEL_WEIGHTS, build_vision, save_vision, with_vision
 from hooked_clip.models.tiny_negation.train import deterministic_algorithms, pairwise_accuracy, sample_batch
-from hooked_clip.tokenizer import CLIPTokenizer
+from hooked_clip.tokenizers.clip_bpe import CLIPTokenizer
 
 
 class StatementPool:

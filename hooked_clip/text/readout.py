@@ -19,8 +19,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens.ActivationCache import ActivationCache
 
-from hooked_clip.hook_names import act_name, attn_bias_label, attn_label, head_label, mlp_label
-from hooked_clip.text import HookedCLIPText
+from hooked_clip.names import act_name, attn_bias_label, attn_label, head_label, mlp_label
+from hooked_clip.text.tower import HookedCLIPText
 
 
 def at_pool(act: Float[Tensor, "batch pos *rest"], pool: Int[Tensor, "batch"]) -> Float[Tensor, "batch *rest"]:

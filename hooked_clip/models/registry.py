@@ -9,10 +9,10 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 
-from hooked_clip.clip import HookedCLIP
+from hooked_clip.model import HookedCLIP
 from hooked_clip.config import resolve_dtype
 from hooked_clip.devices import resolve_device
-from hooked_clip.processing import process_weights
+from hooked_clip.weight_processing import process_weights
 
 
 def _tiny_negation(device: Optional[str] = None, dtype: Union[torch.dtype, str] = torch.float32, **processing) -> HookedCLIP:

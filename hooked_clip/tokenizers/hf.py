@@ -1,4 +1,4 @@
-"""Tokenizers other than CLIP's BPE, behind the :class:`~hooked_clip.tokenizer.TextTokenizer` protocol.
+"""Tokenizers other than CLIP's BPE, behind the :class:`~hooked_clip.tokenizers.base.TextTokenizer` protocol.
 
 - :class:`HFTextTokenizer` adapts a transformers tokenizer (the one saved beside a checkpoint, or the one
   open_clip's ``HFTokenizer`` wraps: SigLIP's SentencePiece, XLM-V, mT5, BERT for CLIPA, ...). Ids are the
@@ -19,16 +19,9 @@ from typing import Any, Callable, Optional, Sequence, Union
 from jaxtyping import Int
 from torch import Tensor
 
-from hooked_clip.tokenizer import (
-    CLIPTokenizer,
-    Padding,
-    Text,
-    TokenizerUnavailableError,
-    as_text_list,
-    check_padding,
-    pad_rows,
-    too_long,
-)
+from hooked_clip.errors import CheckpointMismatchError, TokenizerUnavailableError
+from hooked_clip.tokenizers.base import Padding, Text, as_text_list, check_padding, pad_rows, too_long, uses_clip_vocab
+from hooked_clip.tokenizers.clip_bpe import CLIPTokenizer
 
 # Probe texts on which a directory's CLIP tokenizer must give open_clip's BPE ids before the BPE replaces it.
 _PROBES = (
@@ -38,7 +31,7 @@ _PROBES = (
 
 
 class HFTextTokenizer:
-    """A transformers tokenizer behind the :class:`~hooked_clip.tokenizer.TextTokenizer` protocol.
+    """A transformers tokenizer behind the :class:`~hooked_clip.tokenizers.base.TextTokenizer` protocol.
 
     Args:
         tokenizer: a transformers ``PreTrainedTokenizerBase``.
@@ -192,9 +185,6 @@ def tokenizer_from_hf_dir(directory: Union[str, Path], cfg) -> Any:
     :class:`UnavailableTokenizer` that says which files are needed. A tokenizer with more ids than the
     model's vocabulary is refused.
     """
-    from hooked_clip.families import uses_clip_vocab
-    from hooked_clip.loading import CheckpointMismatchError
-
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"No such tokenizer directory: {str(directory)!r}.")

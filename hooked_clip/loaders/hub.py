@@ -6,6 +6,8 @@ with an error that does not say how to supply the weights.
 
 from __future__ import annotations
 
+from hooked_clip.errors import WeightsUnavailableError
+
 import os
 import socket
 import threading
@@ -14,8 +16,6 @@ from urllib.parse import urlparse
 _TRUE = {"1", "ON", "YES", "TRUE"}
 
 
-class WeightsUnavailableError(RuntimeError):
-    """The requested checkpoint is neither on disk nor reachable."""
 
 
 def hub_offline_requested() -> bool:

@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+from hooked_clip.errors import UnreadableFileError, UnsafeCheckpointError
+
 import json
 import os
 import zipfile
@@ -22,12 +24,8 @@ from torch import Tensor
 PathLike = Union[str, os.PathLike]
 
 
-class UnreadableFileError(ValueError):
-    """A file that is empty, truncated, damaged or not in the format it should be in."""
 
 
-class UnsafeCheckpointError(ValueError):
-    """A checkpoint that can only be loaded by running code stored in it (TorchScript)."""
 
 
 def unreadable(path: PathLike, what: str, why: Any, fix: str = "") -> UnreadableFileError:

@@ -22,7 +22,8 @@ from typing import Union
 
 import torch
 
-from hooked_clip.text import HookedCLIPText, text_tower
+from hooked_clip.text.tower import HookedCLIPText
+from hooked_clip.tower import get_tower
 
 
 def _once(text: HookedCLIPText, flag: str, what: str) -> None:
@@ -41,7 +42,7 @@ def _pre_ln_only(text: HookedCLIPText, what: str) -> None:
 @torch.no_grad()
 def fold_ln(model: Union[HookedCLIPText, "HookedCLIP"]) -> None:  # noqa: F821
     """Fold every LayerNorm's weight and bias into the weights that read it (in place)."""
-    text = text_tower(model)
+    text = get_tower(model, "text")
     _once(text, "ln_folded", "fold_ln")
     _pre_ln_only(text, "fold_ln")
     for block in text.blocks:
@@ -72,7 +73,7 @@ def fold_ln(model: Union[HookedCLIPText, "HookedCLIP"]) -> None:  # noqa: F821
 @torch.no_grad()
 def center_writing_weights(model: Union[HookedCLIPText, "HookedCLIP"]) -> None:  # noqa: F821
     """Remove the d_model mean of everything that writes to the residual stream (in place)."""
-    text = text_tower(model)
+    text = get_tower(model, "text")
     _once(text, "writing_weights_centered", "center_writing_weights")
     _pre_ln_only(text, "center_writing_weights")
     params = [text.embed.W_E, text.pos_embed.W_pos]
@@ -86,7 +87,7 @@ def center_writing_weights(model: Union[HookedCLIPText, "HookedCLIP"]) -> None: 
 @torch.no_grad()
 def fold_value_biases(model: Union[HookedCLIPText, "HookedCLIP"]) -> None:  # noqa: F821
     """Move each layer's value bias into its output bias (in place)."""
-    text = text_tower(model)
+    text = get_tower(model, "text")
     _once(text, "value_biases_folded", "fold_value_biases")
     for block in text.blocks:
         block.attn.b_O += torch.einsum("hd,hdm->m", block.attn.b_V, block.attn.W_O)

@@ -25,32 +25,27 @@ from torch import Tensor, nn
 
 from hooked_clip.components import (Embed, KeyValuePrefix, LayerNorm, PosEmbed, PostLNBlock, TokenTypeEmbed,
                                     TransformerBlock)
-from hooked_clip.config import CLIPTextConfig
-from hooked_clip.families import default_tokenizer, padding_for
 from hooked_clip.hook_points import CheckedHookPoint
-from hooked_clip.hooked_root import HookedTower, UnknownHookError  # noqa: F401 (UnknownHookError: public here)
-from hooked_clip.tokenizer import Padding, Text, TextTokenizer
+from hooked_clip.text.config import CLIPTextConfig
+from hooked_clip.text.pooling import mean_over_positions, pool_positions
+from hooked_clip.tokenizers.base import Padding, Text, TextTokenizer, padding_for
+from hooked_clip.tokenizers.rules import default_tokenizer
+from hooked_clip.tower import HookedTower
 
 ReturnType = Literal["normalized", "embed", "pooled", None]
 _RETURN_TYPES = ("normalized", "embed", "pooled", None)
 
 
-def text_tower(model) -> "HookedCLIPText":
-    """The hooked text tower of a ``HookedCLIP`` (its ``.text``) or a ``HookedCLIPText`` itself: what every
-    analysis runs on."""
-    tower = getattr(model, "text", model)
-    if not isinstance(tower, HookedCLIPText):
-        raise TypeError(f"expected a HookedCLIP or HookedCLIPText, got {type(model).__name__}.")
-    return tower
-
-
 class HookedCLIPText(HookedTower):
-    """CLIP's text tower with a ``HookPoint`` on every activation.
+    """CLIP's text tower with a checked ``HookPoint`` on every activation; implements the
+    :class:`~hooked_clip.tower.Tower` contract (``name = "text"``).
 
     ``forward(tokens)`` returns the projected text embedding [batch, d_proj] (``return_type="embed"``,
     unnormalised, like HF's ``text_embeds`` and open_clip's ``encode_text``), ``"normalized"`` (unit L2
     norm), ``"pooled"`` (``ln_final`` output at the pooling position, [batch, d_model]) or ``None``.
     """
+
+    name = "text"
 
     def __init__(self, cfg: CLIPTextConfig, tokenizer: Optional[TextTokenizer] = None):
         super().__init__()
@@ -138,42 +133,7 @@ class HookedCLIPText(HookedTower):
         return self._pool_positions(tokens)
 
     def _pool_positions(self, tokens: Int[Tensor, "batch pos"]) -> Optional[Int[Tensor, "batch"]]:
-        if self.cfg.pooling == "mean":
-            return None
-        if self.cfg.pooling == "first":
-            return torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
-        if self.cfg.pooling == "argmax":
-            pool = tokens.argmax(dim=-1)
-            self._check_argmax_pools_at_eot(tokens, pool)
-            return pool
-        if self.cfg.pooling == "last":
-            return torch.full((tokens.shape[0],), tokens.shape[1] - 1, dtype=torch.long, device=tokens.device)
-        is_eot = tokens == self.cfg.eot_token_id
-        missing = (~is_eot.any(dim=-1)).nonzero().flatten().tolist()
-        if missing:
-            raise ValueError(
-                f"rows {missing[:10]} have no EOT token ({self.cfg.eot_token_id}), which pooling='eot' "
-                "reads; build tokens with model.to_tokens(...)."
-            )
-        return is_eot.int().argmax(dim=-1)
-
-    def _check_argmax_pools_at_eot(self, tokens: Tensor, pool: Tensor) -> None:
-        """Argmax pooling reads the largest id, which is EOT only where the row has one; a row without
-        EOT would silently pool at SOT (or another token). Skipped for a vocabulary without the EOT id
-        (reduced random test configs), where argmax is all there is."""
-        if not tokens.numel() or self.cfg.eot_token_id >= self.cfg.d_vocab:
-            return
-        # CLIP's vocabulary ends with EOT, the id argmax pooling is built to find
-        eot_ids = {self.cfg.eot_token_id, getattr(self.tokenizer, "eot_token_id", self.cfg.eot_token_id),
-                   self.cfg.d_vocab - 1}
-        pooled_ids = tokens.gather(-1, pool[:, None])[:, 0]
-        wrong = (~torch.isin(pooled_ids, torch.tensor(sorted(eot_ids), device=tokens.device))).nonzero().flatten().tolist()
-        if wrong:
-            raise ValueError(
-                f"rows {wrong[:10]} have no EOT token ({self.cfg.eot_token_id}), so pooling='argmax' would "
-                "read another position; build tokens with model.to_tokens(...), or pass pool_positions=... "
-                "to say where to pool."
-            )
+        return pool_positions(tokens, self.cfg, [getattr(self.tokenizer, "eot_token_id", None)])
 
     def as_tokens(self, input: Union[Text, Tensor]) -> Int[Tensor, "batch pos"]:
         """Validated token ids on the model's device, from texts or from ids [batch, pos]."""
@@ -279,6 +239,18 @@ class HookedCLIPText(HookedTower):
         resid = resid + self.hook_pos_embed(self.pos_embed(batch, n_pos, ids))
         return resid if self.ln_embed is None else self.ln_embed(resid)
 
+    def as_input(self, input: Union[Text, Tensor]) -> Int[Tensor, "batch pos"]:
+        """The :class:`~hooked_clip.tower.Tower` contract's input: :meth:`as_tokens`."""
+        return self.as_tokens(input)
+
+    def embed_input(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
+        """The :class:`~hooked_clip.tower.Tower` contract's embedding: :meth:`embed_tokens`."""
+        return self.embed_tokens(tokens)
+
+    def key_mask(self, tokens: Optional[Int[Tensor, "batch pos"]]) -> Optional[Tensor]:
+        """The :class:`~hooked_clip.tower.Tower` contract's key mask: :meth:`padding_mask`."""
+        return self.padding_mask(tokens)
+
     def padding_mask(self, tokens: Optional[Int[Tensor, "batch pos"]]) -> Optional[Tensor]:
         """[batch, pos] True at padding (``pad_token_id``) where the tower masks it (``cfg.mask_padding``);
         ``None`` where it does not, where no tokens are known, or where a batch has no padding."""
@@ -325,7 +297,7 @@ class HookedCLIPText(HookedTower):
         if return_type is None:
             return None
         if pool is None:
-            pooled = self.hook_pooled(self._mean_over_positions(resid, key_mask))
+            pooled = self.hook_pooled(mean_over_positions(resid, key_mask))
         else:
             pooled = self.hook_pooled(resid[torch.arange(resid.shape[0], device=resid.device), pool])
         if return_type == "pooled":
@@ -341,14 +313,6 @@ class HookedCLIPText(HookedTower):
         if return_type == "embed":
             return embed
         return self.hook_text_embed_normalized(F.normalize(embed, dim=-1))
-
-    @staticmethod
-    def _mean_over_positions(resid: Tensor, key_mask: Optional[Tensor]) -> Tensor:
-        """Mean pooling as open_clip's ``MeanPooler``: sum over kept positions / their count."""
-        if key_mask is None:
-            return resid.mean(dim=1)
-        keep = (~key_mask).unsqueeze(-1).to(resid.dtype)
-        return (resid * keep).sum(dim=1) / keep.sum(dim=1)
 
     def _resid_pool_positions(self, resid: Tensor, tokens: Optional[Tensor], pool_positions: Optional[Tensor],
                               stop_at_layer: Optional[int]) -> Optional[Tensor]:

@@ -6,18 +6,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from transformer_lens.config import TransformerLensConfig
-
-from hooked_clip.components.mlp import ACTIVATIONS
+from hooked_clip.config import TowerConfig
 
 _POOLINGS = ("cls", "avg", "attn")
 
 
 @dataclass
-class CLIPVisionConfig(TransformerLensConfig):
+class CLIPVisionConfig(TowerConfig):
     """Configuration of a ViT image tower.
 
-    Subclasses TransformerLens's config, so ``n_layers``, ``d_model``, ``n_heads``, ``d_head``, ``d_mlp``,
+    Subclasses :class:`~hooked_clip.config.TowerConfig` (TransformerLens's config), so ``n_layers``, ``d_model``, ``n_heads``, ``d_head``, ``d_mlp``,
     ``n_ctx`` (number of tokens: patches + class token), ``act_fn``, ``eps``, ``device``,
     ``use_attn_result`` and ``use_split_qkv_input`` mean what TL users expect. The attention is
     bidirectional (``causal`` is always ``False``). Vision-specific fields:
@@ -71,17 +69,12 @@ class CLIPVisionConfig(TransformerLensConfig):
                 "build the config with CLIPVisionConfig.for_image(...) to have it computed."
             )
         super().__post_init__()
-        if self.act_fn not in ACTIVATIONS:
-            raise ValueError(f"act_fn={self.act_fn!r} is not supported; use one of {tuple(ACTIVATIONS)}.")
         if self.pooling not in _POOLINGS:
             raise ValueError(f"pooling={self.pooling!r} is not supported; use one of {_POOLINGS}.")
-        if self.causal:
-            raise ValueError("a ViT image tower attends bidirectionally; causal=True is not supported.")
-        if self.n_heads * self.d_head != self.d_model:
-            raise ValueError(
-                f"n_heads * d_head must equal d_model, got {self.n_heads} * {self.d_head} != {self.d_model}."
-            )
-        for name in ("d_model", "d_head", "n_layers", "n_heads", "d_mlp", "image_size", "patch_size", "n_channels"):
+        if self.causal or self.ln_position != "pre":
+            raise ValueError("a ViT image tower has pre-LN blocks attending bidirectionally; causal=True and "
+                             "ln_position='post' are not supported.")
+        for name in ("image_size", "patch_size", "n_channels"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
         if self.image_size % self.patch_size:

@@ -1,9 +1,5 @@
-"""Tokenizers: the protocol every model tokenizer follows, and CLIP's BPE tokenizer.
-
-:class:`TextTokenizer` is what ``HookedCLIPText`` needs of a tokenizer (ids, padding, special ids, string
-forms). :class:`CLIPTokenizer` implements it for CLIP's BPE, from open_clip's bundled vocabulary (the
-offline source of truth); :mod:`hooked_clip.hf_tokenizer` adapts a transformers tokenizer saved beside a
-checkpoint (SigLIP's SentencePiece, XLM-V, BERT, ...) to the same protocol.
+"""CLIP's BPE tokenizer (:class:`CLIPTokenizer`), implementing :class:`~hooked_clip.tokenizers.base.TextTokenizer`
+from open_clip's bundled vocabulary (the offline source of truth).
 
 Ids are identical to ``open_clip.tokenize`` and to a transformers ``CLIPTokenizer`` built from the same
 vocabulary (see :meth:`CLIPTokenizer.save_hf_vocab`). Unlike ``open_clip.tokenize``, text longer than the
@@ -16,88 +12,17 @@ from __future__ import annotations
 import gzip
 import json
 from pathlib import Path
-from typing import Literal, Optional, Protocol, Sequence, Union, runtime_checkable
+from typing import Optional, Sequence, Union
 
 import torch
 from jaxtyping import Int
 from torch import Tensor
 
-Text = Union[str, Sequence[str]]
+from hooked_clip.tokenizers.base import Padding, Text, as_text_list, check_padding, pad_rows, too_long
 
 SOT_STR = "<|startoftext|>"
 EOT_STR = "<|endoftext|>"
 _HF_NAMES = {"<start_of_text>": SOT_STR, "<end_of_text>": EOT_STR}
-
-
-class TextTooLongError(ValueError):
-    """A text has more tokens than the model's context length."""
-
-
-class TokenizerUnavailableError(RuntimeError):
-    """The model's own tokenizer could not be built here (its files are not on this machine)."""
-
-
-Padding = Literal["longest", "max_length"]
-
-
-@runtime_checkable
-class TextTokenizer(Protocol):
-    """What a model's tokenizer provides (``model.tokenizer``).
-
-    ``__call__`` returns ids [batch, pos] padded with ``pad_token_id`` to the longest row or to the context
-    length; a text over the context length raises :class:`TextTooLongError` unless ``truncate=True``.
-    ``encode(text, special_tokens=False)`` gives the ids of the text alone (no SOT/EOT/CLS/SEP).
-    ``eot_token_id``/``sot_token_id`` may be ``None`` where the vocabulary has no such token.
-    """
-
-    context_length: int
-    pad_token_id: int
-    eot_token_id: Optional[int]
-    sot_token_id: Optional[int]
-    vocab_size: int
-
-    def __call__(self, texts: "Text", *, truncate: bool = False, padding: Padding = "longest",
-                 context_length: Optional[int] = None) -> Tensor: ...
-
-    def encode(self, text: str, special_tokens: bool = True) -> list[int]: ...
-
-    def to_str_tokens(self, tokens: Union[Tensor, Sequence[int]]) -> list[str]: ...
-
-    def decode(self, tokens: Union[Tensor, Sequence[int]]) -> str: ...
-
-
-def as_text_list(texts: "Text") -> list[str]:
-    """A non-empty list of strings from one string or a sequence of them."""
-    if isinstance(texts, str):
-        texts = [texts]
-    texts = list(texts)
-    if not texts:
-        raise ValueError("to_tokens got an empty list of texts.")
-    for t in texts:
-        if not isinstance(t, str):
-            raise TypeError(f"expected a string, got {type(t).__name__}")
-    return texts
-
-
-def check_padding(padding: str) -> None:
-    if padding not in ("longest", "max_length"):
-        raise ValueError(f"padding must be 'longest' or 'max_length', got {padding!r}.")
-
-
-def too_long(i: int, text: str, n_tokens: int, n_ctx: int) -> TextTooLongError:
-    return TextTooLongError(
-        f"text {i} ({text[:60]!r}...) is {n_tokens} tokens long, over the context length of {n_ctx}; "
-        "shorten it, or cut it with model.to_tokens(texts, truncate=True) and pass those tokens (cut as the "
-        "model's reference tokenizer does)."
-    )
-
-
-def pad_rows(rows: Sequence[Sequence[int]], width: int, pad_token_id: int) -> Tensor:
-    """Ids [len(rows), width] (int64): each row, then ``pad_token_id``."""
-    out = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
-    for i, row in enumerate(rows):
-        out[i, : len(row)] = torch.tensor(list(row), dtype=torch.long)
-    return out
 
 
 class CLIPTokenizer:

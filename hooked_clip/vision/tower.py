@@ -25,38 +25,31 @@ the patches row by row)::
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Callable, Literal, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
-from transformer_lens.hook_points import HookPoint
 
-from hooked_clip.components import AttentionPool, LayerNorm, PatchEmbed, PosEmbed, TransformerBlock
-from hooked_clip.hooked_root import HookedTower
-from hooked_clip.vision import as_pixels
-from hooked_clip.vision_config import CLIPVisionConfig
+from hooked_clip.config import resolve_dtype
+from hooked_clip.devices import resolve_device
+from hooked_clip.components import AttentionPool, KeyValuePrefix, LayerNorm, PatchEmbed, PosEmbed, TransformerBlock
+from hooked_clip.errors import UnsupportedImageTower
+from hooked_clip.hook_points import CheckedHookPoint
+from hooked_clip.loaders.checkpoint import ReferenceVision, VisionCheckpoint
+from hooked_clip.loaders.convert import load_converted
+from hooked_clip.tower import HookedTower
+from hooked_clip.vision.config import CLIPVisionConfig
+from hooked_clip.vision.pixels import as_pixels
 
 ReturnType = Literal["normalized", "embed", "pooled", None]
 _RETURN_TYPES = ("normalized", "embed", "pooled", None)
 
 
-def image_tower(model) -> "HookedCLIPVision":
-    """The hooked image tower of a ``HookedCLIP`` (its ``.vision``) or a ``HookedCLIPVision`` itself: what every
-    image-side analysis runs on; a clear error for a model without one or with an unhooked tower."""
-    if isinstance(model, HookedCLIPVision):
-        return model
-    vision = getattr(model, "vision", None)
-    if isinstance(vision, HookedCLIPVision):
-        return vision
-    if vision is None:
-        raise ValueError("this model has no image tower; image-side analyses need a CLIP model with a ViT image tower.")
-    raise vision.not_hooked_error()
-
-
 class HookedCLIPVision(HookedTower):
-    """A ViT image tower with a ``HookPoint`` on every activation.
+    """A ViT image tower with a checked ``HookPoint`` on every activation; implements the
+    :class:`~hooked_clip.tower.Tower` contract (``name = "vision"``).
 
     ``forward(pixels)`` returns the projected image embedding [batch, d_proj] (``return_type="embed"``,
     unnormalised, like HF's ``image_embeds`` and open_clip's ``encode_image``), ``"normalized"``,
@@ -64,17 +57,19 @@ class HookedCLIPVision(HookedTower):
     images -> pixels); :meth:`encode` applies it to non-tensor input.
     """
 
+    name = "vision"
+
     def __init__(self, cfg: CLIPVisionConfig, preprocess: Optional[Callable[[list], Tensor]] = None):
         super().__init__()
         self.cfg = cfg
         self.preprocess = preprocess
         self.preprocessing = "custom" if preprocess is not None else "none (pixel tensors only)"  # set by the loaders
         self.embed = PatchEmbed(cfg)
-        self.hook_patch_embed = HookPoint()  # [batch, patch, d_model]
+        self.hook_patch_embed = CheckedHookPoint()  # [batch, patch, d_model]
         self.W_cls = nn.Parameter(torch.empty(cfg.d_model, dtype=cfg.dtype)) if cfg.class_token else None
-        self.hook_cls_embed = HookPoint() if cfg.class_token else None  # [batch, 1, d_model]
+        self.hook_cls_embed = CheckedHookPoint() if cfg.class_token else None  # [batch, 1, d_model]
         self.pos_embed = PosEmbed(cfg)
-        self.hook_pos_embed = HookPoint()  # [batch, pos, d_model]
+        self.hook_pos_embed = CheckedHookPoint()  # [batch, pos, d_model]
         self.ln_pre = LayerNorm(cfg) if cfg.ln_pre else None
         self.blocks = nn.ModuleList([TransformerBlock(cfg, layer) for layer in range(cfg.n_layers)])
         self.ln_post = LayerNorm(cfg)
@@ -84,9 +79,9 @@ class HookedCLIPVision(HookedTower):
             self.b_proj = nn.Parameter(torch.zeros(cfg.d_proj, dtype=cfg.dtype)) if cfg.proj_bias else None
         else:
             self.W_proj, self.b_proj = None, None
-        self.hook_pooled = HookPoint()  # [batch, d_model]
-        self.hook_image_embed = HookPoint()  # [batch, d_proj]
-        self.hook_image_embed_normalized = HookPoint()  # [batch, d_proj]
+        self.hook_pooled = CheckedHookPoint()  # [batch, d_model]
+        self.hook_image_embed = CheckedHookPoint()  # [batch, d_proj]
+        self.hook_image_embed_normalized = CheckedHookPoint()  # [batch, d_proj]
         self.init_weights()
         self.setup()
         self.to(cfg.device)
@@ -112,12 +107,9 @@ class HookedCLIPVision(HookedTower):
             raise ValueError(f"return_type must be one of {_RETURN_TYPES}, got {return_type!r}.")
         if start_at_layer is None:
             resid = self.embed_pixels(self._check_pixels(input))
-            blocks = self.blocks[:stop_at_layer]
         else:
             resid = self._check_resid(input)
-            blocks = self.blocks[start_at_layer:stop_at_layer]
-        for block in blocks:
-            resid = block(resid)
+        resid = self.run_blocks(resid, start_at_layer or 0, stop_at_layer)
         if stop_at_layer is not None:
             return resid
         return self.read_out(resid, None, return_type)
@@ -145,6 +137,24 @@ class HookedCLIPVision(HookedTower):
             return embed
         normalized = self.hook_image_embed_normalized(F.normalize(embed, dim=-1))
         return normalized if return_type == "normalized" else None
+
+    def run_blocks(self, resid: Float[Tensor, "batch pos d_model"], start: int = 0, stop: Optional[int] = None,
+                   prefix: Optional[Sequence[KeyValuePrefix]] = None,
+                   key_mask: Optional[Tensor] = None) -> Float[Tensor, "batch pos d_model"]:
+        """Blocks ``start`` .. ``stop - 1`` on the residual stream (the :class:`~hooked_clip.tower.Tower`
+        contract). Every image position is real (no padding) and attention is bidirectional, so ``key_mask``
+        must be None and ``prefix`` (a causal tower's key/value reuse) is refused."""
+        if prefix is not None:
+            raise ValueError("a key/value prefix needs a causal tower; the image tower attends bidirectionally.")
+        if key_mask is not None:
+            raise ValueError("the image tower has no padding to mask (every patch is real): pass key_mask=None.")
+        for block in self.blocks[start:stop]:
+            resid = block(resid)
+        return resid
+
+    def key_mask(self, pixels: Tensor) -> None:
+        """Keys attention may not read: none (the :class:`~hooked_clip.tower.Tower` contract)."""
+        return None
 
     def pool_positions(self, pixels: Float[Tensor, "batch channel height width"]) -> Optional[Int[Tensor, " batch"]]:
         """The one position whose final residual becomes each row's pooled vector (class-token pooling: 0),
@@ -191,12 +201,20 @@ class HookedCLIPVision(HookedTower):
         return x[..., self.cfg.first_patch:].reshape(*x.shape[:-1], g, g)
 
     # ---------------------------------------------------------------------------------------- inputs
+    def as_input(self, images: Any) -> Float[Tensor, "batch channel height width"]:
+        """The :class:`~hooked_clip.tower.Tower` contract's input: :meth:`as_pixels`."""
+        return self.as_pixels(images)
+
+    def embed_input(self, pixels: Tensor) -> Float[Tensor, "batch pos d_model"]:
+        """The :class:`~hooked_clip.tower.Tower` contract's embedding: :meth:`embed_pixels`."""
+        return self.embed_pixels(pixels)
+
     def as_pixels(self, images: Any) -> Float[Tensor, "batch channel height width"]:
         """Checked pixels on the model's device from PIL images (through ``preprocess``) or a pixel tensor."""
         return self._check_pixels(as_pixels(images, self.preprocess, self.cfg.image_size, self.cfg.n_channels))
 
     def encode(self, images: Any, normalize: bool = False) -> Float[Tensor, "batch d_proj"]:
-        """Image embeddings from PIL images or preprocessed pixels (``VisionTower.encode``'s contract)."""
+        """Image embeddings from PIL images or preprocessed pixels (``ReferenceVisionTower.encode``'s contract)."""
         return self(self.as_pixels(images), return_type="normalized" if normalize else "embed")
 
     def _check_pixels(self, pixels: Any) -> Tensor:
@@ -218,20 +236,26 @@ class HookedCLIPVision(HookedTower):
 
     # ------------------------------------------------------------------------------------------ loaders
     @classmethod
+    def from_checkpoint(cls, checkpoint: VisionCheckpoint) -> "HookedCLIPVision":
+        """The tower of what a loader read (:class:`~hooked_clip.loaders.checkpoint.VisionCheckpoint`)."""
+        tower = cls(checkpoint.cfg, checkpoint.preprocess)
+        load_converted(tower, checkpoint.state_dict)
+        tower.preprocessing = checkpoint.preprocessing
+        return tower
+
+    @classmethod
     def from_hf(cls, hf_model: nn.Module, image_processor: Any = None, device: Optional[str] = None,
                 dtype: torch.dtype = torch.float32, **cfg_overrides) -> "HookedCLIPVision":
         """From a transformers ``CLIPModel``, ``CLIPVisionModelWithProjection``, ``CLIPVisionModel``,
         ``SiglipModel`` or ``SiglipVisionModel`` (the image tower and its projection); preprocessing is
         ``image_processor`` or the family's default processor at the model's image size. ``device=None``
         picks CUDA when available, else the CPU (:func:`hooked_clip.devices.resolve_device`);
-        ``cfg_overrides`` set config fields such as ``use_attn_result``."""
-        from hooked_clip.vision_loading import hooked_vision_from_hf
+        ``cfg_overrides`` set config fields such as ``use_attn_result``. A tower it does not reimplement is an
+        :class:`~hooked_clip.errors.UnsupportedImageTower` naming the reason."""
+        from hooked_clip.loaders.hf_vision import read_hf_vision
 
-        from hooked_clip.vision_loading import hf_preprocessing_name
-
-        tower = hooked_vision_from_hf(cls, hf_model, image_processor, device, dtype, **cfg_overrides)
-        tower.preprocessing = hf_preprocessing_name(hf_model)
-        return tower
+        return cls._from_read(read_hf_vision(hf_model, image_processor, device=resolve_device(device),
+                                             dtype=resolve_dtype(dtype), **cfg_overrides))
 
     @classmethod
     def from_open_clip(cls, model: nn.Module, preprocess: Optional[Callable[[list], Tensor]] = None,
@@ -239,12 +263,15 @@ class HookedCLIPVision(HookedTower):
                        **cfg_overrides) -> "HookedCLIPVision":
         """From an open_clip model (``CLIP``/``CustomTextCLIP``) or its ``visual`` ``VisionTransformer``.
         Unsupported variants (non-ViT towers, layer scale, custom attention blocks, CoCa's attentional
-        pooler) raise :class:`~hooked_clip.vision_loading.UnsupportedImageTower` naming the reason.
+        pooler) raise :class:`~hooked_clip.errors.UnsupportedImageTower` naming the reason.
         ``device=None``: CUDA when available, else the CPU (:func:`hooked_clip.devices.resolve_device`)."""
-        from hooked_clip.vision_loading import hooked_vision_from_open_clip
+        from hooked_clip.loaders.open_clip_vision import read_open_clip_vision
 
-        from hooked_clip.vision_loading import OPEN_CLIP_PREPROCESSING
+        return cls._from_read(read_open_clip_vision(model, preprocess=preprocess, device=resolve_device(device),
+                                                    dtype=resolve_dtype(dtype), **cfg_overrides))
 
-        tower = hooked_vision_from_open_clip(cls, model, preprocess, device, dtype, **cfg_overrides)
-        tower.preprocessing = OPEN_CLIP_PREPROCESSING
-        return tower
+    @classmethod
+    def _from_read(cls, read) -> "HookedCLIPVision":
+        if isinstance(read, ReferenceVision):
+            raise UnsupportedImageTower(read.reason)
+        return cls.from_checkpoint(read)

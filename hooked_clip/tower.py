@@ -1,12 +1,21 @@
-"""`HookedTower`: what both hooked towers add to TransformerLens's ``HookedRootModule`` — hook names are
-checked (an unknown name is an error that suggests the closest ones, never a silent no-op) and
-``run_with_cache`` returns an ``ActivationCache``."""
+"""`HookedTower`: what every hooked tower adds to TransformerLens's ``HookedRootModule``, and `Tower`: the
+contract the analyses state.
+
+- Every hook point is a :class:`~hooked_clip.hook_points.CheckedHookPoint` (a hook returning another shape,
+  dtype or device raises :class:`~hooked_clip.errors.HookReturnError` naming the hook): ``setup()`` refuses a
+  tower that declares a plain ``HookPoint``, so a new tower cannot forget.
+- Hook names are checked: an unknown name is an error that suggests the closest ones, an opt-in hook whose
+  config flag is off is an error naming the flag, a listed name that did not fire is an error — never a
+  silent no-op. ``run_with_cache`` returns an ``ActivationCache``.
+"""
 
 from __future__ import annotations
 
+from hooked_clip.errors import UnknownHookError
+
 import contextlib
 import difflib
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Protocol, Sequence, runtime_checkable
 
 import torch
 from jaxtyping import Float
@@ -16,26 +25,87 @@ from transformer_lens import ActivationCache, HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from hooked_clip.devices import sync_config
+from hooked_clip.hook_points import CheckedHookPoint
+from hooked_clip.names import opt_in_flag
 
 
-_OPT_IN_HOOKS = {  # hook name suffix -> the config flag without which it never fires
-    "attn.hook_result": "use_attn_result",
-    "hook_q_input": "use_split_qkv_input",
-    "hook_k_input": "use_split_qkv_input",
-    "hook_v_input": "use_split_qkv_input",
-}
+@runtime_checkable
+class Tower(Protocol):
+    """What an analysis may use of a tower (what nnsight's ``Batchable`` is for its interleaver): both hooked
+    towers implement it, and so must a family's own tower. The patching engine
+    (:mod:`hooked_clip.analyses.engine`) and every analysis use nothing else, and never branch on the tower's
+    class.
+
+    - ``name``: ``"text"`` or ``"vision"``, the prefix of its hooks in a run over both towers;
+    - ``cfg``: ``n_layers``, ``n_heads``, ``d_model``, ``d_head``, ``causal`` and ``trims`` (whether positions
+      after the last pooling position may be dropped: causal towers pooled at EOT only);
+    - ``blocks``: the residual blocks, each ``block(resid, prefix=None, key_mask=None)``;
+    - ``as_input(x)``: validated input on the tower's device (token ids from texts; pixels from images);
+    - ``pool_positions(input)`` [batch] (the one position each row's output reads) or None (it reads all);
+    - ``key_mask(input)`` [batch, pos] True at keys attention must not read (padding), or None;
+    - ``embed_input(input)``: the residual stream entering block 0;
+    - ``run_blocks(resid, start, stop, prefix, key_mask)`` and ``read_out(resid, pool, return_type, key_mask)``;
+    - TransformerLens's ``run_with_cache``, ``run_with_hooks``, ``hooks`` and ``hook_dict``.
+    """
+
+    name: str
+    cfg: Any
+    blocks: Any
+    hook_dict: dict
+
+    def as_input(self, x: Any) -> Tensor: ...
+    def pool_positions(self, input: Tensor) -> Optional[Tensor]: ...
+    def key_mask(self, input: Tensor) -> Optional[Tensor]: ...
+    def embed_input(self, input: Tensor) -> Tensor: ...
+    def run_blocks(self, resid: Tensor, start: int = 0, stop: Optional[int] = None, prefix: Any = None,
+                   key_mask: Optional[Tensor] = None) -> Tensor: ...
+    def read_out(self, resid: Tensor, pool: Optional[Tensor], return_type: Any = "embed",
+                 key_mask: Optional[Tensor] = None) -> Optional[Tensor]: ...
+    def run_with_cache(self, *args: Any, **kwargs: Any) -> Any: ...
+    def hooks(self, fwd_hooks: Any = (), bwd_hooks: Any = (), reset_hooks_end: bool = True,
+              clear_contexts: bool = False) -> Any: ...
 
 
-class UnknownHookError(KeyError):
-    """A hook name that the model does not have."""
+TOWER_NAMES = ("text", "vision")
 
-    def __str__(self) -> str:  # KeyError quotes its message; print it plainly
-        return str(self.args[0])
+
+def get_tower(model: Any, name: Optional[str] = None) -> "HookedTower":
+    """The hooked tower an analysis runs on: ``model`` itself when it is one (``name``, if given, must be its
+    own), else ``model.text`` / ``model.vision`` (default ``"text"``). A model without that tower, or whose
+    image tower is the unhooked reference module, is an error naming why."""
+    if name is not None and name not in TOWER_NAMES:
+        hint = " (the image tower is called 'vision')" if name == "image" else ""
+        raise ValueError(f"tower must be one of {TOWER_NAMES}, got {name!r}{hint}.")
+    if isinstance(model, HookedTower):
+        if name is not None and name != model.name:
+            raise ValueError(f"this is the {model.name} tower; pass the HookedCLIP to run on its {name} tower.")
+        return model
+    tower = getattr(model, name or "text", None)
+    if isinstance(tower, HookedTower):
+        return tower
+    if tower is None and hasattr(model, "text"):
+        raise ValueError(f"this model has no {name} tower (a text-only checkpoint); load a checkpoint with one.")
+    if hasattr(tower, "not_hooked_error"):
+        raise tower.not_hooked_error()
+    raise TypeError(f"expected a HookedCLIP or a hooked tower, got {type(model).__name__}.")
 
 
 class HookedTower(HookedRootModule):
-    """Base class of :class:`~hooked_clip.text.HookedCLIPText` and
-    :class:`~hooked_clip.vision_tower.HookedCLIPVision`."""
+    """Base class of :class:`~hooked_clip.text.HookedCLIPText` and :class:`~hooked_clip.vision.HookedCLIPVision`
+    (and of a family's own tower): checked hook points and hook names, TL weight accessors, device sync."""
+
+    name: str = "tower"
+
+    def setup(self) -> None:
+        """TransformerLens's ``setup`` (names every hook point), then refuses any hook point that is not a
+        ``CheckedHookPoint``: an unchecked one would let a hook drop a row or change a dtype silently."""
+        super().setup()
+        plain = [name for name, hp in self.hook_dict.items() if not isinstance(hp, CheckedHookPoint)]
+        if plain:
+            raise TypeError(
+                f"{type(self).__name__} declares plain HookPoints {plain[:5]}; every hook point of a hooked tower "
+                "must be a hooked_clip.hook_points.CheckedHookPoint (same semantics, return values checked)."
+            )
 
     def init_weights(self) -> None:
         """Random init (normal, std ``cfg.init_range``; LN to identity, biases zero), seeded by ``cfg.seed`` if set."""
@@ -56,7 +126,7 @@ class HookedTower(HookedRootModule):
         sync_config(self)
         return out
 
-    def _hook_point(self, name: str) -> HookPoint:
+    def hook_point(self, name: str) -> HookPoint:
         if name not in self.hook_dict:
             close = difflib.get_close_matches(name, list(self.hook_dict), n=3, cutoff=0.6)
             hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
@@ -67,16 +137,16 @@ class HookedTower(HookedRootModule):
 
     def _missing_flag(self, name: str) -> Optional[str]:
         """The config flag an opt-in hook needs and that is off (None: the hook can fire)."""
-        flag = next((f for suffix, f in _OPT_IN_HOOKS.items() if name.endswith(suffix)), None)
+        flag = opt_in_flag(name)
         return flag if flag is not None and not getattr(self.cfg, flag) else None
 
-    def _check_can_fire(self, names: Sequence) -> None:
+    def check_hook_names(self, names: Sequence) -> None:
         """Named hooks must exist, and opt-in ones need their config flag: a hook that can never fire
         would leave a cache empty or a patch unapplied without a word."""
         for name in names:
             if not isinstance(name, str):
                 continue
-            self._hook_point(name)
+            self.hook_point(name)
             flag = self._missing_flag(name)
             if flag is not None:
                 raise ValueError(
@@ -85,13 +155,13 @@ class HookedTower(HookedRootModule):
                 )
 
     def add_hook(self, name, hook, dir="fwd", is_permanent=False, level=None, prepend=False) -> None:
-        self._check_can_fire([name])
+        self.check_hook_names([name])
         super().add_hook(name, hook, dir=dir, is_permanent=is_permanent, level=level, prepend=prepend)
 
     def hooks(self, fwd_hooks=(), bwd_hooks=(), reset_hooks_end=True, clear_contexts=False):
         """As TransformerLens (``run_with_hooks`` uses it); every hook named by a string must exist and be
         able to fire in this configuration."""
-        self._check_can_fire([name for name, _ in [*fwd_hooks, *bwd_hooks]])
+        self.check_hook_names([name for name, _ in [*fwd_hooks, *bwd_hooks]])
         return super().hooks(list(fwd_hooks), list(bwd_hooks), reset_hooks_end, clear_contexts)
 
     def get_caching_hooks(self, *args, **kwargs):
@@ -105,7 +175,7 @@ class HookedTower(HookedRootModule):
         return cache, can_fire(fwd), can_fire(bwd)
 
     def _enable_hook_with_name(self, name: str, hook: Callable, dir) -> None:
-        self._hook_point(name)
+        self.hook_point(name)
         super()._enable_hook_with_name(name, hook, dir)
 
     def run_with_cache(self, *model_args, names_filter=None, return_cache_object: bool = True, **kwargs):
@@ -114,10 +184,10 @@ class HookedTower(HookedRootModule):
         configuration, and fire in this run (not e.g. after ``stop_at_layer``)."""
         names = [names_filter] if isinstance(names_filter, str) else names_filter
         if isinstance(names, (list, tuple)):
-            self._check_can_fire(names)
+            self.check_hook_names(names)
         out, cache = super().run_with_cache(*model_args, names_filter=names_filter, **kwargs)
         if isinstance(names, (list, tuple)):
-            self._check_fired(names, cache, kwargs)
+            self.check_fired(names, cache, kwargs)
         if return_cache_object:
             cache = ActivationCache(cache, self, has_batch_dim=not kwargs.get("remove_batch_dim", False))
         return out, cache
@@ -143,7 +213,7 @@ class HookedTower(HookedRootModule):
             for k, v in old.items():
                 setattr(self.cfg, k, v)
 
-    def _check_fired(self, names: Sequence[str], cache: dict, run_kwargs: dict) -> None:
+    def check_fired(self, names: Sequence[str], cache: dict, run_kwargs: dict) -> None:
         silent = [n for n in names if n not in cache]
         if silent:
             settings = {k: run_kwargs[k] for k in ("return_type", "start_at_layer", "stop_at_layer") if k in run_kwargs}

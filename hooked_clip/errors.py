@@ -1,0 +1,50 @@
+"""Every exception hooked_clip raises on purpose, in one place (``from hooked_clip.errors import ...``).
+
+Each is a subclass of the built-in a caller would already catch (``ValueError`` for bad input,
+``KeyError`` for an unknown name, ``RuntimeError`` for something missing on this machine), and each message
+says what was wrong and what to do.
+"""
+
+from __future__ import annotations
+
+
+class HookReturnError(ValueError):
+    """A hook returned something that cannot replace the activation it was given (another shape, dtype or
+    device, or not a tensor)."""
+
+
+class UnknownHookError(KeyError):
+    """A hook name that the model does not have, or that names no tower in a run over both towers."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; print it plainly
+        return str(self.args[0])
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint whose keys or shapes do not fit the model being built, or of an architecture that
+    hooked_clip does not reimplement (the message names which and why)."""
+
+
+class UnsupportedImageTower(CheckpointMismatchError):
+    """An image tower that :class:`~hooked_clip.vision.HookedCLIPVision` does not reimplement (the reason is
+    the message); the model then keeps the reference module, which encodes images but has no hooks."""
+
+
+class UnreadableFileError(ValueError):
+    """A file that is empty, truncated, damaged or not in the format it should be in."""
+
+
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint that can only be loaded by running code stored in it (TorchScript)."""
+
+
+class WeightsUnavailableError(RuntimeError):
+    """The requested checkpoint is neither on disk nor reachable."""
+
+
+class TextTooLongError(ValueError):
+    """A text has more tokens than the model's context length."""
+
+
+class TokenizerUnavailableError(RuntimeError):
+    """The model's own tokenizer could not be built here (its files are not on this machine)."""
