@@ -1,8 +1,6 @@
-"""Argument checks for the patching analyses, each raising one clear error that names the argument.
-
-Kept apart from the engines so that they can be rewritten freely: ``patching.activation_patch`` calls
-:func:`check_alignment` and ``path_patching.path_patch`` calls :func:`check_senders`.
-"""
+"""Argument checks of the analyses, each raising one clear error that names the argument: the one home of
+every check more than one analysis makes (positive counts, index lists, activation/index pairs, alignments,
+senders), kept apart from the engines so that they can be rewritten freely."""
 
 from __future__ import annotations
 
@@ -44,3 +42,32 @@ def check_senders(senders: Union[None, str, Sequence[str]]) -> Optional[list[str
     if bad:
         raise TypeError(f"senders must be names such as 'L3H1', 'L2_mlp' or 'embed', got {bad[:5]}.")
     return listed
+
+
+def check_count(name: str, value, minimum: int = 1, what: str = "") -> int:
+    """``value`` as an int >= ``minimum`` (bools and floats refused: ``True`` is not a count, 2.5 not a size)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{name}{f' ({what})' if what else ''} must be {kind}, got {value!r}.")
+    return value
+
+
+def checked_indices(name: str, values, n: int) -> list[int]:
+    """A non-empty list of indices in 0..n-1 (``None``: all of them)."""
+    values = list(range(n)) if values is None else [int(v) for v in values]
+    bad = [v for v in values if not 0 <= v < n]
+    if bad:
+        raise ValueError(f"{name} {bad} are outside 0..{n - 1}.")
+    if not values:
+        raise ValueError(f"{name} is empty.")
+    return values
+
+
+def check_act_index(act: str, index: str, patchable, index_axes, head_acts) -> None:
+    """A patchable activation and an index that fits it (per-head indices need a head activation)."""
+    if act not in patchable:
+        raise ValueError(f"unknown activation {act!r}; patchable: {sorted(patchable)}.")
+    if index not in index_axes:
+        raise ValueError(f"index must be one of {sorted(index_axes)}, got {index!r}.")
+    if "head" in index and act not in head_acts:
+        raise ValueError(f"{act!r} has no head axis; patch per head with one of {tuple(head_acts)}.")

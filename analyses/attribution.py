@@ -28,7 +28,8 @@ from torch import Tensor
 
 from hooked_clip.analyses.metrics import Metric, check_metric
 from hooked_clip.analyses.pairs import Direction, RunPair, Tokens
-from hooked_clip.analyses.patching import INDEX_AXES, PATCHABLE, Index, PatchingResult, _canon
+from hooked_clip.analyses._validation import check_act_index, check_count
+from hooked_clip.analyses.patching import INDEX_AXES, PATCHABLE, Index, PatchingResult, canonical_layout
 from hooked_clip.names import HEAD_ACTS, act_name as hook_name
 from hooked_clip.tower import get_tower
 from hooked_clip.similarity import logit_parameters
@@ -148,12 +149,8 @@ def attribution_patch(
         ``extra["method"] == "attribution"``.
     """
     text = get_tower(model, "text")
-    if act_name not in PATCHABLE:
-        raise ValueError(f"unknown act_name {act_name!r}; use one of {sorted(PATCHABLE)}.")
-    if index not in INDEX_AXES or ("head" in index and act_name not in HEAD_ACTS):
-        raise ValueError(f"index {index!r} does not fit act_name {act_name!r}; per-head indices need one of {HEAD_ACTS}.")
-    if not isinstance(ig_steps, int) or isinstance(ig_steps, bool) or ig_steps < 0:
-        raise ValueError(f"ig_steps must be a non-negative int (0 = plain AtP), got {ig_steps!r}.")
+    check_act_index(act_name, index, PATCHABLE, INDEX_AXES, HEAD_ACTS)
+    check_count("ig_steps", ig_steps, minimum=0, what="0 = plain AtP")
     pair = RunPair.build(text, clean, corrupt, direction)
     base_t, src_t = pair.base, pair.source
     width = base_t.shape[1]
@@ -210,7 +207,7 @@ def attribution_patch(
                     grad = acts[name].grad.view(ig_steps, *base_act.shape).mean(0)
                 else:
                     base_act, grad = acts[name].detach(), acts[name].grad
-                delta = _canon(src_cache[name] - base_act, act_name) * _canon(grad, act_name)
+                delta = canonical_layout(src_cache[name] - base_act, act_name) * canonical_layout(grad, act_name)
                 per_layer.append(delta.sum(-1))  # [b, pos] or [b, pos, head]
         effect = torch.stack(per_layer)  # [L, b, pos(, head)]
         if effect.ndim == 3:

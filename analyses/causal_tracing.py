@@ -8,7 +8,6 @@ l >= 1 the output of block l (``blocks.{l-1}.hook_resid_post``); maps are [n_lay
 from __future__ import annotations
 
 import hashlib
-import warnings
 from dataclasses import dataclass
 from typing import Literal, Optional, Sequence, Union
 
@@ -17,15 +16,13 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from hooked_clip.analyses._validation import check_count
 from hooked_clip.analyses.engine import BaseRun, Chunk, Hooks, Plan, execute
 from hooked_clip.analyses.metrics import Metric, check_metric, similarity_metric
 from hooked_clip.analyses.pairs import RunPair, Tokens
 from hooked_clip.analyses.patching import hidden_state_patch
 from hooked_clip.names import act_name, hidden_state_name, layer_of
 from hooked_clip.tower import get_tower
-
-NegationIn = Literal["caption", "foil"]
-
 
 def hidden_state_hook(layer: int, n_layers: Optional[int] = None) -> str:
     """Hook name of the paper's hidden state l (0 = embeddings output, l = output of block l); see
@@ -38,7 +35,6 @@ def minimal_pair_trace(
     negated: Tokens,
     affirmative: Tokens,
     image_embeds: Float[Tensor, "pairs d_proj"],
-    negation_in: Union[None, NegationIn, Sequence[NegationIn]] = None,
     *,
     batch_size: int = 1024,
     progress: bool = True,
@@ -56,8 +52,7 @@ def minimal_pair_trace(
         CTE = (S*(affirmative) - S(affirmative)) / (S(negated) - S(affirmative))
 
     (negation in the caption: d* = S*(foil) - S(foil), d = S(neg) - S(aff); in the foil: d* = S(caption) -
-    S*(caption), d = S(aff) - S(neg)). ``negation_in`` is therefore not needed; it is accepted (and checked)
-    for code written against the paper's description, with a ``DeprecationWarning``.
+    S*(caption), d = S(aff) - S(neg)), so where the negation sits is not an argument.
 
     Returns CTE [pairs, n_layers + 1, pos] (dimensionless; 1 = the single state carries the whole
     caption-foil gap). Positions after a pair's EOT, and pairs with S(negated) = S(affirmative), are NaN.
@@ -67,10 +62,6 @@ def minimal_pair_trace(
                          hint="The minimal-pair trace patches position p into position p, so align the sentences first "
                               "(e.g. 'There are some X' for 'There are no X').")
     n_pairs = pair.base.shape[0]
-    if negation_in is not None:
-        _check_negation_in(negation_in, n_pairs)
-        warnings.warn("minimal_pair_trace: negation_in does not change the CTE (both of the paper's cases reduce to "
-                      "(S*_aff - S_aff) / (S_neg - S_aff)); drop the argument.", DeprecationWarning, stacklevel=2)
     if not isinstance(image_embeds, Tensor) or image_embeds.ndim != 2 or image_embeds.shape[0] != n_pairs:
         raise ValueError(f"image_embeds must be [pairs={n_pairs}, d_proj], got {tuple(getattr(image_embeds, 'shape', ()))}.")
     metric = similarity_metric(model, image_embeds)
@@ -79,15 +70,6 @@ def minimal_pair_trace(
     cte = states.normalized().permute(2, 0, 1)  # [pairs, L+1, pos]
     after_eot = torch.arange(cte.shape[-1])[None, :] > pair.base_pool.cpu()[:, None]  # [pairs, pos]
     return cte.masked_fill(after_eot[:, None, :], float("nan"))
-
-
-def _check_negation_in(negation_in, n: int) -> None:
-    values = [negation_in] * n if isinstance(negation_in, str) else list(negation_in)
-    if len(values) != n:
-        raise ValueError(f"negation_in has {len(values)} entries for {n} pairs; give one per pair (or one string).")
-    bad = sorted({v for v in values if v not in ("caption", "foil")})
-    if bad:
-        raise ValueError(f"negation_in entries must be 'caption' or 'foil', got {bad}.")
 
 
 # --------------------------------------------------------------------------------------- ROME tracing
@@ -164,8 +146,7 @@ def rome_trace(
     if kind not in ("resid", "mlp", "attn"):
         raise ValueError(f"kind must be 'resid', 'mlp' or 'attn', got {kind!r}.")
     for name, v in (("n_samples", n_samples), ("batch_size", batch_size), ("window", window)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}.")
+        check_count(name, v)
     toks = text.as_tokens(tokens)
     pool = text.pool_positions(toks)
     toks = toks[:, : int(pool.max()) + 1] if text.cfg.trims else toks

@@ -44,6 +44,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from hooked_clip.analyses._validation import check_count
 from hooked_clip.components import KeyValuePrefix
 from hooked_clip.names import act_name
 from hooked_clip.tower import Tower
@@ -148,8 +149,7 @@ def execute(
 ) -> Tensor:
     """Run every row of ``plan`` and write its output into ``outputs[slot]`` (flat slot index into the
     leading dimensions of ``outputs``); returns ``outputs``."""
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size (rows per forward) must be a positive integer, got {batch_size!r}.")
+    check_count("batch_size", batch_size, what="rows per forward")
     if len(plan) and int(plan.layer.min()) < base.first_layer:
         raise ValueError(f"the plan starts rows at block {int(plan.layer.min())} but the base run was recorded "
                          f"from block {base.first_layer}.")

@@ -28,7 +28,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from hooked_clip.analyses._validation import check_alignment
+from hooked_clip.analyses._validation import check_act_index, check_alignment, check_count, checked_indices
 from hooked_clip.analyses.engine import BaseRun, Chunk, Hooks, Plan, execute
 from hooked_clip.analyses.metrics import Metric, check_metric, normalized_patching_metric
 from hooked_clip.analyses.pairs import Direction, RunPair, Tokens
@@ -85,7 +85,7 @@ class PatchingResult:
         return pd.DataFrame(data)
 
 
-def _canon(act: Tensor, act_name: str) -> Tensor:
+def canonical_layout(act: Tensor, act_name: str) -> Tensor:
     """A view with positions on dim 1 (and heads on dim 2 for head activations): pattern
     [b, head, q, k] -> [b, q, head, k]. Writing into the view writes into ``act``."""
     return act.permute(0, 2, 1, 3) if act_name == "pattern" else act
@@ -107,27 +107,6 @@ def _variants(index: Index, positions: list[int], heads: list[int]) -> tuple[Ten
         return torch.full((len(heads),), -1), torch.tensor(heads)
     grid = torch.cartesian_prod(torch.tensor(positions), torch.tensor(heads))
     return grid[:, 0], grid[:, 1]
-
-
-def _validate(act: str, index: str, batch_size) -> None:
-    if act not in PATCHABLE:
-        raise ValueError(f"unknown activation {act!r}; patchable: {sorted(PATCHABLE)}.")
-    if index not in INDEX_AXES:
-        raise ValueError(f"index must be one of {sorted(INDEX_AXES)}, got {index!r}.")
-    if "head" in index and act not in HEAD_ACTS:
-        raise ValueError(f"{act!r} has no head axis; patch per head with one of {HEAD_ACTS}.")
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size (rows per forward) must be a positive integer, got {batch_size!r}.")
-
-
-def _checked_list(name: str, values, n: int) -> list[int]:
-    values = list(range(n)) if values is None else [int(v) for v in values]
-    bad = [v for v in values if not 0 <= v < n]
-    if bad:
-        raise ValueError(f"{name} {bad} are outside 0..{n - 1}.")
-    if not values:
-        raise ValueError(f"{name} is empty.")
-    return values
 
 
 def activation_patch(
@@ -173,14 +152,15 @@ def activation_patch(
         :class:`PatchingResult` with ``values`` [*axes, batch] in the metric's units.
     """
     patched = get_tower(model, tower)
-    _validate(act_name, index, batch_size)
+    check_act_index(act_name, index, PATCHABLE, INDEX_AXES, HEAD_ACTS)
+    check_count("batch_size", batch_size, what="rows per forward")
     if alignment is not None and act_name == "pattern":
         raise ValueError("alignment is not supported for attention patterns (both axes are positions).")
     if alignment is not None and patched.name == "vision":
         raise ValueError("alignment is for texts of different token lengths; two images always share the patch grid.")
     pair = RunPair.build(patched, clean, corrupt, direction, same_pooling=alignment is None,
                          hint=_ALIGNMENT_HINT)
-    layer_list = _checked_list("layers", layers, patched.cfg.n_layers)
+    layer_list = checked_indices("layers", layers, patched.cfg.n_layers)
     return _sweep(patched, pair, metric, [(act_name, l) for l in layer_list], index, positions, heads, alignment,
                   return_type, batch_size, progress, ("layer", layer_list), act_name)
 
@@ -212,7 +192,7 @@ def hidden_state_patch(
     pair = RunPair.build(text, clean, corrupt, direction, same_pooling=alignment is None,
                          hint=_ALIGNMENT_HINT)
     n_layers = text.cfg.n_layers
-    state_list = _checked_list("states", states, n_layers + 1)
+    state_list = checked_indices("states", states, n_layers + 1)
     sites = [("resid_pre", l) if l < n_layers else ("resid_post", n_layers - 1) for l in state_list]
     return _sweep(text, pair, metric, sites, "layer_pos", positions, None, alignment, return_type, batch_size,
                   progress, ("state", state_list), "hidden_state")
@@ -234,8 +214,8 @@ def _sweep(tower: Tower, pair: RunPair, metric: Metric, sites: list[tuple[str, i
     base_metric, source_metric = check_metric(metric, base.output), check_metric(metric, source_out)
 
     n_pos, n_ex = base.n_pos, base.output.shape[0]
-    pos_list = _checked_list("positions", positions, n_pos) if "pos" in index else []
-    head_list = _checked_list("heads", heads, tower.cfg.n_heads) if "head" in index else []
+    pos_list = checked_indices("positions", positions, n_pos) if "pos" in index else []
+    head_list = checked_indices("heads", heads, tower.cfg.n_heads) if "head" in index else []
     device = base.output.device
     pos_v, head_v = (t.to(device) for t in _variants(index, pos_list, head_list))
     n_var = len(pos_v)
@@ -244,7 +224,7 @@ def _sweep(tower: Tower, pair: RunPair, metric: Metric, sites: list[tuple[str, i
 
     sources, missing, plans = [], {}, []
     for si, ((act, layer), name) in enumerate(zip(sites, names)):
-        tgt, src = _canon(base[name], act), _canon(source_cache[name], act)
+        tgt, src = canonical_layout(base[name], act), canonical_layout(source_cache[name], act)
         if alignment is not None:
             src, missing[si] = _align(src, tgt, alignment)
         sources.append(src)
@@ -324,7 +304,7 @@ def _patch_hook(src: Tensor, idx: Tensor, examples: Tensor, pos: Tensor, head: T
     head[n]) (-1: all); row idx[n] holds positions from ``offset[n]`` on (prefix reuse), the source all."""
 
     def hook(activation: Tensor, hook) -> Tensor:
-        view = _canon(activation, act)
+        view = canonical_layout(activation, act)
         whole = (pos < 0).all()  # all positions (then the offset is 0)
         # cut to the run's length: needed where positions (or a pattern's keys) are written whole; a
         # pattern is never run with a prefix, so its run starts at position 0

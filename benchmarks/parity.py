@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import torch
 from conftest import MIXED_TEXTS, SPECS, hf_clip, open_clip_model  # noqa: E402
-from test_parity import capture_block_outputs  # noqa: E402
+from hooked_clip.parity import capture_block_outputs  # noqa: E402
 
 from hooked_clip import HookedCLIP  # noqa: E402
 

@@ -11,6 +11,7 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
+import itertools
 import json
 from dataclasses import dataclass
 from functools import lru_cache
@@ -119,6 +120,20 @@ def open_clip_model(spec_name: str, seed: int = 1):
     return model
 
 
+def pixels(size: int, n: int = 3, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def open_clip_vit(seed: int = 2, layers: int = 2, act: str = "gelu", **kw):
+    from open_clip.transformer import QuickGELU, VisionTransformer
+
+    torch.manual_seed(seed)
+    act_layer = {"quick_gelu": QuickGELU, "gelu": torch.nn.GELU,
+                 "gelu_tanh": lambda: torch.nn.GELU(approximate="tanh")}[act]
+    return randomize_(VisionTransformer(image_size=48, patch_size=16, width=64, layers=layers, heads=4,
+                                        mlp_ratio=3.0, output_dim=24, act_layer=act_layer, **kw), seed)
+
+
 @lru_cache(maxsize=1)
 def valse_sentences() -> tuple[str, ...]:
     data = json.loads(VALSE.read_text())
@@ -132,7 +147,65 @@ def valse_sentences() -> tuple[str, ...]:
 
 @pytest.fixture(scope="session")
 def tiny_model():
-    """Our model loaded from a tiny random HF CLIP (with an image tower)."""
+    """Our model loaded from a tiny random HF CLIP (with an image tower), built once per session. Tests must
+    not change its weights or config (use ``hooks()`` / ``options()``, or build their own)."""
     from hooked_clip import HookedCLIP
 
     return HookedCLIP.from_hf(hf_clip("tiny_eot"), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def model(tiny_model):
+    """The default model of a test module: :func:`tiny_model` (a module may define its own ``model``)."""
+    return tiny_model
+
+
+# ------------------------------------------------------------------------------ the one loop reference
+_PER_HEAD = ("z", "q", "k", "v", "pattern")  # written here: the reference shares no tables with the engine
+
+
+def patch_loop(tower, clean, corrupt, metric, act: str, index: str, direction: str = "denoise"):
+    """TransformerLens-style activation patching, one full forward per patch, the hook written here.
+
+    Layers, positions and heads are enumerated from the tower and the inputs — ``tower.cfg.n_layers``,
+    ``tower.cfg.n_heads`` and the positions the patched run actually computes (its cached residual) — never
+    from a result under test. ``clean``/``corrupt`` are the tower's inputs (token ids or pixels). Returns
+    (values [layer, (pos), (head), batch], labels {axis: list}) so a test compares the labels too."""
+    from transformer_lens.utilities import get_act_name
+
+    source, target = (clean, corrupt) if direction == "denoise" else (corrupt, clean)
+    with torch.no_grad():
+        _, cache = tower.run_with_cache(source)
+        _, target_cache = tower.run_with_cache(target, names_filter=[get_act_name("resid_pre", 0)])
+    labels = {"layer": list(range(tower.cfg.n_layers))}
+    if "pos" in index.split("_"):
+        labels["pos"] = list(range(target_cache[get_act_name("resid_pre", 0)].shape[1]))
+    if "head" in index.split("_"):
+        labels["head"] = list(range(tower.cfg.n_heads))
+    axes = list(labels)
+    values = torch.empty(*[len(labels[a]) for a in axes], target.shape[0])
+    for idx in itertools.product(*[range(len(labels[a])) for a in axes]):
+        where = {a: labels[a][i] for a, i in zip(axes, idx)}
+
+        def hook(x, hook, where=where):
+            x = x.clone()
+            pos, head = where.get("pos", slice(None)), where.get("head", slice(None))
+            sl = (slice(None), head, pos) if act == "pattern" else (slice(None), pos, head) if act in _PER_HEAD \
+                else (slice(None), pos)
+            x[sl] = cache[hook.name][sl]
+            return x
+
+        with torch.no_grad():
+            out = tower.run_with_hooks(target, return_type="normalized",
+                                       fwd_hooks=[(get_act_name(act, where["layer"]), hook)])
+        values[idx] = metric(out)
+    return values, labels
+
+
+def assert_matches_loop(result, tower, clean, corrupt, metric, atol: float = 1e-5):
+    """The engine's result equals :func:`patch_loop` in labels (every layer, position and head, in order)
+    and in values."""
+    index = "_".join(result.axes)
+    values, labels = patch_loop(tower, clean, corrupt, metric, result.act_name, index, result.direction)
+    assert {a: list(result.labels[a]) for a in result.axes} == labels
+    assert (result.values - values).abs().max() <= atol

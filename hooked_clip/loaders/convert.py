@@ -55,6 +55,10 @@ class Reader:
             return None
         return self.rest.pop(key)
 
+    def take_all(self, names: dict[str, str]) -> dict[str, Optional[Tensor]]:
+        """{our key: the source's tensor} for a map of our keys to source keys (missing ones remembered)."""
+        return {ours: self.take(theirs) for ours, theirs in names.items()}
+
     def finish(self, ignore: Callable[[str], bool] = lambda k: False) -> None:
         summary = mismatch_summary(self.missing, [k for k in self.rest if not ignore(k)])
         if summary:
@@ -97,6 +101,16 @@ def convert_blocks(read: Reader, cfg: TowerConfig, prefix: str, names: dict[str,
             w = read.take(p + theirs + ".weight")
             out[b + f"mlp.W_{ours}"] = w.T if w is not None else None
             out[b + f"mlp.b_{ours}"] = read.take(p + theirs + ".bias")
+    return out
+
+
+def read_vit_keys(read: Reader, cfg, keys: dict[str, str], block_prefix: str, block_names: dict[str, str]) -> dict:
+    """A ViT's embeddings, blocks and LayerNorms in our names, whichever the source (``keys``: our key -> the
+    source's), reading only the optional pieces the config has (patch bias, class token, ``ln_pre``)."""
+    wanted = ["embed.W_patch", "pos_embed.W_pos", "ln_post.w", "ln_post.b"]
+    wanted += ["embed.b_patch"] * cfg.patch_bias + ["W_cls"] * cfg.class_token + ["ln_pre.w", "ln_pre.b"] * cfg.ln_pre
+    out = read.take_all({k: keys[k] for k in wanted})
+    out.update(convert_blocks(read, cfg, block_prefix, block_names))
     return out
 
 

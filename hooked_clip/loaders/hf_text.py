@@ -86,18 +86,10 @@ def hf_text_state_dict(state_dict: dict[str, Tensor], cfg: CLIPTextConfig) -> di
     ``CLIPModel``; :func:`hf_text_model_state_dict` brings every supported class to this layout."""
     read = Reader({k: v for k, v in state_dict.items() if not k.startswith(("vision_model.", "visual_projection.", "logit_scale", "logit_bias"))}, "HF transformers")
     t = "text_model."
-    out = {
-        "embed.W_E": read.take(t + "embeddings.token_embedding.weight"),
-        "pos_embed.W_pos": read.take(t + "embeddings.position_embedding.weight"),
-    }
-    out.update(
-        convert_blocks(
-            read, cfg, t + "encoder.layers.",
-            HF_BLOCK_NAMES,
-        )
-    )
-    out["ln_final.w"] = read.take(t + "final_layer_norm.weight")
-    out["ln_final.b"] = read.take(t + "final_layer_norm.bias")
+    out = read.take_all({"embed.W_E": t + "embeddings.token_embedding.weight",
+                         "pos_embed.W_pos": t + "embeddings.position_embedding.weight",
+                         "ln_final.w": t + "final_layer_norm.weight", "ln_final.b": t + "final_layer_norm.bias"})
+    out.update(convert_blocks(read, cfg, t + "encoder.layers.", HF_BLOCK_NAMES))
     if cfg.d_proj is not None:
         w = read.take("text_projection.weight")
         out["W_proj"] = w.T if w is not None else None

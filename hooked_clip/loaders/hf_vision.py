@@ -10,10 +10,15 @@ from torch import Tensor, nn
 
 from hooked_clip.errors import UnsupportedImageTower
 from hooked_clip.loaders.checkpoint import ReferenceVision, VisionCheckpoint
-from hooked_clip.loaders.convert import HF_ACTS, HF_BLOCK_NAMES, Reader, convert_blocks, qkv_weight
+from hooked_clip.loaders.convert import HF_ACTS, HF_BLOCK_NAMES, Reader, qkv_weight, read_vit_keys
 from hooked_clip.vision.config import CLIPVisionConfig
 
 _HF_FAMILIES = ("clip_vision_model", "metaclip_2_vision_model", "siglip_vision_model")  # MetaCLIP 2: CLIP's ViT
+
+HF_VIT_KEYS = {"embed.W_patch": "embeddings.patch_embedding.weight", "embed.b_patch": "embeddings.patch_embedding.bias",
+               "W_cls": "embeddings.class_embedding", "pos_embed.W_pos": "embeddings.position_embedding.weight",
+               "ln_pre.w": "pre_layrnorm.weight", "ln_pre.b": "pre_layrnorm.bias",
+               "ln_post.w": "post_layernorm.weight", "ln_post.b": "post_layernorm.bias"}
 
 
 def read_hf_vision(hf_model: nn.Module, image_processor: Any = None,
@@ -84,16 +89,7 @@ def hf_vision_state_dict(hf_model: nn.Module, cfg: CLIPVisionConfig) -> dict[str
     if proj is not None:
         sd.update({f"visual_projection.{k}": v for k, v in proj.state_dict().items()})
     read = Reader(sd, "HF transformers", "ViT image tower")
-    out = {"embed.W_patch": read.take("embeddings.patch_embedding.weight"),
-           "pos_embed.W_pos": read.take("embeddings.position_embedding.weight")}
-    if cfg.patch_bias:
-        out["embed.b_patch"] = read.take("embeddings.patch_embedding.bias")
-    if cfg.class_token:
-        out["W_cls"] = read.take("embeddings.class_embedding")
-    if cfg.ln_pre:
-        out["ln_pre.w"], out["ln_pre.b"] = read.take("pre_layrnorm.weight"), read.take("pre_layrnorm.bias")
-    out.update(convert_blocks(read, cfg, "encoder.layers.", HF_BLOCK_NAMES))
-    out["ln_post.w"], out["ln_post.b"] = read.take("post_layernorm.weight"), read.take("post_layernorm.bias")
+    out = read_vit_keys(read, cfg, HF_VIT_KEYS, "encoder.layers.", HF_BLOCK_NAMES)
     if cfg.pooling == "attn":
         out.update(_attention_pool(read, cfg, "head."))
     if cfg.d_proj is not None:

@@ -92,18 +92,9 @@ def open_clip_text_state_dict(state_dict: dict[str, Tensor], cfg: CLIPTextConfig
         if (k.startswith("text.") if custom else not k.startswith(("visual.", "logit_scale", "logit_bias")))
     }
     read = Reader(text_sd, "open_clip")
-    out = {
-        "embed.W_E": read.take(t + "token_embedding.weight"),
-        "pos_embed.W_pos": read.take(t + "positional_embedding"),
-    }
-    out.update(
-        convert_blocks(
-            read, cfg, t + "transformer.resblocks.",
-            OPEN_CLIP_BLOCK_NAMES,
-        )
-    )
-    out["ln_final.w"] = read.take(t + "ln_final.weight")
-    out["ln_final.b"] = read.take(t + "ln_final.bias")
+    out = read.take_all({"embed.W_E": t + "token_embedding.weight", "pos_embed.W_pos": t + "positional_embedding",
+                         "ln_final.w": t + "ln_final.weight", "ln_final.b": t + "ln_final.bias"})
+    out.update(convert_blocks(read, cfg, t + "transformer.resblocks.", OPEN_CLIP_BLOCK_NAMES))
     if cfg.d_proj is not None:
         if cfg.proj_bias:
             w = read.take(t + "text_projection.weight")

@@ -11,10 +11,14 @@ from torch import Tensor, nn
 
 from hooked_clip.errors import UnsupportedImageTower
 from hooked_clip.loaders.checkpoint import ReferenceVision, VisionCheckpoint
-from hooked_clip.loaders.convert import OPEN_CLIP_BLOCK_NAMES, Reader, convert_blocks, open_clip_activation
+from hooked_clip.loaders.convert import OPEN_CLIP_BLOCK_NAMES, Reader, open_clip_activation, read_vit_keys
 from hooked_clip.vision.config import CLIPVisionConfig
 
 OPEN_CLIP_PREPROCESSING = "open_clip preprocess (torchvision transform)"
+
+OPEN_CLIP_VIT_KEYS = {"embed.W_patch": "conv1.weight", "embed.b_patch": "conv1.bias", "W_cls": "class_embedding",
+                      "pos_embed.W_pos": "positional_embedding", "ln_pre.w": "ln_pre.weight", "ln_pre.b": "ln_pre.bias",
+                      "ln_post.w": "ln_post.weight", "ln_post.b": "ln_post.bias"}
 
 
 def read_open_clip_vision(oc_model: nn.Module, preprocess_cfg: Optional[dict] = None,
@@ -84,14 +88,7 @@ def vision_config_from_open_clip(model: nn.Module, **overrides) -> CLIPVisionCon
 def open_clip_vision_state_dict(model: nn.Module, cfg: CLIPVisionConfig) -> dict[str, Tensor]:
     """Our state dict from an open_clip ``VisionTransformer``'s state dict."""
     read = Reader(_open_clip_visual(model).state_dict(), "open_clip", "ViT image tower")
-    out = {"embed.W_patch": read.take("conv1.weight"), "W_cls": read.take("class_embedding"),
-           "pos_embed.W_pos": read.take("positional_embedding")}
-    if cfg.patch_bias:
-        out["embed.b_patch"] = read.take("conv1.bias")
-    if cfg.ln_pre:
-        out["ln_pre.w"], out["ln_pre.b"] = read.take("ln_pre.weight"), read.take("ln_pre.bias")
-    out.update(convert_blocks(read, cfg, "transformer.resblocks.", OPEN_CLIP_BLOCK_NAMES))
-    out["ln_post.w"], out["ln_post.b"] = read.take("ln_post.weight"), read.take("ln_post.bias")
+    out = read_vit_keys(read, cfg, OPEN_CLIP_VIT_KEYS, "transformer.resblocks.", OPEN_CLIP_BLOCK_NAMES)
     if cfg.d_proj is not None:
         out["W_proj"] = read.take("proj")
     read.finish()

@@ -66,15 +66,9 @@ class CLIPTextConfig(TowerConfig):
       ``benchmarks/forward.py``), so exactness is the default.
     """
 
-    d_model: int = 512
-    d_head: int = 64
-    n_layers: int = 12
-    n_ctx: int = 77
-    n_heads: int = 8
-    d_mlp: Optional[int] = 2048
+    # the shared fields (widths, depth, heads, act_fn, eps, ...) and their defaults (CLIP ViT-B/32's text
+    # tower) are TowerConfig's; only causal differs
     d_vocab: int = 49408
-    act_fn: str = "quick_gelu"
-    eps: float = 1e-5
     d_proj: Optional[int] = 512
     proj_bias: bool = False
     pooling: str = "argmax"
@@ -84,8 +78,6 @@ class CLIPTextConfig(TowerConfig):
     family: str = "clip"
     causal: bool = True
     trim_after_pool: bool = True
-    use_fused_attn: bool = False
-    ln_position: str = "pre"
     n_token_types: int = 0
     ln_embed: bool = False
     position_ids: str = "absolute"
@@ -93,12 +85,9 @@ class CLIPTextConfig(TowerConfig):
     final_ln: bool = True
     proj_act: Optional[str] = None
     d_proj_hidden: Optional[int] = None
-    init_range: float = 0.02
     ln_folded: bool = False  # weight-processing state (hooked_clip.processing), set by those functions
     writing_weights_centered: bool = False
     value_biases_folded: bool = False
-    seed: Optional[int] = None
-    model_name: str = "custom"
     default_prepend_bos: bool = True
     positional_embedding_type: str = "standard"
 

@@ -2,7 +2,7 @@
 transformers tokenizers saved beside a checkpoint (:mod:`~hooked_clip.tokenizers.hf`) and which one a model
 gets (:mod:`~hooked_clip.tokenizers.rules`). Exports are lazy: importing the contract costs no open_clip."""
 
-from importlib import import_module
+from hooked_clip.lazy import lazy_exports
 
 _EXPORTS = {"TextTokenizer": "base", "Text": "base", "Padding": "base", "padding_for": "base",
             "uses_clip_vocab": "base", "CLIPTokenizer": "clip_bpe", "HFTextTokenizer": "hf",
@@ -10,8 +10,4 @@ _EXPORTS = {"TextTokenizer": "base", "Text": "base", "Padding": "base", "padding
             "resolve_tokenizer": "rules", "default_tokenizer": "rules"}
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -3,14 +3,10 @@
 Exports are lazy (``from hooked_clip.vision import HookedCLIPVision`` imports the tower only then), so the
 loaders can read :mod:`hooked_clip.vision.config` without importing a tower class."""
 
-from importlib import import_module
+from hooked_clip.lazy import lazy_exports
 
 _EXPORTS = {"CLIPVisionConfig": "config", "HookedCLIPVision": "tower",
             "ReferenceVisionTower": "reference", "as_pixels": "pixels"}
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

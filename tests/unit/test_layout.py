@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "hooked_clip"
 TOWER_MODULES = {"hooked_clip.model", "hooked_clip.text.tower", "hooked_clip.vision.tower",
                  "hooked_clip.vision.reference", "hooked_clip.text.readout"}

@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 import torch
-from conftest import hf_clip
+from conftest import assert_matches_loop, hf_clip
 from transformer_lens import patching as tl_patching
 from transformer_lens.utilities import get_act_name
 
@@ -24,38 +24,9 @@ PER_HEAD = ["z", "q", "k", "v", "pattern"]
 
 
 @pytest.fixture(scope="module")
-def model():
-    return HookedCLIP.from_hf(hf_clip("tiny_eot"), device="cpu")
-
-
-@pytest.fixture(scope="module")
 def metric(model):
     target = torch.randn(len(NEG), model.cfg.d_proj, generator=torch.Generator().manual_seed(1))
     return cosine_to_target(target)
-
-
-def loop_reference(model, result, clean, corrupt, metric):
-    """TL-style: one full forward per index, hook written by hand, nothing shared with the engine."""
-    source, target = (clean, corrupt) if result.direction == "denoise" else (corrupt, clean)
-    source_t, target_t = model.to_tokens(source), model.to_tokens(target)
-    _, cache = model.run_with_cache(source_t)
-    ref = torch.empty_like(result.values)
-    act = result.act_name
-    for li, layer in enumerate(result.labels["layer"]):
-        name = get_act_name(act, layer)
-        for idx in itertools.product(*[range(len(result.labels[a])) for a in result.axes[1:]]):
-            where = {a: result.labels[a][i] for a, i in zip(result.axes[1:], idx)}
-
-            def hook(x, hook, where=where):
-                x = x.clone()
-                pos, head = where.get("pos", slice(None)), where.get("head", slice(None))
-                sl = (slice(None), head, pos) if act == "pattern" else (slice(None), pos, head) if act in PER_HEAD else (slice(None), pos)
-                x[sl] = cache[hook.name][sl]
-                return x
-
-            out = model.run_with_hooks(target_t, return_type="normalized", fwd_hooks=[(name, hook)])
-            ref[(li, *idx)] = metric(out)
-    return ref
 
 
 CASES = [(a, "layer_pos") for a in POSITIONAL + PER_HEAD] + [(a, i) for a in PER_HEAD for i in ("layer_head", "layer_pos_head")]
@@ -65,14 +36,13 @@ CASES = [(a, "layer_pos") for a in POSITIONAL + PER_HEAD] + [(a, i) for a in PER
 def test_engine_equals_one_forward_per_patch_loop(model, metric, act, index):
     res = activation_patch(model, NEG, AFF, metric, act, index=index, progress=False, batch_size=7)
     assert res.axes == ("layer", *index.split("_")[1:])
-    ref = loop_reference(model, res, NEG, AFF, metric)
-    assert (res.values - ref).abs().max() <= ATOL
+    assert_matches_loop(res, model.text, model.to_tokens(NEG), model.to_tokens(AFF), metric)
 
 
 @pytest.mark.parametrize("act", ["resid_mid", "z", "pattern"])
 def test_noising_equals_loop(model, metric, act):
     res = activation_patch(model, NEG, AFF, metric, act, direction="noise", progress=False)
-    assert (res.values - loop_reference(model, res, NEG, AFF, metric)).abs().max() <= ATOL
+    assert_matches_loop(res, model.text, model.to_tokens(NEG), model.to_tokens(AFF), metric)
 
 
 def test_chunk_size_does_not_change_results(model, metric):
@@ -97,7 +67,7 @@ def test_denoising_a_whole_layer_reproduces_clean(model, metric, act):
     res = activation_patch(model, NEG, AFF, metric, act, index="layer", progress=False)
     if act.startswith("resid"):
         assert (res.values - res.clean).abs().max() <= ATOL
-    assert (res.values - loop_reference(model, res, NEG, AFF, metric)).abs().max() <= ATOL
+    assert_matches_loop(res, model.text, model.to_tokens(NEG), model.to_tokens(AFF), metric)
 
 
 def test_normalized_and_dataframe(model, metric):

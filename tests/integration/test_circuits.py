@@ -22,11 +22,6 @@ AFF = ["There are some cats in the picture.", "There is a dog.", "There are some
 ATOL = 1e-5
 
 
-@pytest.fixture(scope="module")
-def model():
-    return HookedCLIP.from_hf(hf_clip("tiny_eot"), device="cpu")
-
-
 @pytest.fixture()
 def fresh():
     """A model of its own (tests below attach permanent hooks or edit weights)."""

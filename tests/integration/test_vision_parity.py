@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import hf_clip, open_clip_model, randomize_
-from test_parity import capture_block_outputs
+from conftest import hf_clip, open_clip_model, open_clip_vit, pixels, randomize_
+from hooked_clip.parity import capture_block_outputs
 
 from hooked_clip import CheckpointMismatchError, HookedCLIP, HookedCLIPVision
 from hooked_clip.vision.reference import ReferenceVisionTower
@@ -15,10 +15,6 @@ from hooked_clip.errors import UnsupportedImageTower
 from hooked_clip.loaders.open_clip_vision import open_clip_vision_state_dict, vision_config_from_open_clip
 
 ATOL = 1e-5
-
-
-def pixels(size: int, n: int = 3, seed: int = 0) -> torch.Tensor:
-    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
 def assert_tower_matches(tower: HookedCLIPVision, px, ref_embeds, ref_blocks):
@@ -129,16 +125,6 @@ OPEN_CLIP = {
     "no_ln_pre": dict(no_ln_pre=True),
     "sincos_gelu_tanh": dict(act="gelu_tanh", pos_embed_type="sin_cos_2d"),
 }
-
-
-def open_clip_vit(seed: int = 2, layers: int = 2, act: str = "gelu", **kw):
-    from open_clip.transformer import QuickGELU, VisionTransformer
-
-    torch.manual_seed(seed)
-    act_layer = {"quick_gelu": QuickGELU, "gelu": torch.nn.GELU,
-                 "gelu_tanh": lambda: torch.nn.GELU(approximate="tanh")}[act]
-    return randomize_(VisionTransformer(image_size=48, patch_size=16, width=64, layers=layers, heads=4,
-                                        mlp_ratio=3.0, output_dim=24, act_layer=act_layer, **kw), seed)
 
 
 @pytest.mark.parametrize("spec", list(OPEN_CLIP))

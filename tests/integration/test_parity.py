@@ -8,7 +8,7 @@ import torch
 from conftest import MIXED_TEXTS, SPECS, hf_clip, open_clip_model
 
 from hooked_clip import HookedCLIP
-from hooked_clip.parity import capture_block_outputs  # noqa: F401  (benchmarks/parity.py imports it from here)
+from hooked_clip.parity import capture_block_outputs
 
 ATOL = 1e-5
 

@@ -23,7 +23,7 @@ from hooked_clip.models.tiny_negation.pixels import PIXEL_WEIGHTS, load_pixels, 
 from hooked_clip.models.tiny_negation.train_pixels import train
 from hooked_clip.vision.tower import HookedCLIPVision
 
-CARD = Path(__file__).parents[1] / "docs" / "models" / "tiny-negation.md"
+CARD = Path(__file__).parents[2] / "docs" / "models" / "tiny-negation.md"
 # floors stated in the card's pixel section, on the fixed samples below (measured on the shipped weights:
 # 0.983 and 0.993); they catch a broken model, renderer or loader, with room for float differences
 HELD_OUT_FLOOR, VALSE_FLOOR = 0.95, 0.95

@@ -18,11 +18,6 @@ def pixels(n: int, size: int = 64, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.fixture(scope="module")
-def model():
-    return HookedCLIP.from_hf(hf_clip("tiny_eot"), device="cpu")
-
-
 def open_clip_clip(**vision_kw):
     """A random open_clip CLIP whose ViT pools as asked."""
     from open_clip.model import CLIP

@@ -3,12 +3,11 @@ class-token, average and attention-pooled ViTs (transformers CLIP, open_clip, tr
 
 from __future__ import annotations
 
-import itertools
 
 import pytest
 import torch
-from conftest import randomize_
-from test_vision_parity import open_clip_vit, pixels
+from conftest import assert_matches_loop, open_clip_vit, pixels, randomize_
+
 
 from hooked_clip import HookedCLIPVision
 from hooked_clip.analyses.metrics import cosine_to_target, similarity_metric
@@ -16,28 +15,6 @@ from hooked_clip.analyses.patching import activation_patch
 
 ATOL = 1e-5
 PER_HEAD = ("z", "q", "k", "v", "pattern")
-
-
-def image_loop(tower, clean, corrupt, metric, act, axes, labels, direction="denoise"):
-    """One full forward of the image tower per index, the hook written here (TL-style), nothing shared with
-    the engine."""
-    source, target = (clean, corrupt) if direction == "denoise" else (corrupt, clean)
-    with torch.no_grad():
-        _, cache = tower.run_with_cache(source)
-        ref = torch.empty(*[len(labels[a]) for a in axes], clean.shape[0])
-        for idx in itertools.product(*[range(len(labels[a])) for a in axes]):
-            where = {a: labels[a][i] for a, i in zip(axes, idx)}
-            name = f"blocks.{where['layer']}.attn.hook_{act}" if act in PER_HEAD else f"blocks.{where['layer']}.hook_{act}"
-
-            def hook(x, hook, where=where):
-                x = x.clone()
-                pos, head = where.get("pos", slice(None)), where.get("head", slice(None))
-                sl = (slice(None), head, pos) if act == "pattern" else (slice(None), pos, head) if act in PER_HEAD else (slice(None), pos)
-                x[sl] = cache[hook.name][sl]
-                return x
-
-            ref[idx] = metric(tower.run_with_hooks(target, return_type="normalized", fwd_hooks=[(name, hook)]))
-    return ref
 
 
 def siglip_tower():
@@ -68,10 +45,7 @@ def test_image_patching_equals_one_forward_per_patch_loop(tiny_model, spec, act,
     metric = cosine_to_target(torch.randn(2, d, generator=torch.Generator().manual_seed(3)))
     res = activation_patch(tower, clean, corrupt, metric, act, index=index, batch_size=5, progress=False)
     assert res.axes == ("layer", *index.split("_")[1:])
-    if "pos" in index:
-        assert res.labels["pos"] == list(range(tower.cfg.n_ctx))
-    ref = image_loop(tower, clean, corrupt, metric, act, res.axes, res.labels)
-    assert (res.values - ref).abs().max() <= ATOL
+    assert_matches_loop(res, tower, clean, corrupt, metric)
 
 
 def test_image_patching_from_a_clip_model_with_a_similarity_metric(tiny_model):
@@ -86,8 +60,7 @@ def test_image_patching_from_a_clip_model_with_a_similarity_metric(tiny_model):
     for direction in ("denoise", "noise"):
         res = activation_patch(model, clean, corrupt, metric, "resid_pre", direction=direction, tower="vision",
                                progress=False)
-        ref = image_loop(model.vision, clean, corrupt, metric, "resid_pre", res.axes, res.labels, direction)
-        assert (res.values - ref).abs().max() <= ATOL
+        assert_matches_loop(res, model.vision, clean, corrupt, metric)
     whole = activation_patch(model, clean, corrupt, metric, "resid_pre", index="layer", tower="vision", progress=False)
     assert (whole.values - whole.clean).abs().max() <= ATOL
     with torch.no_grad():

@@ -127,7 +127,7 @@ def test_cuda_moves_update_cfg(monkeypatch):
 def test_analyses_hold_no_hard_coded_device():
     """Analyses build tensors on their inputs' or the model's device: no literal "cpu"/"cuda" device in
     them (moving results to the CPU with .cpu() for numpy is fine)."""
-    root = Path(__file__).resolve().parents[1] / "analyses"
+    root = Path(__file__).resolve().parents[2] / "analyses"
     literal = re.compile(r"""(device\s*=\s*|\.to\(\s*|default\s*=\s*)["'](cpu|cuda)""")
     hits = [f"{p.relative_to(root)}:{i}: {line.strip()}" for p in sorted(root.rglob("*.py"))
             for i, line in enumerate(p.read_text().splitlines(), 1) if literal.search(line)]

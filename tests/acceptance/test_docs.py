@@ -12,7 +12,7 @@ import torch
 from conftest import VALSE, hf_clip, open_clip_text_cfg, randomize_
 from PIL import Image, ImageDraw
 
-DOCS = Path(__file__).parents[1] / "docs"
+DOCS = Path(__file__).parents[2] / "docs"
 sys.path.insert(0, str(DOCS))
 from run_blocks import TUTORIALS, as_script, blocks, example_path, run_markdown  # noqa: E402
 

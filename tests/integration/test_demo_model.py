@@ -22,7 +22,7 @@ from hooked_clip.models.tiny_negation.evaluate import held_out_accuracy, held_ou
 from hooked_clip.analyses.valse_negation.demo_scenes import demo_model_accuracy, synthesize_scene
 from hooked_clip.models.tiny_negation.train import random_scenes_about, sample_batch, train
 
-CARD = Path(__file__).parents[1] / "docs" / "models" / "tiny-negation.md"
+CARD = Path(__file__).parents[2] / "docs" / "models" / "tiny-negation.md"
 # floors stated in the model card, on the fixed samples below (measured on the shipped weights: 0.967,
 # 0.963, 0.993); they catch a broken model or loader, and leave room for float differences across machines
 HELD_OUT_FLOOR, TRAIN_TEMPLATES_FLOOR, VALSE_FLOOR = 0.93, 0.92, 0.95

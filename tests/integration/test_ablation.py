@@ -13,11 +13,6 @@ TEXTS = ["There are no cats in the picture.", "There is a dog.", "no"]
 REFERENCE = ["a photo of a cat", "There are some elephants in the water near the trees.", "dogs"]
 
 
-@pytest.fixture(scope="module")
-def model():
-    return HookedCLIP.from_hf(hf_clip("tiny_eot"), device="cpu")
-
-
 def test_zero_ablating_every_head_leaves_only_the_output_bias(model):
     tokens = model.to_tokens(TEXTS)
     hooks = ablate_heads(model, [(1, h) for h in range(model.cfg.n_heads)], "zero")
