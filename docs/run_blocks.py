@@ -1,6 +1,6 @@
 """Execute the Python code blocks of a Markdown tutorial, in order, in one namespace.
 
-Used by the test suite (tests/test_docs.py: stale docs fail CI) and to refresh the figures the tutorials
+Used by the test suite (tests/acceptance/test_docs.py: stale docs fail CI) and to refresh the figures the tutorials
 show (``python docs/run_blocks.py`` runs every tutorial with docs/ as the working directory, writing
 docs/figures/). A block preceded by ``<!-- docs-test: real-weights -->`` loads real checkpoints; it runs
 with the checkpoint names replaced by ``substitutions`` (locally saved random checkpoints of the same

@@ -1,7 +1,7 @@
 """How far d moves between pixel pipelines, on a random ViT-B/32-sized CLIP (no download, ~1 min on 2 CPUs).
 
 The study feeds each VALSE image to the model's own preprocessing: transformers' CLIP image processor for a
-model loaded from HF (equal to the authors' CLIPProcessor, tests/test_valse_study.py), open_clip's
+model loaded from HF (equal to the authors' CLIPProcessor, tests/acceptance/test_valse_study.py), open_clip's
 preprocess for a model loaded from open_clip. This script scores 70 VALSE items with synthetic JPEG/PNG
 images (modes RGB, L, CMYK, RGBA, P; several sizes) through three pipelines and prints max |Δd| against the
 one the study uses for HF models:
