@@ -26,7 +26,7 @@ from hooked_clip.tower import get_tower
 
 def hidden_state_hook(layer: int, n_layers: Optional[int] = None) -> str:
     """Hook name of the paper's hidden state l (0 = embeddings output, l = output of block l); see
-    :func:`hooked_clip.hook_names.hidden_state_name`."""
+    :func:`hooked_clip.names.hidden_state_name`."""
     return hidden_state_name(layer, layer if n_layers is None else n_layers)
 
 
@@ -55,7 +55,9 @@ def minimal_pair_trace(
     S*(caption), d = S(aff) - S(neg)), so where the negation sits is not an argument.
 
     Returns CTE [pairs, n_layers + 1, pos] (dimensionless; 1 = the single state carries the whole
-    caption-foil gap). Positions after a pair's EOT, and pairs with S(negated) = S(affirmative), are NaN.
+    caption-foil gap). Positions that hold no token of the pair (after a causal tower's EOT, or padding a
+    bidirectional tower masks: pairs of different lengths run in one padded batch), and pairs with
+    S(negated) = S(affirmative), are NaN.
     """
     text = get_tower(model, "text")
     pair = RunPair.build(text, negated, affirmative, "denoise", names=("negated", "affirmative"),
@@ -68,8 +70,16 @@ def minimal_pair_trace(
     states = hidden_state_patch(model, pair.source, pair.base, metric, direction="denoise", batch_size=batch_size,
                                 progress=progress)
     cte = states.normalized().permute(2, 0, 1)  # [pairs, L+1, pos]
-    after_eot = torch.arange(cte.shape[-1])[None, :] > pair.base_pool.cpu()[:, None]  # [pairs, pos]
-    return cte.masked_fill(after_eot[:, None, :], float("nan"))
+    return cte.masked_fill(_not_text(text, pair.base, cte.shape[-1])[:, None, :], float("nan"))
+
+
+def _not_text(text, tokens: Tensor, n_pos: int) -> Tensor:
+    """[batch, pos] True at positions that hold no token of the row's text (padding the tower masks, or a
+    causal tower's positions after its EOT); see ``input_lengths``."""
+    lengths = text.input_lengths(tokens)
+    if lengths is None:
+        return torch.zeros(tokens.shape[0], n_pos, dtype=torch.bool)
+    return torch.arange(n_pos)[None, :] >= lengths.cpu()[:, None]
 
 
 # --------------------------------------------------------------------------------------- ROME tracing
@@ -93,25 +103,25 @@ class RomeTraceResult:
 
 
 def embedding_std(model, reference: Tokens) -> float:
-    """Std of token embeddings (``hook_embed``) over the valid positions (up to EOT) of a reference set."""
+    """Std of token embeddings (``hook_embed``) over the positions that hold text (up to EOT, padding left out)
+    of a reference set."""
     text = get_tower(model, "text")
     tokens = text.as_tokens(reference)
     with torch.inference_mode():
         emb = text.embed(tokens)
-    valid = torch.arange(tokens.shape[1], device=tokens.device)[None, :] <= text.pool_positions(tokens)[:, None]
-    return float(emb[valid].std())
+    return float(emb[~_not_text(text, tokens, tokens.shape[1]).to(emb.device)].std())
 
 
-def item_noise(tokens: Int[Tensor, "batch pos"], pool: Int[Tensor, "batch"], n_samples: int, d_model: int,
+def item_noise(tokens: Int[Tensor, "batch pos"], lengths: Int[Tensor, "batch"], n_samples: int, d_model: int,
                seed: int) -> Float[Tensor, "samples batch pos d_model"]:
-    """Standard normal noise per item, a function of (seed, the item's token ids up to its pooling position)
-    only: chunking, batch composition, padding and resuming cannot change an item's draws (identical
-    sentences get identical noise). Positions after the pooling position get zeros."""
+    """Standard normal noise per item, a function of (seed, the item's first ``lengths[b]`` token ids: its text
+    up to EOT, padding left out) only: chunking, batch composition, padding and resuming cannot change an
+    item's draws (identical sentences get identical noise). Positions after the text get zeros."""
     out = torch.zeros(n_samples, tokens.shape[0], tokens.shape[1], d_model)
-    for b, (ids, p) in enumerate(zip(tokens.tolist(), pool.tolist())):
-        key = hashlib.sha256(f"rome-noise:{seed}:{ids[: p + 1]}".encode()).digest()
+    for b, (ids, n) in enumerate(zip(tokens.tolist(), lengths.tolist())):
+        key = hashlib.sha256(f"rome-noise:{seed}:{ids[:n]}".encode()).digest()
         gen = torch.Generator().manual_seed(int.from_bytes(key[:8], "little") & (2**63 - 1))
-        out[:, b, : p + 1] = torch.randn(n_samples, p + 1, d_model, generator=gen)
+        out[:, b, :n] = torch.randn(n_samples, n, d_model, generator=gen)
     return out
 
 
@@ -154,7 +164,9 @@ def rome_trace(
     noise_mask = _noise_mask(noise_positions, n_ex, n_pos, pool).to(toks.device)
     sigma = noise_std if noise_std is not None else embedding_std(text, reference if reference is not None else toks)
 
-    noise = item_noise(toks, pool, n_samples, text.cfg.d_model, seed) * (noise_scale * sigma)
+    lengths = text.input_lengths(toks)
+    lengths = torch.full((n_ex,), n_pos) if lengths is None else lengths
+    noise = item_noise(toks, lengths, n_samples, text.cfg.d_model, seed) * (noise_scale * sigma)
     noise = (noise.to(toks.device, text.W_E.dtype) * noise_mask[None, :, :, None]).flatten(0, 1)  # [S*B, pos, d]
 
     def add_noise(embed, hook):

@@ -5,7 +5,11 @@ CTE, ROME tracing, path patching) is a plan for this engine plus a hook factory;
 Towers: any tower that implements the :class:`~hooked_clip.tower.Tower` contract (the text tower, the ViT
 image tower, a family's own), never told apart by class. The engine uses of a tower only ``blocks``,
 ``cfg.n_layers``, ``cfg.trims``, ``run_with_cache``, ``hooks``, ``pool_positions(input)`` (the one position each
-row's output reads, or None when pooling reads all) and ``read_out(resid, pool, return_type)``. A trimming tower (causal, EOT-pooled: ``cfg.trims``) runs rows only up to their pooling
+row's output reads, or None when pooling reads all), ``key_mask(input)`` (the padding attention must never read,
+or None) and ``read_out(resid, pool, return_type, key_mask)``; each block is called as
+``block(resid, prefix, query_pos, key_mask=...)``. Padded batches of bidirectional towers (BERT/RoBERTa,
+masked pre-LN towers) are exact: every row carries its example's key mask through every block and the
+read-out (mean pooling skips the padding). A trimming tower (causal, EOT-pooled: ``cfg.trims``) runs rows only up to their pooling
 position and can reuse key/value prefixes; an image tower attends bidirectionally, so neither applies there
 (every patched row runs every position from its block on).
 
@@ -56,8 +60,10 @@ Hooks = list[tuple[str, Callable]]
 class BaseRun:
     """A recorded run of a tower: ``input`` (token ids [batch, pos], cut after the last pooling position, or
     pixels), ``pool`` [batch] (None when the output reads every position), ``n_pos`` (positions of the
-    residual stream), ``output`` [batch, ...] (the tower's output for ``return_type``) and ``cache`` (the
-    residual entering blocks ``first_layer``.., and their keys/values when ``prefix_reuse``)."""
+    residual stream), ``output`` [batch, ...] (the tower's output for ``return_type``), ``cache`` (the
+    residual entering blocks ``first_layer``.., and their keys/values when ``prefix_reuse``) and ``key_mask``
+    [batch, n_pos] (True at keys attention never reads: the padding of a tower that masks it; None when no
+    row has any), which every re-run row carries beside its prefix length."""
 
     input: Tensor
     pool: Optional[Tensor]
@@ -68,6 +74,7 @@ class BaseRun:
     first_layer: int
     prefix_reuse: bool
     trims: bool
+    key_mask: Optional[Tensor] = None
 
     @classmethod
     def record(cls, tower: Tower, input: Tensor, *, return_type: str = "normalized", first_layer: int = 0,
@@ -83,8 +90,11 @@ class BaseRun:
         with torch.inference_mode(), tower.hooks(fwd_hooks=list(hooks)):
             output, cache = tower.run_with_cache(input, return_type=return_type, names_filter=sorted(names))
         n_pos = cache[act_name("resid_pre", first_layer)].shape[1]
+        key_mask = tower.key_mask(input)
+        if key_mask is not None:
+            key_mask = key_mask[:, :n_pos]
         return cls(input, tower.pool_positions(input), n_pos, output, cache.cache_dict, return_type, first_layer,
-                   prefix_reuse, trims)
+                   prefix_reuse, trims, key_mask)
 
     def __getitem__(self, name: str) -> Tensor:
         return self.cache[name]
@@ -212,10 +222,12 @@ def _run_chunk(tower: Tower, base: BaseRun, chunk: Chunk, hooks: Hooks) -> Tenso
                 prefix = KeyValuePrefix(base[act_name("k", layer)][ex, :n_prefix], base[act_name("v", layer)][ex, :n_prefix],
                                         None if lengths is None else lengths[:n])
             last = layer == n_layers - 1 and pooled_only
-            resid = tower.blocks[layer](resid, prefix, pool if last else None)
+            key_mask = None if base.key_mask is None else base.key_mask[chunk.example[:n, None], columns[:n]]
+            resid = tower.blocks[layer](resid, prefix, pool if last else None, key_mask=key_mask)
         if pooled_only:
             pool = torch.zeros_like(pool)
-        return tower.read_out(resid, pool, base.return_type)
+        key_mask = None if base.key_mask is None else base.key_mask[chunk.example[:, None], columns]
+        return tower.read_out(resid, pool, base.return_type, key_mask)
 
 
 def _touches_last_block_queries(hooks: Hooks, last: int) -> bool:

@@ -50,15 +50,18 @@ class RunPair:
         if clean_t.shape[0] != corrupt_t.shape[0]:
             raise ValueError(f"{clean_t.shape[0]} {names[0]} examples but {corrupt_t.shape[0]} {names[1]} ones; "
                              "give one of each per example.")
+        clean_t, corrupt_t = _common_width(tower, clean_t, corrupt_t)
         clean_pool, corrupt_pool = tower.pool_positions(clean_t), tower.pool_positions(corrupt_t)
-        if same_pooling and clean_pool is not None and not torch.equal(clean_pool, corrupt_pool):
-            bad = (clean_pool != corrupt_pool).nonzero().flatten().tolist()
-            raise ValueError(
-                f"{names[0]} and {names[1]} differ in token length at examples {bad[:10]} ({names[0]} "
-                f"{int(clean_pool[bad[0]]) + 1} vs {names[1]} {int(corrupt_pool[bad[0]]) + 1} tokens for example "
-                f"{bad[0]}); positions do not correspond. "
-                + (hint or "Align the sentences first (the same number of tokens per example).")
-            )
+        if same_pooling:
+            clean_len, corrupt_len = tower.input_lengths(clean_t), tower.input_lengths(corrupt_t)
+            if clean_len is not None and not torch.equal(clean_len, corrupt_len):
+                bad = (clean_len != corrupt_len).nonzero().flatten().tolist()
+                raise ValueError(
+                    f"{names[0]} and {names[1]} differ in token length at examples {bad[:10]} ({names[0]} "
+                    f"{int(clean_len[bad[0]])} vs {names[1]} {int(corrupt_len[bad[0]])} tokens for example "
+                    f"{bad[0]}); positions do not correspond. "
+                    + (hint or "Align the sentences first (the same number of tokens per example).")
+                )
         if getattr(tower.cfg, "trims", False):
             clean_t = clean_t[:, : int(clean_pool.max()) + 1]
             corrupt_t = corrupt_t[:, : int(corrupt_pool.max()) + 1]
@@ -69,6 +72,20 @@ class RunPair:
     def clean_and_corrupt(self, base_value, source_value):
         """(clean's, corrupt's) of a pair of per-run values given as (base's, source's)."""
         return (source_value, base_value) if self.direction == "denoise" else (base_value, source_value)
+
+
+def _common_width(tower: Tower, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """Token ids of both runs at one width: the narrower padded with the tower's pad id, which is exact only
+    where padding is never read (a masked or causal EOT-pooled tower; towers that read their padding pad to
+    the context length already, so both runs have its width)."""
+    if a.shape[1:] == b.shape[1:] or a.ndim != 2:
+        return a, b
+    if tower.cfg.pads_to_context:
+        raise ValueError(f"the two runs have {a.shape[1]} and {b.shape[1]} positions, and this tower reads its padding; "
+                         "tokenize both with model.to_tokens(...) (it pads to the context length).")
+    width = max(a.shape[1], b.shape[1])
+    pad = lambda t: torch.nn.functional.pad(t, (0, width - t.shape[1]), value=tower.cfg.pad_token_id)  # noqa: E731
+    return pad(a), pad(b)
 
 
 __all__ = ["DIRECTIONS", "Direction", "RunPair", "Tokens"]

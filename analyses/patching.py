@@ -35,7 +35,7 @@ from hooked_clip.analyses.pairs import Direction, RunPair, Tokens
 from hooked_clip.names import HEAD_ACTS, act_name as hook_name
 from hooked_clip.tower import Tower, get_tower
 
-# the activations activation_patch can patch (hook names: hooked_clip.hook_names.act_name)
+# the activations activation_patch can patch (hook names: hooked_clip.names.act_name)
 PATCHABLE = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "z", "q", "k", "v", "pattern")
 # In the last block these activations reach the output only through their own position, so only the
 # pooling position can matter (ln_final is per position and pooling reads one position).
@@ -188,7 +188,7 @@ def hidden_state_patch(
     arguments are :func:`activation_patch`'s.
     """
     text = get_tower(model, "text")
-    _validate("resid_pre", "layer_pos", batch_size)
+    check_count("batch_size", batch_size, what="rows per forward")
     pair = RunPair.build(text, clean, corrupt, direction, same_pooling=alignment is None,
                          hint=_ALIGNMENT_HINT)
     n_layers = text.cfg.n_layers

@@ -14,6 +14,7 @@ from __future__ import annotations
 from hooked_clip.errors import UnknownHookError
 
 import contextlib
+import operator
 import difflib
 from typing import Any, Callable, Optional, Protocol, Sequence, runtime_checkable
 
@@ -43,6 +44,8 @@ class Tower(Protocol):
     - ``as_input(x)``: validated input on the tower's device (token ids from texts; pixels from images);
     - ``pool_positions(input)`` [batch] (the one position each row's output reads) or None (it reads all);
     - ``key_mask(input)`` [batch, pos] True at keys attention must not read (padding), or None;
+    - ``input_lengths(input)`` [batch]: positions of each row that hold its input (text up to EOT, or the
+      unpadded tokens), or None when every row fills every position;
     - ``embed_input(input)``: the residual stream entering block 0;
     - ``run_blocks(resid, start, stop, prefix, key_mask)`` and ``read_out(resid, pool, return_type, key_mask)``;
     - TransformerLens's ``run_with_cache``, ``run_with_hooks``, ``hooks`` and ``hook_dict``.
@@ -56,6 +59,7 @@ class Tower(Protocol):
     def as_input(self, x: Any) -> Tensor: ...
     def pool_positions(self, input: Tensor) -> Optional[Tensor]: ...
     def key_mask(self, input: Tensor) -> Optional[Tensor]: ...
+    def input_lengths(self, input: Tensor) -> Optional[Tensor]: ...
     def embed_input(self, input: Tensor) -> Tensor: ...
     def run_blocks(self, resid: Tensor, start: int = 0, stop: Optional[int] = None, prefix: Any = None,
                    key_mask: Optional[Tensor] = None) -> Tensor: ...
@@ -191,6 +195,27 @@ class HookedTower(HookedRootModule):
         if return_cache_object:
             cache = ActivationCache(cache, self, has_batch_dim=not kwargs.get("remove_batch_dim", False))
         return out, cache
+
+    def check_layer_range(self, start_at_layer: Optional[int], stop_at_layer: Optional[int]) -> None:
+        """Layers as in TransformerLens (Python slice semantics, negatives count from the end), within
+        [-n_layers, n_layers]; a start after the stop would run no block and return its input."""
+        n = self.cfg.n_layers
+        layers = {}
+        for name, value in (("start_at_layer", start_at_layer), ("stop_at_layer", stop_at_layer)):
+            if value is None:
+                continue
+            try:
+                layers[name] = operator.index(value)  # ints (numpy's too), not floats or bools
+            except TypeError:
+                raise TypeError(f"{name} must be an int (a block index), got {type(value).__name__}.") from None
+            if isinstance(value, bool) or not -n <= layers[name] <= n:
+                raise ValueError(f"{name}={value} is out of range for a tower of {n} blocks; use -{n}..{n}.")
+        if len(layers) == 2:
+            start, stop = (v + n if v < 0 else v for v in layers.values())
+            if start > stop:
+                raise ValueError(
+                    f"start_at_layer={start_at_layer} comes after stop_at_layer={stop_at_layer}: no block would run."
+                )
 
     @contextlib.contextmanager
     def options(self, **fields):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
 from hooked_clip.components.attention import Attention, KeyValuePrefix
@@ -34,11 +34,13 @@ class TransformerBlock(nn.Module):
         self.hook_resid_post = CheckedHookPoint()
 
     def forward(self, resid_pre: Float[Tensor, "batch pos d_model"], prefix: Optional[KeyValuePrefix] = None,
-                query_pos: Optional[Int[Tensor, " batch"]] = None) -> Float[Tensor, "batch pos d_model"]:
+                query_pos: Optional[Int[Tensor, " batch"]] = None,
+                key_mask: Optional[Bool[Tensor, "batch pos"]] = None) -> Float[Tensor, "batch pos d_model"]:
         """``prefix``: keys/values of earlier positions (see :class:`KeyValuePrefix`). ``query_pos`` [batch]:
         compute only that position of each row (attention still reads every key): the hooks after the
         attention's queries, and the output, have one position (the patching engine's last block, where
-        only the pooled row reaches the output)."""
+        only the pooled row reaches the output). ``key_mask`` [batch, pos]: True at keys no query may read
+        (padding); every block type takes the same arguments."""
         resid_pre = self.hook_resid_pre(resid_pre)
         if self.cfg.use_split_qkv_input:
             # one copy per input: a hook may edit its input in place without touching the other two
@@ -49,10 +51,11 @@ class TransformerBlock(nn.Module):
                 self.ln1(self.hook_v_input(per_head())),
                 prefix,
                 query_pos,
+                key_mask,
             )
         else:
             x = self.ln1(resid_pre)
-            attn_out = self.attn(x, x, x, prefix, query_pos)
+            attn_out = self.attn(x, x, x, prefix, query_pos, key_mask)
         if query_pos is not None:
             resid_pre = resid_pre[torch.arange(resid_pre.shape[0], device=resid_pre.device), query_pos].unsqueeze(1)
         resid_mid = self.hook_resid_mid(resid_pre + self.hook_attn_out(attn_out))

@@ -27,7 +27,9 @@ class Family:
       or None);
     - ``causal``, ``pooling``: how its text tower differs from CLIP (``pooling="clip"``: argmax where
       ``eos_token_id == 2``, else the first EOT);
-    - ``refused``: why hooked_clip cannot load it exactly (then it is never read, and loading names the reason).
+    - ``refused``: why hooked_clip cannot load it exactly (then it is never read, and loading names the reason);
+    - ``reference``: the class whose ``from_pretrained`` reads a saved directory of this family (default: the
+      transformers class named by the directory's config), so a user's own subclass loads by path too.
     """
 
     name: str
@@ -40,6 +42,7 @@ class Family:
     causal: bool = True
     pooling: str = "clip"
     refused: Optional[str] = None
+    reference: Optional[type] = None
     notes: str = field(default="", compare=False)
 
     def __post_init__(self):

@@ -60,7 +60,7 @@ def hf_pooling(family: Family, eos_token_id: int) -> tuple[str, int]:
 
 def config_from_hf(text_config, projection_dim: Optional[int], family: Family, proj_bias: bool = False,
                    **overrides) -> CLIPTextConfig:
-    """``CLIPTextConfig`` from a transformers text config of a family in :mod:`hooked_clip.families`
+    """``CLIPTextConfig`` from a transformers text config of a family in :mod:`hooked_clip.loaders.families`
     (causal mask and pooling rule are the family's; HF CLIP: ``eos_token_id == 2`` is the legacy marker
     for argmax pooling, any other id pools at that id's first occurrence)."""
     shape = hf_text_shape(text_config)

@@ -84,10 +84,14 @@ def _load_hf_dir(name: str, local_only: bool):
 
     config = AutoConfig.from_pretrained(name, local_files_only=local_only)
     class_name = _hf_class_name(config, name)
-    model, info = getattr(transformers, class_name).from_pretrained(  # mismatched shapes reported in info
+    family = family_for("transformers", class_name, what=repr(name))
+    reference = family.reference or getattr(transformers, class_name, None)
+    if reference is None:
+        raise CheckpointMismatchError(f"{name!r} names the class {class_name}, which transformers does not have; "
+                                      "register its family with reference=<the class> (hooked_clip.loaders.families)")
+    model, info = reference.from_pretrained(  # mismatched shapes reported in info
         name, local_files_only=local_only, output_loading_info=True, ignore_mismatched_sizes=True)
     _check_loading_info(info, name, class_name)
-    family = family_for("transformers", class_name, what=repr(name))
     processor = None
     if family.vision is not None and hasattr(model, "vision_model"):
         try:

@@ -37,7 +37,7 @@ class CLIPTextConfig(TowerConfig):
       CLIPA). A bidirectional tower attends to its padding, so its texts are padded to the context length
       (as its reference pads them); see :attr:`pads_to_context`.
     - ``family``: which reference this tower reproduces (``"clip"``, ``"siglip"``, ``"metaclip_2"``, ...;
-      see :mod:`hooked_clip.families`); informative only, the fields above define the computation.
+      see :mod:`hooked_clip.loaders.families`); informative only, the fields above define the computation.
     - ``trim_after_pool``: drop the positions after the batch's last pooling position before running the
       blocks. Applied only where exact (``causal`` and pooling at ``eot``/``argmax``); outputs are
       identical either way, caches then hold the trimmed length.
@@ -85,7 +85,7 @@ class CLIPTextConfig(TowerConfig):
     final_ln: bool = True
     proj_act: Optional[str] = None
     d_proj_hidden: Optional[int] = None
-    ln_folded: bool = False  # weight-processing state (hooked_clip.processing), set by those functions
+    ln_folded: bool = False  # weight-processing state (hooked_clip.weight_processing), set by those functions
     writing_weights_centered: bool = False
     value_biases_folded: bool = False
     default_prepend_bos: bool = True
@@ -116,11 +116,8 @@ class CLIPTextConfig(TowerConfig):
         for name in ("ln_embed", "mask_padding", "final_ln"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}.")
-        if self.mask_padding and self.ln_position != "post":
-            raise ValueError("mask_padding=True is implemented for post-LN (BERT/RoBERTa) towers only; set "
-                             "ln_position='post' or mask_padding=False.")
         if (self.mask_padding or self.position_ids == "roberta") and self.causal:
-            raise ValueError("mask_padding and position_ids='roberta' describe bidirectional BERT/RoBERTa towers; "
+            raise ValueError("mask_padding and position_ids='roberta' describe bidirectional towers; "
                              "set causal=False.")
         if self.position_ids == "roberta" and not 0 <= self.pad_token_id < self.n_ctx - 1:
             raise ValueError(f"position_ids='roberta' reads rows pad_token_id + 1 .., so pad_token_id "

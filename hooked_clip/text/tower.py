@@ -15,7 +15,6 @@ Every activation passes through a ``HookPoint`` with TransformerLens's name, so 
 
 from __future__ import annotations
 
-import operator
 from typing import Literal, Optional, Sequence, Union
 
 import torch
@@ -86,7 +85,7 @@ class HookedCLIPText(HookedTower):
         self, text: Text, *, truncate: bool = False, padding: Optional[Padding] = None
     ) -> Int[Tensor, "batch pos"]:
         """Token ids [batch, pos] on the model's device, from the model's own tokenizer. ``padding``
-        defaults to the model's rule (:func:`hooked_clip.families.padding_for`)."""
+        defaults to the model's rule (:func:`hooked_clip.tokenizers.base.padding_for`)."""
         padding = padding_for(self.cfg, padding)
         return self.tokenizer(text, truncate=truncate, padding=padding, context_length=self.cfg.max_text_tokens).to(
             self.cfg.device
@@ -117,22 +116,9 @@ class HookedCLIPText(HookedTower):
         return ids[0]
 
     def pool_positions(self, tokens: Int[Tensor, "batch pos"]) -> Optional[Int[Tensor, "batch"]]:
-        """Position whose final residual becomes each row's text embedding (``cfg.pooling``); ``None`` for
-        mean pooling, which reads every (non-padding) position.
-
-        A tower that masks its padding (``cfg.mask_padding``) refuses a batch with padding here: this is what
-        analyses call before running the blocks themselves (the patching engine), and those runs carry no
-        padding mask. ``forward``/``run_with_cache`` mask padding themselves and do not go through this."""
-        if self.padding_mask(tokens) is not None:
-            rows = (tokens == self.cfg.pad_token_id).any(dim=-1).nonzero().flatten().tolist()
-            raise ValueError(
-                f"rows {rows[:10]} hold padding (id {self.cfg.pad_token_id}), which this tower masks in attention "
-                "(cfg.mask_padding); analyses that run its blocks directly (activation patching, the study) pass "
-                "no padding mask, so give them texts of equal token length (no padding), or run the model "
-                "itself (forward, run_with_cache, run_with_hooks), which masks padding.")
-        return self._pool_positions(tokens)
-
-    def _pool_positions(self, tokens: Int[Tensor, "batch pos"]) -> Optional[Int[Tensor, "batch"]]:
+        """Position whose final residual becomes each row's text embedding (``cfg.pooling``, see
+        :func:`hooked_clip.text.pooling.pool_positions`); ``None`` for mean pooling, which reads every
+        (non-padding) position."""
         return pool_positions(tokens, self.cfg, [getattr(self.tokenizer, "eot_token_id", None)])
 
     def as_tokens(self, input: Union[Text, Tensor]) -> Int[Tensor, "batch pos"]:
@@ -183,6 +169,7 @@ class HookedCLIPText(HookedTower):
         pool_positions: Optional[Int[Tensor, "batch"]] = None,
         trim: Optional[bool] = None,
         prefix: Optional[Sequence[KeyValuePrefix]] = None,
+        attention_mask: Optional[Int[Tensor, "batch pos"]] = None,
     ) -> Optional[Tensor]:
         """Run the tower: embed, find the pooling positions, run the blocks, read out.
 
@@ -200,16 +187,19 @@ class HookedCLIPText(HookedTower):
                 the keys and values of the positions *before* the input, which then holds only the later
                 positions (pool positions count from the input's first position). The patching engine
                 uses it to skip an unchanged prefix.
+            attention_mask: as in TransformerLens / transformers, [batch, pos], 1 at tokens and 0 at padding:
+                attention never reads the 0 positions (and mean pooling skips them). Default: the tower's own
+                padding mask from the ids where it masks padding (``cfg.mask_padding``), else none.
         """
         if return_type not in _RETURN_TYPES:
             raise ValueError(f"return_type must be one of {_RETURN_TYPES}, got {return_type!r}.")
         if prefix is not None and start_at_layer is None:
             raise ValueError("a key/value prefix needs start_at_layer: the input is then the residual stream of "
                              "the positions after the prefix.")
-        self._check_layer_range(start_at_layer, stop_at_layer)
+        self.check_layer_range(start_at_layer, stop_at_layer)
         if start_at_layer is None:
             tokens = self.as_tokens(input)
-            pool = self._pool_positions(tokens) if pool_positions is None else torch.as_tensor(pool_positions, device=tokens.device)
+            pool = self.pool_positions(tokens) if pool_positions is None else torch.as_tensor(pool_positions, device=tokens.device)
             tokens = tokens[:, : self._kept_positions(pool, tokens.shape[1], trim)]
             resid = self.embed_tokens(tokens)
         else:
@@ -218,10 +208,10 @@ class HookedCLIPText(HookedTower):
             resid = resid[:, : self._kept_positions(pool, resid.shape[1], trim)]
             if tokens is not None:
                 tokens = self._check_tokens(tokens)[:, : resid.shape[1]]
-            elif self.cfg.mask_padding:
+            elif self.cfg.mask_padding and attention_mask is None:
                 raise ValueError("this tower masks its padding (cfg.mask_padding), which it reads from the token "
                                  "ids; with start_at_layer, pass tokens=... (the ids of the input's rows).")
-        key_mask = self.padding_mask(tokens)
+        key_mask = self.padding_mask(tokens) if attention_mask is None else self._from_attention_mask(attention_mask, resid)
         resid = self.run_blocks(resid, start_at_layer or 0, stop_at_layer, prefix, key_mask)
         if stop_at_layer is not None:
             return resid
@@ -251,6 +241,16 @@ class HookedCLIPText(HookedTower):
         """The :class:`~hooked_clip.tower.Tower` contract's key mask: :meth:`padding_mask`."""
         return self.padding_mask(tokens)
 
+    def input_lengths(self, tokens: Int[Tensor, "batch pos"]) -> Optional[Int[Tensor, "batch"]]:
+        """Positions of each row that hold its text (the :class:`~hooked_clip.tower.Tower` contract): the
+        unmasked positions where the tower masks padding, up to the EOT where a causal tower pools there, else
+        None (every position is read: a tower that pads to its context length)."""
+        mask = self.padding_mask(tokens)
+        if mask is not None:
+            return (~mask).sum(-1)
+        pool = self.pool_positions(tokens) if self.cfg.causal else None
+        return None if pool is None else pool + 1
+
     def padding_mask(self, tokens: Optional[Int[Tensor, "batch pos"]]) -> Optional[Tensor]:
         """[batch, pos] True at padding (``pad_token_id``) where the tower masks it (``cfg.mask_padding``);
         ``None`` where it does not, where no tokens are known, or where a batch has no padding."""
@@ -268,7 +268,7 @@ class HookedCLIPText(HookedTower):
         key_mask: Optional[Tensor] = None,
     ) -> Float[Tensor, "batch pos d_model"]:
         """Blocks ``start`` .. ``stop - 1`` on the residual stream (``prefix``: one per block run;
-        ``key_mask``: :meth:`padding_mask`, for post-LN blocks)."""
+        ``key_mask`` [batch, pos]: True at keys no query may read, e.g. :meth:`padding_mask`)."""
         blocks = self.blocks[start:stop]
         if prefix is not None:
             if not self.cfg.causal:
@@ -277,10 +277,7 @@ class HookedCLIPText(HookedTower):
                 raise ValueError(f"prefix has {len(prefix)} entries for {len(blocks)} blocks.")
         for i, block in enumerate(blocks):
             block_prefix = None if prefix is None else KeyValuePrefix(*prefix[i])
-            if key_mask is None:  # the pre-LN TransformerBlock takes no key mask (cfg.mask_padding is post-LN only)
-                resid = block(resid, block_prefix)
-            else:
-                resid = block(resid, block_prefix, key_mask=key_mask)
+            resid = block(resid, block_prefix, key_mask=key_mask)
         return resid
 
     def read_out(
@@ -314,41 +311,34 @@ class HookedCLIPText(HookedTower):
             return embed
         return self.hook_text_embed_normalized(F.normalize(embed, dim=-1))
 
+    def _from_attention_mask(self, attention_mask: Tensor, resid: Tensor) -> Optional[Tensor]:
+        """A TL/transformers ``attention_mask`` (1 = token, 0 = padding) as a key mask (True = never read)."""
+        mask = torch.as_tensor(attention_mask, device=resid.device)
+        if mask.ndim != 2 or mask.shape[0] != resid.shape[0] or mask.shape[1] < resid.shape[1]:
+            raise ValueError(f"attention_mask must be [batch, pos] = [{resid.shape[0]}, {resid.shape[1]}] (1 = token, "
+                             f"0 = padding), got {tuple(mask.shape)}.")
+        if mask.dtype.is_floating_point or not bool(((mask == 0) | (mask == 1)).all()):
+            raise ValueError("attention_mask must hold 1 (token) and 0 (padding) only, as an integer or bool tensor.")
+        if self.cfg.causal and not bool(mask[:, 0].all()):
+            raise ValueError("attention_mask: a causal tower's first position must be a token (left padding would "
+                             "leave a query with nothing to read).")
+        key_mask = mask[:, : resid.shape[1]] == 0
+        return key_mask if bool(key_mask.any()) else None
+
     def _resid_pool_positions(self, resid: Tensor, tokens: Optional[Tensor], pool_positions: Optional[Tensor],
                               stop_at_layer: Optional[int]) -> Optional[Tensor]:
         if self.cfg.pooling in ("first", "mean") and pool_positions is None:
-            return self._pool_positions(resid[..., 0])
+            return self.pool_positions(resid[..., 0])
         if pool_positions is not None:
             return torch.as_tensor(pool_positions, device=resid.device)
         if tokens is not None:
-            return self._pool_positions(self._check_tokens(tokens))
+            return self.pool_positions(self._check_tokens(tokens))
         if self.cfg.pooling == "last" or stop_at_layer is not None:
             return torch.full((resid.shape[0],), resid.shape[1] - 1, device=resid.device)
         raise ValueError(
             "with start_at_layer, pass tokens=... or pool_positions=... so the tower knows where "
             f"to pool (cfg.pooling={self.cfg.pooling!r})."
         )
-
-    def _check_layer_range(self, start_at_layer: Optional[int], stop_at_layer: Optional[int]) -> None:
-        """Layers as in TransformerLens (Python slice semantics, negatives count from the end), within
-        [-n_layers, n_layers]; a start after the stop would run no block and return its input."""
-        n = self.cfg.n_layers
-        layers = {}
-        for name, value in (("start_at_layer", start_at_layer), ("stop_at_layer", stop_at_layer)):
-            if value is None:
-                continue
-            try:
-                layers[name] = operator.index(value)  # ints (numpy's too), not floats or bools
-            except TypeError:
-                raise TypeError(f"{name} must be an int (a block index), got {type(value).__name__}.") from None
-            if isinstance(value, bool) or not -n <= layers[name] <= n:
-                raise ValueError(f"{name}={value} is out of range for a tower of {n} blocks; use -{n}..{n}.")
-        if len(layers) == 2:
-            start, stop = (v + n if v < 0 else v for v in layers.values())
-            if start > stop:
-                raise ValueError(
-                    f"start_at_layer={start_at_layer} comes after stop_at_layer={stop_at_layer}: no block would run."
-                )
 
     def _kept_positions(self, pool: Tensor, n_pos: int, trim: Optional[bool]) -> int:
         do_trim = self.cfg.trim_after_pool if trim is None else trim

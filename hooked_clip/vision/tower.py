@@ -105,6 +105,7 @@ class HookedCLIPVision(HookedTower):
         entering that block is returned (as in TransformerLens)."""
         if return_type not in _RETURN_TYPES:
             raise ValueError(f"return_type must be one of {_RETURN_TYPES}, got {return_type!r}.")
+        self.check_layer_range(start_at_layer, stop_at_layer)
         if start_at_layer is None:
             resid = self.embed_pixels(self._check_pixels(input))
         else:
@@ -115,11 +116,14 @@ class HookedCLIPVision(HookedTower):
         return self.read_out(resid, None, return_type)
 
     def read_out(self, resid: Float[Tensor, "batch pos d_model"], pool: Optional[Int[Tensor, " batch"]] = None,
-                 return_type: ReturnType = "embed") -> Optional[Tensor]:
+                 return_type: ReturnType = "embed", key_mask: Optional[Tensor] = None) -> Optional[Tensor]:
         """The final residual stream -> pooling (with ``ln_post``; ``hook_pooled``) -> projection
         (``hook_image_embed``) -> L2 normalisation (``hook_image_embed_normalized``), up to ``return_type``.
         ``pool`` [batch] (class-token pooling only): the position of ``resid`` that holds the class token,
-        where it is not position 0 (the text tower's ``read_out`` has the same signature)."""
+        where it is not position 0 (the text tower's ``read_out`` has the same signature; ``key_mask`` must be
+        None: an image has no padding)."""
+        if key_mask is not None:
+            raise ValueError("the image tower has no padding to mask (every patch is real): pass key_mask=None.")
         if pool is not None:
             if self.cfg.pooling != "cls":
                 raise ValueError(f"pool positions are meaningless for pooling={self.cfg.pooling!r} (it reads every position).")
@@ -151,6 +155,10 @@ class HookedCLIPVision(HookedTower):
         for block in self.blocks[start:stop]:
             resid = block(resid)
         return resid
+
+    def input_lengths(self, pixels: Tensor) -> None:
+        """Positions of each row that hold input: all of them (the :class:`~hooked_clip.tower.Tower` contract)."""
+        return None
 
     def key_mask(self, pixels: Tensor) -> None:
         """Keys attention may not read: none (the :class:`~hooked_clip.tower.Tower` contract)."""

@@ -173,13 +173,13 @@ def test_integrated_gradients_are_complete_at_the_embedding(fresh):
 
 def test_attribution_patching_bad_inputs(model):
     metric = cosine_to_target(images(model, 4))
-    with pytest.raises(ValueError, match="unknown act_name"):
+    with pytest.raises(ValueError, match="unknown activation 'resid'; patchable"):
         attribution_patch(model, NEG, AFF, metric, "resid")
-    with pytest.raises(ValueError, match="does not fit"):
+    with pytest.raises(ValueError, match="'mlp_out' has no head axis"):
         attribution_patch(model, NEG, AFF, metric, "mlp_out", "layer_head")
     with pytest.raises(ValueError, match="differ in token length"):
         attribution_patch(model, NEG, ["There are no cats."] * 4, metric)
-    with pytest.raises(ValueError, match="ig_steps must be"):
+    with pytest.raises(ValueError, match=r"ig_steps \(0 = plain AtP\) must be an integer >= 0, got -1"):
         attribution_patch(model, NEG, AFF, metric, ig_steps=-1)
     with pytest.raises(ValueError, match="atp_star=False"):
         attribution_patch(model, NEG, AFF, metric, "q", ig_steps=4)

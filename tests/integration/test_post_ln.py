@@ -155,8 +155,6 @@ def test_post_ln_config_fields_are_validated():
     base = dict(d_model=32, d_head=16, n_heads=2, n_layers=1, n_ctx=16, d_vocab=50, causal=False)
     with pytest.raises(ValueError, match="ln_position='mid' is not supported"):
         CLIPTextConfig(**base, ln_position="mid")
-    with pytest.raises(ValueError, match="mask_padding=True is implemented for post-LN"):
-        CLIPTextConfig(**base, mask_padding=True)
     with pytest.raises(ValueError, match="position_ids='alibi' is not supported"):
         CLIPTextConfig(**base, position_ids="alibi")
     with pytest.raises(ValueError, match="proj_act='tanh' needs a projection"):
@@ -251,15 +249,6 @@ def test_activation_patch_equals_a_plain_loop_on_post_ln_towers(which, act):
     res = activation_patch(tower, clean, corrupt, metric, act, index="layer_pos", progress=False, batch_size=5)
     assert (res.values - _loop(tower, clean, corrupt, metric, act)).abs().max() <= ATOL
     assert res.values.std() > 1e-4  # the patches do move the metric
-
-
-def test_padded_batches_are_refused_where_blocks_run_without_the_mask():
-    from hooked_clip.analyses.patching import activation_patch
-
-    tower = HookedCLIP.from_hf(build("ChineseCLIPModel"), device="cpu").text
-    tokens = padded_tokens(0)
-    with pytest.raises(ValueError, match=r"rows \[1, 2, 3\] hold padding .* equal token length"):
-        activation_patch(tower, tokens, tokens, lambda e: e[..., 0], "resid_pre", progress=False)
 
 
 # ------------------------------------------------------------------ open_clip's hf_model_name towers

@@ -1,5 +1,5 @@
 """``tiny-negation-pixels``: the ``tiny-negation`` text tower (the same weights file, frozen) with a small
-hooked ViT (:class:`~hooked_clip.vision_tower.HookedCLIPVision`) that reads rendered scenes (``render.py``)
+hooked ViT (:class:`~hooked_clip.vision.HookedCLIPVision`) that reads rendered scenes (``render.py``)
 instead of the symbolic scene encoder. Model card: docs/models/tiny-negation.md, "Pixel image tower".
 
 Only the ViT is stored here (``tiny_negation_pixels.safetensors``); its metadata records the ViT's config,
