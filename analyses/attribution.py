@@ -19,7 +19,7 @@ patched run), so the two compare directly.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Optional, Literal
 
 import torch
 import torch.nn.functional as F
@@ -126,9 +126,10 @@ def attribution_patch(
     atp_star: bool = True,
     ig_steps: int = 0,
     return_type: Literal["normalized", "embed", "pooled"] = "normalized",
+    tower: Optional[Literal["text", "vision"]] = None,
 ) -> PatchingResult:
     """Estimated metric of every patch ``activation_patch`` would run, from two forwards and one backward
-    (or, with ``ig_steps``, one batched forward and backward over the interpolation steps).
+    (or, with ``ig_steps``, one batched forward and backward over the interpolation steps), on either tower.
 
     Args:
         clean / corrupt: texts or token ids, with the same pooling positions per example.
@@ -143,17 +144,19 @@ def attribution_patch(
             strong): the estimate can then have the wrong sign. Not combined with AtP* (q/k need
             ``atp_star=False``).
         return_type: the output the metric reads, as in ``activation_patch``.
+        tower: ``"text"`` (default) or ``"vision"`` (clean/corrupt are then images: PIL or pixels; the
+            integrated gradients interpolate the patch embeddings), as in ``activation_patch``.
 
     Returns:
         :class:`PatchingResult`, ``values`` [*axes, batch] = base metric + estimated effect;
         ``extra["method"] == "attribution"``.
     """
-    text = get_tower(model, "text")
+    text = get_tower(model, tower)  # either tower: the name stays for the text-tower reader
     check_act_index(act_name, index, PATCHABLE, INDEX_AXES, HEAD_ACTS)
     check_count("ig_steps", ig_steps, minimum=0, what="0 = plain AtP")
     pair = RunPair.build(text, clean, corrupt, direction)
+    embed_hook = text.input_embed_hook
     base_t, src_t = pair.base, pair.source
-    width = base_t.shape[1]
     L = text.cfg.n_layers
     star = atp_star and act_name in ("q", "k")
     if star and ig_steps:
@@ -162,7 +165,7 @@ def attribution_patch(
     grad_names = [hook_name("pattern", l) for l in range(L)] if star else names
     extra_names = ([hook_name("q", l) for l in range(L)] + [hook_name("k", l) for l in range(L)]) if star else []
 
-    cached = set(names) | {"hook_embed"}
+    cached = set(names) | {embed_hook}
     with torch.no_grad():
         src_embeds, src_cache = text.run_with_cache(src_t, return_type=return_type, names_filter=cached.__contains__)
         if ig_steps:
@@ -179,13 +182,13 @@ def attribution_patch(
     def leaf(act, hook):  # makes every activation part of the graph, whatever the parameters' requires_grad
         if ig_steps:  # the k interpolation points, stacked on the batch axis
             alpha = (torch.arange(ig_steps, dtype=act.dtype, device=act.device) + 0.5) / ig_steps
-            base_e, src_e = base_cache["hook_embed"], src_cache["hook_embed"]
+            base_e, src_e = base_cache[embed_hook], src_cache[embed_hook]
             act = (base_e + alpha[:, None, None, None] * (src_e - base_e)).flatten(0, 1)
         return act.detach().requires_grad_(True)
 
-    hooks = [("hook_embed", leaf)] + [(n, keep) for n in dict.fromkeys(grad_names + extra_names + names)]
+    hooks = [(embed_hook, leaf)] + [(n, keep) for n in dict.fromkeys(grad_names + extra_names + names)]
     with torch.enable_grad():
-        run_t = base_t.repeat(ig_steps, 1) if ig_steps else base_t
+        run_t = base_t.repeat(ig_steps, *[1] * (base_t.ndim - 1)) if ig_steps else base_t
         embeds = text.run_with_hooks(run_t, return_type=return_type, fwd_hooks=hooks)
         if ig_steps:
             check_metric(metric, embeds.view(ig_steps, -1, embeds.shape[-1])[0])  # shape check on one batch
@@ -199,7 +202,7 @@ def attribution_patch(
         per_layer = []
         for l in range(L):
             if star:
-                per_layer.append(_atp_star_qk(text, l, act_name, acts, src_cache[names[l]]))
+                per_layer.append(_atp_star_qk(text, l, act_name, acts, src_cache[names[l]], text.key_mask(base_t)))
             else:
                 name = names[l]
                 if ig_steps:
@@ -223,6 +226,7 @@ def attribution_patch(
             effect = effect.squeeze(2)
         if "pos" not in axes:
             effect = effect.squeeze(1)
+    width = canonical_layout(src_cache[names[0]], act_name).shape[1]  # positions the runs computed
     labels = {"layer": list(range(L)), "pos": list(range(width)), "head": list(range(text.cfg.n_heads))}
     clean_m, corrupt_m = (m.detach().float().cpu() for m in pair.clean_and_corrupt(base_metric, src_metric))
     values = (base_metric + effect).detach().float().cpu()  # on the CPU, as activation_patch's
@@ -230,17 +234,20 @@ def attribution_patch(
                           clean_m, corrupt_m, extra={"method": "attribution", "atp_star": star, "ig_steps": ig_steps})
 
 
-def _atp_star_qk(text, layer: int, act_name: str, acts: dict, src: Tensor) -> Float[Tensor, "batch pos head"]:
+def _atp_star_qk(text, layer: int, act_name: str, acts: dict, src: Tensor,
+                 key_mask: Optional[Tensor]) -> Float[Tensor, "batch pos head"]:
     """AtP* for queries/keys of one layer: exact pattern change of each patched query row / key column,
-    times ∂metric/∂pattern. ``src``: the source run's q or k [batch, pos, head, d_head]."""
+    times ∂metric/∂pattern. ``src``: the source run's q or k [batch, pos, head, d_head]; ``key_mask``: the
+    base run's padding (its keys stay unread)."""
     attn = text.blocks[layer].attn
     q = acts[hook_name("q", layer)].detach()
     k = acts[hook_name("k", layer)].detach()
     pattern_name = hook_name("pattern", layer)
     pattern, grad = acts[pattern_name].detach(), acts[pattern_name].grad  # [b, head, q, k]
 
-    def pattern_of(scores):  # the tower's own mask and softmax
-        return attn.calculate_pattern(attn.apply_causal_mask(scores))
+    def pattern_of(scores):  # the tower's own masks and softmax
+        scores = attn.apply_causal_mask(scores)
+        return attn.calculate_pattern(scores if key_mask is None else attn.apply_key_mask(scores, key_mask))
 
     if act_name == "q":  # each query row depends only on its own query: all positions at once
         new = pattern_of(attn.calculate_attention_scores(src, k))

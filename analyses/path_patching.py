@@ -1,9 +1,14 @@
 """Path patching (Wang et al. 2023, IOI): the effect of a sender on the output *only through* chosen
 receivers.
 
-Senders: ``"embed"`` (token + position embeddings), ``"L{l}H{h}"`` (a head's z @ W_O), ``"L{l}_mlp"``.
+On either pre-LN tower (``tower="text"`` or ``"vision"``; a post-LN tower's residual stream is a LayerNorm's
+output, not a sum of its writers, so paths do not separate there and it is refused).
+
+Senders: ``"embed"`` (the residual entering block 0: token + position embeddings, or patch + class + position
+embeddings after ``ln_pre``), ``"L{l}H{h}"`` (a head's z @ W_O), ``"L{l}_mlp"``.
 Receivers: ``"L{l}H{h}.q"`` / ``.k`` / ``.v`` (a head's query/key/value input, before ln1), ``"L{l}_mlp"``
-(the MLP's input, before ln2) and ``"pooled"`` (the residual read by ``ln_final``). Layers 0-indexed.
+(the MLP's input, before ln2) and ``"pooled"`` (the residual the tower's read-out reads: ``ln_final`` /
+``ln_post``). Layers 0-indexed.
 
 Two passes per sender, in the default ``noise`` direction (the base run is ``clean``):
 
@@ -22,7 +27,7 @@ sender (or in the same layer, for a head sender and head receiver) has no path f
 from __future__ import annotations
 
 import re
-from typing import Literal, Sequence, Union
+from typing import Literal, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -39,9 +44,9 @@ _SENDER = re.compile(r"^(embed|L(\d+)H(\d+)|L(\d+)_mlp)$")
 _RECEIVER = re.compile(r"^(pooled|L(\d+)H(\d+)\.([qkv])|L(\d+)_mlp)$")
 
 
-def all_senders(model) -> list[str]:
+def all_senders(model, tower: Optional[str] = None) -> list[str]:
     """Every sender name, in residual-stream order: embed, then per layer its heads and its MLP."""
-    cfg = get_tower(model, "text").cfg
+    cfg = get_tower(model, tower).cfg
     out = ["embed"]
     for l in range(cfg.n_layers):
         out += [head_label(l, h) for h in range(cfg.n_heads)] + [mlp_label(l)]
@@ -94,23 +99,29 @@ def path_patch(
     return_type: Literal["normalized", "embed", "pooled"] = "normalized",
     batch_size: int = 1024,
     progress: bool = True,
+    tower: Optional[Literal["text", "vision"]] = None,
 ) -> PatchingResult:
-    """The metric after path-patching each sender (one at a time) into the ``receivers`` (jointly).
+    """The metric after path-patching each sender (one at a time) into the ``receivers`` (jointly), on
+    ``tower`` (``"text"`` by default, ``"vision"`` with images; a tower passed as ``model`` is used itself).
 
     Returns a :class:`PatchingResult` with ``axes == ("sender",)``, ``values`` [sender, batch],
     ``extra["senders"]`` the sender names; ``clean``/``corrupt`` the unpatched metrics. ``senders=None``
     means every sender upstream of all receivers. ``return_type``: the output the metric reads;
     ``batch_size``: most rows (sender x example) per forward.
     """
-    text = get_tower(model, "text")
+    text = get_tower(model, tower)  # either tower: the name stays for the text-tower reader
     cfg = text.cfg
+    if cfg.ln_position != "pre":
+        raise ValueError("path patching needs a pre-LN tower: in this post-LN (BERT/RoBERTa) tower every residual sum "
+                         "passes through a LayerNorm, so a sender's output does not reach a receiver unchanged. Use "
+                         "activation_patch instead.")
     receivers = [receivers] if isinstance(receivers, str) else list(receivers)
     if not receivers:
         raise ValueError("give at least one receiver.")
     parsed_r = [_parse_receiver(r, cfg) for r in receivers]
     senders = check_senders(senders)
     if senders is None:
-        senders = [s for s in all_senders(model) if all(_reaches(_parse_sender(s, cfg), r) for r in parsed_r)]
+        senders = [s for s in all_senders(text) if all(_reaches(_parse_sender(s, cfg), r) for r in parsed_r)]
     parsed_s = [_parse_sender(s, cfg) for s in senders]
     for s, ps in zip(senders, parsed_s):
         for r, pr in zip(receivers, parsed_r):
@@ -119,7 +130,7 @@ def path_patch(
                                  "the sender to it. Pick receivers in later layers.")
     pair = RunPair.build(text, clean, corrupt, direction)
     first = min(min(l, cfg.n_layers - 1) for _, l, _, _ in parsed_r)  # "pooled" is set at the last block's output
-    cached = ["hook_embed", "hook_pos_embed"] + [act_name(a, l) for l in range(cfg.n_layers)
+    cached = [act_name(a, l) for l in range(cfg.n_layers)
                                                   for a in ("z", "mlp_out", "resid_pre", "resid_mid", "resid_post")]
     # per-head receivers need per-head inputs; the base run uses the same mode so that only the patch differs
     with text.options(use_split_qkv_input=any(r[0] == "head" for r in parsed_r)):
@@ -146,7 +157,7 @@ def path_patch(
 
 def _chunk_delta(text, senders: list, sender_of: Tensor, examples: Tensor, base: dict, src: dict) -> Tensor:
     """Row n's sender output on the source run minus on the base run, [rows, pos, d_model]."""
-    first = base["hook_embed"]
+    first = base[act_name("resid_pre", 0)]
     delta = torch.empty(len(examples), *first.shape[1:], dtype=first.dtype, device=first.device)
     for s in sender_of.unique().tolist():
         rows = (sender_of == s).nonzero().flatten()
@@ -157,8 +168,9 @@ def _chunk_delta(text, senders: list, sender_of: Tensor, examples: Tensor, base:
 def _sender_delta(text, sender, base: dict, src: dict, ex: Tensor) -> Tensor:
     """The sender's output on the source run minus on the base run, for examples ``ex`` [n, pos, d_model]."""
     kind, l, h = sender
-    if kind == "embed":
-        return (src["hook_embed"][ex] + src["hook_pos_embed"][ex]) - (base["hook_embed"][ex] + base["hook_pos_embed"][ex])
+    if kind == "embed":  # everything that enters block 0
+        name = act_name("resid_pre", 0)
+        return src[name][ex] - base[name][ex]
     if kind == "mlp":
         name = act_name("mlp_out", l)
         return src[name][ex] - base[name][ex]

@@ -38,6 +38,7 @@ class Tower(Protocol):
     class.
 
     - ``name``: ``"text"`` or ``"vision"``, the prefix of its hooks in a run over both towers;
+    - ``input_embed_hook``: the hook of the input's own embedding (``hook_embed``, ``hook_patch_embed``);
     - ``cfg``: ``n_layers``, ``n_heads``, ``d_model``, ``d_head``, ``causal`` and ``trims`` (whether positions
       after the last pooling position may be dropped: causal towers pooled at EOT only);
     - ``blocks``: the residual blocks, each ``block(resid, prefix=None, key_mask=None)``;
@@ -52,6 +53,7 @@ class Tower(Protocol):
     """
 
     name: str
+    input_embed_hook: str
     cfg: Any
     blocks: Any
     hook_dict: dict

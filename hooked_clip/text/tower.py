@@ -45,6 +45,7 @@ class HookedCLIPText(HookedTower):
     """
 
     name = "text"
+    input_embed_hook = "hook_embed"  # the input's own embedding (what integrated gradients interpolate)
 
     def __init__(self, cfg: CLIPTextConfig, tokenizer: Optional[TextTokenizer] = None):
         super().__init__()

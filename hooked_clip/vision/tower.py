@@ -58,6 +58,7 @@ class HookedCLIPVision(HookedTower):
     """
 
     name = "vision"
+    input_embed_hook = "hook_patch_embed"  # the input's own embedding (what integrated gradients interpolate)
 
     def __init__(self, cfg: CLIPVisionConfig, preprocess: Optional[Callable[[list], Tensor]] = None):
         super().__init__()
