@@ -138,8 +138,9 @@ def family_for(source: str, class_name: str, what: str = "", error: type = Check
     if row is not None and row.refused is None:
         return row
     why = row.refused if row is not None else "it is not a CLIP-family model"
-    raise error(f"{what + ' ' if what else ''}cannot be loaded as a {source} {class_name or '(unknown class)'}: "
-                f"{why}. Supported: {', '.join(supported_classes(source))}.")
+    what = what or f"a {source} {class_name or '(unknown class)'}"
+    raise error(f"{what} cannot be loaded: {why}. Supported {source} classes: {', '.join(supported_classes(source))} "
+                "(or register a family: hooked_clip.loaders.families.register_family).")
 
 
 def class_for_model_type(model_type: str) -> str:

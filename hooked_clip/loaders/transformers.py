@@ -107,7 +107,7 @@ def _hf_class_name(config, name: str) -> str:
     families hooked_clip reimplements."""
     archs = list(getattr(config, "architectures", None) or [])
     class_name = archs[0] if archs else class_for_model_type(config.model_type)
-    family_for("transformers", class_name, what=f"{name!r} (a {config.model_type!r} model)")
+    family_for("transformers", class_name, what=f"{name!r} (a {config.model_type!r} model, class {class_name or 'not named'})")
     return class_name
 
 

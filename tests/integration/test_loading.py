@@ -119,7 +119,7 @@ def test_non_clip_directory_is_refused(tmp_path):
     from transformers import BertConfig, BertModel
 
     BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)).save_pretrained(tmp_path)
-    with pytest.raises(CheckpointMismatchError, match=r"a 'bert' model\) cannot be loaded as a transformers BertModel: it is not a CLIP-family model"):
+    with pytest.raises(CheckpointMismatchError, match=r"a 'bert' model, class BertModel\) cannot be loaded: it is not a CLIP-family model"):
         HookedCLIP.from_pretrained(tmp_path)
 
 
