@@ -13,10 +13,12 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-
 from hooked_clip.analyses.valse_negation import paper
+from hooked_clip.analyses.valse_negation.aggregate import LOCATIONS
+from hooked_clip.analyses.valse_negation.formatting import fmt
 from hooked_clip.analyses.valse_negation.layout import NEGATOR_ROW, POOLED_ROW, ROWS
-from hooked_clip.analyses.valse_negation.report import LOCATIONS, PAPER_R, REFERENCE, RELATION_LABELS, _fmt
+from hooked_clip.analyses.valse_negation.markdown import RELATION_LABELS
+from hooked_clip.analyses.valse_negation.segments import SEGMENTS, THRESHOLD
 from hooked_clip.analyses.valse_negation.study import atomic_write
 
 EOT_ROW = ROWS.index("[EOT]")
@@ -96,7 +98,7 @@ def _figure(out_dir: Path, summaries: list[dict]):
 
 
 def _scale(scale) -> str:
-    return "–" if scale is None else f"{scale:.2f} (±{1 / scale:.3f})"
+    return "–" if scale is None else f"{scale:.2f} (±{THRESHOLD / scale:.3f})"
 
 
 def _acc(s: dict, kind: str, group: str) -> str:
@@ -131,10 +133,10 @@ def _markdown(summaries: list[dict], run_dirs: dict, figure, elapsed_s: dict) ->
         for group in ("all", *LOCATIONS):
             lines.append(f"| accuracy, {kind}, {group} | " + " | ".join(_acc(s, kind, group) for s in summaries)
                          + f" | {paper_acc.get((kind, group), '')} |")
-    seg = REFERENCE["segments_aligned"]
-    lines.append("| segments, aligned (correct / ambiguous / incorrect) | " + " | ".join(
-        " / ".join(str(s["scores"]["aligned"]["all"]["segments"][k]) for k in ("correct", "ambiguous", "incorrect"))
-        if "scores" in s else "–" for s in summaries) + f" | {seg['correct']} / {seg['ambiguous']} / {seg['incorrect']} |")
+    paper_segments = " / ".join(str(n) for n in paper.SCORES[("aligned", "all")][2])
+    lines.append(f"| segments, aligned ({' / '.join(SEGMENTS)}) | " + " | ".join(
+        " / ".join(str(s["scores"]["aligned"]["all"]["segments"][k]) for k in SEGMENTS)
+        if "scores" in s else "–" for s in summaries) + f" | {paper_segments} |")
     lines.append("")
     if any("replication_verdict" in s for s in summaries):
         lines += ["## Against the reference file", ""]
@@ -149,14 +151,14 @@ def _markdown(summaries: list[dict], run_dirs: dict, figure, elapsed_s: dict) ->
                 if c is None or c["negator"] is None:
                     lines.append(f"- `{s['model']}`: no items in the correct segment")
                     continue
-                lines.append(f"- `{s['model']}` (n = {c['n']}): negator " + " ".join(_fmt(v) for v in c["negator"])
-                             + f" · {c.get('eot_row', '[EOT]')} " + " ".join(_fmt(v) for v in c["eot"]))
+                lines.append(f"- `{s['model']}` (n = {c['n']}): negator " + " ".join(fmt(v) for v in c["negator"])
+                             + f" · {c.get('eot_row', '[EOT]')} " + " ".join(fmt(v) for v in c["eot"]))
             lines.append("")
     lines += ["## Top negator-selective heads (mean Δ)", "", head, rule]
-    paper_heads = ", ".join(f"{k} {_fmt(v[0])} / {_fmt(v[1])}" for k, v in REFERENCE["head_delta"].items())
+    paper_heads = ", ".join(f"{k} {fmt(c)} / {fmt(f)}" for k, (c, f) in list(paper.TOP_HEADS.items())[:3])
     for loc in LOCATIONS:
         lines.append(f"| negation in {loc} | " + " | ".join(
-            ", ".join(f"{t['head']} {_fmt(t['delta'])}" for t in s["top_heads"].get(loc, [])) or "–" for s in summaries)
+            ", ".join(f"{t['head']} {fmt(t['delta'])}" for t in s["top_heads"].get(loc, [])) or "–" for s in summaries)
             + f" | {paper_heads if loc == 'caption' else ''} |")
     lines += ["", "## Confounds (Pearson r with d, n in brackets)", "", head, rule]
     keys = list(dict.fromkeys(k for s in summaries for k in s["confounds"]))
@@ -164,6 +166,6 @@ def _markdown(summaries: list[dict], run_dirs: dict, figure, elapsed_s: dict) ->
         cells = []
         for s in summaries:
             v = s["confounds"].get(k)
-            cells.append("–" if v is None else f"{_fmt(v['r'])} ({v['n']})")
-        lines.append(f"| {RELATION_LABELS.get(k, k)} | " + " | ".join(cells) + f" | {_fmt(PAPER_R[k]) if k in PAPER_R else ''} |")
+            cells.append("–" if v is None else f"{fmt(v['r'])} ({v['n']})")
+        lines.append(f"| {RELATION_LABELS.get(k, k)} | " + " | ".join(cells) + f" | {fmt(paper.CONFOUNDS[k][1]) if k in paper.CONFOUNDS else ''} |")
     return "\n".join(lines) + "\n"
