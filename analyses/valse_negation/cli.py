@@ -24,6 +24,9 @@ from hooked_clip.analyses.valse_negation.reference import compare, load_referenc
 from hooked_clip.analyses.valse_negation.report import write_outputs
 from hooked_clip.analyses.valse_negation.study import Settings, run_items, select_items
 
+SUBCOMMAND = "valse-negation"  # hooked-clip valse-negation (found by hooked_clip.analyses.cli)
+HELP = "replicate Quantmeyer et al. (2024) on VALSE existence"
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", action="append", default=None,
