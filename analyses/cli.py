@@ -1,4 +1,5 @@
-"""The ``hooked-clip`` console script. Subcommands: ``valse-negation`` (the packaged VALSE study).
+"""The ``hooked-clip`` console script: one subcommand per study package, which adds it itself (see
+:func:`study_clis`).
 
 Error policy (one place, :func:`main`): a user error -- a bad argument, a missing or damaged file, a
 checkpoint that does not fit, weights that cannot be fetched -- prints one line ``hooked-clip: error: ...``
@@ -9,7 +10,11 @@ traceback for user errors too. Ctrl-C exits with 130 (a study run resumes where 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
+import pkgutil
 import sys
+from types import ModuleType
 from typing import Optional, Sequence
 
 from hooked_clip.errors import UnreadableFileError, UnsafeCheckpointError
@@ -29,18 +34,39 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from hooked_clip.analyses.valse_negation import cli as valse
+STUDY_CLI = "cli"
+"""The module of a study package that declares its subcommand."""
 
+
+def study_clis() -> list[ModuleType]:
+    """The ``cli`` module of every study package under ``hooked_clip.analyses`` that declares a subcommand,
+    ordered by subcommand name. Such a module (``hooked_clip.analyses.<study>.cli``) defines ``SUBCOMMAND``
+    (the name typed after ``hooked-clip``), ``HELP`` (its line in ``hooked-clip --help``),
+    ``add_arguments(parser)`` and ``run(args)``; its docstring is the subcommand's ``--help`` text. This
+    module names no study."""
+    import hooked_clip.analyses as analyses
+
+    found = []
+    for info in pkgutil.iter_modules(analyses.__path__, analyses.__name__ + "."):
+        name = f"{info.name}.{STUDY_CLI}"
+        if info.ispkg and importlib.util.find_spec(name) is not None:
+            module = importlib.import_module(name)
+            if hasattr(module, "SUBCOMMAND"):
+                found.append(module)
+    return sorted(found, key=lambda m: m.SUBCOMMAND)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hooked-clip", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks for user errors too")
     sub = parser.add_subparsers(dest="command", required=True)
-    study = sub.add_parser("valse-negation", help="replicate Quantmeyer et al. (2024) on VALSE existence",
-                           description=valse.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    study.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    valse.add_arguments(study)
-    study.set_defaults(run=valse.run)
+    for study in study_clis():
+        command = sub.add_parser(study.SUBCOMMAND, help=study.HELP, description=study.__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        study.add_arguments(command)
+        command.set_defaults(run=study.run)
     return parser
 
 

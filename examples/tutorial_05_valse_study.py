@@ -2,7 +2,8 @@
 
 from hooked_clip import load_model
 from hooked_clip.analyses.valse_negation.images import SceneImages
-from hooked_clip.analyses.valse_negation.report import aggregate, write_outputs
+from hooked_clip.analyses.valse_negation.aggregate import aggregate
+from hooked_clip.analyses.valse_negation.report import write_outputs
 from hooked_clip.analyses.valse_negation.study import Settings, run_items
 
 model = load_model("tiny-negation")

@@ -35,7 +35,8 @@
 
 # needs real weights (network or a local copy):
 # from hooked_clip.analyses.valse_negation.images import FolderImages
-# from hooked_clip.analyses.valse_negation.report import aggregate, write_outputs
+# from hooked_clip.analyses.valse_negation.aggregate import aggregate
+# from hooked_clip.analyses.valse_negation.report import write_outputs
 # from hooked_clip.analyses.valse_negation.study import Settings, run_items
 # 
 # folder = FolderImages("/data/visual7w")

@@ -16,12 +16,16 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from hooked_clip.analyses.valse_negation.aggregate import ZOOM_RULES, aggregate
 from hooked_clip.analyses.valse_negation.comparison import run_dir_name, write_comparison
 from hooked_clip.analyses.valse_negation.data import SubjectParser, load_items
 from hooked_clip.analyses.valse_negation.images import FolderImages, SceneImages, clipseg_subject_size, preprocessing_name
 from hooked_clip.analyses.valse_negation.reference import compare, load_reference
-from hooked_clip.analyses.valse_negation.report import ZOOM_RULES, aggregate, write_outputs
+from hooked_clip.analyses.valse_negation.report import write_outputs
 from hooked_clip.analyses.valse_negation.study import Settings, run_items, select_items
+
+SUBCOMMAND = "valse-negation"  # hooked-clip valse-negation (found by hooked_clip.analyses.cli)
+HELP = "replicate Quantmeyer et al. (2024) on VALSE existence"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -13,10 +13,12 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-
 from hooked_clip.analyses.valse_negation import paper
+from hooked_clip.analyses.valse_negation.aggregate import LOCATIONS
+from hooked_clip.analyses.valse_negation.formatting import fmt
 from hooked_clip.analyses.valse_negation.layout import NEGATOR_ROW, POOLED_ROW, ROWS
-from hooked_clip.analyses.valse_negation.report import LOCATIONS, PAPER_R, REFERENCE, RELATION_LABELS, _fmt
+from hooked_clip.analyses.valse_negation.markdown import RELATION_LABELS
+from hooked_clip.analyses.valse_negation.segments import SEGMENTS, THRESHOLD
 from hooked_clip.analyses.valse_negation.study import atomic_write
 
 EOT_ROW = ROWS.index("[EOT]")
@@ -96,7 +98,7 @@ def _figure(out_dir: Path, summaries: list[dict]):
 
 
 def _scale(scale) -> str:
-    return "–" if scale is None else f"{scale:.2f} (±{1 / scale:.3f})"
+    return "–" if scale is None else f"{scale:.2f} (±{THRESHOLD / scale:.3f})"
 
 
 def _acc(s: dict, kind: str, group: str) -> str:
@@ -106,64 +108,80 @@ def _acc(s: dict, kind: str, group: str) -> str:
 
 def _markdown(summaries: list[dict], run_dirs: dict, figure, elapsed_s: dict) -> str:
     names = [s["model"] for s in summaries]
-    head = "| | " + " | ".join(f"`{n}`" for n in names) + " | paper (ViT-B/32) |"
-    rule = "|---" * (len(names) + 2) + "|"
-    lines = ["# VALSE existence negation study — model comparison", "",
-             "Each model's full report is in its own run directory: "
-             + ", ".join(f"`{n}` → `{run_dirs[n]}/report.md`" for n in names) + ".", "",
-             "Layers in the CTE are hidden-state layers (0 = embeddings output); heads are 1-indexed (L4H2 = blocks.3 head 1).", "",
-             "The paper's column is OpenAI's ViT-B/32 on Visual7W photos. Segments (d = ±1 logit) depend on each model's "
-             "logit scale, layers and head labels on its depth, so a model other than the paper's checkpoint is compared "
-             "by accuracy and by the shape of its tables; each model's report lists what is not like for like "
-             "(\"Like for like?\").", ""]
-    lines += ["| like for like? | " + " | ".join(f"`{n}`" for n in names) + " | paper (ViT-B/32) |", rule,
-              "| logit scale (±1 logit in cosine) | " + " | ".join(_scale(s.get("logit_scale")) for s in summaries)
-              + f" | {_scale(paper.LOGIT_SCALE)} |",
-              "| blocks × heads | " + " | ".join("–" if s.get("n_layers") is None else f"{s['n_layers']} × {s['n_heads']}"
-                                              for s in summaries) + f" | {paper.N_LAYERS} × {paper.N_HEADS} |",
-              "| subject size | " + " | ".join(s.get("subject_size_measure") or "CLIPSeg area where measured"
-                                            for s in summaries) + " | CLIPSeg soft area |", ""]
+    table = ["| | " + " | ".join(f"`{n}`" for n in names) + " | paper (ViT-B/32) |", "|---" * (len(names) + 2) + "|"]
+    lines = _intro(summaries, run_dirs, table[1])
     if elapsed_s:
         lines += ["Time per model (this invocation): " + ", ".join(f"`{m}` {t:.1f} s" for m, t in elapsed_s.items()), ""]
-    lines += ["## Accuracy and segments", "", head, rule]
-    paper_acc = {key: f"{acc:.1%} (n={n})" for key, (n, acc, _) in paper.SCORES.items()}
-    for kind in ("original", "aligned"):
-        for group in ("all", *LOCATIONS):
-            lines.append(f"| accuracy, {kind}, {group} | " + " | ".join(_acc(s, kind, group) for s in summaries)
-                         + f" | {paper_acc.get((kind, group), '')} |")
-    seg = REFERENCE["segments_aligned"]
-    lines.append("| segments, aligned (correct / ambiguous / incorrect) | " + " | ".join(
-        " / ".join(str(s["scores"]["aligned"]["all"]["segments"][k]) for k in ("correct", "ambiguous", "incorrect"))
-        if "scores" in s else "–" for s in summaries) + f" | {seg['correct']} / {seg['ambiguous']} / {seg['incorrect']} |")
-    lines.append("")
+    lines += ["## Accuracy and segments", "", *table] + _accuracy_rows(summaries) + [""]
     if any("replication_verdict" in s for s in summaries):
         lines += ["## Against the reference file", ""]
         lines += [f"- `{s['model']}`: {s.get('replication_verdict', 'not compared')}" for s in summaries] + [""]
     if figure:
         lines += ["## Causal tracing: the negator row and the [EOT] row", "", f"![{figure}]({figure})", ""]
-        for loc in LOCATIONS:
-            lines.append(f"Negation in {loc}, correct segment:")
-            lines.append("")
-            for s in summaries:
-                c = s.get("cte", {}).get(loc)
-                if c is None or c["negator"] is None:
-                    lines.append(f"- `{s['model']}`: no items in the correct segment")
-                    continue
-                lines.append(f"- `{s['model']}` (n = {c['n']}): negator " + " ".join(_fmt(v) for v in c["negator"])
-                             + f" · {c.get('eot_row', '[EOT]')} " + " ".join(_fmt(v) for v in c["eot"]))
-            lines.append("")
-    lines += ["## Top negator-selective heads (mean Δ)", "", head, rule]
-    paper_heads = ", ".join(f"{k} {_fmt(v[0])} / {_fmt(v[1])}" for k, v in REFERENCE["head_delta"].items())
-    for loc in LOCATIONS:
-        lines.append(f"| negation in {loc} | " + " | ".join(
-            ", ".join(f"{t['head']} {_fmt(t['delta'])}" for t in s["top_heads"].get(loc, [])) or "–" for s in summaries)
-            + f" | {paper_heads if loc == 'caption' else ''} |")
-    lines += ["", "## Confounds (Pearson r with d, n in brackets)", "", head, rule]
-    keys = list(dict.fromkeys(k for s in summaries for k in s["confounds"]))
-    for k in keys:
-        cells = []
-        for s in summaries:
-            v = s["confounds"].get(k)
-            cells.append("–" if v is None else f"{_fmt(v['r'])} ({v['n']})")
-        lines.append(f"| {RELATION_LABELS.get(k, k)} | " + " | ".join(cells) + f" | {_fmt(PAPER_R[k]) if k in PAPER_R else ''} |")
+        lines += _cte_rows(summaries)
+    lines += ["## Top negator-selective heads (mean Δ)", "", *table] + _head_rows(summaries)
+    lines += ["", "## Confounds (Pearson r with d, n in brackets)", "", *table] + _confound_rows(summaries)
     return "\n".join(lines) + "\n"
+
+
+def _intro(summaries: list[dict], run_dirs: dict, rule: str) -> list[str]:
+    """Where each model's report is, and what differs from the paper's setting per model."""
+    names = [s["model"] for s in summaries]
+    return ["# VALSE existence negation study — model comparison", "",
+            "Each model's full report is in its own run directory: "
+            + ", ".join(f"`{n}` → `{run_dirs[n]}/report.md`" for n in names) + ".", "",
+            "Layers in the CTE are hidden-state layers (0 = embeddings output); heads are 1-indexed (L4H2 = blocks.3 head 1).", "",
+            "The paper's column is OpenAI's ViT-B/32 on Visual7W photos. Segments (d = ±1 logit) depend on each model's "
+            "logit scale, layers and head labels on its depth, so a model other than the paper's checkpoint is compared "
+            "by accuracy and by the shape of its tables; each model's report lists what is not like for like "
+            "(\"Like for like?\").", "",
+            "| like for like? | " + " | ".join(f"`{n}`" for n in names) + " | paper (ViT-B/32) |", rule,
+            "| logit scale (±1 logit in cosine) | " + " | ".join(_scale(s.get("logit_scale")) for s in summaries)
+            + f" | {_scale(paper.LOGIT_SCALE)} |",
+            "| blocks × heads | " + " | ".join("–" if s.get("n_layers") is None else f"{s['n_layers']} × {s['n_heads']}"
+                                             for s in summaries) + f" | {paper.N_LAYERS} × {paper.N_HEADS} |",
+            "| subject size | " + " | ".join(s.get("subject_size_measure") or "CLIPSeg area where measured"
+                                           for s in summaries) + " | CLIPSeg soft area |", ""]
+
+
+def _accuracy_rows(summaries: list[dict]) -> list[str]:
+    paper_acc = {key: f"{acc:.1%} (n={n})" for key, (n, acc, _) in paper.SCORES.items()}
+    lines = [f"| accuracy, {kind}, {group} | " + " | ".join(_acc(s, kind, group) for s in summaries)
+             + f" | {paper_acc.get((kind, group), '')} |" for kind in ("original", "aligned") for group in ("all", *LOCATIONS)]
+    paper_segments = " / ".join(str(n) for n in paper.SCORES[("aligned", "all")][2])
+    return lines + [f"| segments, aligned ({' / '.join(SEGMENTS)}) | " + " | ".join(
+        " / ".join(str(s["scores"]["aligned"]["all"]["segments"][k]) for k in SEGMENTS)
+        if "scores" in s else "–" for s in summaries) + f" | {paper_segments} |"]
+
+
+def _cte_rows(summaries: list[dict]) -> list[str]:
+    """Each model's CTE of the negator row and the row its tower reads, correct segment, per location."""
+    lines = []
+    for loc in LOCATIONS:
+        lines += [f"Negation in {loc}, correct segment:", ""]
+        for s in summaries:
+            c = s.get("cte", {}).get(loc)
+            if c is None or c["negator"] is None:
+                lines.append(f"- `{s['model']}`: no items in the correct segment")
+                continue
+            lines.append(f"- `{s['model']}` (n = {c['n']}): negator " + " ".join(fmt(v) for v in c["negator"])
+                         + f" · {c.get('eot_row', '[EOT]')} " + " ".join(fmt(v) for v in c["eot"]))
+        lines.append("")
+    return lines
+
+
+def _head_rows(summaries: list[dict]) -> list[str]:
+    paper_heads = ", ".join(f"{k} {fmt(c)} / {fmt(f)}" for k, (c, f) in list(paper.TOP_HEADS.items())[:3])
+    return [f"| negation in {loc} | " + " | ".join(
+        ", ".join(f"{t['head']} {fmt(t['delta'])}" for t in s["top_heads"].get(loc, [])) or "–" for s in summaries)
+        + f" | {paper_heads if loc == 'caption' else ''} |" for loc in LOCATIONS]
+
+
+def _confound_rows(summaries: list[dict]) -> list[str]:
+    lines = []
+    for k in dict.fromkeys(k for s in summaries for k in s["confounds"]):
+        cells = ["–" if s["confounds"].get(k) is None else f"{fmt(s['confounds'][k]['r'])} ({s['confounds'][k]['n']})"
+                 for s in summaries]
+        lines.append(f"| {RELATION_LABELS.get(k, k)} | " + " | ".join(cells)
+                     + f" | {fmt(paper.CONFOUNDS[k][1]) if k in paper.CONFOUNDS else ''} |")
+    return lines

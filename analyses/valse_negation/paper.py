@@ -1,7 +1,8 @@
 """The paper's numbers: Quantmeyer, Mosteiro & Gatt (2024) on OpenAI CLIP ViT-B/32 (``openai/clip-vit-base-patch32``,
 logit scale 100, 12 blocks x 8 heads) with Visual7W photos, from the authors' released results (the
 project's PAPER.md, sections named below). The one owner of these numbers: the report and the model
-comparison print them beside a run's own, never mixed with them.
+comparison print them beside a run's own, never mixed with them. They are "paper" throughout the study;
+"reference" is only the per-item file of ``--reference`` (``reference.py``).
 
 Layers: hidden-state layers 0..12 (0 = embeddings output); attention layers and heads 1-indexed.
 """

@@ -24,7 +24,8 @@ from typing import Optional, Union
 
 import numpy as np
 
-SEGMENT_NAMES = ("correct", "ambiguous", "incorrect")
+from hooked_clip.analyses.valse_negation.segments import SEGMENTS
+
 _NUMBER, _TEXT = "number", "text"
 FIELDS = {"caption": _TEXT, "foil": _TEXT, "negation": _TEXT, "logit_caption": _NUMBER, "logit_foil": _NUMBER,
           "score": _NUMBER, "segment": _TEXT, "positions": _NUMBER, "similarity_caption_foil": _NUMBER,
@@ -72,8 +73,8 @@ def _check_item(path: Path, key: str, item) -> None:
             raise ReferenceFormatError(f"{where}: {field}={value!r} is not a {'string' if kind == _TEXT else 'finite number'}.")
     if item["negation"] not in ("caption", "foil"):
         raise ReferenceFormatError(f"{where}: negation={item['negation']!r} must be 'caption' or 'foil'.")
-    if item["segment"] not in SEGMENT_NAMES:
-        raise ReferenceFormatError(f"{where}: segment={item['segment']!r} must be one of {list(SEGMENT_NAMES)}.")
+    if item["segment"] not in SEGMENTS:
+        raise ReferenceFormatError(f"{where}: segment={item['segment']!r} must be one of {list(SEGMENTS)}.")
     if abs(item["score"] - (item["logit_caption"] - item["logit_foil"])) > 1e-3:
         raise ReferenceFormatError(f"{where}: score={item['score']} is not logit_caption - logit_foil "
                                    f"({item['logit_caption']} - {item['logit_foil']}).")

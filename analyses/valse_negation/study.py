@@ -2,7 +2,8 @@
 
 Built only from the generic analyses: scores (``hooked_clip.analyses.metrics``), the paper's causal tracing
 (``hooked_clip.analyses.causal_tracing.minimal_pair_trace``), optionally ROME noise tracing, and head scores
-(``hooked_clip.analyses.heads.negator_head_scores``). Aggregation, tables, figures and the report are in ``report.py``.
+(``hooked_clip.analyses.heads.negator_head_scores``). Segments by ``segments.py``; aggregation in ``aggregate.py``;
+the outputs (tables, figures, the report) by ``report.write_outputs``.
 
 A run directory holds ``config.json`` (model, fingerprint, settings), ``image_embeds.safetensors`` (the
 image embeddings, computed once), ``items/<id>.json`` (one record per valid item, each written to a
@@ -33,7 +34,8 @@ from hooked_clip.analyses.causal_tracing import minimal_pair_trace, rome_trace
 from hooked_clip.analyses.heads import negator_head_scores
 from hooked_clip.analyses.metrics import normalized_patching_metric, similarity_metric
 from hooked_clip.analyses.valse_negation.data import Item, SubjectParser, align, load_items
-from hooked_clip.analyses.valse_negation.layout import ROWS, check_token_layout, to_rows  # noqa: F401 (re-exported)
+from hooked_clip.analyses.valse_negation.layout import check_token_layout, to_rows
+from hooked_clip.analyses.valse_negation.segments import segment
 
 STUDY_VERSION = 2  # 2: the negator's own zoom row; subject prompt and both areas on the aligned pair
 
@@ -58,11 +60,6 @@ class Settings:
                 raise ValueError(f"{name} (--{name.replace('_', '-')}) must be a positive integer, got {value!r}.")
         if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1):
             raise ValueError(f"limit (--limit) must be a positive number of items or None, got {self.limit!r}.")
-
-
-def segment(d: float) -> str:
-    """The paper's segments, thresholds in logits: incorrect d < -1, ambiguous -1 <= d < 1, correct d >= 1."""
-    return "incorrect" if d < -1 else "ambiguous" if d < 1 else "correct"
 
 
 def fingerprint(model) -> str:
@@ -226,7 +223,7 @@ def _measure(model, items: list[Item], img: Optional[dict], images, settings: Se
     head_rows = heads.rows.clone()
     head_rows[torch.arange(len(pairs)), :, :, negator] = heads.self_row  # the negator's own query row, kept as the authors do
     for k, (i, p) in enumerate(zip(idx, pairs)):
-        zoom, _ = to_rows(head_rows[k], layouts[k], further="max")  # no further tokens: NaN (see report.zoom_rows)
+        zoom, _ = to_rows(head_rows[k], layouts[k], further="max")  # no further tokens: NaN (see aggregate.zoom_rows)
         recs[i]["aligned"] = {"caption": p.caption, "foil": p.foil, "n_tokens": layouts[k].n_tokens,
                               "positions": layouts[k].to_record(),
                               "similarity": float((e_c[k] * e_f[k]).sum()),

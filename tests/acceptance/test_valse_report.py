@@ -9,8 +9,10 @@ import re
 
 import pytest
 
+from hooked_clip.analyses.valse_negation.aggregate import aggregate
 from hooked_clip.analyses.valse_negation.images import SceneImages
-from hooked_clip.analyses.valse_negation.report import _caveats, aggregate, write_outputs
+from hooked_clip.analyses.valse_negation.markdown import _caveats
+from hooked_clip.analyses.valse_negation.report import write_outputs
 from hooked_clip.analyses.valse_negation.study import Settings, run_items
 
 # PAPER.md §3.4: (sentences, negation in) -> n, accuracy, segments
@@ -248,3 +250,91 @@ def test_comparison_states_each_models_scale_and_depth_beside_the_papers(run, tm
     assert "| blocks × heads | 4 × 4 | 4 × 4 | 12 × 8 |" in text
     assert "1 / the number of objects in the synthesized scene" in text
     assert "similarity_vs_d_caption" not in text  # human labels
+
+
+# ------------------------------------------------------------------------- the segment rule (issue "mutants")
+BOUNDARIES = (-1.0001, -1.0, 0.0, 0.9999, 1.0)
+
+
+def papers_segment(d: float) -> str:
+    """PAPER.md §3.4, written out here, not taken from the study: correct d >= 1, ambiguous -1 <= d < 1,
+    incorrect d < -1 (logits)."""
+    if d >= 1:
+        return "correct"
+    if -1 <= d < 1:
+        return "ambiguous"
+    assert d < -1
+    return "incorrect"
+
+
+EXPECTED = {"correct": 1, "ambiguous": 3, "incorrect": 1}  # the paper's rule on BOUNDARIES, counted by hand
+
+
+def test_the_segment_rule_is_the_papers_at_the_boundaries():
+    from hooked_clip.analyses.valse_negation.segments import SEGMENTS, segment, segment_counts
+
+    assert [segment(d) for d in BOUNDARIES] == [papers_segment(d) for d in BOUNDARIES]
+    assert [papers_segment(d) for d in BOUNDARIES] == ["incorrect", "ambiguous", "ambiguous", "ambiguous", "correct"]
+    assert segment_counts(BOUNDARIES) == EXPECTED and tuple(segment_counts(BOUNDARIES)) == SEGMENTS
+
+
+def test_the_study_labels_each_item_by_the_papers_rule(tmp_path, monkeypatch):
+    """The per-item records (original sentences and aligned pairs): scores forced onto the boundaries."""
+    import torch
+
+    from hooked_clip import load_model
+    from hooked_clip.analyses.valse_negation import study
+
+    def boundary_scores(model, e_c, e_f, img):
+        n = e_c.shape[0]
+        return torch.tensor([BOUNDARIES[i % len(BOUNDARIES)] for i in range(n)], dtype=torch.float64), torch.zeros(n)
+
+    monkeypatch.setattr(study, "_scores", boundary_scores)
+    model = load_model("tiny-negation", device="cpu")
+    records = run_items(model, tmp_path, model_id="tiny-negation", images=SceneImages(), settings=Settings(limit=10),
+                        progress=False)
+    labelled = [(r["d"], r["segment"]) for r in records.values()]
+    labelled += [(r["aligned"]["d"], r["aligned"]["segment"]) for r in records.values() if "aligned" in r]
+    assert {d for d, _ in labelled} == set(BOUNDARIES)
+    assert all(seg == papers_segment(d) for d, seg in labelled), labelled
+
+
+def test_the_reports_counts_and_histogram_segment_by_the_papers_rule(run, tmp_path, monkeypatch):
+    """Hand-set scores exactly at the boundaries: the score tables (results.json, scores.csv, report.md) and
+    the histogram's segments count what the paper's rule counts."""
+    import copy
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    _, model, records, _ = run
+    chosen = [copy.deepcopy(r) for r in records.values() if "aligned" in r][:len(BOUNDARIES)]
+    for r, d in zip(chosen, BOUNDARIES):
+        r["d"] = r["aligned"]["d"] = d
+        r["segment"] = r["aligned"]["segment"] = papers_segment(d)
+    recs = {r["id"]: r for r in chosen}
+    results = aggregate(recs, model.cfg.n_layers, model.cfg.n_heads)
+    for kind in ("original", "aligned"):
+        assert results["scores"][kind]["all"]["segments"] == EXPECTED, kind
+    seen = {}
+    real = Figure.savefig
+
+    def spy(fig, path, *args, **kwargs):
+        seen[str(path).rsplit("/", 1)[-1]] = fig
+        return real(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", spy)
+    write_outputs(tmp_path, recs, results, model_id="boundaries")
+    legend = [t.get_text() for t in seen["score_histogram.png"].axes[0].get_legend().get_texts()]
+    assert sorted(legend) == sorted(f"{seg} ({n})" for seg, n in EXPECTED.items())
+    saved = json.loads((tmp_path / "results.json").read_text())["scores"]
+    assert all(saved[kind]["all"]["segments"] == EXPECTED for kind in ("original", "aligned"))
+    scores = _section((tmp_path / "report.md").read_text(), "## Scores")
+    assert "segments: correct d ≥ 1, ambiguous −1 ≤ d < 1, incorrect d < −1 (logits)." in scores  # the rule as stated
+    assert _lines_ending(scores, "| aligned (rephrased) pairs | either | 5 |", "| 490 | 68.6% | 153 / 295 / 42 |")
+    assert "| aligned (rephrased) pairs | either | 5 | 40.0% | 1 / 3 / 1 |" in scores  # accuracy: d > 0
+    table = (tmp_path / "scores.csv").read_text().splitlines()
+    assert "sentences,group,n,accuracy,correct,ambiguous,incorrect" == table[0] and "aligned,all,5,0.4,1,3,1" in table

@@ -12,10 +12,12 @@ import torch
 from conftest import hf_clip
 
 from hooked_clip.analyses.valse_negation import study
+from hooked_clip.analyses.valse_negation.aggregate import _cte_matrix, aggregate
 from hooked_clip.analyses.valse_negation.data import DataFormatError, NEGATOR_POS, aligned_pairs, load_items
 from hooked_clip.analyses.valse_negation.images import FolderImages, SceneImages
-from hooked_clip.analyses.valse_negation.report import _cte_matrix, aggregate
-from hooked_clip.analyses.valse_negation.study import ROWS, RunDirMismatchError, Settings, run_items, to_rows
+from hooked_clip.analyses.valse_negation.layout import ROWS, to_rows
+from hooked_clip.analyses.valse_negation.segments import segment
+from hooked_clip.analyses.valse_negation.study import RunDirMismatchError, Settings, run_items
 from hooked_clip import HookedCLIP
 from hooked_clip.models.tiny_negation import build
 from hooked_clip.models.tiny_negation.world import OBJECTS
@@ -57,7 +59,7 @@ def test_cte_invariants_on_every_item(random_demo, tmp_path):
         assert torch.all(rows[:, :3] == 0)  # CTE(l, p < 3) = 0
         assert abs((rows[L, 7] - 1) * a["d"]) <= 1e-5  # CTE(L, EOT) = 1
         assert torch.all(rows[L, 3:7].nan_to_num(0) == 0)  # nothing else at the last layer
-        assert a["segment"] == study.segment(a["d"]) and abs(a["d"] - (a["s_caption"] - a["s_foil"])) <= 1e-5
+        assert a["segment"] == segment(a["d"]) and abs(a["d"] - (a["s_caption"] - a["s_foil"])) <= 1e-5
     res = aggregate(records, L, random_demo.cfg.n_heads)
     assert res["counts"] == {"valid": 505, "aligned": 490, "valid_caption": 256, "valid_foil": 249,
                              "aligned_caption": 250, "aligned_foil": 240}
@@ -346,7 +348,7 @@ def test_subject_confound_uses_both_areas_and_pairs_with_a_subject():
     recs = {}
     for k, (area, binary, d) in enumerate([(0.1, 0.0, -1.0), (0.3, 0.5, 0.5), (0.5, 1.0, 2.0), (0.2, 0.0, 0.0)]):
         recs[str(k)] = {"id": str(k), "negation_in": "foil", "caption": "", "d": d,
-                        "aligned": {"d": d, "segment": study.segment(d), "cte_rows": [[0.0] * 8] * 2, "n_further": 0,
+                        "aligned": {"d": d, "segment": segment(d), "cte_rows": [[0.0] * 8] * 2, "n_further": 0,
                                     "similarity": 0.9, "n_tokens": 8, "head_delta": [[0.0]], "head_rows": [[[0.0] * 8]],
                                     "subject": f"s{k}", "subject_area": area, "subject_area_binary": binary}}
     recs["4"] = {"id": "4", "negation_in": "foil", "caption": "", "d": 1.0,
