@@ -3,7 +3,8 @@
 - :func:`negator_head_scores` — the paper's negator-selective head score. For a minimal pair (negated,
   affirmative) of equal length with the negator at key position p:
   Δ_{l,h} = max over query positions q > p of A^neg_{l,h}(q, p) − A^aff_{l,h}(q, p)
-  (post-softmax attention; q runs to the EOT, "." included). Returned per pair with the per-query-row
+  (post-softmax attention; q runs to the sentence's last token — the EOT, "." included —, or in a tower that
+  reads its padding to the pooled position). Returned per pair with the per-query-row
   breakdown, so the paper's mean over pairs, its layer zoom, and correlations with d all follow.
 - :func:`head_correlation` — per-head Pearson r across pairs between a score and another per-pair value.
 - :func:`attention_to_tokens` — generic detector: mean attention mass each head puts on a chosen token
@@ -48,6 +49,17 @@ def _patterns(text, tokens: Tensor) -> Float[Tensor, "batch layer head query key
     return torch.stack([cache[n] for n in names], dim=1)
 
 
+def _last_positions(text, tokens: Tensor, pool: Optional[Tensor]) -> Int[Tensor, "pairs"]:
+    """The last query position Δ reads per pair: the sentence's last token (a causal tower's EOT, a masked
+    tower's last unpadded token), or the pooled position of a tower that reads its padding (SigLIP)."""
+    lengths = text.input_lengths(tokens)
+    if lengths is not None:
+        return lengths - 1
+    if pool is None:
+        return torch.full((tokens.shape[0],), tokens.shape[1] - 1, device=tokens.device)
+    return pool
+
+
 def negator_head_scores(model, negated: Tokens, affirmative: Tokens,
                         negator_pos: Union[int, Sequence[int], Int[Tensor, "pairs"]]) -> NegatorHeadScores:
     """Δ per pair, layer and head (see the module docstring). ``negator_pos``: the negator's token
@@ -56,17 +68,19 @@ def negator_head_scores(model, negated: Tokens, affirmative: Tokens,
     pair = RunPair.build(text, negated, affirmative, "noise", names=("negated", "affirmative"),
                          hint="Δ compares the same key position in both sentences, so align them first (e.g. "
                               "'There are some X' for 'There are no X').")
-    neg, aff, pool_n = pair.base, pair.source, pair.base_pool  # "noise": base = the first (negated) run
+    neg, aff = pair.base, pair.source  # "noise": base = the first (negated) run
+    last = _last_positions(text, neg, pair.base_pool)
     p = torch.as_tensor(negator_pos).to(neg.device).long()
     p = p.expand(neg.shape[0]) if p.ndim == 0 else p
-    if p.shape != (neg.shape[0],) or bool((p < 1).any()) or bool((p >= pool_n).any()):
-        raise ValueError(f"negator_pos must give one position per pair between 1 and the EOT position; got {p.tolist()}.")
-    width = int(pool_n.max()) + 1
+    if p.shape != (neg.shape[0],) or bool((p < 1).any()) or bool((p >= last).any()):
+        raise ValueError(f"negator_pos must give one position per pair between 1 and the sentence's last token "
+                         f"(its EOT); got {p.tolist()}.")
+    width = int(last.max()) + 1
     a_neg, a_aff = _patterns(text, neg[:, :width]), _patterns(text, aff[:, :width])
     idx = torch.arange(neg.shape[0], device=neg.device)
     diff = (a_neg - a_aff)[idx, :, :, :, p]  # [pairs, layer, head, query] attention to the negator slot
     q = torch.arange(width, device=neg.device)
-    valid = (q[None, :] > p[:, None]) & (q[None, :] <= pool_n[:, None])  # [pairs, query]
+    valid = (q[None, :] > p[:, None]) & (q[None, :] <= last[:, None])  # [pairs, query]
     rows = diff.masked_fill(~valid[:, None, None, :], float("nan"))
     delta = rows.masked_fill(~valid[:, None, None, :], float("-inf")).amax(-1)
     self_row = diff[idx, :, :, p]  # [pairs, layer, head]

@@ -16,8 +16,11 @@ sentence's end token. So every position is derived per pair:
 - [EOT]: the tokenizer's end token at the end of the sentence, else absent;
 - pooled: the position the tower reads (``HookedCLIPText.pool_positions``). Where the tower pools at the end
   token (EOT / argmax pooling: CLIP, OpenCLIP, MobileCLIP, MetaCLIP) [EOT] is that row; a tower that reads the
-  last padded position (``pooling="last"``: SigLIP) gets its own ``[pooled]`` row after [EOT]. The padding
-  between the two is not shown in the rows.
+  last padded position (``pooling="last"``: SigLIP) gets its own ``[pooled]`` row after [EOT] (the padding
+  between the two is not shown in the rows), a tower that reads its first token (``pooling="first"``: BERT's
+  CLS in ChineseCLIP, AltCLIP, ALIGN) a ``[pooled]`` row at position 0 (the [SOT] row's own position, shown
+  again under the name the reader knows it by), and a mean-pooled tower (open_clip's RoBERTa/XLM-R towers)
+  none (it reads every token).
 
 An absent row holds NaN and its label says "(absent)"; it is never filled with another token.
 """
@@ -152,8 +155,9 @@ def check_token_layout(text, negated: list[str], affirmative: list[str]) -> list
     """Lay every aligned pair out on the study's rows with the model's own tokenizer and pooling rule (see the
     module docstring), or raise :class:`TokenLayoutError` naming every pair that cannot be laid out and why."""
     tok = text.tokenizer
-    pools_at_end = text.cfg.pooling != "last"
-    pooled = text.pool_positions(text.as_tokens(negated)).tolist()
+    pools_at_end = text.cfg.pooling in ("eot", "argmax")
+    pool = text.pool_positions(text.as_tokens(negated))
+    pooled = [None] * len(negated) if pool is None else pool.tolist()  # mean pooling reads every token
     out = [_lay_out_one(tok, tok.encode(a), tok.encode(b), p, pools_at_end)
            for a, b, p in zip(negated, affirmative, pooled)]
     bad = [(s, why) for s, why in zip(negated, out) if isinstance(why, str)]

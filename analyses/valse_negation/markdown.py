@@ -48,7 +48,7 @@ def report_markdown(results: dict, model_id: str, images_note: str, figures: lis
     if model_id.startswith("tiny-negation"):
         lines += [f"> This run uses the shipped toy model `{model_id}` with synthesized scenes. Its findings are about "
                   "that toy model, not about OpenAI's CLIP; the paper's columns are OpenAI's ViT-B/32 on photos.", ""]
-    lines += _layout_note(results) + _caveats(results) + _items_section(results)
+    lines += _tower_note(results) + _layout_note(results) + _caveats(results) + _items_section(results)
     if "replication" in results:
         lines += replication_section(results["replication"], results.get("replication_reference"))
     if "scores" in results:
@@ -66,6 +66,15 @@ def report_markdown(results: dict, model_id: str, images_note: str, figures: lis
     return "\n".join(lines) + "\n"
 
 
+def _tower_note(results: dict) -> list[str]:
+    """The text tower's family, pooling and padding, where the run recorded them."""
+    t = results.get("text_tower")
+    if not t:
+        return []
+    return [f"Text tower: family `{t['family']}`, {t['blocks']}, {t['attention']} attention; pooled {t['pooling']}; "
+            f"texts {t['padding']}.", ""]
+
+
 def _layout_note(results: dict) -> list[str]:
     """A paragraph on the rows where this model's tokenizer lays the pairs out otherwise than CLIP's BPE."""
     rows = (results.get("zoom") or {}).get("rows") or next(
@@ -78,9 +87,10 @@ def _layout_note(results: dict) -> list[str]:
     if absent:
         lines.append(f"Absent rows (the tokenizer has no such token, shown as –): {', '.join(absent)}.")
     if POOLED_ROW in rows:
-        lines.append(f"{POOLED_ROW} is the position the tower reads (the last padded position); the padding between "
-                     "[EOT] and it is not shown in the rows, but the heads' Δ (max over the query positions after the "
-                     "negator up to the pooled one) includes it.")
+        lines.append(f"{POOLED_ROW} is the position the tower reads: the last padded position of a tower that reads its "
+                     "padding (the padding between [EOT] and it is not shown in the rows, but the heads' Δ, the max over "
+                     "the query positions after the negator up to the pooled one, includes it), or the first token of a "
+                     "CLS-pooled tower (the [SOT] row's position, shown again under this name).")
     return [" ".join(lines), ""]
 
 

@@ -25,6 +25,8 @@ def write_outputs(run_dir, records: dict[str, dict], results: dict, *, model=Non
     run_dir = Path(run_dir)
     if model is not None and getattr(model, "logit_scale", None) is not None and "logit_scale" not in results:
         results = {**results, "logit_scale": float(model.logit_scale.detach().exp())}
+    if model is not None and "text_tower" not in results:
+        results = {**results, "text_tower": model.text.cfg.describe()}
     atomic_write(run_dir / "results.json", json.dumps(json_safe(results), indent=1, allow_nan=False))
     atomic_write(run_dir / "per_item.json", json.dumps(json_safe(to_reference_format(records)), indent=1, allow_nan=False))
     write_tables(run_dir, records, results)

@@ -22,7 +22,11 @@ RULE = "correct d ≥ 1, ambiguous −1 ≤ d < 1, incorrect d < −1 (logits)"
 
 
 def segment(d: float) -> str:
-    """The segment of one score d (logits): incorrect d < −1, ambiguous −1 ≤ d < 1, correct d ≥ 1."""
+    """The segment of one score d (logits): incorrect d < −1, ambiguous −1 ≤ d < 1, correct d ≥ 1. A NaN score
+    belongs to no segment and is an error (it would otherwise fall through every comparison into one)."""
+    if d != d:
+        raise ValueError("a score d = S(caption, image) - S(foil, image) is NaN: the embeddings hold NaN; check the "
+                         "model's weights and the inputs (this item cannot be segmented).")
     return "incorrect" if d < -THRESHOLD else "ambiguous" if d < THRESHOLD else "correct"
 
 

@@ -15,6 +15,7 @@ from hooked_clip.loaders.convert import mismatch_summary
 from hooked_clip.loaders.families import family_for
 from hooked_clip.loaders.files import read_state_dict
 from hooked_clip.loaders.hub import hub_reachable, unavailable
+from hooked_clip.loaders.open_clip_text import hf_type_from_name, open_clip_hf_refusal
 from hooked_clip.tokenizers.hf import tokenizer_for_open_clip
 
 
@@ -80,6 +81,10 @@ def _open_clip_model(name: str, pretrained: Optional[str], cache_dir: Optional[s
             )
         path = _resolve_open_clip_weights(name, pretrained, pcfg, cache_dir)
     hf_name = (open_clip.get_model_config(name) or {}).get("text_cfg", {}).get("hf_model_name")
+    refusal = open_clip_hf_refusal(hf_type_from_name(hf_name)) if hf_name and hf_type_from_name(hf_name) else ""
+    if refusal:  # said before anything is built or downloaded
+        raise CheckpointMismatchError(f"open_clip model {name!r} cannot be loaded: its text tower is {hf_name!r}. "
+                                      f"{refusal}. Nothing was downloaded.")
     try:
         model = open_clip.create_model(name, pretrained=None, force_quick_gelu=bool(pcfg.get("quick_gelu", False)))
     except OSError:

@@ -107,6 +107,29 @@ def open_clip_text_state_dict(state_dict: dict[str, Tensor], cfg: CLIPTextConfig
 
 
 _OPEN_CLIP_HF_TYPES = ("roberta", "xlm-roberta")
+_REFUSED_HF_TYPES = {  # transformers model_type -> why its encoder is not expressible
+    "mt5": "mT5 is a T5 encoder (relative position buckets, RMS-style LayerNorm before each sublayer)",
+    "t5": "T5 is an encoder with relative position buckets and RMS-style LayerNorm before each sublayer",
+    "m2m_100": "NLLB is an M2M-100 encoder (sinusoidal positions, pre-LN)",
+}
+_NAME_HINTS = (("xlm-roberta", "xlm-roberta"), ("roberta", "roberta"), ("nllb", "m2m_100"), ("mt5", "mt5"),
+               ("t5", "t5"))
+
+
+def open_clip_hf_refusal(model_type: str) -> str:
+    """Why open_clip's HF text tower of ``model_type`` is refused ("" if hooked_clip reimplements it)."""
+    if model_type in _OPEN_CLIP_HF_TYPES:
+        return ""
+    why = _REFUSED_HF_TYPES.get(model_type, f"{model_type!r} is not one of them")
+    return (f"open_clip's HF text tower {model_type!r} is not supported: hooked_clip reimplements the BERT/RoBERTa "
+            f"post-LN encoders ({', '.join(_OPEN_CLIP_HF_TYPES)}); {why}, which its blocks do not express")
+
+
+def hf_type_from_name(hf_model_name: str) -> str:
+    """The transformers model_type a hub name stands for, read off the name where it says ("" if it does not):
+    enough to refuse a tower before downloading its model."""
+    lowered = hf_model_name.lower()
+    return next((t for hint, t in _NAME_HINTS if hint in lowered), "")
 
 
 def config_from_open_clip_hf(text: nn.Module, **overrides) -> CLIPTextConfig:
@@ -119,12 +142,9 @@ def config_from_open_clip_hf(text: nn.Module, **overrides) -> CLIPTextConfig:
     from open_clip.hf_model import ClsLastHiddenStatePooler, ClsPooler, MeanPooler
 
     hf_cfg = text.config
-    if hf_cfg.model_type not in _OPEN_CLIP_HF_TYPES:
-        raise CheckpointMismatchError(
-            f"open_clip's HF text tower {hf_cfg.model_type!r} is not supported: hooked_clip reimplements the "
-            f"BERT/RoBERTa post-LN encoders ({', '.join(_OPEN_CLIP_HF_TYPES)}); mT5 is a T5 encoder (relative "
-            "position buckets, RMS-style LayerNorm before each sublayer) and NLLB an M2M-100 encoder (sinusoidal "
-            "positions, pre-LN), which its blocks do not express.")
+    refusal = open_clip_hf_refusal(hf_cfg.model_type)
+    if refusal:
+        raise CheckpointMismatchError(refusal + ".")
     pooler = text.pooler
     uses_hf_pooler = isinstance(pooler, ClsPooler) and pooler.use_pooler_output and getattr(
         text.transformer, "pooler", None) is not None

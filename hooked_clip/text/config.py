@@ -132,6 +132,23 @@ class CLIPTextConfig(TowerConfig):
             return False
         return not (self.causal and self.pooling in ("eot", "argmax"))
 
+    def describe(self) -> dict[str, str]:
+        """The family, pooling and padding in words (reports name them): what a reader needs to place a
+        tower's numbers next to CLIP's."""
+        pooling = {"eot": f"at the first end token (id {self.eot_token_id})",
+                   "argmax": "at the largest token id (CLIP's end token)",
+                   "last": "at the last position of the padded input", "first": "at the first token (CLS / <s>)",
+                   "mean": "the mean over the non-padding tokens"}[self.pooling]
+        if self.mask_padding:
+            padding = f"padded to the batch's longest text; attention never reads the padding (id {self.pad_token_id})"
+        elif self.pads_to_context:
+            padding = f"padded to the context length ({self.n_ctx}); the tower reads the padding, as it was trained"
+        else:
+            padding = "padded to the batch's longest text; the causal tower never reads positions after the pooled one"
+        return {"family": self.family, "pooling": f"{self.pooling}: {pooling}", "padding": padding,
+                "attention": "causal" if self.causal else "bidirectional",
+                "blocks": f"{self.ln_position}-LN, {self.n_layers} x {self.n_heads} heads"}
+
     @property
     def max_text_tokens(self) -> int:
         """Most tokens a text may have: ``n_ctx``, less ``pad_token_id + 1`` with RoBERTa position ids (their

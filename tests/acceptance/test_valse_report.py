@@ -270,6 +270,13 @@ def papers_segment(d: float) -> str:
 EXPECTED = {"correct": 1, "ambiguous": 3, "incorrect": 1}  # the paper's rule on BOUNDARIES, counted by hand
 
 
+def test_a_nan_score_belongs_to_no_segment():
+    from hooked_clip.analyses.valse_negation.segments import segment
+
+    with pytest.raises(ValueError, match="is NaN"):
+        segment(float("nan"))
+
+
 def test_the_segment_rule_is_the_papers_at_the_boundaries():
     from hooked_clip.analyses.valse_negation.segments import SEGMENTS, segment, segment_counts
 

@@ -305,8 +305,16 @@ def test_similarity_matches_the_reference_logits(cls_name):
     pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         ref = hf(input_ids=tokens, pixel_values=pixels).logits_per_text
-        ours = model.similarity(model.encode_text(tokens), model.encode_image(pixels))
+        text, image = model.encode_text(tokens), model.encode_image(pixels)
+        ours = model.similarity(text, image)
     assert (ours - ref).abs().max() <= 1e-4
+    # the paired forms read the same logits, bias included (text b with image b): the metrics and the study's
+    # caption and foil scores go through them
+    from hooked_clip.analyses.metrics import similarity_metric
+
+    diagonal = ref[:2].diagonal()
+    assert (model.paired_similarity(text[:2], image) - diagonal).abs().max() <= 1e-4
+    assert (similarity_metric(model, image)(text[:2]) - diagonal).abs().max() <= 1e-4
 
 
 def test_open_clip_siglip2_style_tower_parity():
@@ -359,7 +367,7 @@ def test_refused_classes_say_why(cls_name, why):
     import transformers
 
     cls = getattr(transformers, cls_name)
-    with pytest.raises(TypeError, match=f"{cls_name}: its (text tower|text projection).*{why}"):
+    with pytest.raises(TypeError, match=f"{cls_name} cannot be loaded: its (text tower|text projection).*{why}"):
         HookedCLIP.from_hf(cls.__new__(cls))
 
 

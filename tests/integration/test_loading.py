@@ -159,7 +159,7 @@ def test_bad_loader_arguments(tmp_path):
         HookedCLIP.from_open_clip("ViT-B-3")
     with pytest.raises(ValueError, match="neither a file nor a pretrained tag"):
         HookedCLIP.from_open_clip("ViT-B-32", pretrained="no-such-tag")
-    with pytest.raises(TypeError, match="Linear: it is not a CLIP-family model.*CLIPModel, CLIPTextModelWithProjection"):
+    with pytest.raises(TypeError, match="Linear cannot be loaded: it is not a CLIP-family model.*CLIPModel, CLIPTextModelWithProjection"):
         HookedCLIP.from_hf(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="No shipped model 'tiny-negatio'"):
         load_model("tiny-negatio")
@@ -185,3 +185,13 @@ def test_a_state_dict_file_under_a_gelu_name_with_a_quickgelu_twin_warns(tmp_pat
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         HookedCLIP.from_open_clip("hc-twin-quickgelu", pretrained=str(ckpt), device="cpu")
+
+
+@pytest.mark.parametrize("name, why", [("nllb-clip-base", "M2M-100 encoder"), ("mt5-base-ViT-B-32", "T5 encoder")])
+def test_open_clip_towers_that_would_be_refused_say_so_before_any_download(name, why, monkeypatch):
+    """The refusal comes first: no model is built and nothing is fetched (the hub is made unreachable)."""
+    import open_clip
+
+    monkeypatch.setattr(open_clip, "create_model", lambda *a, **k: pytest.fail("a model was built"))
+    with pytest.raises(CheckpointMismatchError, match=f"{why}.*Nothing was downloaded"):
+        HookedCLIP.from_open_clip(name, pretrained=None)
