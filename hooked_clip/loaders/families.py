@@ -34,8 +34,9 @@ align (BERT)            no         first token (CLS)                           `
                                                                                text model: tanh pooler
 ======================  =========  ==========================================  ===========================
 
-Text towers only: these classes' image towers (ChineseCLIP's and AltCLIP's ViT, ALIGN's EfficientNet) are
-not reimplemented, so ``HookedCLIP.vision`` is ``None`` for them.
+Their image towers (ChineseCLIP's and AltCLIP's ViT, ALIGN's EfficientNet) are not reimplemented: the model
+holds the reference module (``ReferenceVisionTower``: ``encode_image`` is the reference's ``get_image_features``,
+hooks are refused naming why), so the study and every text-side analysis run with real images.
 
 Refused, with the reason (rows with ``refused`` set): BLIP (a BERT decoder with cross-attention layers and
 a two-layer text head), FLAVA (BERT embeddings and pooler on pre-LN blocks), GroupViT's full model (MLP
@@ -81,10 +82,12 @@ FAMILIES: list[Family] = [
            model_types=(("siglip", "SiglipModel"), ("siglip_text_model", "SiglipTextModel")), causal=False, pooling="last"),
     Family("siglip2", _HF, ("Siglip2Model", "Siglip2TextModel"), read_clip_text, model_types=(("siglip2", "Siglip2Model"),),
            causal=False, pooling="last"),
-    Family("chinese_clip", _HF, ("ChineseCLIPModel", "ChineseCLIPTextModel"), read_post_ln_text, causal=False,
+    Family("chinese_clip", _HF, ("ChineseCLIPModel", "ChineseCLIPTextModel"), read_post_ln_text, read_hf_vision,
+           causal=False, pooling="first"),
+    Family("altclip", _HF, ("AltCLIPModel", "AltCLIPTextModel"), read_post_ln_text, read_hf_vision, causal=False,
            pooling="first"),
-    Family("altclip", _HF, ("AltCLIPModel", "AltCLIPTextModel"), read_post_ln_text, causal=False, pooling="first"),
-    Family("align", _HF, ("AlignModel", "AlignTextModel"), read_post_ln_text, causal=False, pooling="first"),
+    Family("align", _HF, ("AlignModel", "AlignTextModel"), read_post_ln_text, read_hf_vision, causal=False,
+           pooling="first"),
     Family("groupvit-full", _HF, ("GroupViTModel",), refused=_GROUPVIT),
     Family("flava", _HF, ("FlavaModel", "FlavaTextModel"), refused=_FLAVA),
     Family("blip", _HF, ("BlipModel", "BlipTextModel"), refused=_BLIP),

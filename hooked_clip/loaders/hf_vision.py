@@ -29,8 +29,8 @@ def read_hf_vision(hf_model: nn.Module, image_processor: Any = None,
     try:
         cfg = vision_config_from_hf(hf_model, **overrides)
     except UnsupportedImageTower as e:
-        vm = getattr(hf_model, "vision_model", hf_model)
-        encoder = HFVisionEncoder(vm, getattr(hf_model, "visual_projection", nn.Identity()))
+        vm, projection = _hf_parts(hf_model, reimplemented=False)
+        encoder = HFVisionEncoder(vm, nn.Identity() if projection is None else projection)
         return ReferenceVision(encoder, preprocess, vm.config.image_size, str(e), hf_preprocessing_name(hf_model))
     return VisionCheckpoint(cfg, hf_vision_state_dict(hf_model, cfg), preprocess, hf_preprocessing_name(hf_model))
 
@@ -42,8 +42,9 @@ def hf_preprocessing_name(hf_model: nn.Module) -> str:
     return "transformers CLIP image processor (as CLIPProcessor)"
 
 
-def _hf_parts(hf_model: nn.Module) -> tuple[nn.Module, Optional[nn.Module]]:
-    """(vision transformer, projection or None) of a transformers CLIP/SigLIP model."""
+def _hf_parts(hf_model: nn.Module, reimplemented: bool = True) -> tuple[nn.Module, Optional[nn.Module]]:
+    """(image tower, projection or None) of a transformers model; ``reimplemented``: refuse a tower whose
+    model_type hooked_clip does not reimplement."""
     vm = getattr(hf_model, "vision_model", None)
     if vm is None and hasattr(hf_model, "embeddings"):  # transformers 5's SiglipVisionModel is the tower itself
         vm = hf_model
@@ -52,7 +53,7 @@ def _hf_parts(hf_model: nn.Module) -> tuple[nn.Module, Optional[nn.Module]]:
             f"{type(hf_model).__name__} has no ViT image tower (.vision_model); pass a transformers CLIPModel, "
             "CLIPVisionModel(WithProjection), SiglipModel or SiglipVisionModel."
         )
-    if vm.config.model_type not in _HF_FAMILIES:
+    if reimplemented and vm.config.model_type not in _HF_FAMILIES:
         raise UnsupportedImageTower(
             f"image tower of model_type {vm.config.model_type!r} is not reimplemented (supported: {_HF_FAMILIES})."
         )
@@ -123,8 +124,8 @@ def _attention_pool(read: Reader, cfg: CLIPVisionConfig, p: str) -> dict[str, Op
 
 def hf_preprocess(hf_model: nn.Module, image_processor: Any = None) -> Callable[[list], Tensor]:
     """The checkpoint's image pipeline: ``image_processor`` if given, else the family's default (OpenAI's
-    resize + centre crop + normalise for CLIP; SigLIP's square resize + [-1, 1] scaling)."""
-    vm, _ = _hf_parts(hf_model)
+    resize + centre crop + normalise for CLIP and the other towers; SigLIP's square resize + [-1, 1] scaling)."""
+    vm, _ = _hf_parts(hf_model, reimplemented=False)
     size = vm.config.image_size
     if image_processor is None:
         if vm.config.model_type == "siglip_vision_model":
@@ -143,7 +144,8 @@ def hf_preprocess(hf_model: nn.Module, image_processor: Any = None) -> Callable[
 
 
 class HFVisionEncoder(nn.Module):
-    """HF ``CLIPVisionModel`` + ``visual_projection``: pixel_values -> image_embeds."""
+    """A transformers image tower + its projection: pixel_values -> image embeddings (its pooled output
+    projected, as ``get_image_features`` computes: CLIP, ChineseCLIP, AltCLIP; ALIGN has no projection)."""
 
     def __init__(self, vision_model: nn.Module, visual_projection: nn.Module):
         super().__init__()

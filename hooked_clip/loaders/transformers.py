@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional, Union
 
+import torch
 from torch import nn
 
 from hooked_clip.errors import CheckpointMismatchError
@@ -28,10 +29,19 @@ def read_hf(hf_model: nn.Module, image_processor: Any = None, tokenizer: Any = N
     vision = None
     if family.vision is not None and hasattr(hf_model, "vision_model"):
         vision = family.vision(hf_model, image_processor, device=cfg.device, dtype=cfg.dtype)
-    scale, bias = (getattr(hf_model, k, None) for k in ("logit_scale", "logit_bias"))
     return Checkpoint(TextCheckpoint(cfg, state_dict, family.tokenizer(tokenizer, cfg)), vision,
-                      None if scale is None else float(scale.detach()),
-                      None if bias is None else float(bias.detach().reshape(())), family.name)
+                      *_logit_parameters(hf_model), family.name)
+
+
+def _logit_parameters(hf_model: nn.Module) -> tuple[Optional[float], Optional[float]]:
+    """(log logit scale, logit bias) of a transformers model: ``logit_scale`` (CLIP and most), or ALIGN's
+    ``temperature`` (its logits are cos / temperature, so the log scale is -log(temperature))."""
+    scale, bias = (getattr(hf_model, k, None) for k in ("logit_scale", "logit_bias"))
+    temperature = getattr(hf_model, "temperature", None)
+    if scale is None and isinstance(temperature, torch.Tensor):
+        scale = -torch.log(temperature.detach().reshape(()))
+    return (None if scale is None else float(scale.detach().reshape(())),
+            None if bias is None else float(bias.detach().reshape(())))
 
 
 def load_hf_pretrained(name_or_path: Union[str, Path]) -> tuple[nn.Module, Any, Path]:

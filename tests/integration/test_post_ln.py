@@ -47,7 +47,12 @@ def build(cls_name: str, seed: int = 0, **text_kw):
         tc = ccls.sub_configs["text_config"](**text_kw)
         vc = ccls.sub_configs["vision_config"](hidden_size=32, intermediate_size=64, num_attention_heads=2,
                                                num_hidden_layers=1, image_size=32, patch_size=16)
-        hf = cls(ccls(text_config=tc.to_dict(), vision_config=vc.to_dict(), projection_dim=24))
+        proj = 24
+        if cls_name == "AlignModel":  # its text projection must reach the EfficientNet's pooled width
+            with torch.no_grad():
+                proj = cls(ccls(text_config=tc.to_dict(), vision_config=vc.to_dict())).eval().vision_model(
+                    pixel_values=torch.zeros(1, 3, 32, 32)).pooler_output.shape[-1]
+        hf = cls(ccls(text_config=tc.to_dict(), vision_config=vc.to_dict(), projection_dim=proj))
     else:
         hf = cls(ccls(**text_kw))
     return randomize_bert_(hf, seed).eval()
@@ -252,7 +257,7 @@ def test_activation_patch_equals_a_plain_loop_on_post_ln_towers(which, act):
 
 
 # ------------------------------------------------------------------ open_clip's hf_model_name towers
-def open_clip_hf_model(config_cls: str, pooler: str, proj: str, seed: int = 0):
+def open_clip_hf_model(config_cls: str, pooler: str, proj: str, seed: int = 0, **config_kw):
     """An open_clip CustomTextCLIP whose text tower is its HFTextEncoder around a tiny local transformers
     config (open_clip builds it from a hub config by name, which needs a download; given a config object it
     builds the same modules offline)."""
@@ -260,7 +265,7 @@ def open_clip_hf_model(config_cls: str, pooler: str, proj: str, seed: int = 0):
     from open_clip.hf_model import HFTextEncoder
     from open_clip.model import CustomTextCLIP
 
-    hf_cfg = getattr(transformers, config_cls)(**{k: v for k, v in SMALL.items() if k != "type_vocab_size"})
+    hf_cfg = getattr(transformers, config_cls)(**{**{k: v for k, v in SMALL.items() if k != "type_vocab_size"}, **config_kw})
     torch.manual_seed(seed)
     oc = CustomTextCLIP(embed_dim=32, text_cfg=dict(width=32, heads=2, layers=1, vocab_size=300, context_length=8),
                         vision_cfg=dict(image_size=32, layers=1, width=32, patch_size=16, head_width=32))
@@ -347,7 +352,7 @@ def test_chinese_clip_directory_carries_its_wordpiece_tokenizer_and_pads_to_the_
     with torch.no_grad():
         ref = hf.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).pooler_output
         assert (model.encode_text(texts, normalize=False) - ref).abs().max() <= ATOL
-    assert model.vision is None
+    assert type(model.vision).__name__ == "ReferenceVisionTower"  # the reference image tower, not hooked
 
 
 def test_fused_attention_masks_padding_too():
@@ -357,3 +362,21 @@ def test_fused_attention_masks_padding_too():
     model = HookedCLIP.from_hf(hf, device="cpu", use_fused_attn=True)
     errors = parity_errors(model.text, tokens, ref, blocks)
     assert errors["blocks"] <= ATOL and errors["output"] <= ATOL, errors
+
+
+@pytest.mark.parametrize("cls_name", ["ChineseCLIPModel", "AltCLIPModel", "AlignModel"])
+def test_both_towers_give_the_reference_logits(cls_name):
+    """The image tower is the reference module (not reimplemented: encode_image is get_image_features) and
+    the similarity the model's own: logit_scale, or ALIGN's cos / temperature."""
+    hf = build(cls_name)
+    if cls_name == "AlignModel":
+        with torch.no_grad():
+            hf.temperature.fill_(0.07)
+    model = HookedCLIP.from_hf(hf, device="cpu")
+    tokens = padded_tokens(hf.config.text_config.pad_token_id)
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        ref = hf(input_ids=tokens, attention_mask=(tokens != model.cfg.pad_token_id).long(), pixel_values=pixels)
+        ours = model(tokens, pixels)
+    assert type(model.vision).__name__ == "ReferenceVisionTower"
+    assert (ours - ref.logits_per_text).abs().max() <= 1e-4
