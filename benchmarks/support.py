@@ -117,21 +117,10 @@ _ROBERTA_COMMON = dict(max_position_embeddings=514, type_vocab_size=1, pad_token
                        eos_token_id=2, layer_norm_eps=1e-5, hidden_act="gelu")
 
 
-def _refusal(text_cfg: dict, cfg: dict) -> Optional[tuple[str, str]]:
-    """(family, reason) for towers refused by design, decided from the config before building anything."""
-    if "multimodal_cfg" in cfg or text_cfg.get("embed_cls"):
-        return "coca", "CoCa text tower (appended CLS token, LayerNorm after pooling) is not reimplemented"
-    hf = text_cfg.get("hf_model_name")
-    if hf and hf not in HF_TEXT_CONFIGS:
-        kind = ("an mT5 (T5) encoder: relative position buckets and an RMS-style norm before each sublayer"
-                if "mt5" in hf else "an NLLB (M2M-100) encoder: sinusoidal positions, pre-LN blocks")
-        return "hf-text", (f"text tower is the transformers model `{hf}`, {kind}; hooked_clip reimplements the "
-                           "BERT/RoBERTa post-LN encoders only")
-    return None
-
-
 def _family(text_cfg: dict) -> str:
     hf = text_cfg.get("hf_tokenizer_name", "") or ""
+    if text_cfg.get("embed_cls"):
+        return "coca"
     if text_cfg.get("hf_model_name"):
         return "hf-text (post-LN)"
     if "SigLIP2" in hf:
@@ -170,9 +159,13 @@ def open_clip_row(name: str, layers: int = 2, width: Optional[int] = None, seed:
     cfg = copy.deepcopy(open_clip.get_model_config(name))
     text_cfg = cfg["text_cfg"]
     tok = _tokenizer_note(name, text_cfg)
-    refused = _refusal(text_cfg, cfg)
-    if refused:
-        return Row(name, "open_clip", refused[0], "refused", tokenizer=tok, note=refused[1])
+    hf = text_cfg.get("hf_model_name")
+    if hf and hf not in HF_TEXT_CONFIGS:  # the loader refuses these by name, before anything is built or fetched
+        try:
+            HookedCLIP.from_open_clip(name, device="cpu")
+        except CheckpointMismatchError as err:
+            return Row(name, "open_clip", "hf-text", "refused", tokenizer=tok, note=str(err))
+        return Row(name, "open_clip", "hf-text", "LOADED-BUT-REFUSED", tokenizer=tok, note="expected a refusal")
     notes = []
     if layers:
         text_cfg["layers"] = min(layers, text_cfg.get("layers", 12))
@@ -184,6 +177,11 @@ def open_clip_row(name: str, layers: int = 2, width: Optional[int] = None, seed:
         text_cfg["vocab_size"] = MAX_VOCAB
         notes.append(f"vocab cut to {MAX_VOCAB}")
     cls = CustomTextCLIP if cfg.pop("custom_text", False) or text_cfg.get("hf_model_name") else CLIP
+    if "multimodal_cfg" in cfg:  # CoCa: its text decoder reduced too (it is not part of the text tower)
+        from open_clip.coca_model import CoCa
+
+        cls = CoCa
+        cfg["multimodal_cfg"].update(layers=1, width=text_cfg.get("width", 512), heads=text_cfg.get("heads", 8))
     cfg["vision_cfg"] = TINY_VISION
     torch.manual_seed(seed)
     if text_cfg.get("hf_model_name"):
@@ -199,8 +197,8 @@ def open_clip_row(name: str, layers: int = 2, width: Optional[int] = None, seed:
     if text_cfg.get("hf_model_name"):
         resblocks = oc.text.transformer.encoder.layer
     else:
-        resblocks = (oc.text if cls is CustomTextCLIP else oc).transformer.resblocks
-    ref, blocks = capture_block_outputs(resblocks, lambda: oc.encode_text(tokens))
+        resblocks = (oc if cls is CLIP else oc.text).transformer.resblocks
+    ref, blocks = capture_block_outputs(resblocks, lambda: oc.encode_text(tokens, normalize=False))
     err = parity_errors(model.text, tokens, ref, blocks)
     worst = max(err.values())
     return Row(name, "open_clip", _family(text_cfg), "exact" if worst <= ATOL else "MISMATCH", worst, tok, ", ".join(notes))

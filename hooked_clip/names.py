@@ -40,7 +40,7 @@ BLOCK_ACTS = {
 # activations with a head axis (dim 2 in [batch, pos, head, ...]; the pattern's is dim 1)
 HEAD_ACTS = ("z", "q", "k", "v", "pattern")
 # each tower's own hooks, not per block (those of a config that lacks the module never exist)
-TEXT_HOOKS = ("hook_embed", "hook_pos_embed", "hook_token_type_embed", "ln_embed.hook_scale", "ln_embed.hook_normalized",
+TEXT_HOOKS = ("hook_embed", "hook_pos_embed", "hook_cls_embed", "hook_token_type_embed", "ln_embed.hook_scale", "ln_embed.hook_normalized",
               "ln_final.hook_scale", "ln_final.hook_normalized", "hook_pooled", "hook_proj_hidden",
               "hook_text_embed", "hook_text_embed_normalized")
 VISION_HOOKS = ("hook_patch_embed", "hook_cls_embed", "hook_pos_embed", "ln_pre.hook_scale", "ln_pre.hook_normalized",

@@ -38,16 +38,16 @@ def config_from_open_clip(model: nn.Module, **overrides) -> CLIPTextConfig:
     act = open_clip_activation(block.mlp.gelu)
     if not isinstance(getattr(block, "ls_1", nn.Identity()), nn.Identity):
         raise CheckpointMismatchError("open_clip blocks with LayerScale (ls_init_value) are not supported.")
-    if getattr(t, "use_pad_mask", False):
-        raise CheckpointMismatchError("open_clip text towers with a padding mask (use_pad_mask) are not supported.")
     if not isinstance(block.attn, nn.MultiheadAttention):
         raise CheckpointMismatchError(
             f"attention module {type(block.attn).__name__} (open_clip's custom attention with cosine/scaled "
             "heads) is not supported; only nn.MultiheadAttention blocks are."
         )
-    if getattr(t, "cls_emb", None) is not None:
-        raise CheckpointMismatchError("text towers with a CLS embedding (CoCa-style) are not supported.")
-    pool = getattr(t, "text_pool_type", getattr(t, "pool_type", "argmax"))
+    coca = getattr(t, "cls_emb", None) is not None  # an appended CLS embedding, read by the tower (pool "last")
+    if getattr(t, "use_pad_mask", False) and not coca:  # no shipped config sets it; a causal EOT-pooled tower
+        raise CheckpointMismatchError(  # would trim and reuse key prefixes, which a padding mask does not fit
+            "open_clip text towers with a padding mask (use_pad_mask) and no CLS embedding are not supported.")
+    pool = "last" if coca else getattr(t, "text_pool_type", getattr(t, "pool_type", "argmax"))
     eos = getattr(t, "text_eos_id", getattr(t, "eos_id", None))
     if pool not in ("argmax", "eos", "last"):
         raise CheckpointMismatchError(f"pool_type={pool!r} is not supported; use argmax, eos or last.")
@@ -65,7 +65,7 @@ def config_from_open_clip(model: nn.Module, **overrides) -> CLIPTextConfig:
         d_head=width // block.attn.num_heads,
         n_layers=len(t.transformer.resblocks),
         d_mlp=block.mlp.c_fc.out_features,
-        n_ctx=t.positional_embedding.shape[0],
+        n_ctx=t.positional_embedding.shape[0],  # with CoCa's CLS: the context length + 1
         d_vocab=t.token_embedding.num_embeddings,
         act_fn=act,
         eps=t.ln_final.eps,
@@ -75,6 +75,10 @@ def config_from_open_clip(model: nn.Module, **overrides) -> CLIPTextConfig:
         eot_token_id=eos if pool == "eos" else 49407,
         pad_token_id=getattr(t, "pad_id", 0),
         causal=getattr(t, "attn_mask", None) is not None,
+        append_cls=coca,
+        mask_padding=coca,
+        pad_mask_shift=int(coca and not getattr(t, "correct_cls_mask", False)),
+        trim_after_pool=not coca,
         family="open_clip",
         model_name="open_clip",
     )
@@ -94,6 +98,8 @@ def open_clip_text_state_dict(state_dict: dict[str, Tensor], cfg: CLIPTextConfig
     read = Reader(text_sd, "open_clip")
     out = read.take_all({"embed.W_E": t + "token_embedding.weight", "pos_embed.W_pos": t + "positional_embedding",
                          "ln_final.w": t + "ln_final.weight", "ln_final.b": t + "ln_final.bias"})
+    if cfg.append_cls:
+        out["W_cls"] = read.take(t + "cls_emb")
     out.update(convert_blocks(read, cfg, t + "transformer.resblocks.", OPEN_CLIP_BLOCK_NAMES))
     if cfg.d_proj is not None:
         if cfg.proj_bias:

@@ -59,6 +59,11 @@ class CLIPTextConfig(TowerConfig):
     - ``d_proj_hidden``: ``None`` (the projection is one linear map ``W_proj``) or the width of an MLP
       projection (open_clip's ``hf_proj_type="mlp"``): ``W_proj_in`` [d_model, d_proj_hidden], exact GELU
       (``hook_proj_hidden``), then ``W_proj`` [d_proj_hidden, d_proj]; no bias before the GELU.
+    - ``append_cls``: a learned embedding ``W_cls`` [d_model] appended after the tokens (``hook_cls_embed``;
+      open_clip's CoCa): the residual stream has one position more than the ids, ``n_ctx`` counts it, and
+      ``pooling="last"`` reads it. ``pad_mask_shift``: 1 for the legacy CoCa mask open_clip keeps for existing
+      CoCa weights (the key mask shifted right by one: key 0 always read, key j read where id j-1 is not
+      padding), 0 for the plain one.
     - ``use_fused_attn`` (default ``False``): opt in to ``F.scaled_dot_product_attention`` for layers
       with no hook on ``hook_attn_scores``/``hook_pattern``. It differs from the explicit softmax path by
       float rounding (~1e-7), so a cached clean run (pattern hooked) and a patched run (not hooked) would
@@ -85,6 +90,8 @@ class CLIPTextConfig(TowerConfig):
     final_ln: bool = True
     proj_act: Optional[str] = None
     d_proj_hidden: Optional[int] = None
+    append_cls: bool = False
+    pad_mask_shift: int = 0
     ln_folded: bool = False  # weight-processing state (hooked_clip.weight_processing), set by those functions
     writing_weights_centered: bool = False
     value_biases_folded: bool = False
@@ -116,8 +123,13 @@ class CLIPTextConfig(TowerConfig):
         for name in ("ln_embed", "mask_padding", "final_ln"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}.")
-        if (self.mask_padding or self.position_ids == "roberta") and self.causal:
-            raise ValueError("mask_padding and position_ids='roberta' describe bidirectional towers; "
+        if self.append_cls and self.pooling != "last":
+            raise ValueError("append_cls=True appends the embedding the tower reads at the end: set pooling='last'.")
+        if self.pad_mask_shift not in (0, 1) or (self.pad_mask_shift and not (self.append_cls and self.mask_padding)):
+            raise ValueError(f"pad_mask_shift must be 0, or 1 (open_clip's legacy CoCa mask) with append_cls and "
+                             f"mask_padding, got {self.pad_mask_shift!r}.")
+        if self.position_ids == "roberta" and self.causal:
+            raise ValueError("position_ids='roberta' describes bidirectional towers; "
                              "set causal=False.")
         if self.position_ids == "roberta" and not 0 <= self.pad_token_id < self.n_ctx - 1:
             raise ValueError(f"position_ids='roberta' reads rows pad_token_id + 1 .., so pad_token_id "
@@ -153,7 +165,9 @@ class CLIPTextConfig(TowerConfig):
     def max_text_tokens(self) -> int:
         """Most tokens a text may have: ``n_ctx``, less ``pad_token_id + 1`` with RoBERTa position ids (their
         rows start after the padding row: XLM-R's 514 rows hold 512 tokens)."""
-        return self.n_ctx - self.pad_token_id - 1 if self.position_ids == "roberta" else self.n_ctx
+        if self.position_ids == "roberta":
+            return self.n_ctx - self.pad_token_id - 1
+        return self.n_ctx - int(self.append_cls)
 
     @property
     def trims(self) -> bool:

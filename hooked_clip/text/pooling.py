@@ -23,8 +23,9 @@ def pool_positions(tokens: Int[Tensor, "batch pos"], cfg, eot_ids: Iterable[int]
         pool = tokens.argmax(dim=-1)
         _check_argmax_pools_at_eot(tokens, pool, cfg, eot_ids)
         return pool
-    if cfg.pooling == "last":
-        return torch.full((tokens.shape[0],), tokens.shape[1] - 1, dtype=torch.long, device=tokens.device)
+    if cfg.pooling == "last":  # the residual's last position: the appended CLS embedding where there is one
+        last = tokens.shape[1] - 1 + int(getattr(cfg, "append_cls", False))
+        return torch.full((tokens.shape[0],), last, dtype=torch.long, device=tokens.device)
     is_eot = tokens == cfg.eot_token_id
     missing = (~is_eot.any(dim=-1)).nonzero().flatten().tolist()
     if missing:

@@ -55,6 +55,9 @@ class HookedCLIPText(HookedTower):
         self.hook_embed = CheckedHookPoint()  # [batch, pos, d_model]
         self.pos_embed = PosEmbed(cfg)
         self.hook_pos_embed = CheckedHookPoint()  # [batch, pos, d_model]
+        if cfg.append_cls:  # CoCa: a learned embedding after the tokens, the position the tower reads
+            self.W_cls = nn.Parameter(torch.empty(cfg.d_model, dtype=cfg.dtype))
+            self.hook_cls_embed = CheckedHookPoint()  # [batch, 1, d_model]
         if cfg.n_token_types:
             self.token_type_embed = TokenTypeEmbed(cfg)
             self.hook_token_type_embed = CheckedHookPoint()  # [batch, pos, d_model]
@@ -201,7 +204,7 @@ class HookedCLIPText(HookedTower):
         if start_at_layer is None:
             tokens = self.as_tokens(input)
             pool = self.pool_positions(tokens) if pool_positions is None else torch.as_tensor(pool_positions, device=tokens.device)
-            tokens = tokens[:, : self._kept_positions(pool, tokens.shape[1], trim)]
+            tokens = tokens[:, : self._kept_positions(pool, tokens.shape[1] + int(self.cfg.append_cls), trim)]
             resid = self.embed_tokens(tokens)
         else:
             resid = self._check_resid(input)
@@ -220,11 +223,14 @@ class HookedCLIPText(HookedTower):
 
     def embed_tokens(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
         """The residual stream entering block 0: token + position embeddings (``hook_embed``,
-        ``hook_pos_embed``), + token-type row 0 (``hook_token_type_embed``) and through ``ln_embed`` where
-        the config has them."""
+        ``hook_pos_embed``; with ``cfg.append_cls`` the CLS embedding ``hook_cls_embed`` after the tokens),
+        + token-type row 0 (``hook_token_type_embed``) and through ``ln_embed`` where the config has them."""
         batch, n_pos = tokens.shape
         ids = self.pos_embed.roberta_position_ids(tokens) if self.cfg.position_ids == "roberta" else None
         resid = self.hook_embed(self.embed(tokens))
+        if self.cfg.append_cls:
+            resid = torch.cat([resid, self.hook_cls_embed(self.W_cls.view(1, 1, -1).expand(batch, 1, -1))], dim=1)
+            n_pos += 1
         if self.cfg.n_token_types:
             resid = resid + self.hook_token_type_embed(self.token_type_embed(batch, n_pos))
         resid = resid + self.hook_pos_embed(self.pos_embed(batch, n_pos, ids))
@@ -258,6 +264,9 @@ class HookedCLIPText(HookedTower):
         if not self.cfg.mask_padding or tokens is None:
             return None
         mask = tokens == self.cfg.pad_token_id
+        if self.cfg.append_cls:  # the appended embedding is read; the legacy CoCa mask is shifted right by one
+            read = mask.new_zeros(mask.shape[0], 1)
+            mask = torch.cat([read, mask] if self.cfg.pad_mask_shift else [mask, read], dim=1)
         return mask if bool(mask.any()) else None
 
     def run_blocks(

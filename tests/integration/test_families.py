@@ -629,3 +629,47 @@ def test_model_comparison_reads_the_row_each_tower_pools():
     clip, siglip = _summary("clip", results(ROWS))["cte"]["foil"], _summary("siglip", results(SIGLIP_ROWS))["cte"]["foil"]
     assert clip == {"n": 2, "negator": [3.0] * 3, "eot": [7.0] * 3}
     assert siglip == {"n": 2, "negator": [3.0] * 3, "eot": [8.0] * 3, "eot_row": "[pooled]"}
+
+
+def coca(correct_cls_mask: bool, seed: int = 0):
+    """A tiny random open_clip CoCa (text tower with its appended CLS embedding; attentional-pool ViT)."""
+    from open_clip.coca_model import CoCa
+
+    torch.manual_seed(seed)
+    m = CoCa(embed_dim=32, multimodal_cfg=dict(width=64, heads=2, layers=1, context_length=12, vocab_size=500),
+             text_cfg=dict(width=64, heads=2, layers=2, context_length=12, vocab_size=500, embed_cls=True,
+                           output_tokens=True),
+             vision_cfg=dict(image_size=32, layers=1, width=32, patch_size=16, head_width=32, attentional_pool=True,
+                             attn_pooler_queries=4, output_tokens=True))
+    m = randomize_(m, seed + 1).eval()
+    m.text.correct_cls_mask = correct_cls_mask  # open_clip keeps the legacy (shifted) mask for existing weights
+    return m
+
+
+@pytest.mark.parametrize("correct", [False, True])
+def test_open_clip_coca_text_tower_parity_on_padded_batches(correct):
+    """CoCa's text tower: a CLS embedding appended after the tokens and read at the end, a causal mask plus a
+    padding mask on the keys (open_clip's legacy one shifted right by one), per block and at the output; and the
+    patching engine on the padded batch equals the one loop reference."""
+    from conftest import assert_matches_loop
+
+    from hooked_clip.analyses.metrics import cosine_to_target
+    from hooked_clip.analyses.patching import activation_patch
+
+    oc = coca(correct)
+    model = HookedCLIP.from_open_clip(oc, device="cpu")
+    cfg = model.cfg
+    assert (cfg.append_cls, cfg.pooling, cfg.mask_padding, cfg.pad_mask_shift) == (True, "last", True, int(not correct))
+    assert (cfg.n_ctx, cfg.max_text_tokens) == (13, 12) and type(model.vision).__name__ == "ReferenceVisionTower"
+    tokens = torch.zeros(3, 12, dtype=torch.long)
+    gen = torch.Generator().manual_seed(2)
+    for b, n in enumerate([12, 5, 8]):
+        tokens[b, :n] = torch.randint(1, 499, (n,), generator=gen)
+    ref, blocks = capture_block_outputs(oc.text.transformer.resblocks, lambda: oc.encode_text(tokens, normalize=False))
+    errors = parity_errors(model.text, tokens, ref, blocks)
+    assert errors["blocks"] <= ATOL and errors["output"] <= ATOL, errors
+    corrupt = tokens.clone()
+    corrupt[:, 2] = torch.randint(1, 499, (3,), generator=gen)
+    metric = cosine_to_target(torch.randn(3, 32, generator=gen))
+    res = activation_patch(model, tokens, corrupt, metric, "resid_pre", progress=False, batch_size=7)
+    assert_matches_loop(res, model.text, tokens, corrupt, metric)
