@@ -257,19 +257,17 @@ def hf_row(class_name: str, seed: int = 0) -> Row:
     if class_name in REFUSED_HF_CLASSES:
         return Row(class_name, "transformers", family, "LOADED-BUT-REFUSED", note="the table says refused")
     tokens = _tokens(model.cfg, seed=seed)
-    post_ln = model.cfg.ln_position == "post"
-    if post_ln:  # BERT/RoBERTa: encoder.layer(s), run with the attention mask their tokenizers return
-        layers = [m for n, m in hf.named_modules() if n.endswith(("encoder.layer", "encoder.layers")) and "vision" not in n]
-        kw = dict(input_ids=tokens, attention_mask=(tokens != model.cfg.pad_token_id).long())
-    else:
-        layers = [m for n, m in hf.named_modules() if n.endswith("encoder.layers") and n.startswith(("text_model", "encoder"))]
-        kw = dict(input_ids=tokens)
+    layers = [m for n, m in hf.named_modules() if n.endswith(("encoder.layer", "encoder.layers"))
+              and n.startswith(("text_model", "encoder", "roberta"))]  # the text tower's blocks (not X-CLIP's video ones)
+    kw = dict(input_ids=tokens)
+    if model.cfg.mask_padding:  # BERT-style towers run with the attention mask their tokenizers return
+        kw["attention_mask"] = (tokens != model.cfg.pad_token_id).long()
 
     def run():
         out = hf.get_text_features(**kw) if hasattr(hf, "get_text_features") else hf(**kw)
-        if isinstance(out, torch.Tensor):
-            return out
-        return out.text_embeds if getattr(out, "text_embeds", None) is not None else out.pooler_output
+        if not isinstance(out, torch.Tensor):
+            out = out.text_embeds if getattr(out, "text_embeds", None) is not None else out.pooler_output
+        return out[:, 0] if out.ndim == 3 else out  # FlavaModel projects every token: its embedding is the CLS row
 
     ref, blocks = capture_block_outputs(layers[0], run)
     worst = max(parity_errors(model.text, tokens, ref, blocks).values())

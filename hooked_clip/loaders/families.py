@@ -38,9 +38,13 @@ Their image towers (ChineseCLIP's and AltCLIP's ViT, ALIGN's EfficientNet) are n
 holds the reference module (``ReferenceVisionTower``: ``encode_image`` is the reference's ``get_image_features``,
 hooks are refused naming why), so the study and every text-side analysis run with real images.
 
+FLAVA (:func:`hooked_clip.loaders.hf_text.read_flava_text`): BERT's embeddings on pre-LN blocks, a final
+LayerNorm, padding masked, read at the first token; FlavaModel's ``text_projection`` (its contrastive text
+embedding: the projected [CLS] row) or FlavaTextModel's tanh pooler. Text tower only (FLAVA's image tower is
+neither read nor kept).
+
 Refused, with the reason (rows with ``refused`` set): BLIP (a BERT decoder with cross-attention layers and
-a two-layer text head), FLAVA (BERT embeddings and pooler on pre-LN blocks), GroupViT's full model (MLP
-projection; its text model loads).
+a two-layer text head), GroupViT's full model (MLP projection; its text model loads).
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from typing import Optional
 
 from hooked_clip.errors import CheckpointMismatchError
 from hooked_clip.loaders.family import Family
-from hooked_clip.loaders.hf_text import read_clip_text, read_post_ln_text
+from hooked_clip.loaders.hf_text import read_clip_text, read_flava_text, read_post_ln_text
 from hooked_clip.loaders.hf_vision import read_hf_vision
 from hooked_clip.loaders.open_clip_text import read_open_clip_hf_text, read_open_clip_text
 from hooked_clip.loaders.open_clip_vision import read_open_clip_vision
@@ -60,8 +64,6 @@ _BLIP = ("its text tower is a BERT decoder: BlipTextConfig.is_decoder defaults t
          "Linear head that neither of CLIPTextConfig's projections (linear, or open_clip's bias-free "
          "Linear-GELU-Linear) expresses")
 
-_FLAVA = ("its text tower has pre-LN blocks but BERT's embeddings (token-type embeddings, a LayerNorm on the "
-          "embeddings) and a tanh pooler on the first token, which CLIPTextConfig cannot express")
 _GROUPVIT = ("its text projection is an MLP (Linear-BatchNorm-ReLU-Linear), not one linear map; load "
              "GroupViTTextModel for the (CLIP) text tower without projection")
 
@@ -89,7 +91,7 @@ FAMILIES: list[Family] = [
     Family("align", _HF, ("AlignModel", "AlignTextModel"), read_post_ln_text, read_hf_vision, causal=False,
            pooling="first"),
     Family("groupvit-full", _HF, ("GroupViTModel",), refused=_GROUPVIT),
-    Family("flava", _HF, ("FlavaModel", "FlavaTextModel"), refused=_FLAVA),
+    Family("flava", _HF, ("FlavaModel", "FlavaTextModel"), read_flava_text, causal=False, pooling="first"),
     Family("blip", _HF, ("BlipModel", "BlipTextModel"), refused=_BLIP),
     Family("open_clip", _OC, ("CLIP", "TextTransformer"), read_open_clip_text, read_open_clip_vision),
     Family("open_clip-hf", _OC, ("HFTextEncoder",), read_open_clip_hf_text, read_open_clip_vision),

@@ -231,3 +231,40 @@ def hf_post_ln_state_dict(source: dict[str, Tensor], cfg: CLIPTextConfig, projec
             out["b_proj"] = b
     read.finish(ignore=lambda k: k.endswith(("position_ids", "token_type_ids")))
     return out
+
+
+FLAVA_BLOCK_NAMES = {"packed_qkv": False, "q_proj": "attention.attention.query", "k_proj": "attention.attention.key",
+                     "v_proj": "attention.attention.value", "out_proj": "attention.output.dense",
+                     "ln1": "layernorm_before", "ln2": "layernorm_after", "fc1": "intermediate.dense",
+                     "fc2": "output.dense"}
+
+
+def read_flava_text(hf_model: nn.Module, family: Family, **overrides) -> tuple[CLIPTextConfig, dict[str, Tensor]]:
+    """(config, state dict) of FLAVA's text tower: BERT's embeddings (token types, a LayerNorm on their sum) on
+    pre-LN blocks (ViT's layernorm_before/after), a final ``layernorm``, padding masked, read at the first token;
+    projected by FlavaModel's ``text_projection`` (with bias: its contrastive text embedding is the projected
+    [CLS] row of ``get_text_features``), or by FlavaTextModel's pooler, tanh(W x + b)."""
+    text = getattr(hf_model, "text_model", hf_model)
+    source = dict(text.state_dict())
+    if text is not hf_model:  # the two-tower model embeds text as text_projection(CLS); its pooler is off that path
+        source = {k: v for k, v in source.items() if not k.startswith("pooler.")}
+        source.update({"text_projection." + k: v for k, v in hf_model.text_projection.state_dict().items()})
+    head = "text_projection" if "text_projection.weight" in source else "pooler.dense"
+    tc = text.config
+    cfg = CLIPTextConfig(**{**dict(
+        **hf_text_shape(tc), d_proj=source[head + ".weight"].shape[0], proj_bias=True,
+        proj_act="tanh" if head == "pooler.dense" else None, pooling="first",
+        pad_token_id=tc.pad_token_id if tc.pad_token_id is not None else 0, causal=False, ln_position="pre",
+        n_token_types=tc.type_vocab_size, ln_embed=True, mask_padding=True, final_ln=True, trim_after_pool=False,
+        family=family.name, model_name=getattr(tc, "_name_or_path", "") or "hf"), **overrides})
+    read = Reader(source, "HF transformers", "FLAVA text tower")
+    e = "embeddings."
+    out = read.take_all({"embed.W_E": e + "word_embeddings.weight", "pos_embed.W_pos": e + "position_embeddings.weight",
+                         "token_type_embed.W_token_type": e + "token_type_embeddings.weight",
+                         "ln_embed.w": e + "LayerNorm.weight", "ln_embed.b": e + "LayerNorm.bias",
+                         "ln_final.w": "layernorm.weight", "ln_final.b": "layernorm.bias", "b_proj": head + ".bias"})
+    out.update(convert_blocks(read, cfg, "encoder.layer.", FLAVA_BLOCK_NAMES))
+    w = read.take(head + ".weight")
+    out["W_proj"] = None if w is None else w.T
+    read.finish(ignore=lambda k: k.endswith(("position_ids", "token_type_ids")))
+    return cfg, out

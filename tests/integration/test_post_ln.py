@@ -169,7 +169,11 @@ def test_post_ln_config_fields_are_validated():
     with pytest.raises(ValueError, match="pooling='cls' is not supported"):
         CLIPTextConfig(**base, pooling="cls")
     with pytest.raises(ValueError, match="set causal=False"):
-        CLIPTextConfig(**{**base, "causal": True}, ln_position="post", mask_padding=True)
+        CLIPTextConfig(**{**base, "causal": True}, ln_position="post", position_ids="roberta")
+    with pytest.raises(ValueError, match="append_cls=True .* set pooling='last'"):
+        CLIPTextConfig(**base, append_cls=True)
+    with pytest.raises(ValueError, match="pad_mask_shift must be 0, or 1"):
+        CLIPTextConfig(**base, pad_mask_shift=1)
 
 
 def test_start_at_layer_on_a_masked_tower_needs_the_tokens():
@@ -380,3 +384,42 @@ def test_both_towers_give_the_reference_logits(cls_name):
         ours = model(tokens, pixels)
     assert type(model.vision).__name__ == "ReferenceVisionTower"
     assert (ours - ref.logits_per_text).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("cls_name", ["FlavaTextModel", "FlavaModel"])
+def test_flava_text_tower_parity_on_padded_batches(cls_name):
+    """FLAVA: BERT embeddings on pre-LN blocks, a final LayerNorm, padding masked, read at [CLS]; FlavaModel's
+    contrastive embedding is the projected [CLS] row of get_text_features, FlavaTextModel's the tanh pooler."""
+    import transformers
+
+    text_kw = {k: v for k, v in SMALL.items()}
+    torch.manual_seed(0)
+    if cls_name == "FlavaModel":
+        tiny = dict(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=1)
+        hf = transformers.FlavaModel(transformers.FlavaConfig(
+            text_config=text_kw, image_config=dict(**tiny, image_size=32, patch_size=16), multimodal_config=tiny,
+            projection_dim=24))
+    else:
+        hf = transformers.FlavaTextModel(transformers.FlavaTextConfig(**text_kw))
+    hf = randomize_bert_(hf, 0).eval()
+    with torch.no_grad():  # FLAVA's own LayerNorm names
+        for name, p in hf.named_parameters():
+            if "layernorm" in name:
+                p.copy_((1 if name.endswith("weight") else 0) + 0.1 * torch.randn(p.shape))
+    model = HookedCLIP.from_hf(hf, device="cpu")
+    cfg = model.cfg
+    assert (cfg.ln_position, cfg.causal, cfg.pooling, cfg.mask_padding, cfg.ln_embed, cfg.final_ln) == (
+        "pre", False, "first", True, True, True)
+    assert cfg.proj_act == (None if cls_name == "FlavaModel" else "tanh")
+    tokens = padded_tokens(0)
+    mask = (tokens != 0).long()
+    text = getattr(hf, "text_model", hf)
+
+    def run():
+        if cls_name == "FlavaModel":
+            return hf.get_text_features(input_ids=tokens, attention_mask=mask).pooler_output[:, 0]
+        return hf(input_ids=tokens, attention_mask=mask).pooler_output
+
+    ref, blocks = capture_block_outputs(text.encoder.layer, run)
+    errors = parity_errors(model.text, tokens, ref, blocks)
+    assert errors["blocks"] <= ATOL and errors["output"] <= ATOL, errors
