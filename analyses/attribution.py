@@ -28,7 +28,7 @@ from torch import Tensor
 
 from hooked_clip.analyses.metrics import Metric, check_metric
 from hooked_clip.analyses.pairs import Direction, RunPair, Tokens
-from hooked_clip.analyses._validation import check_act_index, check_count
+from hooked_clip.analyses.validation import check_act_index, check_count
 from hooked_clip.analyses.patching import INDEX_AXES, PATCHABLE, Index, PatchingResult, canonical_layout
 from hooked_clip.names import HEAD_ACTS, act_name as hook_name
 from hooked_clip.tower import get_tower

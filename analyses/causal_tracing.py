@@ -16,7 +16,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from hooked_clip.analyses._validation import check_count
+from hooked_clip.analyses.validation import check_count
 from hooked_clip.analyses.engine import BaseRun, Chunk, Hooks, Plan, execute
 from hooked_clip.analyses.metrics import Metric, check_metric, similarity_metric
 from hooked_clip.analyses.pairs import RunPair, Tokens

@@ -48,7 +48,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from hooked_clip.analyses._validation import check_count
+from hooked_clip.analyses.validation import check_count
 from hooked_clip.components import KeyValuePrefix
 from hooked_clip.names import act_name
 from hooked_clip.tower import Tower

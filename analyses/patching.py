@@ -28,7 +28,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from hooked_clip.analyses._validation import check_act_index, check_alignment, check_count, checked_indices
+from hooked_clip.analyses.validation import check_act_index, check_alignment, check_count, checked_indices
 from hooked_clip.analyses.engine import BaseRun, Chunk, Hooks, Plan, execute
 from hooked_clip.analyses.metrics import Metric, check_metric, normalized_patching_metric
 from hooked_clip.analyses.pairs import Direction, RunPair, Tokens

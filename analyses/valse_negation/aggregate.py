@@ -92,11 +92,11 @@ def _scores_and_tracing(recs: list[dict], aligned: list[dict], rows: list[str]) 
     }}
     if aligned:
         out["d_stats"] = _d_stats(aligned)
-    out["cte"] = {loc: {seg: _cte_matrix([r for r in _at(aligned, loc) if seg in ("all", r["aligned"]["segment"])],
+    out["cte"] = {loc: {seg: cte_matrix([r for r in _at(aligned, loc) if seg in ("all", r["aligned"]["segment"])],
                                          rows_labels=rows)
                         for seg in (*SEGMENTS, "all")} for loc in LOCATIONS}
     if aligned and "rome_rows" in aligned[0]["aligned"]:
-        out["rome"] = {loc: _cte_matrix(_at(aligned, loc), "rome_rows", rows) for loc in LOCATIONS}
+        out["rome"] = {loc: cte_matrix(_at(aligned, loc), "rome_rows", rows) for loc in LOCATIONS}
     return out
 
 
@@ -114,7 +114,7 @@ def _d_stats(aligned: list[dict]) -> dict:
     return out
 
 
-def _cte_matrix(recs: list[dict], key: str = "cte_rows", rows_labels: Optional[list[str]] = None) -> dict:
+def cte_matrix(recs: list[dict], key: str = "cte_rows", rows_labels: Optional[list[str]] = None) -> dict:
     """Mean over items of [layer, row] values; the "subj further" row weighted by each item's number of
     further tokens (items with none weigh 0), as the authors average. Returns rows x layers, the
     per-layer std over rows from the negator on (absent rows left out) and the column sums. ``rows_labels``:

@@ -29,7 +29,7 @@ def run_dir_name(model_id: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in model_id.strip("/")) or "model"
 
 
-def _summary(model_id: str, results: dict) -> dict:
+def summary_table(model_id: str, results: dict) -> dict:
     out: dict = {"model": model_id, "counts": results["counts"],
                  **{k: results.get(k) for k in ("logit_scale", "n_layers", "n_heads", "subject_size_measure")}}
     if "scores" in results:
@@ -56,7 +56,7 @@ def write_comparison(out_dir, runs: Sequence[tuple[str, Path]], elapsed_s: dict 
     out_dir = Path(out_dir)
     if len(runs) < 2:
         raise ValueError(f"a comparison needs at least two runs, got {len(runs)}.")
-    summaries = [_summary(mid, json.loads((Path(d) / "results.json").read_text())) for mid, d in runs]
+    summaries = [summary_table(mid, json.loads((Path(d) / "results.json").read_text())) for mid, d in runs]
     data = {"models": [s["model"] for s in summaries], "run_dirs": {mid: str(d) for mid, d in runs},
             "elapsed_s": elapsed_s or {}, "summaries": summaries}
     atomic_write(out_dir / "comparison.json", json.dumps(data, indent=1))

@@ -48,7 +48,7 @@ def report_markdown(results: dict, model_id: str, images_note: str, figures: lis
     if model_id.startswith("tiny-negation"):
         lines += [f"> This run uses the shipped toy model `{model_id}` with synthesized scenes. Its findings are about "
                   "that toy model, not about OpenAI's CLIP; the paper's columns are OpenAI's ViT-B/32 on photos.", ""]
-    lines += _tower_note(results) + _layout_note(results) + _caveats(results) + _items_section(results)
+    lines += _tower_note(results) + _layout_note(results) + caveats(results) + _items_section(results)
     if "replication" in results:
         lines += replication_section(results["replication"], results.get("replication_reference"))
     if "scores" in results:
@@ -94,7 +94,7 @@ def _layout_note(results: dict) -> list[str]:
     return [" ".join(lines), ""]
 
 
-def _caveats(results: dict) -> list[str]:
+def caveats(results: dict) -> list[str]:
     """Where this run cannot be compared with the paper like for like, said in the report (from the model's
     own facts: logit scale, depth, heads, the subject-size measure)."""
     out = []

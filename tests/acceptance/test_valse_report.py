@@ -11,7 +11,7 @@ import pytest
 
 from hooked_clip.analyses.valse_negation.aggregate import aggregate
 from hooked_clip.analyses.valse_negation.images import SceneImages
-from hooked_clip.analyses.valse_negation.markdown import _caveats
+from hooked_clip.analyses.valse_negation.markdown import caveats
 from hooked_clip.analyses.valse_negation.report import write_outputs
 from hooked_clip.analyses.valse_negation.study import Settings, run_items
 
@@ -230,11 +230,11 @@ def test_the_demo_models_caveats_are_printed(report):
 
 
 def test_caveats_follow_the_models_facts():
-    like_the_paper = _caveats({"logit_scale": 100.0, "n_layers": 12, "n_heads": 8})
+    like_the_paper = caveats({"logit_scale": 100.0, "n_layers": 12, "n_heads": 8})
     text = "\n".join(like_the_paper)
     assert "Segments are not" not in text and "Layers are not" not in text and "CLIPSeg" not in text
     assert "only if this model is the paper's checkpoint" in text
-    other = "\n".join(_caveats({"logit_scale": 50.0, "n_layers": 12, "n_heads": 12}))
+    other = "\n".join(caveats({"logit_scale": 50.0, "n_layers": 12, "n_heads": 12}))
     assert "±0.020 cosine" in other and "12 blocks × 12 heads" in other
 
 

@@ -12,7 +12,7 @@ import torch
 from conftest import hf_clip
 
 from hooked_clip.analyses.valse_negation import study
-from hooked_clip.analyses.valse_negation.aggregate import _cte_matrix, aggregate
+from hooked_clip.analyses.valse_negation.aggregate import cte_matrix, aggregate
 from hooked_clip.analyses.valse_negation.data import DataFormatError, NEGATOR_POS, aligned_pairs, load_items
 from hooked_clip.analyses.valse_negation.images import FolderImages, SceneImages
 from hooked_clip.analyses.valse_negation.layout import ROWS, to_rows
@@ -77,7 +77,7 @@ def test_to_rows_and_weighted_further_row():
     recs = [{"aligned": {"cte_rows": [[0, 0, 0, 1, 0, 2.0, 0, 0]], "n_further": 1}},
             {"aligned": {"cte_rows": [[0, 0, 0, 0, 0, 5.0, 0, 0]], "n_further": 3}},
             {"aligned": {"cte_rows": [[0, 0, 0, 1, 0, float("nan"), 0, 0]], "n_further": 0}}]
-    m = _cte_matrix(recs)
+    m = cte_matrix(recs)
     assert m["matrix"][5][0] == pytest.approx((2 * 1 + 5 * 3) / 4)  # weighted by further-token counts
     assert m["matrix"][3][0] == pytest.approx(2 / 3)
 

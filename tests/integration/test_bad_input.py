@@ -439,7 +439,7 @@ def test_attribution_metric_without_gradient(tiny_model):
 
 
 def test_alignment_and_senders_validation():
-    from hooked_clip.analyses._validation import check_alignment, check_senders
+    from hooked_clip.analyses.validation import check_alignment, check_senders
 
     with pytest.raises(TypeError, match=r"alignment must hold integer positions .* got dtype torch.float32"):
         check_alignment(torch.tensor([[0.0, 1.7]]), 1, 2, 3)

@@ -619,14 +619,14 @@ def test_study_refuses_pairs_a_tokenizer_splits_apart(spm_dir):
 def test_model_comparison_reads_the_row_each_tower_pools():
     """`--model A --model B`: the second CTE row of the comparison is the one whose state becomes the embedding:
     [EOT] for CLIP's layout, [pooled] for a tower that reads its last padded position (labelled so)."""
-    from hooked_clip.analyses.valse_negation.comparison import _summary
+    from hooked_clip.analyses.valse_negation.comparison import summary_table
 
     def results(rows):
         matrix = [[float(i)] * 3 for i in range(len(rows))]  # row i holds i at every layer
         return {"counts": {}, "confounds": {},
                 "cte": {loc: {"correct": {"n": 2, "rows": rows, "matrix": matrix}} for loc in ("caption", "foil")}}
 
-    clip, siglip = _summary("clip", results(ROWS))["cte"]["foil"], _summary("siglip", results(SIGLIP_ROWS))["cte"]["foil"]
+    clip, siglip = summary_table("clip", results(ROWS))["cte"]["foil"], summary_table("siglip", results(SIGLIP_ROWS))["cte"]["foil"]
     assert clip == {"n": 2, "negator": [3.0] * 3, "eot": [7.0] * 3}
     assert siglip == {"n": 2, "negator": [3.0] * 3, "eot": [8.0] * 3, "eot_row": "[pooled]"}
 
