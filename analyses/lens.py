@@ -107,7 +107,8 @@ class TunedLens(nn.Module):
     def translate(self, resid: Float[Tensor, "n_layers_plus_1 batch d_model"]) -> Float[Tensor, "n_layers_plus_1 batch d_model"]:
         if resid.shape[0] != len(self.translators) + 1:
             raise ValueError(f"expected {len(self.translators) + 1} layers of residuals, got {resid.shape[0]}.")
-        rows = [h + t(h) for h, t in zip(resid[:-1], self.translators)]
+        # the lens keeps fp32 weights (trained with Adam); a half-precision model's residuals pass through them
+        rows = [h + t(h.to(t.weight.dtype)).to(h.dtype) for h, t in zip(resid[:-1], self.translators)]
         return torch.stack(rows + [resid[-1]])
 
     @classmethod

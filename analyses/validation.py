@@ -54,6 +54,11 @@ def check_count(name: str, value, minimum: int = 1, what: str = "") -> int:
 
 def checked_indices(name: str, values, n: int) -> list[int]:
     """A non-empty list of indices in 0..n-1 (``None``: all of them)."""
+    if values is not None:
+        values = list(values)
+        odd = [v for v in values if isinstance(v, bool) or not float(v).is_integer()]
+        if odd:  # 2.9 would run index 2: refused rather than truncated
+            raise ValueError(f"{name} must be whole indices, got {odd[:5]}.")
     values = list(range(n)) if values is None else [int(v) for v in values]
     bad = [v for v in values if not 0 <= v < n]
     if bad:

@@ -182,10 +182,13 @@ class HookedCLIP(nn.Module):
 
     # ------------------------------------------------------------------------------------------ encode
     def encode_text(
-        self, text: Union[Text, Int[Tensor, "batch pos"]], normalize: bool = True, **kwargs
+        self, text: Union[Text, Int[Tensor, "batch pos"]], normalize: bool = True, *, truncate: bool = False, **kwargs
     ) -> Float[Tensor, "batch d_proj"]:
         """Text embeddings [batch, d_proj] (unit norm if ``normalize``) through the hooked tower: hooks
-        attached with ``hooks()`` act here too."""
+        attached with ``hooks()`` act here too. ``truncate``: texts over the context length are cut as the
+        model's reference tokenizer cuts them (otherwise they are an error)."""
+        if not isinstance(text, Tensor):
+            text = self.to_tokens(text, truncate=truncate)
         return self.text(text, return_type="normalized" if normalize else "embed", **kwargs)
 
     def encode_image(self, images: Any, normalize: bool = True) -> Float[Tensor, "batch d_proj"]:

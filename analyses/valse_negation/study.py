@@ -154,6 +154,9 @@ def run_items(model, run_dir, *, model_id: str, images=None, settings: Settings 
     ``images=None`` runs the text-only parts (head scores, caption-foil similarity, lengths).
     ``subject_parser``: the subject prompt of each foil-negated aligned pair (the image source adds its size)."""
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise NotADirectoryError(f"--out {str(run_dir)!r} is a file; a run writes a directory there. Pass a new "
+                                 "directory (or an earlier run's directory, to resume it).")
     run_dir.mkdir(parents=True, exist_ok=True)
     items = load_items() if items is None else items
     items = select_items(items, settings.limit)
@@ -179,6 +182,9 @@ def run_items(model, run_dir, *, model_id: str, images=None, settings: Settings 
     return {x.id: records[x.id] for x in items}
 
 
+_RECORD_FIELDS = ("negation_in", "caption", "foil", "similarity", "n_tokens")  # written for every item
+
+
 def _read_records(folder: Path) -> dict[str, dict]:
     """The finished items' records by id. A damaged record (truncated, not JSON, or not this item's) is
     reported and left out, so its item is measured again and the file rewritten."""
@@ -188,6 +194,9 @@ def _read_records(folder: Path) -> dict[str, dict]:
             rec = read_json(path, "an item record (JSON)", "It was probably cut short (a crash or a full disk).")
             if not isinstance(rec, dict) or rec.get("id") != path.stem:
                 raise UnreadableFileError(f"{str(path)!r} is not the record of item {path.stem!r}.")
+            missing = [k for k in _RECORD_FIELDS if k not in rec]
+            if missing:
+                raise UnreadableFileError(f"{str(path)!r} lacks the fields {missing} that every record holds.")
         except UnreadableFileError as err:
             warnings.warn(f"{err} Measuring item {path.stem!r} again (the file will be replaced).", stacklevel=3)
             continue

@@ -99,8 +99,8 @@ def _load_hf_dir(name: str, local_only: bool):
     if reference is None:
         raise CheckpointMismatchError(f"{name!r} names the class {class_name}, which transformers does not have; "
                                       "register its family with reference=<the class> (hooked_clip.loaders.families)")
-    model, info = reference.from_pretrained(  # mismatched shapes reported in info
-        name, local_files_only=local_only, output_loading_info=True, ignore_mismatched_sizes=True)
+    model, info = reference.from_pretrained(  # mismatched shapes reported in info; the file's own values in fp32
+        name, local_files_only=local_only, output_loading_info=True, ignore_mismatched_sizes=True, dtype=torch.float32)
     _check_loading_info(info, name, class_name)
     processor = None
     if family.vision is not None and hasattr(model, "vision_model"):

@@ -494,3 +494,49 @@ def test_empty_or_damaged_checkpoint_dir_names_the_file(tmp_path):
         weights.write_bytes(good_weights[:cut])
         with pytest.raises(UnreadableFileError, match=rf"model.safetensors' {message}"):
             HookedCLIP.from_pretrained(ckpt)
+
+
+def test_hardening_probes_of_this_round(tmp_path):
+    """encode_text(truncate=True) works; fractional indices are refused, not truncated; a config saying bfloat16
+    beside fp32 weights loads the file's own values; a tuned lens fits on a half-precision model."""
+    import torch
+    from conftest import hf_clip
+
+    from hooked_clip import HookedCLIP, load_model
+    from hooked_clip.analyses.lens import TunedLens
+    from hooked_clip.analyses.metrics import cosine_to_target
+    from hooked_clip.analyses.patching import activation_patch
+
+    model = load_model("tiny-negation", device="cpu")
+    long_text = "there is a dog " * 40
+    with pytest.raises(ValueError, match="truncate=True"):
+        model.encode_text([long_text])
+    cut = model.encode_text([long_text], truncate=True)
+    assert torch.allclose(cut, model.encode_text(model.to_tokens([long_text], truncate=True)))
+    metric = cosine_to_target(torch.randn(1, model.cfg.d_proj))
+    for kw in ({"positions": [2.9]}, {"layers": [0.9]}):
+        with pytest.raises(ValueError, match="must be whole indices"):
+            activation_patch(model, ["there is no dog."], ["there is a dog."], metric, progress=False, **kw)
+    hf = hf_clip("tiny_eot")
+    hf.save_pretrained(tmp_path / "ckpt")
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps({**config, "dtype": "bfloat16", "torch_dtype": "bfloat16"}))
+    loaded = HookedCLIP.from_pretrained(tmp_path / "ckpt", device="cpu")
+    assert loaded.cfg.dtype == torch.float32
+    assert torch.equal(loaded.text.W_E, hf.text_model.embeddings.token_embedding.weight)  # not rounded through bf16
+    half = load_model("tiny-negation", device="cpu", dtype="float16")
+    lens = TunedLens.fit(half, ["there is no dog.", "there is a cat."], steps=2)
+    assert lens.translators[0].weight.dtype == torch.float32
+
+
+def test_a_record_without_its_fields_is_measured_again_and_a_file_out_is_refused(random_demo, tmp_path, capsys):
+    full = _study_run(random_demo, tmp_path)
+    victim = sorted((tmp_path / "items").glob("*.json"))[1]
+    victim.write_text(json.dumps({"id": victim.stem}))  # valid JSON, but not a measured record
+    with pytest.warns(UserWarning, match=rf"lacks the fields \['negation_in'.*Measuring item '{victim.stem}' again"):
+        again = _study_run(random_demo, tmp_path)
+    assert _max_abs_diff(again[victim.stem], full[victim.stem]) <= 1e-5
+    (tmp_path / "a_file").write_text("x")
+    code, err = _cli(["valse-negation", "--model", "tiny-negation", "--limit", "2", "--out", str(tmp_path / "a_file"),
+                      "--no-progress"], capsys)
+    assert code == 2 and "is a file; a run writes a directory there" in err and "Traceback" not in err
