@@ -37,7 +37,7 @@ def _resid_names(n_layers: int) -> list[str]:
     return [act_name("resid_pre", l) for l in range(n_layers)] + [act_name("resid_post", n_layers - 1), "ln_final.hook_scale"]
 
 
-def layer_residuals(model, texts: Tokens) -> tuple[Float[Tensor, "n_layers_plus_1 batch d_model"], Float[Tensor, "batch 1"]]:
+def layer_residuals(model, texts: Tokens) -> tuple[Float[Tensor, "n_layers_plus_1 batch d_model"], Float[Tensor, "batch 1"]]:  # noqa: E501
     """The residual at the pooling position after the embeddings and each block, and ln_final's scale there."""
     text = get_tower(model, "text")
     tokens = text.as_tokens(texts)
@@ -47,26 +47,47 @@ def layer_residuals(model, texts: Tokens) -> tuple[Float[Tensor, "n_layers_plus_
 
 
 @torch.no_grad()
-def lens_embeddings(model, texts: Tokens, *, ln: LnMode = "frozen",
-                    tuned: Optional["TunedLens"] = None) -> Float[Tensor, "n_layers_plus_1 batch d_proj"]:
-    """Each layer's read-out in the embedding space (unnormalised, bias included): row l is what the text
-    embedding would be if the blocks after l were skipped. With ``tuned``, the tuned lens (ln recomputed)."""
-    text = get_tower(model, "text")
+def lens_embeddings(model, inputs, *, ln: LnMode = "frozen", tuned: Optional["TunedLens"] = None,
+                    tower: Optional[Literal["text", "vision"]] = None) -> Float[Tensor, "n_layers_plus_1 batch d_proj"]:
+    """Each layer's read-out in the embedding space (unnormalised, bias included): row l is what the embedding
+    would be if the blocks after l were skipped. With ``tuned``, the tuned lens (ln recomputed).
+
+    ``tower="vision"`` (``inputs`` are then images): the residual after each layer goes through the image
+    tower's own read-out (``ln_post``, its pooling — class token, average or SigLIP's attention head — and
+    projection), i.e. ``ln="recompute"``; ``ln="frozen"`` and tuned lenses are the text tower's (its read-out
+    is linear in the residual at one position)."""
+    lensed = get_tower(model, tower)
+    if lensed.name == "vision":
+        if ln != "recompute" or tuned is not None:
+            raise ValueError("the image-tower lens recomputes ln_post through the tower's own read-out: pass "
+                             "ln='recompute' and no tuned lens.")
+        return _read_out_lens(lensed, inputs)
+    text = lensed
     if text.W_proj is None:
         raise ValueError("the similarity lens needs a text projection into the joint embedding space; this model "
                          "has none (cfg.d_proj is None).")
     with torch.no_grad():
-        resid, scale = layer_residuals(model, texts)
+        resid, scale = layer_residuals(text, inputs)
     if tuned is not None:
         resid, ln = tuned.translate(resid), "recompute"
     return to_embedding_space(text, apply_ln_to_stack(text, resid, scale, mode=ln), with_bias=True)
 
 
-def lens_similarity(model, texts: Tokens, image_embeds: Float[Tensor, "n_image d_proj"], *, ln: LnMode = "frozen",
-                    tuned: Optional["TunedLens"] = None) -> Float[Tensor, "n_layers_plus_1 n_text n_image"]:
-    """Similarity (the model's own: logit_scale x cosine, + logit_bias) of each layer's read-out with every
-    image embedding."""
-    return model.similarity(lens_embeddings(model, texts, ln=ln, tuned=tuned), image_embeds)
+def _read_out_lens(tower, inputs) -> Tensor:
+    """The residual entering each block and the last block's output, each read out by ``tower.read_out``."""
+    x = tower.as_input(inputs)
+    names = _resid_names(tower.cfg.n_layers)[:-1]
+    _, cache = tower.run_with_cache(x, names_filter=names)
+    pool, key_mask = tower.pool_positions(x), tower.key_mask(x)
+    return torch.stack([tower.read_out(cache[n], pool, "embed", key_mask) for n in names])
+
+
+def lens_similarity(model, inputs, others: Float[Tensor, "n_other d_proj"], *, ln: LnMode = "frozen",
+                    tuned: Optional["TunedLens"] = None,
+                    tower: Optional[Literal["text", "vision"]] = None) -> Float[Tensor, "n_layers_plus_1 n_input n_other"]:
+    """Similarity (the model's own: logit_scale x cosine, + logit_bias) of each layer's read-out of ``inputs``
+    (texts; images with ``tower="vision"``) with every embedding of the other tower."""
+    return model.similarity(lens_embeddings(model, inputs, ln=ln, tuned=tuned, tower=tower), others)
 
 
 def lens_difference(model, captions: Tokens, foils: Tokens, image_embeds: Float[Tensor, "pairs d_proj"], *,

@@ -24,6 +24,19 @@ from torch import nn
 VALSE = Path(__file__).resolve().parents[1] / "analyses" / "valse_negation" / "data" / "existence.json"
 
 
+def randomize_tower_(tower: nn.Module, seed: int, ln_std: float = 0.2, bias_std: float = 0.1) -> nn.Module:
+    """A hooked tower's LayerNorm weights ~ 1 + N(0, ln_std) and biases ~ N(0, bias_std) (its own random init
+    leaves them at 1 and 0, which hide bugs); its weights stay as its init drew them."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in tower.named_parameters():
+            if name.endswith(".w"):
+                p.copy_(1 + ln_std * torch.randn(p.shape, generator=gen))
+            elif name.endswith(".b") or name.split(".")[-1].startswith("b_"):
+                p.copy_(bias_std * torch.randn(p.shape, generator=gen))
+    return tower
+
+
 def randomize_(model: nn.Module, seed: int) -> nn.Module:
     """Every float parameter random: weights ~ N(0, 0.02), biases ~ N(0, 0.02), LayerNorm weights ~ 1 + N(0, 0.1)."""
     gen = torch.Generator().manual_seed(seed)

@@ -12,6 +12,8 @@ the authors' ``CLIPProcessor`` does, including compositing transparency onto whi
 
 from __future__ import annotations
 
+import hashlib
+
 import re
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -35,6 +37,11 @@ class SceneImages:
 
     def describe(self) -> str:
         return f"synthesized scenes (seed {self.seed})"
+
+    def identity(self, items: Sequence[Item]) -> Optional[str]:
+        """What identifies the images of a run beyond :meth:`describe`: nothing (the scenes follow from the
+        seed and the items)."""
+        return None
 
     def scenes(self, items: Sequence[Item]) -> list[list[str]]:
         return [synthesize_scene(x.raw, seed=self.seed) for x in items]
@@ -73,6 +80,16 @@ class FolderImages:
         if self.segmenter is not None:
             parts.append(f"subject size: {getattr(self.segmenter, 'name', 'custom segmenter')}")
         return "; ".join(parts)
+
+    def identity(self, items: Sequence[Item]) -> str:
+        """sha256 over the names and bytes of the items' image files: a run is keyed by the images' content,
+        so replacing the files under the same folder is a new run, never the old scores."""
+        h = hashlib.sha256()
+        for name in sorted({x.image_file for x in items}):
+            path = self.root / name
+            h.update(name.encode())
+            h.update(path.read_bytes() if path.is_file() else b"(missing)")
+        return h.hexdigest()[:16]
 
     def check(self, items: Sequence[Item]) -> None:
         missing = [x.image_file for x in items if not (self.root / x.image_file).is_file()]

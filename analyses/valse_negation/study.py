@@ -165,6 +165,7 @@ def run_items(model, run_dir, *, model_id: str, images=None, settings: Settings 
                          "(HookedCLIP.from_pretrained / from_open_clip) or run without --images.")
     config = {"study_version": STUDY_VERSION, "model": model_id, "fingerprint": fingerprint(model),
               "images": images.describe() if images is not None else None, "n_items": len(items),
+              "images_content": images.identity(items) if images is not None else None,
               "subject_parser": subject_parser.name if subject_parser is not None else None,
               **{k: v for k, v in asdict(settings).items() if k not in ("chunk", "batch_size")}}
     _check_config(run_dir, config)

@@ -118,17 +118,9 @@ def test_subject_size_figure_is_coloured_by_segment_with_r_and_a_fixed_accuracy_
     import matplotlib
 
     matplotlib.use("Agg")
-    from matplotlib.figure import Figure
 
     _, model, records, results = run
-    seen = {}
-    real = Figure.savefig
-
-    def spy(fig, path, *args, **kwargs):
-        seen[str(path).rsplit("/", 1)[-1]] = fig
-        return real(fig, path, *args, **kwargs)
-
-    monkeypatch.setattr(Figure, "savefig", spy)
+    seen = _saved_figures(monkeypatch)
     write_outputs(tmp_path, records, results, model=model, model_id="tiny-negation")
     fig = seen["score_vs_subject_size.png"]
     ax, ax2 = fig.axes
@@ -256,6 +248,20 @@ def test_comparison_states_each_models_scale_and_depth_beside_the_papers(run, tm
 BOUNDARIES = (-1.0001, -1.0, 0.0, 0.9999, 1.0)
 
 
+def _saved_figures(monkeypatch) -> dict:
+    """{file name: matplotlib Figure} of every figure saved from now on (the figures are checked, not looked at)."""
+    from matplotlib.figure import Figure
+
+    seen, real = {}, Figure.savefig
+
+    def spy(fig, path, *args, **kwargs):
+        seen[str(path).rsplit("/", 1)[-1]] = fig
+        return real(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", spy)
+    return seen
+
+
 def papers_segment(d: float) -> str:
     """PAPER.md §3.4, written out here, not taken from the study: correct d >= 1, ambiguous -1 <= d < 1,
     incorrect d < -1 (logits)."""
@@ -315,7 +321,6 @@ def test_the_reports_counts_and_histogram_segment_by_the_papers_rule(run, tmp_pa
     import matplotlib
 
     matplotlib.use("Agg")
-    from matplotlib.figure import Figure
 
     _, model, records, _ = run
     chosen = [copy.deepcopy(r) for r in records.values() if "aligned" in r][:len(BOUNDARIES)]
@@ -326,14 +331,7 @@ def test_the_reports_counts_and_histogram_segment_by_the_papers_rule(run, tmp_pa
     results = aggregate(recs, model.cfg.n_layers, model.cfg.n_heads)
     for kind in ("original", "aligned"):
         assert results["scores"][kind]["all"]["segments"] == EXPECTED, kind
-    seen = {}
-    real = Figure.savefig
-
-    def spy(fig, path, *args, **kwargs):
-        seen[str(path).rsplit("/", 1)[-1]] = fig
-        return real(fig, path, *args, **kwargs)
-
-    monkeypatch.setattr(Figure, "savefig", spy)
+    seen = _saved_figures(monkeypatch)
     write_outputs(tmp_path, recs, results, model_id="boundaries")
     legend = [t.get_text() for t in seen["score_histogram.png"].axes[0].get_legend().get_texts()]
     assert sorted(legend) == sorted(f"{seg} ({n})" for seg, n in EXPECTED.items())

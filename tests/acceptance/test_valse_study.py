@@ -175,6 +175,13 @@ def test_cli_on_a_saved_hf_checkpoint_with_images_and_without(tmp_path, capsys):
           "--out", str(tmp_path / "run"), "--no-progress"])
     res = json.loads((tmp_path / "run" / "results.json").read_text())
     assert res["scores"]["original"]["all"]["n"] == 6 and "cte" in res
+    # the same folder with other images is another run: refused in the old run directory, never the old scores
+    for x in select_items(load_items(), 6):
+        Image.fromarray((torch.rand(40, 50, 3, generator=gen) * 255).byte().numpy()).save(images / x.image_file)
+    with pytest.raises(SystemExit) as exit_:
+        main(["valse-negation", "--model", str(tmp_path / "ckpt"), "--images", str(images), "--limit", "6",
+              "--out", str(tmp_path / "run"), "--no-progress"])
+    assert exit_.value.code == 2 and "images_content" in capsys.readouterr().err
     main(["valse-negation", "--model", str(tmp_path / "ckpt"), "--limit", "6", "--out", str(tmp_path / "text"),
           "--no-progress"])
     assert "skipping scores" in capsys.readouterr().err

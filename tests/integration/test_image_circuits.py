@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import pixels
+from conftest import pixels, randomize_tower_
 from transformer_lens.utilities import get_act_name
 
 from hooked_clip import CLIPVisionConfig, HookedCLIPVision
@@ -21,15 +21,7 @@ ATOL = 1e-5
 def vit(ln_pre: bool = True) -> HookedCLIPVision:
     cfg = CLIPVisionConfig.for_image(32, 8, d_model=32, n_heads=2, d_head=16, n_layers=3, d_mlp=64, d_proj=16,
                                      ln_pre=ln_pre, seed=0, init_range=0.2, device="cpu")
-    tower = HookedCLIPVision(cfg)
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # random LayerNorms and biases
-        for name, p in tower.named_parameters():
-            if name.endswith(".w"):
-                p.copy_(1 + 0.2 * torch.randn(p.shape, generator=gen))
-            elif name.endswith(".b") or name.split(".")[-1].startswith("b_"):
-                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
-    return tower
+    return randomize_tower_(HookedCLIPVision(cfg), seed=1)  # weights from the init, LayerNorms and biases random
 
 
 def two_pass_loop(tower, base, source, metric, sender: str, receiver: str) -> torch.Tensor:
@@ -135,3 +127,25 @@ def test_image_attribution_result_matches_activation_patching_layout(tiny_model)
         exact = activation_patch(tiny_model, clean, corrupt, metric, act, index=index, tower="vision", progress=False)
         assert est.axes == exact.axes and est.labels == exact.labels and est.values.shape == exact.values.shape
         assert torch.allclose(est.clean, exact.clean, atol=ATOL) and torch.allclose(est.corrupt, exact.corrupt, atol=ATOL)
+
+
+def test_image_lens_reads_each_layer_through_the_towers_own_read_out(tiny_model):
+    """Row l of the image lens is the embedding of the residual after block l, read out by the tower itself
+    (ln_post, class-token pooling, projection): the last row is the image embedding, the others equal running
+    the remaining blocks' read-out on a hand-cached residual; the similarity is the model's own."""
+    from hooked_clip.analyses.lens import lens_embeddings, lens_similarity
+
+    vision = tiny_model.vision
+    px = pixels(vision.cfg.image_size, n=2, seed=11)
+    rows = lens_embeddings(tiny_model, px, ln="recompute", tower="vision")
+    assert rows.shape == (vision.cfg.n_layers + 1, 2, vision.cfg.d_proj)
+    with torch.no_grad():
+        assert torch.allclose(rows[-1], vision(px, "embed"), atol=ATOL)
+        resid = vision(px, stop_at_layer=1)  # the residual entering block 1 = after block 0
+        pooled = vision.ln_post(resid)[:, 0]
+        assert torch.allclose(rows[1], pooled @ vision.W_proj, atol=ATOL)
+    text = torch.randn(3, vision.cfg.d_proj)
+    sims = lens_similarity(tiny_model, px, text, ln="recompute", tower="vision")
+    assert torch.allclose(sims[-1], tiny_model.similarity(vision(px, "embed"), text), atol=1e-4)
+    with pytest.raises(ValueError, match="ln='recompute'"):
+        lens_embeddings(tiny_model, px, tower="vision")

@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from conftest import patch_loop
+from conftest import patch_loop, randomize_tower_
 
 from hooked_clip import CLIPTextConfig, HookedCLIP, HookedCLIPText
 from hooked_clip.analyses.causal_tracing import minimal_pair_trace, rome_trace
@@ -30,15 +30,7 @@ def tower(kind: str) -> HookedCLIPText:
     cfg = CLIPTextConfig(d_model=32, n_heads=2, d_head=16, n_layers=3, d_mlp=64, n_ctx=12, d_vocab=100, d_proj=16,
                          causal=False, mask_padding=True, trim_after_pool=False, pad_token_id=0, seed=0, device="cpu",
                          init_range=0.25, **TOWERS[kind])
-    t = HookedCLIPText(cfg)  # weights N(0, 0.25): large enough that one token moves the pooled output
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # LayerNorms and biases random too (at 1 and 0 they hide bugs)
-        for name, p in t.named_parameters():
-            if name.endswith(".w"):
-                p.copy_(1 + 0.2 * torch.randn(p.shape, generator=gen))
-            elif name.endswith(".b") or name.split(".")[-1].startswith("b_"):
-                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
-    return t
+    return randomize_tower_(HookedCLIPText(cfg), seed=1)  # weights from the init, LayerNorms and biases random
 
 
 def pairs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
