@@ -85,15 +85,24 @@ def get_tower(model: Any, name: Optional[str] = None) -> "HookedTower":
     if isinstance(model, HookedTower):
         if name is not None and name != model.name:
             raise ValueError(f"this is the {model.name} tower; pass the HookedCLIP to run on its {name} tower.")
-        return model
+        return _check_shape(model)
     tower = getattr(model, name or "text", None)
     if isinstance(tower, HookedTower):
-        return tower
+        return _check_shape(tower)
     if tower is None and hasattr(model, "text"):
         raise ValueError(f"this model has no {name} tower (a text-only checkpoint); load a checkpoint with one.")
     if hasattr(tower, "not_hooked_error"):
         raise tower.not_hooked_error()
     raise TypeError(f"expected a HookedCLIP or a hooked tower, got {type(model).__name__}.")
+
+
+def _check_shape(tower: "HookedTower") -> "HookedTower":
+    """A config edited after loading would make an analysis sweep blocks the forward does not run."""
+    if len(tower.blocks) != tower.cfg.n_layers:
+        raise ValueError(f"the {tower.name} tower has {len(tower.blocks)} blocks but cfg.n_layers = {tower.cfg.n_layers}: "
+                         "the config was changed after the model was built. Build a new model instead (to run part "
+                         "of the tower, pass stop_at_layer / layers=...).")
+    return tower
 
 
 class HookedTower(HookedRootModule):

@@ -524,6 +524,10 @@ def test_hardening_probes_of_this_round(tmp_path):
     loaded = HookedCLIP.from_pretrained(tmp_path / "ckpt", device="cpu")
     assert loaded.cfg.dtype == torch.float32
     assert torch.equal(loaded.text.W_E, hf.text_model.embeddings.token_embedding.weight)  # not rounded through bf16
+    edited = load_model("tiny-negation", device="cpu")
+    edited.cfg.n_layers = 1
+    with pytest.raises(ValueError, match="4 blocks but cfg.n_layers = 1: the config was changed"):
+        activation_patch(edited, ["there is no dog."], ["there is a dog."], metric, progress=False)
     half = load_model("tiny-negation", device="cpu", dtype="float16")
     lens = TunedLens.fit(half, ["there is no dog.", "there is a cat."], steps=2)
     assert lens.translators[0].weight.dtype == torch.float32
