@@ -2,7 +2,7 @@
 backward) against exact activation patching of the same sweep with our batched engine, on a random
 ViT-B/32-sized text tower and 32 aligned VALSE pairs. Prints the speed-up as a ratio measured in the same
 run, and the Pearson r between the estimated and the exact effects (random weights: a fidelity floor, not
-a claim about trained CLIP; tests/test_circuits.py checks r on the demo model).
+a claim about trained CLIP; tests/integration/test_circuits.py checks r on the demo model).
 
 Also integrated gradients (``ig_steps``, 8 steps): k forwards and backwards as one batch.
 

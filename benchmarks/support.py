@@ -15,7 +15,7 @@ compared with their own ``get_text_features`` / text-model output the same way.
     python benchmarks/support.py --layers 0      # full depth (slow: builds every tower at full size)
     python benchmarks/support.py --names ViT-B-16-SigLIP2 MobileCLIP-S1 --out -   # a few, printed
 
-The test suite (tests/test_support.py) runs one name per text-tower architecture at reduced width.
+The test suite (tests/integration/test_support.py) runs one name per text-tower architecture at reduced width.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def _tokenizer_note(name: str, text_cfg: dict) -> str:
 
 # The transformers configs open_clip's hf_model_name towers download by name (AutoConfig.from_pretrained),
 # transcribed from their hub config.json so the sweep builds the same modules offline (HFTextEncoder takes a
-# config object; tests/test_post_ln.py checks the converter on tiny ones).
+# config object; tests/integration/test_post_ln.py checks the converter on tiny ones).
 HF_TEXT_CONFIGS = {
     "roberta-base": ("RobertaConfig", dict(vocab_size=50265, hidden_size=768, num_hidden_layers=12,
                                            num_attention_heads=12, intermediate_size=3072)),

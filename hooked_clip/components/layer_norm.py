@@ -31,7 +31,7 @@ class LayerNorm(nn.Module):
             if not _same_scale(after, before, scale):  # a hook replaced or edited the scale
                 return self.hook_normalized((x - mean) / after * self.w + self.b)
         # Hooks that read the scale, or return one equal to it, leave the fused kernel in charge, so a run's
-        # numbers do not depend on which hooks are attached (tests/test_hooks.py: bit for bit).
+        # numbers do not depend on which hooks are attached (tests/unit/test_hooks.py: bit for bit).
         return self.hook_normalized(F.layer_norm(x, (self.cfg.d_model,), self.w, self.b, self.cfg.eps))
 
 
