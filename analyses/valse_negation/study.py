@@ -30,7 +30,7 @@ from hooked_clip.errors import UnreadableFileError
 
 from hooked_clip.loaders.files import read_json, read_safetensors
 
-from hooked_clip.analyses.causal_tracing import minimal_pair_trace, rome_trace
+from hooked_clip.analyses.causal_tracing import embedding_std, minimal_pair_trace, rome_trace
 from hooked_clip.analyses.heads import negator_head_scores
 from hooked_clip.analyses.metrics import normalized_patching_metric, similarity_metric
 from hooked_clip.analyses.valse_negation.data import Item, SubjectParser, align, load_items
@@ -136,6 +136,16 @@ def _scores(model, e_c: torch.Tensor, e_f: torch.Tensor, img: torch.Tensor) -> t
     return model.paired_similarity(e_c, img), model.paired_similarity(e_f, img)
 
 
+def rome_noise_std(model, items: Sequence[Item]) -> float:
+    """ROME's sigma for a run: the std of the token embeddings over every aligned item's negated sentence (its
+    text, padding left out), computed once, recorded in the run's config and used for every chunk, so chunking,
+    batch mates and resuming cannot change a number."""
+    negated = [p.negated for p in (align(x) for x in items) if p is not None]
+    if not negated:
+        raise ValueError("no item aligns to a minimal pair, so ROME has no sentence to corrupt; drop --rome.")
+    return round(embedding_std(model, negated), 10)
+
+
 def select_items(items: list[Item], limit: Optional[int]) -> list[Item]:
     """The first ``limit`` items, alternating negation in caption / in foil (the file lists one kind first)."""
     if limit is None:
@@ -168,6 +178,8 @@ def run_items(model, run_dir, *, model_id: str, images=None, settings: Settings 
               "images_content": images.identity(items) if images is not None else None,
               "subject_parser": subject_parser.name if subject_parser is not None else None,
               **{k: v for k, v in asdict(settings).items() if k not in ("chunk", "batch_size")}}
+    if settings.rome:  # ROME's noise scale: once per run, over every item's negated sentence (not per chunk)
+        config["rome_noise_std"] = rome_noise_std(model, items)
     _check_config(run_dir, config)
     img = _image_embeds(model, run_dir, items, images) if images is not None else None
     records = _read_records(run_dir / "items")
@@ -175,7 +187,7 @@ def run_items(model, run_dir, *, model_id: str, images=None, settings: Settings 
     bar = tqdm(total=len(items), initial=len(items) - len(todo), desc="VALSE items", disable=not progress)
     for start in range(0, len(todo), settings.chunk):
         chunk = todo[start:start + settings.chunk]
-        for rec in _measure(model, chunk, img, images, settings, subject_parser):
+        for rec in _measure(model, chunk, img, images, settings, subject_parser, config.get("rome_noise_std")):
             atomic_write(run_dir / "items" / f"{rec['id']}.json", json.dumps(rec))
             records[rec["id"]] = rec
         bar.update(len(chunk))
@@ -207,7 +219,7 @@ def _read_records(folder: Path) -> dict[str, dict]:
 
 @torch.inference_mode()  # reads only: no autograd graph (the logit scale is a Parameter)
 def _measure(model, items: list[Item], img: Optional[dict], images, settings: Settings,
-             subject_parser: Optional[SubjectParser] = None) -> list[dict]:
+             subject_parser: Optional[SubjectParser] = None, rome_std: Optional[float] = None) -> list[dict]:
     text = model.text
     recs = [{"id": x.id, "negation_in": x.negation_in, "caption": x.caption, "foil": x.foil} for x in items]
     (raw_c, e_c), (raw_f, e_f) = _text_embeds(model, [x.caption for x in items]), _text_embeds(model, [x.foil for x in items])
@@ -261,6 +273,7 @@ def _measure(model, items: list[Item], img: Optional[dict], images, settings: Se
         noise = torch.zeros(tokens.shape, dtype=torch.bool)
         noise[torch.arange(len(pairs)), negator] = True  # each pair's own negator position
         trace = rome_trace(model, tokens, similarity_metric(model, im), noise, n_samples=settings.rome_samples,
+                           noise_std=rome_std,
                            seed=settings.seed, batch_size=settings.batch_size, progress=False)
         norm = normalized_patching_metric(trace.scores, trace.clean[:, None, None], trace.corrupted[:, None, None])
         for k, i in enumerate(idx):

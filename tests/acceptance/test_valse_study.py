@@ -748,3 +748,25 @@ def test_rows_follow_the_tokenizer_without_a_start_token():
     values = torch.arange(10.0)[None]  # [layer, pos]
     rows, n_further = to_rows(values, layouts[1])  # "there is no big dog . [EOT]" at 0..6
     assert math.isnan(rows[0][0]) and rows[0][1:] == [0, 1, 2, 3, 4, 5, 6] and n_further == 1
+
+
+def test_rome_numbers_do_not_depend_on_chunking_or_resuming(random_demo, tmp_path):
+    """ROME's noise scale is computed once per run (recorded in config.json) and each item's draws depend only on
+    (seed, item): a run in chunks of 2, a run in one chunk, and a resumed run agree on every number."""
+    settings = dict(limit=8, rome=True, rome_samples=2)
+    whole = run_items(random_demo, tmp_path / "whole", model_id="random", images=SceneImages(),
+                      settings=Settings(**settings), progress=False)
+    chunked = run_items(random_demo, tmp_path / "chunked", model_id="random", images=SceneImages(),
+                        settings=Settings(chunk=2, **settings), progress=False)
+    config = json.loads((tmp_path / "whole" / "config.json").read_text())
+    assert config["rome_noise_std"] > 0
+    for name in sorted((tmp_path / "chunked" / "items").glob("*.json"))[:3]:
+        name.unlink()  # resume: these items are measured again, in a chunk of their own
+    resumed = run_items(random_demo, tmp_path / "chunked", model_id="random", images=SceneImages(),
+                        settings=Settings(chunk=2, **settings), progress=False)
+    rows = lambda recs: {k: r["aligned"]["rome_rows"] for k, r in recs.items() if "aligned" in r}  # noqa: E731
+    assert rows(whole) and rows(whole).keys() == rows(chunked).keys() == rows(resumed).keys()
+    for k in rows(whole):
+        for a, b, c in zip(rows(whole)[k], rows(chunked)[k], rows(resumed)[k]):
+            assert all(abs(x - y) <= 1e-5 and abs(x - z) <= 1e-5 for x, y, z in zip(a, b, c)
+                       if x == x), k  # NaN rows (absent tokens) compare as absent
