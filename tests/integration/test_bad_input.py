@@ -544,3 +544,28 @@ def test_a_record_without_its_fields_is_measured_again_and_a_file_out_is_refused
     code, err = _cli(["valse-negation", "--model", "tiny-negation", "--limit", "2", "--out", str(tmp_path / "a_file"),
                       "--no-progress"], capsys)
     assert code == 2 and "is a file; a run writes a directory there" in err and "Traceback" not in err
+
+
+def test_image_inputs_that_are_not_images_are_refused_naming_the_fix(tmp_path, tiny_model):
+    """A real checkpoint's pipeline (transformers' CLIP image processor) would read a string as a path, URL or
+    base64; a Path, None, a text, an empty image and raw 0..255 tensors are refused before it, naming the fix."""
+    from pathlib import Path
+
+    import torch
+    from PIL import Image
+
+    from hooked_clip.analyses.metrics import cosine_to_target
+    from hooked_clip.analyses.patching import activation_patch
+
+    model = tiny_model
+    for bad in (Path(tmp_path / "x.png"), None, "a photo of a dog", [str(tmp_path / "x.png")]):
+        with pytest.raises(TypeError, match="not an image: open files first"):
+            model.encode_image(bad)
+    with pytest.raises(ValueError, match="0x5 pixels"):
+        model.encode_image(Image.new("RGB", (0, 5)))
+    size = model.vision.cfg.image_size
+    with pytest.raises(ValueError, match="raw 0..255 pixels"):
+        model.encode_image(torch.rand(1, 3, size, size) * 255)
+    metric = cosine_to_target(torch.randn(2, model.cfg.d_proj))
+    with pytest.raises(TypeError, match="texts go to the text tower"):
+        activation_patch(model, ["a dog", "a cat"], ["a car", "a tree"], metric, tower="vision", progress=False)

@@ -121,6 +121,9 @@ def preprocess(images: list) -> Float[Tensor, "batch 3 height width"]:
     return normalize(torch.stack(out))
 
 
+
+preprocess.reads_names = True  # scenes are lists of object names: its own errors word the fix
+
 def reads_rendered_scenes(model) -> bool:
     """Whether ``model``'s image tower is a pixel tower whose own pipeline is this renderer's."""
     return getattr(getattr(model, "vision", None), "preprocess", None) is preprocess
