@@ -69,12 +69,23 @@ def load(model_id: str, device: Optional[str] = None):
     return load_model(model_id, device=device)
 
 
+def _canonical(model_id: str) -> str:
+    """One spelling per model: a local directory as its absolute path (``D``, ``D/`` and ``/abs/D`` are one
+    model, one run); hub ids, shipped names and ``open_clip:`` ids as given."""
+    path = Path(model_id).expanduser()
+    return str(path.resolve()) if model_id not in DEMO_MODELS and path.is_dir() else model_id
+
+
 def run(args: argparse.Namespace) -> Path:
     if args.limit is not None and args.limit < 1:
         raise SystemExit("--limit must be a positive number of items.")
-    models = args.model or [DEMO_MODELS[0]]
+    models = [_canonical(m) for m in (args.model or [DEMO_MODELS[0]])]
     if len(set(models)) != len(models):
         raise SystemExit(f"--model lists a model twice ({models}); name each model once.")
+    names = [run_dir_name(m) for m in models]
+    if len(models) > 1 and len(set(names)) != len(names):  # said before the first model runs
+        raise SystemExit(f"--model {models}: two models would share the run directory name {names}; rename or "
+                         "move one of the checkpoints.")
     if args.clipseg is not None and (all(m in DEMO_MODELS for m in models) or args.images is None):
         raise SystemExit("--clipseg measures subject sizes in the --images photos of a real --model; pass both, "
                          "or drop --clipseg.")

@@ -42,9 +42,11 @@ def load_reference(path: Union[str, Path]) -> dict[str, dict]:
     """The reference items by VALSE id, every field checked (see the module docstring)."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(), object_pairs_hook=_no_duplicate_ids)
     except FileNotFoundError:
         raise FileNotFoundError(f"no reference file at {path}; pass the authors' per-item JSON file.") from None
+    except ReferenceFormatError as e:
+        raise ReferenceFormatError(f"{path}: {e}") from None
     except json.JSONDecodeError as e:
         raise ReferenceFormatError(f"{path} is not valid JSON ({e}); expected an object of items keyed by VALSE id.") from None
     if not isinstance(data, dict) or not data:
@@ -53,6 +55,18 @@ def load_reference(path: Union[str, Path]) -> dict[str, dict]:
     for key, item in data.items():
         _check_item(path, key, item)
     return data
+
+
+def _no_duplicate_ids(pairs: list) -> dict:
+    """A JSON object that names a key twice is refused (``json`` would keep the last silently)."""
+    seen, dup = set(), []
+    for k, _ in pairs:
+        if k in seen:
+            dup.append(k)
+        seen.add(k)
+    if dup:
+        raise ReferenceFormatError(f"the id(s) {dup[:5]} appear twice; keep one record per item.")
+    return dict(pairs)
 
 
 def _check_item(path: Path, key: str, item) -> None:
@@ -71,6 +85,14 @@ def _check_item(path: Path, key: str, item) -> None:
               isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value))
         if not ok:
             raise ReferenceFormatError(f"{where}: {field}={value!r} is not a {'string' if kind == _TEXT else 'finite number'}.")
+    if not (float(item["positions"]).is_integer() and item["positions"] >= 2):
+        raise ReferenceFormatError(f"{where}: positions={item['positions']} is not a number of tokens (a whole number >= 2).")
+    if not -1 - 1e-6 <= item["similarity_caption_foil"] <= 1 + 1e-6:
+        raise ReferenceFormatError(f"{where}: similarity_caption_foil={item['similarity_caption_foil']} is not a cosine "
+                                   "(it must lie in [-1, 1]).")
+    for field in ("subject_area", "subject_area_binary"):
+        if item[field] is not None and not 0 <= item[field] <= 1:
+            raise ReferenceFormatError(f"{where}: {field}={item[field]} is not a share of the image (it must lie in [0, 1]).")
     if item["negation"] not in ("caption", "foil"):
         raise ReferenceFormatError(f"{where}: negation={item['negation']!r} must be 'caption' or 'foil'.")
     if item["segment"] not in SEGMENTS:

@@ -102,6 +102,9 @@ def _check_config(run_dir: Path, config: dict) -> None:
                 f"{run_dir} holds a run of another configuration (differs in {diff}: "
                 f"{ {k: old.get(k) for k in diff} } vs { {k: config.get(k) for k in diff} }); use a new --out "
                 "directory, or delete this one to start over.")
+    elif any((run_dir / "items").glob("*.json")):  # records whose run is unknown: never reused by another model
+        raise RunDirMismatchError(f"{run_dir} holds item records but no config.json, so which model and settings "
+                                  "measured them is unknown; use a new --out directory, or delete this one.")
     else:
         atomic_write(path, json.dumps(config, indent=1))
 

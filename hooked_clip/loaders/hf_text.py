@@ -12,6 +12,8 @@ Two readers, named in the family table (:mod:`hooked_clip.loaders.families`):
 
 from __future__ import annotations
 
+import math
+
 from typing import Any, Optional
 
 from torch import Tensor, nn
@@ -116,6 +118,14 @@ def hf_text_shape(text_config) -> dict:
         raise CheckpointMismatchError(
             f"position_embedding_type={text_config.position_embedding_type!r} is not supported; hooked_clip "
             "reimplements absolute position embeddings only.")
+    eps = getattr(text_config, "layer_norm_eps", None)
+    if not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
+        raise CheckpointMismatchError(f"layer_norm_eps={eps!r} is not a finite number >= 0; fix the checkpoint's config.")
+    sizes = {k: getattr(text_config, k, None) for k in ("hidden_size", "num_attention_heads", "num_hidden_layers",
+                                                        "intermediate_size", "vocab_size", "max_position_embeddings")}
+    bad = {k: v for k, v in sizes.items() if not isinstance(v, int) or isinstance(v, bool) or v <= 0}
+    if bad:
+        raise CheckpointMismatchError(f"the text config's sizes {bad} are not positive whole numbers; fix the config.")
     if text_config.hidden_act not in HF_ACTS:
         raise CheckpointMismatchError(
             f"hidden_act={text_config.hidden_act!r} is not supported; hooked_clip has {', '.join(HF_ACTS)}.")

@@ -99,8 +99,14 @@ def _load_hf_dir(name: str, local_only: bool):
     if reference is None:
         raise CheckpointMismatchError(f"{name!r} names the class {class_name}, which transformers does not have; "
                                       "register its family with reference=<the class> (hooked_clip.loaders.families)")
-    model, info = reference.from_pretrained(  # mismatched shapes reported in info; the file's own values in fp32
-        name, local_files_only=local_only, output_loading_info=True, ignore_mismatched_sizes=True, dtype=torch.float32)
+    try:
+        model, info = reference.from_pretrained(  # mismatched shapes reported in info; the file's own values in fp32
+            name, local_files_only=local_only, output_loading_info=True, ignore_mismatched_sizes=True,
+            dtype=torch.float32)
+    except (KeyError, RuntimeError, ValueError, TypeError) as err:  # a config transformers cannot build from
+        raise CheckpointMismatchError(f"transformers cannot build the {class_name} that {name!r}'s config.json describes "
+                                      f"({type(err).__name__}: {str(err)[:200]}); check config.json (sizes, "
+                                      "hidden_act) against the checkpoint it came with.") from None
     _check_loading_info(info, name, class_name)
     processor = None
     if family.vision is not None and hasattr(model, "vision_model"):

@@ -173,6 +173,8 @@ def _needs_download_message(model_name: str, source: str, err: Exception) -> str
 
 
 # ------------------------------------------------------------------------------------- transformers dirs
+# a tokenizer that reads all of these as unknown tokens only is not this checkpoint's (English, Chinese, digits)
+_UNKNOWN_PROBES = ("a photo of a dog", "There are no cats.", "一只狗的照片", "123")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "spiece.model", "sentencepiece.bpe.model", "vocab.txt")
 
 
@@ -205,6 +207,12 @@ def tokenizer_from_hf_dir(directory: Union[str, Path], cfg) -> Any:
         raise CheckpointMismatchError(
             f"The tokenizer in {str(directory)!r} has {adapted.vocab_size} ids but the model's vocabulary has "
             f"{cfg.d_vocab}; the tokenizer belongs to another checkpoint.")
+    unk = getattr(adapted.hf, "unk_token_id", None)
+    if unk is not None and all(set(adapted.encode(t, special_tokens=False)) <= {unk} for t in _UNKNOWN_PROBES):
+        raise CheckpointMismatchError(
+            f"The tokenizer in {str(directory)!r} reads every probe text ({', '.join(map(repr, _UNKNOWN_PROBES))}) as "
+            "unknown tokens only: it belongs to another checkpoint (or its vocabulary file is empty). Save the "
+            "checkpoint's own tokenizer beside it.")
     if uses_clip_vocab(cfg):
         bpe = CLIPTokenizer(context_length=cfg.n_ctx)
         if all(adapted.encode(t) == bpe.encode(t) for t in _PROBES):

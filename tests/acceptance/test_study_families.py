@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import randomize_, valse_sentences
+from conftest import roberta_bpe, wordpiece
 
 from hooked_clip import HookedCLIP
 
@@ -21,40 +21,6 @@ from test_families import _valse_images  # noqa: E402
 from test_post_ln import build, open_clip_hf_model  # noqa: E402
 
 LIMIT = 6
-
-
-def wordpiece(folder: Path):
-    """BERT's WordPiece ([CLS] ... [SEP], [PAD] = 0) written as a checkpoint's files (vocab.txt and its
-    tokenizer_config.json), then read back as transformers reads a checkpoint's tokenizer."""
-    from tokenizers import BertWordPieceTokenizer
-    from transformers import AutoTokenizer
-
-    wp = BertWordPieceTokenizer(lowercase=True)
-    wp.train_from_iterator(list(valse_sentences()), vocab_size=1000, min_frequency=1)
-    folder.mkdir(parents=True, exist_ok=True)
-    wp.save_model(str(folder))
-    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BertTokenizer", "do_lower_case": True}))
-    tok = AutoTokenizer.from_pretrained(folder)
-    pieces = tok.convert_ids_to_tokens(tok("There are no cats.").input_ids)
-    assert (pieces[0], pieces[-1]) == ("[CLS]", "[SEP]")
-    return tok
-
-
-def roberta_bpe(folder: Path):
-    """RoBERTa's byte-level BPE with its special ids (<s>=0, <pad>=1, </s>=2, as XLM-R lays them out), written as a
-    checkpoint's files (vocab.json, merges.txt, tokenizer_config.json)."""
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import AutoTokenizer
-
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(list(valse_sentences()), vocab_size=1000, min_frequency=1,
-                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
-    folder.mkdir(parents=True, exist_ok=True)
-    bpe.save_model(str(folder))
-    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "RobertaTokenizer"}))
-    tok = AutoTokenizer.from_pretrained(folder)
-    assert (tok.bos_token_id, tok.pad_token_id, tok.eos_token_id) == (0, 1, 2)
-    return tok
 
 
 def _check(run: Path, model, pooled_row: bool):

@@ -569,3 +569,71 @@ def test_image_inputs_that_are_not_images_are_refused_naming_the_fix(tmp_path, t
     metric = cosine_to_target(torch.randn(2, model.cfg.d_proj))
     with pytest.raises(TypeError, match="texts go to the text tower"):
         activation_patch(model, ["a dog", "a cat"], ["a car", "a tree"], metric, tower="vision", progress=False)
+
+
+def test_run_identity_reference_and_config_probes(tmp_path, capsys):
+    """One spelling per model directory; colliding run names said before any model runs; records without a
+    config.json are never reused; a reference naming an item twice or holding impossible values is refused;
+    a config transformers cannot build, a NaN layer_norm_eps and another checkpoint's tokenizer are refused."""
+    import torch
+    from conftest import hf_clip
+
+    from hooked_clip import HookedCLIP
+    from hooked_clip.analyses.valse_negation.reference import ReferenceFormatError, load_reference
+    from hooked_clip.analyses.valse_negation.study import RunDirMismatchError, Settings, run_items
+    from hooked_clip.analyses.valse_negation.images import SceneImages
+    from hooked_clip import load_model
+    from hooked_clip.errors import CheckpointMismatchError
+
+    hf_clip("tiny_eot").save_pretrained(tmp_path / "D")
+    (tmp_path / "other" / "D").parent.mkdir()
+    hf_clip("tiny_argmax").save_pretrained(tmp_path / "other" / "D")
+    code, err = _cli(["valse-negation", "--model", str(tmp_path / "D"), "--model", str(tmp_path / "D") + "/",
+                      "--out", str(tmp_path / "cmp"), "--no-progress"], capsys)
+    assert code == 2 and "lists a model twice" in err
+    import shutil
+
+    shutil.copytree(tmp_path / "D", tmp_path / "a b")
+    shutil.copytree(tmp_path / "other" / "D", tmp_path / "a_b")
+    code, err = _cli(["valse-negation", "--model", "tiny-negation", "--model", str(tmp_path / "a b"),
+                      "--model", str(tmp_path / "a_b"), "--out", str(tmp_path / "cmp"), "--no-progress"], capsys)
+    assert code == 2 and "share the run directory name" in err and not (tmp_path / "cmp").exists()
+    # records left without their config.json
+    demo = load_model("tiny-negation", device="cpu")
+    run_items(demo, tmp_path / "run", model_id="tiny-negation", images=SceneImages(), settings=Settings(limit=2),
+              progress=False)
+    (tmp_path / "run" / "config.json").unlink()
+    with pytest.raises(RunDirMismatchError, match="item records but no config.json"):
+        run_items(demo, tmp_path / "run", model_id="tiny-negation", images=SceneImages(), settings=Settings(limit=2),
+                  progress=False)
+    # the reference file
+    item = {"caption": "a", "foil": "b", "negation": "caption", "logit_caption": 2.0, "logit_foil": 1.0, "score": 1.0,
+            "segment": "correct", "positions": 7, "similarity_caption_foil": 0.9, "subject": None,
+            "subject_area": None, "subject_area_binary": None}
+    path = tmp_path / "ref.json"
+    path.write_text('{"x": ' + json.dumps(item) + ', "x": ' + json.dumps(item) + "}")
+    with pytest.raises(ReferenceFormatError, match=r"\['x'\] appear twice"):
+        load_reference(path)
+    for field, value, words in (("positions", -3, "number of tokens"), ("similarity_caption_foil", 7.5, "not a cosine")):
+        path.write_text(json.dumps({"x": {**item, field: value}}))
+        with pytest.raises(ReferenceFormatError, match=words):
+            load_reference(path)
+    # configs and tokenizers
+    for key, value, words in (("layer_norm_eps", float("nan"), "layer_norm_eps=nan"), ("hidden_act", "swishy", "swishy")):
+        d = tmp_path / f"bad_{key}"
+        hf_clip("tiny_eot").save_pretrained(d)
+        cfg = json.loads((d / "config.json").read_text())
+        cfg["text_config"][key] = value
+        (d / "config.json").write_text(json.dumps(cfg))
+        with pytest.raises(CheckpointMismatchError, match=words):
+            HookedCLIP.from_pretrained(d, device="cpu")
+    from transformers import BertTokenizerFast  # noqa: F401  (a tokenizer of another vocabulary)
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    wrong = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"[UNK]": 0, "zebra": 1}, unk_token="[UNK]")),
+                                    unk_token="[UNK]")
+    wrong.save_pretrained(tmp_path / "D")
+    with pytest.raises(CheckpointMismatchError, match="as unknown tokens only"):
+        HookedCLIP.from_pretrained(tmp_path / "D", device="cpu")
+    assert torch.is_tensor(demo.logit_scale)

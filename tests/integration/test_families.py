@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import MIXED_TEXTS, randomize_, valse_sentences
+from conftest import MIXED_TEXTS, randomize_, valse_sentences, wordpiece
 
 from hooked_clip import HookedCLIP
 from hooked_clip.tokenizers.hf import HFTextTokenizer, UnavailableTokenizer, tokenizer_for_open_clip
@@ -87,16 +87,10 @@ def spm_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def wordpiece_dir(tmp_path_factory):
-    """A BERT WordPiece tokenizer (CLIPA's layout) trained offline on the VALSE sentences."""
-    from tokenizers import BertWordPieceTokenizer
-    from transformers import BertTokenizerFast
-
-    d = tmp_path_factory.mktemp("wp")
-    wp = BertWordPieceTokenizer(lowercase=True)
-    wp.train_from_iterator(list(valse_sentences()), vocab_size=400, min_frequency=1)
-    wp.save_model(str(d))
-    out = d / "tok"
-    BertTokenizerFast(vocab_file=str(d / "vocab.txt")).save_pretrained(out)
+    """A BERT WordPiece tokenizer (CLIPA's layout) trained offline on the VALSE sentences, written as a checkpoint
+    holds it (transformers 5's ``BertTokenizerFast(vocab_file=...)`` would silently ignore the file)."""
+    out = tmp_path_factory.mktemp("wp") / "tok"
+    wordpiece(out)
     return out
 
 
@@ -418,7 +412,8 @@ def test_open_clip_model_by_name_carries_get_tokenizers_tokenizer(tmp_path, requ
     import open_clip
 
     name = f"hc-{like.lower()}-tiny"
-    oc, ckpt = _registered_open_clip(tmp_path, name, like, request.getfixturevalue(tok_fixture))
+    vocab = {"vocab_size": 1000} if tok_fixture == "wordpiece_dir" else {}  # the WordPiece has ~820 ids
+    oc, ckpt = _registered_open_clip(tmp_path, name, like, request.getfixturevalue(tok_fixture), **vocab)
     model = HookedCLIP.from_open_clip(name, pretrained=ckpt, device="cpu")
     assert isinstance(model.tokenizer, HFTextTokenizer)
     texts = list(valse_sentences())[:20] + ["UPPER case, punctuation!!"]

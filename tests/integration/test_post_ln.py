@@ -336,18 +336,11 @@ def test_open_clip_hf_text_name_without_its_transformers_model_says_what_to_fetc
 def test_chinese_clip_directory_carries_its_wordpiece_tokenizer_and_pads_to_the_longest(tmp_path):
     """save_pretrained + a BERT WordPiece tokenizer beside it: the model tokenizes with it, pads to the longest
     text (padding is masked), and embeds as transformers does with that tokenizer's attention mask."""
-    from tokenizers import BertWordPieceTokenizer
-    from transformers import BertTokenizerFast
+    from conftest import wordpiece
 
-    from conftest import valse_sentences
-
-    wp = BertWordPieceTokenizer(lowercase=True)
-    wp.train_from_iterator(list(valse_sentences()), vocab_size=300, min_frequency=1)
-    wp.save_model(str(tmp_path))
-    hf_tok = BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"))
+    hf_tok = wordpiece(tmp_path / "ckpt")  # vocab.txt + tokenizer_config.json, as a checkpoint holds them
     hf = build("ChineseCLIPModel", vocab_size=len(hf_tok), pad_token_id=hf_tok.pad_token_id)
     hf.save_pretrained(tmp_path / "ckpt")
-    hf_tok.save_pretrained(tmp_path / "ckpt")
     model = HookedCLIP.from_pretrained(tmp_path / "ckpt", device="cpu")
     texts = ["There are no dogs.", "A man is riding a horse on the beach next to the water."]
     tokens = model.to_tokens(texts)
