@@ -260,6 +260,18 @@ class HookedTower(HookedRootModule):
             )
 
     # ------------------------------------------------------------------------ TL weight accessors
+    def accumulated_bias(self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True) -> Tensor:
+        """Sum of the attention (and MLP) output biases written before block ``layer`` (TL semantics)."""
+        b_O = self.blocks[0].attn.b_O
+        bias = torch.zeros(self.cfg.d_model, device=b_O.device, dtype=b_O.dtype)
+        for i in range(layer):
+            bias = bias + self.blocks[i].attn.b_O
+            if include_mlp_biases:
+                bias = bias + self.blocks[i].mlp.b_out
+        if mlp_input:
+            bias = bias + self.blocks[layer].attn.b_O
+        return bias
+
     def _stack(self, sub: str, name: str) -> Tensor:
         return torch.stack([getattr(getattr(b, sub), name) for b in self.blocks], dim=0)
 

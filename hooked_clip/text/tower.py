@@ -129,6 +129,9 @@ class HookedCLIPText(HookedTower):
         """Validated token ids on the model's device, from texts or from ids [batch, pos]."""
         if isinstance(input, str) or (isinstance(input, (list, tuple)) and (not input or isinstance(input[0], str))):
             input = self.to_tokens(input)
+        elif isinstance(input, (list, tuple)):  # e.g. images given to the text tower
+            raise TypeError(f"the text tower takes texts or token ids, got a {type(input).__name__} of "
+                            f"{type(input[0]).__name__}; images go to the image tower (tower='vision', encode_image).")
         return self._check_tokens(input)
 
     def _check_tokens(self, tokens: Tensor) -> Tensor:
@@ -380,17 +383,6 @@ class HookedCLIPText(HookedTower):
     @property
     def W_pos(self) -> Float[Tensor, "n_ctx d_model"]:
         return self.pos_embed.W_pos
-
-    def accumulated_bias(self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True) -> Tensor:
-        """Sum of the attention (and MLP) output biases written before block ``layer`` (TL semantics)."""
-        bias = torch.zeros(self.cfg.d_model, device=self.W_E.device, dtype=self.W_E.dtype)
-        for i in range(layer):
-            bias = bias + self.blocks[i].attn.b_O
-            if include_mlp_biases:
-                bias = bias + self.blocks[i].mlp.b_out
-        if mlp_input:
-            bias = bias + self.blocks[layer].attn.b_O
-        return bias
 
     def tokens_to_residual_directions(self, tokens):
         raise NotImplementedError(

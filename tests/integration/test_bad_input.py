@@ -569,6 +569,9 @@ def test_image_inputs_that_are_not_images_are_refused_naming_the_fix(tmp_path, t
     metric = cosine_to_target(torch.randn(2, model.cfg.d_proj))
     with pytest.raises(TypeError, match="texts go to the text tower"):
         activation_patch(model, ["a dog", "a cat"], ["a car", "a tree"], metric, tower="vision", progress=False)
+    images = [Image.new("RGB", (40, 40))] * 2
+    with pytest.raises(TypeError, match="images go to the image tower"):
+        activation_patch(model, images, images, metric, tower="text", progress=False)
 
 
 def test_run_identity_reference_and_config_probes(tmp_path, capsys):
