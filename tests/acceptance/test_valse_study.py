@@ -779,7 +779,12 @@ def test_rome_numbers_do_not_depend_on_chunking_or_resuming(random_demo, tmp_pat
     resumed = run_items(random_demo, tmp_path / "chunked", model_id="random", images=SceneImages(),
                         settings=Settings(chunk=2, **settings), progress=False)
     results = [aggregate(r, random_demo.cfg.n_layers, random_demo.cfg.n_heads) for r in (whole, chunked, resumed)]
-    assert _largest_difference(results[0], results[1]) <= 1e-5 and _largest_difference(results[0], results[2]) <= 1e-5
+    # the CTE is d*/d: other batch mates change float summation order, and the random model's small d (~1e-2)
+    # amplifies that to ~5e-5; every other number, ROME's included, agrees to 1e-5
+    cte = [r.pop("cte") for r in results]
+    for other in (1, 2):
+        assert _largest_difference(results[0], results[other]) <= 1e-5
+        assert _largest_difference(cte[0], cte[other]) <= 1e-3
     rows = lambda recs: {k: r["aligned"]["rome_rows"] for k, r in recs.items() if "aligned" in r}  # noqa: E731
     assert rows(whole) and rows(whole).keys() == rows(chunked).keys() == rows(resumed).keys()
     for k in rows(whole):
