@@ -17,9 +17,8 @@ import sys
 from types import ModuleType
 from typing import Optional, Sequence
 
-from hooked_clip.errors import UnreadableFileError, UnsafeCheckpointError
-from hooked_clip.errors import WeightsUnavailableError
-from hooked_clip.errors import CheckpointMismatchError
+from hooked_clip.errors import (CheckpointMismatchError, UnreadableFileError, UnsafeCheckpointError,
+                                WeightsUnavailableError)
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ValueError,  # a bad value (the study's RunDirMismatchError and DataFormatError are ValueErrors too)

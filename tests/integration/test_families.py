@@ -16,10 +16,9 @@ from conftest import MIXED_TEXTS, randomize_, valse_sentences, wordpiece
 
 from hooked_clip import HookedCLIP
 from hooked_clip.tokenizers.hf import HFTextTokenizer, UnavailableTokenizer, tokenizer_for_open_clip
-from hooked_clip.errors import CheckpointMismatchError
 from hooked_clip.parity import capture_block_outputs, parity_errors
 from hooked_clip.tokenizers.clip_bpe import CLIPTokenizer
-from hooked_clip.errors import TextTooLongError, TokenizerUnavailableError
+from hooked_clip.errors import CheckpointMismatchError, TextTooLongError, TokenizerUnavailableError
 from hooked_clip.analyses.valse_negation.layout import ROWS
 
 ATOL = 1e-5

@@ -10,8 +10,7 @@ import torch
 from conftest import MIXED_TEXTS, hf_clip, open_clip_model, randomize_
 
 from hooked_clip import HookedCLIP, load_model
-from hooked_clip.errors import WeightsUnavailableError
-from hooked_clip.errors import CheckpointMismatchError
+from hooked_clip.errors import CheckpointMismatchError, WeightsUnavailableError
 from hooked_clip.loaders.hf_text import hf_text_state_dict
 from hooked_clip.loaders.open_clip_text import open_clip_text_state_dict
 
