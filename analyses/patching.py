@@ -65,6 +65,11 @@ class PatchingResult:
     corrupt: Tensor
     extra: dict = field(default_factory=dict)
 
+    def __repr__(self) -> str:  # shapes and labels, not every number (TL users print results)
+        axes = ", ".join(f"{a}={len(self.labels[a])}" for a in self.axes)
+        return (f"PatchingResult({self.act_name}, {self.direction}, values [{axes}, batch={self.values.shape[-1]}], "
+                f"clean mean {float(self.clean.float().mean()):.4g}, corrupt mean {float(self.corrupt.float().mean()):.4g})")
+
     def normalized(self) -> Tensor:
         """Fraction of the gap moved towards the run the activations come from: denoising
         (patched - corrupt) / (clean - corrupt); noising (patched - clean) / (corrupt - clean)."""

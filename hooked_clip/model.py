@@ -163,6 +163,28 @@ class HookedCLIP(nn.Module):
                     stack.enter_context(tower.hooks(fwd[name], bwd[name], reset_hooks_end, clear_contexts))
             yield self
 
+    def set_options(self, **options) -> "HookedCLIP":
+        """Set forward options (``use_attn_result``, ``use_split_qkv_input``, ``use_fused_attn``) on every hooked
+        tower at once, as TransformerLens's ``set_use_attn_result``; an option a tower lacks is an error."""
+        allowed = ("use_attn_result", "use_split_qkv_input", "use_fused_attn")
+        bad = sorted(set(options) - set(allowed))
+        if bad:
+            raise ValueError(f"set_options sets only {allowed}, not {bad}.")
+        for tower in self._hooked_towers().values():
+            for key, value in options.items():
+                if not isinstance(value, bool):
+                    raise TypeError(f"{key} must be True or False, got {value!r}.")
+                setattr(tower.cfg, key, value)
+        return self
+
+    def set_use_attn_result(self, use_attn_result: bool) -> None:
+        """TransformerLens's name: ``hook_result`` (per-head outputs) fires on both towers."""
+        self.set_options(use_attn_result=use_attn_result)
+
+    def set_use_split_qkv_input(self, use_split_qkv_input: bool) -> None:
+        """TransformerLens's name: per-head ``hook_q_input``/``hook_k_input``/``hook_v_input`` on both towers."""
+        self.set_options(use_split_qkv_input=use_split_qkv_input)
+
     def reset_hooks(self, *args, **kwargs):
         if isinstance(self.vision, HookedCLIPVision):
             self.vision.reset_hooks(*args, **kwargs)
@@ -217,8 +239,11 @@ class HookedCLIP(nn.Module):
         """As :meth:`similarity`, text b with image b only (broadcast over leading text dimensions)."""
         return paired_similarity(text_embeds, image_embeds, *logit_parameters(self))
 
-    def forward(self, text, images) -> Float[Tensor, "n_text n_image"]:
-        """Similarity of every text with every image."""
+    def forward(self, text, images: Any = None) -> Tensor:
+        """Similarity of every text with every image [n_text, n_image]; without images, the texts' normalised
+        embeddings [n_text, d_proj] (``model(texts)`` runs the text tower, as ``run_with_cache(texts)`` does)."""
+        if images is None:
+            return self.encode_text(text)
         return self.similarity(self.encode_text(text), self.encode_image(images))
 
     # ----------------------------------------------------------------------------------------- loaders

@@ -35,6 +35,9 @@ def _tiny_negation_pixels(device: Optional[str] = None, dtype: Union[torch.dtype
     return model.to(dtype)  # both towers' cfg.dtype follow (HookedTower._apply)
 
 
+# forward options a loader may be given for a shipped model, as for from_hf / from_open_clip (both towers)
+FORWARD_OPTIONS = ("use_attn_result", "use_split_qkv_input", "use_fused_attn")
+
 SHIPPED_MODELS: dict[str, Callable[..., HookedCLIP]] = {"tiny-negation": _tiny_negation,
                                                         "tiny-negation-pixels": _tiny_negation_pixels}
 
@@ -45,7 +48,10 @@ def load_model(name: str, **kwargs: Any) -> HookedCLIP:
     available, else the CPU, as every loader and TransformerLens; ``device="cpu"`` to stay on the CPU) and
     ``dtype`` (a torch dtype or its name, e.g. ``"float16"``)."""
     if name in SHIPPED_MODELS:
-        return SHIPPED_MODELS[name](**kwargs)
+        options = {k: kwargs.pop(k) for k in FORWARD_OPTIONS if k in kwargs}
+        model = SHIPPED_MODELS[name](**kwargs)
+        model.set_options(**options)
+        return model
     if os.path.isdir(name) or "/" in name:
         return HookedCLIP.from_pretrained(name, **kwargs)
     raise ValueError(

@@ -131,3 +131,24 @@ def test_siglip_pil_images_use_siglip_preprocessing():
     assert torch.equal(tower.as_pixels(images), px)
     with torch.no_grad():
         assert (tower.encode(images) - hf(pixel_values=px).pooler_output).abs().max() <= 1e-5
+
+
+def test_transformer_lens_habits_on_the_clip_model():
+    """load_model takes the forward options a TL user passes; set_use_attn_result reaches both towers;
+    model(texts) runs the text tower; a PatchingResult prints its shape, not every number."""
+    from hooked_clip import load_model
+    from hooked_clip.analyses.metrics import cosine_to_target
+    from hooked_clip.analyses.patching import activation_patch
+
+    model = load_model("tiny-negation-pixels", device="cpu", use_attn_result=True)
+    assert model.text.cfg.use_attn_result and model.vision.cfg.use_attn_result
+    model.set_use_attn_result(False)
+    assert not model.text.cfg.use_attn_result and not model.vision.cfg.use_attn_result
+    with pytest.raises(ValueError, match="set_options sets only"):
+        model.set_options(n_layers=2)
+    with torch.no_grad():
+        assert torch.equal(model(["there is a dog."]), model.encode_text(["there is a dog."]))
+    res = activation_patch(model, ["there is no dog."], ["there is a dog."],
+                           cosine_to_target(torch.randn(1, model.cfg.d_proj)), progress=False)
+    text = repr(res)
+    assert text.startswith("PatchingResult(resid_pre, denoise, values [layer=4, pos=") and "tensor" not in text
