@@ -209,6 +209,20 @@ def model(tiny_model):
     return tiny_model
 
 
+def largest_difference(a, b) -> float:
+    """Largest difference between the numbers of two results (NaN equals NaN); everything else must be equal."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        return max([largest_difference(a[k], b[k]) for k in a], default=0.0)
+    if isinstance(a, list):
+        assert len(a) == len(b)
+        return max([largest_difference(x, y) for x, y in zip(a, b)], default=0.0)
+    if isinstance(a, float):
+        return 0.0 if a == b or (a != a and b != b) else abs(a - b)
+    assert a == b
+    return 0.0
+
+
 # ------------------------------------------------------------------------------ the one loop reference
 _PER_HEAD = ("z", "q", "k", "v", "pattern")  # written here: the reference shares no tables with the engine
 

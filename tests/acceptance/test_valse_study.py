@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import hf_clip
+from conftest import hf_clip, largest_difference
 
 from hooked_clip.analyses.valse_negation import study
 from hooked_clip.analyses.valse_negation.aggregate import cte_matrix, aggregate
@@ -750,20 +750,6 @@ def test_rows_follow_the_tokenizer_without_a_start_token():
     assert math.isnan(rows[0][0]) and rows[0][1:] == [0, 1, 2, 3, 4, 5, 6] and n_further == 1
 
 
-def _largest_difference(a, b) -> float:
-    """Largest difference between the numbers of two results (NaN equals NaN); everything else must be equal."""
-    if isinstance(a, dict):
-        assert a.keys() == b.keys()
-        return max([_largest_difference(a[k], b[k]) for k in a], default=0.0)
-    if isinstance(a, list):
-        assert len(a) == len(b)
-        return max([_largest_difference(x, y) for x, y in zip(a, b)], default=0.0)
-    if isinstance(a, float):
-        return 0.0 if a == b or (a != a and b != b) else abs(a - b)
-    assert a == b
-    return 0.0
-
-
 def test_rome_numbers_do_not_depend_on_chunking_or_resuming(random_demo, tmp_path):
     """ROME's noise scale is computed once per run (recorded in config.json) and each item's draws depend only on
     (seed, item): a run in chunks of 2, a run in one chunk, and a resumed run agree on every number."""
@@ -783,8 +769,8 @@ def test_rome_numbers_do_not_depend_on_chunking_or_resuming(random_demo, tmp_pat
     # amplifies that to ~5e-5; every other number, ROME's included, agrees to 1e-5
     cte = [r.pop("cte") for r in results]
     for other in (1, 2):
-        assert _largest_difference(results[0], results[other]) <= 1e-5
-        assert _largest_difference(cte[0], cte[other]) <= 1e-3
+        assert largest_difference(results[0], results[other]) <= 1e-5
+        assert largest_difference(cte[0], cte[other]) <= 1e-3
     rows = lambda recs: {k: r["aligned"]["rome_rows"] for k, r in recs.items() if "aligned" in r}  # noqa: E731
     assert rows(whole) and rows(whole).keys() == rows(chunked).keys() == rows(resumed).keys()
     for k in rows(whole):

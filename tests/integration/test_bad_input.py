@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import largest_difference
 
 from hooked_clip import CLIPTextConfig, HookedCLIP, HookedCLIPText
 
@@ -241,24 +242,10 @@ def test_truncated_record_is_measured_again(random_demo, tmp_path):
                                          rf"'{victim.stem}' again"):
         again = _study_run(random_demo, tmp_path)
     assert again.keys() == full.keys()
-    assert all(_max_abs_diff(again[k], full[k]) == 0 for k in full if k != victim.stem)
-    assert _max_abs_diff(json.loads(victim.read_text()), again[victim.stem]) == 0  # rewritten whole
+    assert all(largest_difference(again[k], full[k]) == 0 for k in full if k != victim.stem)
+    assert largest_difference(json.loads(victim.read_text()), again[victim.stem]) == 0  # rewritten whole
     # measured in another batch (alone, not in a chunk of 3): equal up to float summation order
-    assert _max_abs_diff(again[victim.stem], full[victim.stem]) <= 1e-5
-
-
-def _max_abs_diff(a, b) -> float:
-    """Largest difference between two records' numbers (NaN equals NaN); the non-numbers must be equal."""
-    if isinstance(a, dict):
-        assert a.keys() == b.keys()
-        return max([_max_abs_diff(a[k], b[k]) for k in a], default=0.0)
-    if isinstance(a, list):
-        assert len(a) == len(b)
-        return max([_max_abs_diff(x, y) for x, y in zip(a, b)], default=0.0)
-    if isinstance(a, float):
-        return 0.0 if a == b or (a != a and b != b) else abs(a - b)
-    assert a == b
-    return 0.0
+    assert largest_difference(again[victim.stem], full[victim.stem]) <= 1e-5
 
 
 def test_damaged_run_dir_files_are_named(random_demo, tmp_path):
@@ -311,7 +298,7 @@ def test_images_folder_relative_or_absolute_is_the_same_run(tiny_model, tmp_path
     kwargs = dict(model_id="t", settings=Settings(limit=2), progress=False)
     first = run_items(tiny_model, tmp_path / "run", images=FolderImages("images"), **kwargs)
     again = run_items(tiny_model, tmp_path / "run", images=FolderImages(folder.resolve()), **kwargs)
-    assert all(_max_abs_diff(again[k], first[k]) == 0 for k in first)  # accepted as the same run
+    assert all(largest_difference(again[k], first[k]) == 0 for k in first)  # accepted as the same run
 
 
 def test_truncated_jpeg_is_named(tiny_model, tmp_path):
@@ -539,7 +526,7 @@ def test_a_record_without_its_fields_is_measured_again_and_a_file_out_is_refused
     victim.write_text(json.dumps({"id": victim.stem}))  # valid JSON, but not a measured record
     with pytest.warns(UserWarning, match=rf"lacks the fields \['negation_in'.*Measuring item '{victim.stem}' again"):
         again = _study_run(random_demo, tmp_path)
-    assert _max_abs_diff(again[victim.stem], full[victim.stem]) <= 1e-5
+    assert largest_difference(again[victim.stem], full[victim.stem]) <= 1e-5
     (tmp_path / "a_file").write_text("x")
     code, err = _cli(["valse-negation", "--model", "tiny-negation", "--limit", "2", "--out", str(tmp_path / "a_file"),
                       "--no-progress"], capsys)
