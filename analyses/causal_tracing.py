@@ -76,10 +76,7 @@ def minimal_pair_trace(
 def _not_text(text, tokens: Tensor, n_pos: int) -> Tensor:
     """[batch, pos] True at positions that hold no token of the row's text (padding the tower masks, or a
     causal tower's positions after its EOT); see ``input_lengths``."""
-    lengths = text.input_lengths(tokens)
-    if lengths is None:
-        return torch.zeros(tokens.shape[0], n_pos, dtype=torch.bool)
-    return torch.arange(n_pos)[None, :] >= lengths.cpu()[:, None]
+    return torch.arange(n_pos)[None, :] >= text.input_lengths(tokens).cpu()[:, None]
 
 
 # --------------------------------------------------------------------------------------- ROME tracing
@@ -164,9 +161,7 @@ def rome_trace(
     noise_mask = _noise_mask(noise_positions, n_ex, n_pos, pool).to(toks.device)
     sigma = noise_std if noise_std is not None else embedding_std(text, reference if reference is not None else toks)
 
-    lengths = text.input_lengths(toks)
-    lengths = torch.full((n_ex,), n_pos) if lengths is None else lengths
-    noise = item_noise(toks, lengths, n_samples, text.cfg.d_model, seed) * (noise_scale * sigma)
+    noise = item_noise(toks, text.input_lengths(toks), n_samples, text.cfg.d_model, seed) * (noise_scale * sigma)
     noise = (noise.to(toks.device, text.W_E.dtype) * noise_mask[None, :, :, None]).flatten(0, 1)  # [S*B, pos, d]
 
     def add_noise(embed, hook):

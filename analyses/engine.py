@@ -208,6 +208,7 @@ def _run_chunk(tower: Tower, base: BaseRun, chunk: Chunk, hooks: Hooks) -> Tenso
     first = int(chunk.layer[0])
     # rows present at each block: the start layers are sorted, so rows with layer <= l are a prefix
     present = torch.searchsorted(chunk.layer, torch.arange(first, n_layers, device=chunk.layer.device), right=True).tolist()
+    key_mask = None if base.key_mask is None else base.key_mask[chunk.example[:, None], columns]  # rows' padding
     resid = None
     with tower.hooks(fwd_hooks=hooks):
         for layer, n in zip(range(first, n_layers), present):
@@ -222,11 +223,10 @@ def _run_chunk(tower: Tower, base: BaseRun, chunk: Chunk, hooks: Hooks) -> Tenso
                 prefix = KeyValuePrefix(base[act_name("k", layer)][ex, :n_prefix], base[act_name("v", layer)][ex, :n_prefix],
                                         None if lengths is None else lengths[:n])
             last = layer == n_layers - 1 and pooled_only
-            key_mask = None if base.key_mask is None else base.key_mask[chunk.example[:n, None], columns[:n]]
-            resid = tower.blocks[layer](resid, prefix, pool if last else None, key_mask=key_mask)
+            resid = tower.blocks[layer](resid, prefix, pool if last else None,
+                                        key_mask=None if key_mask is None else key_mask[:n])
         if pooled_only:
             pool = torch.zeros_like(pool)
-        key_mask = None if base.key_mask is None else base.key_mask[chunk.example[:, None], columns]
         return tower.read_out(resid, pool, base.return_type, key_mask)
 
 

@@ -49,17 +49,6 @@ def _patterns(text, tokens: Tensor) -> Float[Tensor, "batch layer head query key
     return torch.stack([cache[n] for n in names], dim=1)
 
 
-def _last_positions(text, tokens: Tensor, pool: Optional[Tensor]) -> Int[Tensor, "pairs"]:
-    """The last query position Δ reads per pair: the sentence's last token (a causal tower's EOT, a masked
-    tower's last unpadded token), or the pooled position of a tower that reads its padding (SigLIP)."""
-    lengths = text.input_lengths(tokens)
-    if lengths is not None:
-        return lengths - 1
-    if pool is None:
-        return torch.full((tokens.shape[0],), tokens.shape[1] - 1, device=tokens.device)
-    return pool
-
-
 def negator_head_scores(model, negated: Tokens, affirmative: Tokens,
                         negator_pos: Union[int, Sequence[int], Int[Tensor, "pairs"]]) -> NegatorHeadScores:
     """Δ per pair, layer and head (see the module docstring). ``negator_pos``: the negator's token
@@ -69,7 +58,7 @@ def negator_head_scores(model, negated: Tokens, affirmative: Tokens,
                          hint="Δ compares the same key position in both sentences, so align them first (e.g. "
                               "'There are some X' for 'There are no X').")
     neg, aff = pair.base, pair.source  # "noise": base = the first (negated) run
-    last = _last_positions(text, neg, pair.base_pool)
+    last = text.input_lengths(neg) - 1  # the sentence's last token (its EOT), or the last position read
     p = torch.as_tensor(negator_pos).to(neg.device).long()
     p = p.expand(neg.shape[0]) if p.ndim == 0 else p
     if p.shape != (neg.shape[0],) or bool((p < 1).any()) or bool((p >= last).any()):

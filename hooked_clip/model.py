@@ -26,6 +26,7 @@ from hooked_clip.loaders.transformers import load_hf_pretrained, read_hf
 from hooked_clip.similarity import logit_parameters, paired_similarity, similarity
 from hooked_clip.text.config import CLIPTextConfig
 from hooked_clip.text.tower import HookedCLIPText
+from hooked_clip.tower import FORWARD_OPTIONS
 from hooked_clip.tokenizers.base import Text
 from hooked_clip.vision.reference import ReferenceVisionTower
 from hooked_clip.vision.tower import HookedCLIPVision
@@ -109,18 +110,16 @@ class HookedCLIP(nn.Module):
             return self.text.run_with_cache(*args, names_filter=names_filter, **kwargs)
         towers = {"text": self.text, "vision": self._hooked_vision()}
         keep, filters, listed = names.cache_filters(names_filter)
-        for name, tower in towers.items():
-            if listed is not None:
-                tower.check_hook_names(listed[name])
+        for name, tower in towers.items() if listed is not None else ():
+            tower.check_hook_names(listed[name])
         caches: dict[str, dict] = {}
         with ExitStack() as stack:
             for name, tower in towers.items():
                 caches[name] = {}
                 stack.enter_context(tower.hooks(fwd_hooks=[(filters[name], _saver(caches[name]))]))
             out = self._both(args, images, kwargs)
-        for name, tower in towers.items():
-            if listed is not None:
-                tower.check_fired(listed[name], caches[name], kwargs)
+        for name, tower in towers.items() if listed is not None else ():
+            tower.check_fired(listed[name], caches[name], kwargs)
         return out, ActivationCache(names.merge_caches(keep, caches), self)
 
     @property
@@ -166,10 +165,9 @@ class HookedCLIP(nn.Module):
     def set_options(self, **options) -> "HookedCLIP":
         """Set forward options (``use_attn_result``, ``use_split_qkv_input``, ``use_fused_attn``) on every hooked
         tower at once, as TransformerLens's ``set_use_attn_result``; an option a tower lacks is an error."""
-        allowed = ("use_attn_result", "use_split_qkv_input", "use_fused_attn")
-        bad = sorted(set(options) - set(allowed))
+        bad = sorted(set(options) - set(FORWARD_OPTIONS))
         if bad:
-            raise ValueError(f"set_options sets only {allowed}, not {bad}.")
+            raise ValueError(f"set_options sets only {FORWARD_OPTIONS}, not {bad}.")
         for tower in self._hooked_towers().values():
             for key, value in options.items():
                 if not isinstance(value, bool):

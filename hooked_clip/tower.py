@@ -45,8 +45,9 @@ class Tower(Protocol):
     - ``as_input(x)``: validated input on the tower's device (token ids from texts; pixels from images);
     - ``pool_positions(input)`` [batch] (the one position each row's output reads) or None (it reads all);
     - ``key_mask(input)`` [batch, pos] True at keys attention must not read (padding), or None;
-    - ``input_lengths(input)`` [batch]: positions of each row that hold its input (text up to EOT, or the
-      unpadded tokens), or None when every row fills every position;
+    - ``input_lengths(input)`` [batch]: positions of each row that hold its input (text up to EOT, the
+      unpadded tokens, or every position of a tower that reads its padding), or None for input with no length
+      (an image's patches);
     - ``embed_input(input)``: the residual stream entering block 0;
     - ``run_blocks(resid, start, stop, prefix, key_mask)`` and ``read_out(resid, pool, return_type, key_mask)``;
     - TransformerLens's ``run_with_cache``, ``run_with_hooks``, ``hooks`` and ``hook_dict``.
@@ -73,6 +74,9 @@ class Tower(Protocol):
 
 
 TOWER_NAMES = ("text", "vision")
+# config fields that change what the forward computes, not the weights (HookedTower.options, HookedCLIP.set_options,
+# load_model's keywords); trim_after_pool is the text tower's only
+FORWARD_OPTIONS = ("use_attn_result", "use_split_qkv_input", "use_fused_attn")
 
 
 def get_tower(model: Any, name: Optional[str] = None) -> "HookedTower":
@@ -236,7 +240,7 @@ class HookedTower(HookedRootModule):
             with text.options(use_split_qkv_input=True):
                 ...  # per-head query/key/value inputs exist here
         """
-        allowed = ("use_split_qkv_input", "use_attn_result", "use_fused_attn", "trim_after_pool")
+        allowed = (*FORWARD_OPTIONS, "trim_after_pool")
         bad = sorted(set(fields) - set(allowed))
         if bad:
             raise ValueError(f"options() sets only {allowed}, not {bad}.")

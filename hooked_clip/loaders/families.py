@@ -49,6 +49,7 @@ a two-layer text head), GroupViT's full model (MLP projection; its text model lo
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 from hooked_clip.errors import CheckpointMismatchError
@@ -107,18 +108,13 @@ def register_family(family: Family, *, replace: bool = False) -> Family:
     clash = sorted(c for c in family.classes if c in taken and taken[c] != family.name)
     if clash and not replace:
         raise ValueError(f"{clash} already belong to family {taken[clash[0]]!r}; pass replace=True to take them over.")
-    for i, row in enumerate(FAMILIES):
-        if row.source == family.source and (row.name == family.name or set(row.classes) & set(family.classes)):
-            rest = tuple(c for c in row.classes if c not in family.classes)
-            FAMILIES[i] = None if row.name == family.name or not rest else _with_classes(row, rest)
-    FAMILIES[:] = [row for row in FAMILIES if row is not None] + [family]
+    kept = []
+    for row in FAMILIES:  # the row of the same name is replaced; other rows give up the classes taken over
+        rest = tuple(c for c in row.classes if row.source != family.source or c not in family.classes)
+        if not (row.source == family.source and row.name == family.name) and rest:
+            kept.append(row if rest == row.classes else dataclasses.replace(row, classes=rest))
+    FAMILIES[:] = kept + [family]
     return family
-
-
-def _with_classes(row: Family, classes: tuple[str, ...]) -> Family:
-    from dataclasses import replace
-
-    return replace(row, classes=classes)
 
 
 def find_family(source: str, class_name: str) -> Optional[Family]:

@@ -3,7 +3,7 @@ architecture, or why it refuses it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from hooked_clip.tokenizers.rules import resolve_tokenizer
@@ -43,7 +43,6 @@ class Family:
     pooling: str = "clip"
     refused: Optional[str] = None
     reference: Optional[type] = None
-    notes: str = field(default="", compare=False)
 
     def __post_init__(self):
         if self.source not in SOURCES:

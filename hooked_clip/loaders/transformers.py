@@ -93,8 +93,7 @@ def _load_hf_dir(name: str, local_only: bool):
     from transformers import AutoConfig, AutoImageProcessor
 
     config = AutoConfig.from_pretrained(name, local_files_only=local_only)
-    class_name = _hf_class_name(config, name)
-    family = family_for("transformers", class_name, what=repr(name))
+    class_name, family = _hf_class(config, name)
     reference = family.reference or getattr(transformers, class_name, None)
     if reference is None:
         raise CheckpointMismatchError(f"{name!r} names the class {class_name}, which transformers does not have; "
@@ -118,13 +117,13 @@ def _load_hf_dir(name: str, local_only: bool):
     return model.eval(), processor, Path(directory)
 
 
-def _hf_class_name(config, name: str) -> str:
-    """The transformers class a directory's config asks for (``architectures``), checked against the
-    families hooked_clip reimplements."""
+def _hf_class(config, name: str):
+    """(class name, family row) of the transformers class a directory's config asks for (``architectures``, or
+    the table's class for its model_type), refused with the reason where the table refuses or lacks it."""
     archs = list(getattr(config, "architectures", None) or [])
     class_name = archs[0] if archs else class_for_model_type(config.model_type)
-    family_for("transformers", class_name, what=f"{name!r} (a {config.model_type!r} model, class {class_name or 'not named'})")
-    return class_name
+    what = f"{name!r} (a {config.model_type!r} model, class {class_name or 'not named'})"
+    return class_name, family_for("transformers", class_name, what=what)
 
 
 def _check_loading_info(info: dict, name: str, class_name: str) -> None:

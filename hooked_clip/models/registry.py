@@ -10,6 +10,7 @@ from typing import Any, Callable, Optional, Union
 import torch
 
 from hooked_clip.model import HookedCLIP
+from hooked_clip.tower import FORWARD_OPTIONS
 from hooked_clip.config import resolve_dtype
 from hooked_clip.devices import resolve_device
 from hooked_clip.weight_processing import process_weights
@@ -34,9 +35,6 @@ def _tiny_negation_pixels(device: Optional[str] = None, dtype: Union[torch.dtype
     process_weights(model, **processing)
     return model.to(dtype)  # both towers' cfg.dtype follow (HookedTower._apply)
 
-
-# forward options a loader may be given for a shipped model, as for from_hf / from_open_clip (both towers)
-FORWARD_OPTIONS = ("use_attn_result", "use_split_qkv_input", "use_fused_attn")
 
 SHIPPED_MODELS: dict[str, Callable[..., HookedCLIP]] = {"tiny-negation": _tiny_negation,
                                                         "tiny-negation-pixels": _tiny_negation_pixels}

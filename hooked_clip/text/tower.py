@@ -251,15 +251,16 @@ class HookedCLIPText(HookedTower):
         """The :class:`~hooked_clip.tower.Tower` contract's key mask: :meth:`padding_mask`."""
         return self.padding_mask(tokens)
 
-    def input_lengths(self, tokens: Int[Tensor, "batch pos"]) -> Optional[Int[Tensor, "batch"]]:
+    def input_lengths(self, tokens: Int[Tensor, "batch pos"]) -> Int[Tensor, "batch"]:
         """Positions of each row that hold its text (the :class:`~hooked_clip.tower.Tower` contract): the
         unmasked positions where the tower masks padding, up to the EOT where a causal tower pools there, else
-        None (every position is read: a tower that pads to its context length)."""
+        every position (a tower that reads its padding, padded to its context length)."""
         mask = self.padding_mask(tokens)
         if mask is not None:
             return (~mask).sum(-1)
-        pool = self.pool_positions(tokens) if self.cfg.causal else None
-        return None if pool is None else pool + 1
+        if self.cfg.causal and self.cfg.pooling in ("eot", "argmax"):  # nothing after the EOT is read
+            return self.pool_positions(tokens) + 1
+        return torch.full((tokens.shape[0],), tokens.shape[1], dtype=torch.long, device=tokens.device)
 
     def padding_mask(self, tokens: Optional[Int[Tensor, "batch pos"]]) -> Optional[Tensor]:
         """[batch, pos] True at padding (``pad_token_id``) where the tower masks it (``cfg.mask_padding``);
