@@ -9,6 +9,7 @@ the ONE family table), ``models/`` (shipped models), ``model.py`` (``HookedCLIP`
 from hooked_clip.errors import (CheckpointMismatchError, HookReturnError, TokenizerUnavailableError,
                                 UnknownHookError, UnreadableFileError, UnsafeCheckpointError,
                                 UnsupportedImageTower, WeightsUnavailableError)
+from hooked_clip.fingerprint import Fingerprint, fingerprint
 from hooked_clip.model import HookedCLIP
 from hooked_clip.models.registry import load_model
 from hooked_clip.text.config import CLIPTextConfig
@@ -19,8 +20,8 @@ from hooked_clip.tokenizers.hf import HFTextTokenizer
 from hooked_clip.vision.config import CLIPVisionConfig
 from hooked_clip.vision.tower import HookedCLIPVision
 
-__all__ = ["CLIPTextConfig", "CLIPTokenizer", "CLIPVisionConfig", "CheckpointMismatchError", "HFTextTokenizer",
+__all__ = ["CLIPTextConfig", "CLIPTokenizer", "CLIPVisionConfig", "CheckpointMismatchError", "Fingerprint", "HFTextTokenizer",
            "HookReturnError", "HookedCLIP", "HookedCLIPText", "HookedCLIPVision", "TextTokenizer",
            "TokenizerUnavailableError", "UnknownHookError", "UnreadableFileError", "UnsafeCheckpointError",
-           "UnsupportedImageTower", "WeightsUnavailableError", "load_model"]
+           "UnsupportedImageTower", "WeightsUnavailableError", "fingerprint", "load_model"]
 __version__ = "0.1.0"

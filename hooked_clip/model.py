@@ -19,6 +19,7 @@ from transformer_lens.hook_points import HookPoint
 from hooked_clip import names
 from hooked_clip.config import resolve_dtype
 from hooked_clip.devices import resolve_device
+from hooked_clip.fingerprint import Fingerprint, compute_fingerprint, fingerprint
 from hooked_clip.loaders.checkpoint import Checkpoint, ReferenceVision, VisionCheckpoint
 from hooked_clip.loaders.convert import load_converted
 from hooked_clip.loaders.open_clip import read_open_clip
@@ -244,6 +245,11 @@ class HookedCLIP(nn.Module):
             return self.encode_text(text)
         return self.similarity(self.encode_text(text), self.encode_image(images))
 
+    @property
+    def fingerprint(self) -> Fingerprint:
+        """What this model is, whatever its file format or name: :func:`hooked_clip.fingerprint.fingerprint`."""
+        return fingerprint(self)
+
     # ----------------------------------------------------------------------------------------- loaders
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint, *, fold_ln: bool = False, center_writing_weights: bool = False,
@@ -255,9 +261,12 @@ class HookedCLIP(nn.Module):
         text = HookedCLIPText(checkpoint.text.cfg, tokenizer=checkpoint.text.tokenizer)
         load_converted(text, checkpoint.text.state_dict)
         vision = build_vision(checkpoint.vision, text.cfg.device, text.cfg.dtype)
+        model = cls(text, vision, checkpoint.logit_scale, checkpoint.logit_bias)
+        if fold_ln or center_writing_weights or fold_value_biases:  # the weights as loaded name the model
+            model._fingerprint = compute_fingerprint(model)
         process_weights(text, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
                         fold_value_biases=fold_value_biases)
-        return cls(text, vision, checkpoint.logit_scale, checkpoint.logit_bias)
+        return model
 
     @classmethod
     def from_hf(cls, hf_model: nn.Module, device: Optional[str] = None, dtype: torch.dtype = torch.float32,
