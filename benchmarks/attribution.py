@@ -6,7 +6,7 @@ a claim about trained CLIP; tests/integration/test_circuits.py checks r on the d
 
 Also integrated gradients (``ig_steps``, 8 steps): k forwards and backwards as one batch.
 
-Run: ``python benchmarks/attribution.py [--pairs 32] [--ig-steps 8]``
+Run: ``python benchmarks/attribution.py [--pairs 32] [--ig-steps 8] [--device cpu|cuda]``
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ def median_time(fn, repeats: int) -> float:
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -43,14 +45,15 @@ def main() -> None:
     parser.add_argument("--ig-steps", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = HookedCLIP(HookedCLIPText(CLIPTextConfig(seed=0, device="cpu")), logit_scale=math.log(100.0))
+    model = HookedCLIP(HookedCLIPText(CLIPTextConfig(seed=0, device=args.device)), logit_scale=math.log(100.0))
     pairs = aligned_pairs(load_items())[: args.pairs]
     neg, aff = [p.negated for p in pairs], [p.affirmative for p in pairs]
-    metric = similarity_metric(model, torch.randn(len(pairs), model.cfg.d_proj))
+    metric = similarity_metric(model, torch.randn(len(pairs), model.cfg.d_proj, device=args.device))
     kw = dict(index="layer_pos_head")
     aff_t = model.to_tokens(aff)
 
