@@ -49,7 +49,8 @@ def write_random_b32(path: Path) -> None:
 
 def timed_run(args: list[str]) -> float:
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "hooked_clip.analyses.cli", *args], check=True)
+    # run from a neutral folder: `-m` puts the working directory first on sys.path
+    subprocess.run([sys.executable, "-m", "hooked_clip.analyses.cli", *args], check=True, cwd=tempfile.gettempdir())
     return time.perf_counter() - start
 
 

@@ -109,7 +109,7 @@ def to_rows(values: torch.Tensor, layout: Union[PairLayout, int, None] = None, f
         raise TypeError("give the pair's layout (a PairLayout, or CLIP's EOT position) once: to_rows(values, layout).")
     layout = eot if layout is None else layout
     layout = PairLayout.clip(layout) if isinstance(layout, int) else layout
-    nan = torch.full(values.shape[:-1], float("nan"), dtype=values.dtype)
+    nan = torch.full(values.shape[:-1], float("nan"), dtype=values.dtype, device=values.device)
     cols = []
     for pos in layout.rows():
         if pos is None:

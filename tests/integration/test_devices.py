@@ -5,13 +5,14 @@ initialisation, which is the proof that it chose CUDA."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import hf_clip, open_clip_model
+from conftest import hf_clip, largest_difference, open_clip_model
 from hooked_clip import HookedCLIP, load_model
 from hooked_clip.devices import resolve_device
 from hooked_clip.vision.tower import HookedCLIPVision
@@ -132,3 +133,15 @@ def test_analyses_hold_no_hard_coded_device():
     hits = [f"{p.relative_to(root)}:{i}: {line.strip()}" for p in sorted(root.rglob("*.py"))
             for i, line in enumerate(p.read_text().splitlines(), 1) if literal.search(line)]
     assert hits == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: run where one is (CI has none); "
+                    "benchmarks/study_end_to_end.py --device cuda runs the whole study there")
+def test_the_study_runs_on_cuda(tmp_path):
+    """The study's records on the GPU equal those on the CPU (a row-layout tensor once stayed on the CPU)."""
+    from hooked_clip.analyses.cli import main
+
+    for device in ("cpu", "cuda"):
+        main(["valse-negation", "--limit", "8", "--device", device, "--no-progress", "--out", str(tmp_path / device)])
+    cpu, gpu = (json.loads((tmp_path / d / "per_item.json").read_text()) for d in ("cpu", "cuda"))
+    assert len(cpu) == 8 and largest_difference(cpu, gpu) <= 1e-3
