@@ -30,6 +30,7 @@ from hooked_clip.tower import FORWARD_OPTIONS
 from hooked_clip.tokenizers.base import Text
 from hooked_clip.vision.reference import ReferenceVisionTower
 from hooked_clip.vision.tower import HookedCLIPVision
+from hooked_clip.weights import TOWER_WEIGHTS
 from hooked_clip.weight_processing import process_weights
 
 
@@ -68,6 +69,19 @@ class HookedCLIP(nn.Module):
         self.logit_scale = None if logit_scale is None else nn.Parameter(torch.tensor(float(logit_scale), device=device))
         self.logit_bias = None if logit_bias is None else nn.Parameter(torch.tensor(float(logit_bias), device=device))
         self.eval()
+
+    def __getattr__(self, name: str):
+        """nn.Module's lookup; a TransformerLens weight accessor (``W_Q``, ``OV``, ``blocks``, ...) is an error
+        naming the tower to read it from: the two towers have different weights, and guessing one would hand
+        an image-side analysis the text tower's (an ``AttributeError``, so ``hasattr`` stays False)."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name not in TOWER_WEIGHTS:
+                raise
+        raise AttributeError(f"HookedCLIP has two towers with their own weights: use model.text.{name} or "
+                             f"model.vision.{name}" + (" (the image tower embeds patches: model.vision.embed.W_patch)." if name == "W_E"
+                                                        else ".")) from None
 
     # ----------------------------------------------------------------------------- text-tower delegates
     @property

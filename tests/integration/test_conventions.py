@@ -1,0 +1,82 @@
+"""A TransformerLens user's habits on HookedCLIP (issue #31): TL's weight accessors and FactoredMatrix circuits
+on each tower, checked against the reference checkpoint's own state dict and against TL's utilities."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformer_lens import FactoredMatrix
+from transformer_lens.utilities import composition_scores
+
+from conftest import hf_clip
+
+
+def _heads(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """A torch Linear's weight [d_out, d_in] as TL's per-head [n_heads, d_in, d_head]: head h reads rows
+    h*d_head..(h+1)*d_head of the output."""
+    d_out, d_in = weight.shape
+    return weight.reshape(n_heads, d_out // n_heads, d_in).transpose(1, 2)
+
+
+@pytest.mark.parametrize("side", ["text", "vision"])
+def test_weight_accessors_and_circuits_match_the_checkpoint(tiny_model, side):
+    """Stacked W_Q.../b_out, W_pos, QK and OV (TL's shapes) equal the same weights read from the transformers
+    state dict here: OV = v_proj then out_proj per head, QK = q_proj against k_proj per head."""
+    hf = getattr(hf_clip("tiny_eot"), f"{side}_model")
+    tower = getattr(tiny_model, side)
+    n, h, m, d = tower.cfg.n_layers, tower.cfg.n_heads, tower.cfg.d_model, tower.cfg.d_head
+    sd = {k: v.detach() for k, v in hf.state_dict().items()}
+    layer = "encoder.layers.{}.{}"
+    q = torch.stack([_heads(sd[layer.format(l, "self_attn.q_proj.weight")], h) for l in range(n)])
+    k = torch.stack([_heads(sd[layer.format(l, "self_attn.k_proj.weight")], h) for l in range(n)])
+    v = torch.stack([_heads(sd[layer.format(l, "self_attn.v_proj.weight")], h) for l in range(n)])
+    o = torch.stack([sd[layer.format(l, "self_attn.out_proj.weight")].T.reshape(h, d, m) for l in range(n)])
+    assert tower.W_Q.shape == (n, h, m, d) and tower.W_O.shape == (n, h, d, m) and tower.b_Q.shape == (n, h, d)
+    assert torch.equal(tower.W_Q, q) and torch.equal(tower.W_K, k) and torch.equal(tower.W_V, v)
+    assert torch.equal(tower.W_O, o)
+    assert torch.equal(tower.b_V, torch.stack([sd[layer.format(l, "self_attn.v_proj.bias")].reshape(h, d) for l in range(n)]))
+    assert torch.equal(tower.b_O, torch.stack([sd[layer.format(l, "self_attn.out_proj.bias")] for l in range(n)]))
+    assert torch.equal(tower.W_in, torch.stack([sd[layer.format(l, "mlp.fc1.weight")].T for l in range(n)]))
+    assert torch.equal(tower.b_out, torch.stack([sd[layer.format(l, "mlp.fc2.bias")] for l in range(n)]))
+    assert torch.equal(tower.W_pos, sd["embeddings.position_embedding.weight"])
+    if side == "text":
+        assert torch.equal(tower.W_E, sd["embeddings.token_embedding.weight"])
+
+    ov, qk = tower.OV, tower.QK
+    assert isinstance(ov, FactoredMatrix) and ov.shape == qk.shape == (n, h, m, m)
+    for l in range(n):
+        for head in range(h):
+            rows = slice(head * d, (head + 1) * d)
+            W_V, W_O = sd[layer.format(l, "self_attn.v_proj.weight")][rows].T, sd[layer.format(l, "self_attn.out_proj.weight")][:, rows].T
+            W_Qh, W_Kh = sd[layer.format(l, "self_attn.q_proj.weight")][rows].T, sd[layer.format(l, "self_attn.k_proj.weight")][rows].T
+            assert (ov.AB[l, head] - W_V @ W_O).abs().max() <= 1e-6
+            assert (qk.AB[l, head] - W_Qh @ W_Kh.T).abs().max() <= 1e-6
+            assert (tower.blocks[l].attn.OV.AB[head] - W_V @ W_O).abs().max() <= 1e-6
+    # TL's own utility takes our circuits unchanged: ||OV_0 QK_1|| / (||OV_0|| ||QK_1||), here by hand
+    scores = composition_scores(tower.OV[0], tower.QK[1]).detach()
+    a, b = ov.AB[0, 0].detach(), qk.AB[1, 1].detach()
+    assert abs(float(scores[0, 1]) - float((a @ b).norm() / a.norm() / b.norm())) <= 1e-5
+
+
+def test_tl_cache_helpers_read_the_accessors(tiny_model):
+    """TL's ActivationCache.stack_head_results (which reads blocks[l].attn.W_O) works unchanged on a tower:
+    each layer's heads plus b_O sum to that layer's attention output."""
+    text = tiny_model.text
+    tokens = text.to_tokens(["there is no dog.", "a cat"])
+    with torch.no_grad(), text.options(use_attn_result=False):
+        _, cache = text.run_with_cache(tokens)
+        stack, labels = cache.stack_head_results(layer=-1, return_labels=True)
+    assert labels[:2] == ["L0H0", "L0H1"]
+    per_layer = stack.reshape(text.cfg.n_layers, text.cfg.n_heads, *stack.shape[1:]).sum(1)
+    for l in range(text.cfg.n_layers):
+        assert (per_layer[l] + text.b_O[l] - cache["attn_out", l]).abs().max() <= 1e-5
+
+
+def test_hooked_clip_names_the_tower_for_weights(tiny_model):
+    """The two towers have different weights: HookedCLIP does not guess one, it names both spellings."""
+    for name in ("W_Q", "OV", "blocks", "W_pos"):
+        with pytest.raises(AttributeError, match=rf"model\.text\.{name} or model\.vision\.{name}"):
+            getattr(tiny_model, name)
+    assert not hasattr(tiny_model, "QK") and hasattr(tiny_model.text, "QK")
+    with pytest.raises(AttributeError, match="no attribute 'W_nonsense'"):
+        tiny_model.W_nonsense
