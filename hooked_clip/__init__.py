@@ -8,7 +8,7 @@ the ONE family table), ``models/`` (shipped models), ``model.py`` (``HookedCLIP`
 
 from hooked_clip.errors import (CheckpointMismatchError, HookReturnError, TokenizerUnavailableError,
                                 UnknownHookError, UnreadableFileError, UnsafeCheckpointError,
-                                UnsupportedImageTower, WeightsUnavailableError)
+                                UnsupportedImageTower, UnsupportedModelError, WeightsUnavailableError)
 from hooked_clip.model import HookedCLIP
 from hooked_clip.models.registry import load_model
 from hooked_clip.text.config import CLIPTextConfig
@@ -22,5 +22,5 @@ from hooked_clip.vision.tower import HookedCLIPVision
 __all__ = ["CLIPTextConfig", "CLIPTokenizer", "CLIPVisionConfig", "CheckpointMismatchError", "HFTextTokenizer",
            "HookReturnError", "HookedCLIP", "HookedCLIPText", "HookedCLIPVision", "TextTokenizer",
            "TokenizerUnavailableError", "UnknownHookError", "UnreadableFileError", "UnsafeCheckpointError",
-           "UnsupportedImageTower", "WeightsUnavailableError", "load_model"]
+           "UnsupportedImageTower", "UnsupportedModelError", "WeightsUnavailableError", "load_model"]
 __version__ = "0.1.0"

@@ -80,3 +80,37 @@ def test_hooked_clip_names_the_tower_for_weights(tiny_model):
     assert not hasattr(tiny_model, "QK") and hasattr(tiny_model.text, "QK")
     with pytest.raises(AttributeError, match="no attribute 'W_nonsense'"):
         tiny_model.W_nonsense
+
+
+def _blip_text():
+    import transformers
+
+    return transformers.BlipTextModel.__new__(transformers.BlipTextModel)
+
+
+def _relu_clip_text():
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(CLIPTextConfig(hidden_size=32, intermediate_size=64, num_attention_heads=2, num_hidden_layers=1,
+                                        hidden_act="relu"))
+
+
+@pytest.mark.parametrize("build, words", [
+    (lambda: torch.nn.Linear(2, 2), "Linear cannot be loaded: it is not a CLIP-family model"),
+    (_blip_text, "BlipTextModel cannot be loaded: its text tower"),
+    (_relu_clip_text, "hidden_act='relu' is not supported"),
+])
+def test_every_refusal_is_one_catchable_type(build, words):
+    """from_hf's refusals (a class the family table refuses or lacks, an activation not reimplemented) are
+    UnsupportedModelError, exported at the top; a refused class stays a TypeError, as it was. (The open_clip,
+    from_pretrained and HF-text-tower refusals are checked as UnsupportedModelError in test_loading / test_post_ln,
+    the image towers' UnsupportedImageTower in test_vision_parity.)"""
+    from hooked_clip import HookedCLIP, UnsupportedModelError
+    from hooked_clip.errors import CheckpointMismatchError, UnsupportedImageTower
+
+    with pytest.raises(UnsupportedModelError, match=words) as err:
+        HookedCLIP.from_hf(build(), device="cpu")
+    assert isinstance(err.value, CheckpointMismatchError)
+    if "cannot be loaded" in words:
+        assert isinstance(err.value, TypeError)
+    assert issubclass(UnsupportedImageTower, UnsupportedModelError)
