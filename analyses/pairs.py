@@ -5,7 +5,10 @@ Vocabulary (the same in activation patching, attribution patching and path patch
 ``corrupt`` are the two inputs, example b of one paired with example b of the other. ``direction``
 chooses which run is patched: ``"denoise"`` runs *corrupt* with activations from *clean* (TransformerLens's
 default), ``"noise"`` runs *clean* with activations from *corrupt*. The run being patched is the
-``base``; the run the activations come from is the ``source``.
+``base``; the run the activations come from is the ``source``. Every paired analysis (``activation_patch``,
+``hidden_state_patch``, ``attribution_patch``, ``path_patch``) takes ``(model, clean, corrupt, metric, ...)`` in
+that order and defaults to ``"denoise"``, so one pair passed the same way patches the same run from the same
+source in each.
 """
 
 from __future__ import annotations

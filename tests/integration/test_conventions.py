@@ -114,3 +114,34 @@ def test_every_refusal_is_one_catchable_type(build, words):
     if "cannot be loaded" in words:
         assert isinstance(err.value, TypeError)
     assert issubclass(UnsupportedImageTower, UnsupportedModelError)
+
+
+NEG = ["There are no cats in the picture.", "There is no dog.", "There are no people.", "You see no red bus here."]
+AFF = ["There are some cats in the picture.", "There is a dog.", "There are some people.", "You see a red bus here."]
+
+
+def test_one_pair_order_and_default_direction_for_every_patching():
+    """activation_patch, attribution_patch and path_patch take (clean, corrupt) in the same order with the same
+    default direction (denoise: run corrupt, values from clean): the same pair passed the same way patches the
+    same run. On a one-block tower a path from the MLP to the pooled residual is the MLP's whole effect, so
+    path patching equals activation patching of mlp_out; the unpatched metrics are the two runs' own."""
+    from hooked_clip import HookedCLIP
+    from hooked_clip.analyses.attribution import attribution_patch
+    from hooked_clip.analyses.metrics import cosine_to_target
+    from hooked_clip.analyses.path_patching import path_patch
+    from hooked_clip.analyses.patching import activation_patch
+
+    model = HookedCLIP.from_hf(hf_clip("one_layer"), device="cpu")
+    target = torch.randn(4, model.cfg.d_proj, generator=torch.Generator().manual_seed(5))
+    metric = cosine_to_target(target)
+    act = activation_patch(model, NEG, AFF, metric, "mlp_out", index="layer", progress=False)
+    atp = attribution_patch(model, NEG, AFF, metric, "mlp_out", "layer")
+    path = path_patch(model, NEG, AFF, metric, "pooled", "L0_mlp", progress=False)
+    assert act.direction == atp.direction == path.direction == "denoise"
+    with torch.no_grad():
+        own = {name: torch.nn.functional.cosine_similarity(model.encode_text(texts), target, dim=-1)
+               for name, texts in (("clean", NEG), ("corrupt", AFF))}
+    for res in (act, atp, path):
+        assert (res.clean - own["clean"]).abs().max() <= 1e-5 and (res.corrupt - own["corrupt"]).abs().max() <= 1e-5
+    assert (path.values[0] - act.values[0]).abs().max() <= 1e-5
+    assert (act.values[0] - act.corrupt).abs().max() > 1e-3  # the patch moved the corrupt run
