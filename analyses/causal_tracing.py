@@ -20,6 +20,7 @@ from hooked_clip.analyses.validation import check_count
 from hooked_clip.analyses.engine import BaseRun, Chunk, Hooks, Plan, execute
 from hooked_clip.analyses.metrics import Metric, check_metric, similarity_metric
 from hooked_clip.analyses.pairs import RunPair, Tokens
+from hooked_clip.analyses.results import CompactRepr
 from hooked_clip.analyses.patching import hidden_state_patch
 from hooked_clip.names import act_name, hidden_state_name, layer_of
 from hooked_clip.tower import get_tower
@@ -80,8 +81,8 @@ def _not_text(text, tokens: Tensor, n_pos: int) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------- ROME tracing
-@dataclass
-class RomeTraceResult:
+@dataclass(repr=False)
+class RomeTraceResult(CompactRepr):
     """``scores`` [batch, n_rows, pos]: the metric (mean over noise samples) with state (row, pos)
     restored into the corrupted runs. Rows are the paper's hidden states 0..n_layers for ``kind="resid"``
     and blocks 0..n_layers-1 (centre of the window) for ``"mlp"``/``"attn"``. ``clean`` [batch]: the

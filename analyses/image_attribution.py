@@ -36,14 +36,15 @@ from torch import Tensor
 
 from hooked_clip.analyses.attribution import Attribution
 from hooked_clip.analyses.engine import Hooks
+from hooked_clip.analyses.results import CompactRepr
 from hooked_clip.names import act_name
 from hooked_clip.similarity import logit_parameters
 from hooked_clip.tower import Tower, get_tower
 
 
 
-@dataclass
-class ImageDecomposition:
+@dataclass(repr=False)
+class ImageDecomposition(CompactRepr):
     """The unnormalised image embedding [batch, d_proj] split into components (embedding space).
 
     ``embed`` [batch, d_proj]; ``heads`` [batch, layer, head, pos, d_proj] (pos = the source position
@@ -90,8 +91,8 @@ class ImageDecomposition:
         return new
 
 
-@dataclass
-class ImageSimilarityAttribution:
+@dataclass(repr=False)
+class ImageSimilarityAttribution(CompactRepr):
     """S(text_b, image_b) split exactly: ``embed`` [batch], ``heads`` [batch, layer, head, pos],
     ``attn_bias`` and ``mlp`` [batch, layer], ``bias`` [batch] (incl. ``logit_bias``); ``total`` [batch] is the
     similarity these sum to."""

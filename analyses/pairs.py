@@ -20,6 +20,8 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from hooked_clip.analyses.results import CompactRepr
+from hooked_clip.errors import TokenizerUnavailableError
 from hooked_clip.tower import Tower
 
 Tokens = Union[str, Sequence[str], Int[Tensor, "batch pos"]]
@@ -27,8 +29,8 @@ Direction = Literal["denoise", "noise"]
 DIRECTIONS = ("denoise", "noise")
 
 
-@dataclass(frozen=True)
-class RunPair:
+@dataclass(frozen=True, repr=False)
+class RunPair(CompactRepr):
     """Inputs of both runs — token ids [batch, pos] cut after the last pooling position they need, or pixels
     [batch, channel, H, W] — as ``base`` / ``source``, their pooling positions (None for an image tower
     whose pooling reads every position), and the ``direction`` that assigned them."""
@@ -71,6 +73,22 @@ class RunPair:
         if direction == "denoise":
             return cls(corrupt_t, clean_t, corrupt_pool, clean_pool, direction)
         return cls(clean_t, corrupt_t, clean_pool, corrupt_pool, direction)
+
+    def str_tokens(self, tower: Tower, *, patched_only: bool = False) -> Optional[dict[str, list[list[str]]]]:
+        """Each run's token strings [example][pos] by its name (``"clean"``, ``"corrupt"``) where the runs are
+        texts; None for images or a tokenizer that cannot be built here (the model then runs on ids).
+        ``patched_only``: the patched run's alone (under an alignment the other run's positions do not
+        correspond)."""
+        if self.base.ndim != 2 or not hasattr(tower, "to_str_tokens"):
+            return None
+        clean, corrupt = self.clean_and_corrupt(self.base, self.source)
+        runs = {"clean": clean, "corrupt": corrupt}
+        if patched_only:
+            runs = {name: ids for name, ids in runs.items() if ids is self.base}
+        try:
+            return {name: [tower.to_str_tokens(row) for row in ids.cpu()] for name, ids in runs.items()}
+        except TokenizerUnavailableError:
+            return None
 
     def clean_and_corrupt(self, base_value, source_value):
         """(clean's, corrupt's) of a pair of per-run values given as (base's, source's)."""

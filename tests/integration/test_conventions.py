@@ -145,3 +145,64 @@ def test_one_pair_order_and_default_direction_for_every_patching():
         assert (res.clean - own["clean"]).abs().max() <= 1e-5 and (res.corrupt - own["corrupt"]).abs().max() <= 1e-5
     assert (path.values[0] - act.values[0]).abs().max() <= 1e-5
     assert (act.values[0] - act.corrupt).abs().max() > 1e-3  # the patch moved the corrupt run
+
+
+def test_data_frames_name_each_positions_token(tiny_model):
+    """Results with a position axis over texts carry each run's token strings: to_dataframe's clean_token /
+    corrupt_token are the tokens the model's own to_str_tokens gives at that position; image positions get no
+    token columns."""
+    from conftest import pixels
+    from hooked_clip.analyses.attribution import attribution_patch
+    from hooked_clip.analyses.metrics import cosine_to_target
+    from hooked_clip.analyses.patching import activation_patch, hidden_state_patch
+
+    metric = cosine_to_target(torch.randn(4, tiny_model.cfg.d_proj, generator=torch.Generator().manual_seed(1)))
+    results = [activation_patch(tiny_model, NEG, AFF, metric, layers=[0], progress=False),
+               hidden_state_patch(tiny_model, NEG, AFF, metric, states=[1], direction="noise", progress=False),
+               attribution_patch(tiny_model, NEG, AFF, metric, "resid_pre", "layer_pos")]
+    checked = 0
+    for res in results:
+        frame = res.to_dataframe()
+        for run, texts in (("clean", NEG), ("corrupt", AFF)):
+            own = [tiny_model.to_str_tokens(t) for t in texts]
+            for pos, ex, token in zip(frame["pos"], frame["example"], frame[f"{run}_token"]):
+                if pos < len(own[ex]):
+                    assert token == own[ex][pos], (res.act_name, run, pos, ex)
+                    checked += 1
+    assert checked > 100 and "no" in set(results[0].to_dataframe()["clean_token"])
+    size = tiny_model.vision.cfg.image_size
+    image = activation_patch(tiny_model, pixels(size, 2, seed=1), pixels(size, 2, seed=2),
+                             cosine_to_target(torch.randn(2, tiny_model.vision.cfg.d_proj)), layers=[0], tower="vision",
+                             progress=False)
+    assert "clean_token" not in image.to_dataframe() and image.tokens is None
+
+
+def test_every_result_object_prints_compactly():
+    """Every result dataclass of the analyses prints its fields' shapes and lengths, not their numbers (the
+    engine's internal plan objects aside): filled with large tensors and lists, each repr stays one short line."""
+    import dataclasses
+    import importlib
+    import pkgutil
+
+    import hooked_clip.analyses as analyses
+
+    fills = {"Tensor": torch.zeros(64, 64), "list": [f"L{i}H0" for i in range(500)], "str": "resid", "float": 0.5,
+             "int": 3, "dict": {"layer": list(range(500)), "pos": list(range(500))}, "tuple": ("layer", "pos")}
+    seen = []
+    for info in pkgutil.iter_modules(analyses.__path__):
+        if info.name in ("engine", "cli") or info.ispkg:
+            continue
+        module = importlib.import_module(f"hooked_clip.analyses.{info.name}")
+        for name, cls in vars(module).items():
+            if not (dataclasses.is_dataclass(cls) and isinstance(cls, type) and cls.__module__ == module.__name__):
+                continue
+            kwargs = {}
+            for f in dataclasses.fields(cls):
+                kind = next((k for k in fills if str(f.type).removeprefix("Optional[").startswith(k)), None)
+                assert kind is not None, (name, f.name, f.type)
+                kwargs[f.name] = fills[kind]
+            text = repr(cls(**kwargs))
+            assert text.startswith(f"{name}(") and len(text) < 400 and "tensor(" not in text and "L499H0" not in text, text
+            seen.append(name)
+    assert {"PatchingResult", "Attribution", "RomeTraceResult", "NegatorHeadScores", "ImageDecomposition",
+            "ImageSimilarityAttribution", "RunPair"} <= set(seen)
