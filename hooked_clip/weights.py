@@ -26,18 +26,9 @@ TOWER_WEIGHTS = ("blocks", "W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O
                  "b_out", "W_E", "W_pos", "QK", "OV", "ln_final", "accumulated_bias")
 
 
-def qk_circuit(W_Q: Tensor, W_K: Tensor) -> FactoredMatrix:
-    """``W_Q @ W_K^T`` per head, factored (TransformerLens's ``QK``)."""
-    return FactoredMatrix(W_Q, W_K.transpose(-2, -1))
-
-
-def ov_circuit(W_V: Tensor, W_O: Tensor) -> FactoredMatrix:
-    """``W_V @ W_O`` per head, factored (TransformerLens's ``OV``)."""
-    return FactoredMatrix(W_V, W_O)
-
-
 class HeadCircuits:
-    """``QK`` and ``OV`` of one attention layer [n_heads, d_model, d_model] (mixed into ``Attention``)."""
+    """TransformerLens's ``QK`` and ``OV`` from ``W_Q``/``W_K``/``W_V``/``W_O``: one layer's [n_heads, d_model,
+    d_model] on ``Attention``, every layer's [n_layers, n_heads, d_model, d_model] on a tower."""
 
     W_Q: Tensor
     W_K: Tensor
@@ -46,16 +37,18 @@ class HeadCircuits:
 
     @property
     def QK(self) -> FactoredMatrix:
-        return qk_circuit(self.W_Q, self.W_K)
+        """``W_Q @ W_K^T`` of every head, factored (never materialised)."""
+        return FactoredMatrix(self.W_Q, self.W_K.transpose(-2, -1))
 
     @property
     def OV(self) -> FactoredMatrix:
-        return ov_circuit(self.W_V, self.W_O)
+        """``W_V @ W_O`` of every head, factored (never materialised)."""
+        return FactoredMatrix(self.W_V, self.W_O)
 
 
-class WeightAccessors:
+class WeightAccessors(HeadCircuits):
     """TransformerLens's stacked weight accessors, for a module with ``blocks`` (each with ``attn`` and ``mlp``)
-    and ``pos_embed``."""
+    and ``pos_embed``; ``QK``/``OV`` over them from :class:`HeadCircuits`."""
 
     def _stack(self, sub: str, name: str) -> Tensor:
         return torch.stack([getattr(getattr(b, sub), name) for b in self.blocks], dim=0)
@@ -111,16 +104,6 @@ class WeightAccessors:
     @property
     def W_pos(self) -> Float[Tensor, "n_ctx d_model"]:
         return self.pos_embed.W_pos
-
-    @property
-    def QK(self) -> FactoredMatrix:
-        """``W_Q @ W_K^T`` of every head [n_layers, n_heads, d_model, d_model], factored."""
-        return qk_circuit(self.W_Q, self.W_K)
-
-    @property
-    def OV(self) -> FactoredMatrix:
-        """``W_V @ W_O`` of every head [n_layers, n_heads, d_model, d_model], factored."""
-        return ov_circuit(self.W_V, self.W_O)
 
     def accumulated_bias(self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True) -> Tensor:
         """Sum of the attention (and MLP) output biases written before block ``layer`` (TL semantics)."""
