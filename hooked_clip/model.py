@@ -26,7 +26,7 @@ from hooked_clip.loaders.transformers import load_hf_pretrained, read_hf
 from hooked_clip.similarity import logit_parameters, paired_similarity, similarity
 from hooked_clip.text.config import CLIPTextConfig
 from hooked_clip.text.tower import HookedCLIPText
-from hooked_clip.tower import FORWARD_OPTIONS
+from hooked_clip.tower import FORWARD_OPTIONS, pop_forward_options
 from hooked_clip.tokenizers.base import Text
 from hooked_clip.vision.reference import ReferenceVisionTower
 from hooked_clip.vision.tower import HookedCLIPVision
@@ -285,14 +285,17 @@ class HookedCLIP(nn.Module):
         ``tokenizer``: the checkpoint's tokenizer: a :class:`~hooked_clip.tokenizers.TextTokenizer`, or a
         directory holding the transformers tokenizer files (see :func:`hooked_clip.tokenizers.resolve_tokenizer`);
         default CLIP's BPE for a CLIP-vocabulary model, else a placeholder that asks for it.
-        ``cfg_overrides`` set ``CLIPTextConfig`` fields such as ``trim_after_pool`` or ``use_attn_result``.
+        ``cfg_overrides`` set ``CLIPTextConfig`` fields such as ``trim_after_pool``; the forward options
+        (``use_attn_result``, ``use_split_qkv_input``, ``use_fused_attn``) are set on both towers, as
+        :meth:`set_options` sets them (every loader).
         ``device=None`` (every loader): CUDA when available, else the CPU, as TransformerLens
         (:func:`hooked_clip.devices.resolve_device`); ``model.to(...)`` later keeps each tower's
         ``cfg.device`` in step. Weight processing: :meth:`from_checkpoint`."""
+        options = pop_forward_options(cfg_overrides)
         checkpoint = read_hf(hf_model, image_processor, tokenizer, device=resolve_device(device),
                              dtype=resolve_dtype(dtype), **cfg_overrides)
         return cls.from_checkpoint(checkpoint, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
-                                   fold_value_biases=fold_value_biases)
+                                   fold_value_biases=fold_value_biases).set_options(**options)
 
     @classmethod
     def from_pretrained(cls, name_or_path: Union[str, Path], device: Optional[str] = None,
@@ -325,10 +328,11 @@ class HookedCLIP(nn.Module):
         ``tokenizer=DIR`` or from the local HF cache; where it would need a download the model still runs
         on ids and ``to_tokens`` raises an error naming the files to supply (see
         :func:`hooked_clip.tokenizers.tokenizer_for_open_clip`)."""
+        options = pop_forward_options(cfg_overrides)
         checkpoint = read_open_clip(model, pretrained, cache_dir, tokenizer, device=resolve_device(device),
                                     dtype=resolve_dtype(dtype), **cfg_overrides)
         return cls.from_checkpoint(checkpoint, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
-                                   fold_value_biases=fold_value_biases)
+                                   fold_value_biases=fold_value_biases).set_options(**options)
 
 
 # ---------------------------------------------------------------------------------------------- helpers

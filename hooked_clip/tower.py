@@ -79,6 +79,12 @@ TOWER_NAMES = ("text", "vision")
 FORWARD_OPTIONS = ("use_attn_result", "use_split_qkv_input", "use_fused_attn")
 
 
+def pop_forward_options(kwargs: dict) -> dict:
+    """The forward options among a loader's keywords, taken out of them: a loader sets them on both towers
+    (``HookedCLIP.set_options``), not on the text config alone."""
+    return {k: kwargs.pop(k) for k in FORWARD_OPTIONS if k in kwargs}
+
+
 def get_tower(model: Any, name: Optional[str] = None) -> "HookedTower":
     """The hooked tower an analysis runs on: ``model`` itself when it is one (``name``, if given, must be its
     own), else ``model.text`` / ``model.vision`` (default ``"text"``). A model without that tower, or whose

@@ -8,7 +8,7 @@ import torch
 from transformer_lens import FactoredMatrix
 from transformer_lens.utilities import composition_scores
 
-from conftest import hf_clip
+from conftest import hf_clip, open_clip_model
 
 
 def _heads(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -206,3 +206,20 @@ def test_every_result_object_prints_compactly():
             seen.append(name)
     assert {"PatchingResult", "Attribution", "RomeTraceResult", "NegatorHeadScores", "ImageDecomposition",
             "ImageSimilarityAttribution", "RunPair"} <= set(seen)
+
+
+@pytest.mark.parametrize("source", ["transformers", "open_clip"])
+def test_every_loader_sets_the_forward_options_on_both_towers(source):
+    """As load_model for the shipped models: from_hf / from_open_clip (and from_pretrained, through from_hf) take
+    TL's forward options and set them on the image tower too, so its hook_result fires."""
+    from hooked_clip import HookedCLIP
+
+    kw = dict(device="cpu", use_attn_result=True, use_split_qkv_input=True)
+    model = (HookedCLIP.from_hf(hf_clip("tiny_eot"), **kw) if source == "transformers"
+             else HookedCLIP.from_open_clip(open_clip_model("tiny_eot"), **kw))
+    for tower in (model.text, model.vision):
+        assert tower.cfg.use_attn_result and tower.cfg.use_split_qkv_input, tower.name
+    size = model.vision.cfg.image_size
+    with torch.no_grad():
+        _, cache = model.vision.run_with_cache(torch.zeros(1, 3, size, size), names_filter=["blocks.0.attn.hook_result"])
+    assert cache["blocks.0.attn.hook_result"].shape[2] == model.vision.cfg.n_heads
