@@ -79,9 +79,21 @@ TOWER_NAMES = ("text", "vision")
 FORWARD_OPTIONS = ("use_attn_result", "use_split_qkv_input", "use_fused_attn")
 
 
+# TransformerLens options whose hooks hold what an existing hook already holds here: asking for one says which
+NOT_NEEDED_OPTIONS = {
+    "use_hook_mlp_in": "the MLP's input is blocks.{l}.hook_resid_mid (ln2 reads it in a pre-LN block)",
+    "use_attn_in": "every head reads blocks.{l}.hook_resid_pre; per-head inputs are hook_q/k/v_input "
+                   "(use_split_qkv_input=True)",
+}
+
+
 def pop_forward_options(kwargs: dict) -> dict:
     """The forward options among a loader's keywords, taken out of them: a loader sets them on both towers
-    (``HookedCLIP.set_options``), not on the text config alone."""
+    (``HookedCLIP.set_options``), not on the text config alone. A TransformerLens option hooked_clip has no
+    need for (:data:`NOT_NEEDED_OPTIONS`) is an error naming the hook to use instead."""
+    for name, instead in NOT_NEEDED_OPTIONS.items():
+        if name in kwargs:
+            raise ValueError(f"{name} is a TransformerLens option hooked_clip does not have: {instead}.")
     return {k: kwargs.pop(k) for k in FORWARD_OPTIONS if k in kwargs}
 
 

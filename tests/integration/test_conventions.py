@@ -223,3 +223,5 @@ def test_every_loader_sets_the_forward_options_on_both_towers(source):
     with torch.no_grad():
         _, cache = model.vision.run_with_cache(torch.zeros(1, 3, size, size), names_filter=["blocks.0.attn.hook_result"])
     assert cache["blocks.0.attn.hook_result"].shape[2] == model.vision.cfg.n_heads
+    with pytest.raises(ValueError, match="use_hook_mlp_in is a TransformerLens option .*hook_resid_mid"):
+        HookedCLIP.from_hf(hf_clip("tiny_eot"), device="cpu", use_hook_mlp_in=True)
