@@ -79,9 +79,9 @@ class HookedCLIP(nn.Module):
         except AttributeError:
             if name not in TOWER_WEIGHTS:
                 raise
+        patches = " (the image tower embeds patches: model.vision.embed.W_patch)" if name == "W_E" else ""
         raise AttributeError(f"HookedCLIP has two towers with their own weights: use model.text.{name} or "
-                             f"model.vision.{name}" + (" (the image tower embeds patches: model.vision.embed.W_patch)." if name == "W_E"
-                                                        else ".")) from None
+                             f"model.vision.{name}{patches}.") from None
 
     # ----------------------------------------------------------------------------- text-tower delegates
     @property
