@@ -79,20 +79,27 @@ class RunPair(CompactRepr):
         texts; None for images or a tokenizer that cannot be built here (the model then runs on ids).
         ``patched_only``: the patched run's alone (under an alignment the other run's positions do not
         correspond)."""
-        if self.base.ndim != 2 or not hasattr(tower, "to_str_tokens"):
-            return None
         clean, corrupt = self.clean_and_corrupt(self.base, self.source)
         runs = {"clean": clean, "corrupt": corrupt}
         if patched_only:
             runs = {name: ids for name, ids in runs.items() if ids is self.base}
-        try:
-            return {name: [tower.to_str_tokens(row) for row in ids.cpu()] for name, ids in runs.items()}
-        except TokenizerUnavailableError:
-            return None
+        strings = {name: str_tokens(tower, ids) for name, ids in runs.items()}
+        return None if any(s is None for s in strings.values()) else strings
 
     def clean_and_corrupt(self, base_value, source_value):
         """(clean's, corrupt's) of a pair of per-run values given as (base's, source's)."""
         return (source_value, base_value) if self.direction == "denoise" else (base_value, source_value)
+
+
+def str_tokens(tower: Tower, ids: Tensor) -> Optional[list[list[str]]]:
+    """Token strings [example][pos] of a batch of ids through the tower's own tokenizer; None for pixels, or
+    a tokenizer that cannot be built here (the model then runs on ids)."""
+    if ids.ndim != 2 or not hasattr(tower, "to_str_tokens"):
+        return None
+    try:
+        return [tower.to_str_tokens(row) for row in ids.cpu()]
+    except TokenizerUnavailableError:
+        return None
 
 
 def _common_width(tower: Tower, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
@@ -109,4 +116,4 @@ def _common_width(tower: Tower, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     return pad(a), pad(b)
 
 
-__all__ = ["DIRECTIONS", "Direction", "RunPair", "Tokens"]
+__all__ = ["DIRECTIONS", "Direction", "RunPair", "Tokens", "str_tokens"]

@@ -170,6 +170,14 @@ def test_data_frames_name_each_positions_token(tiny_model):
                     assert token == own[ex][pos], (res.act_name, run, pos, ex)
                     checked += 1
     assert checked > 100 and "no" in set(results[0].to_dataframe()["clean_token"])
+    from hooked_clip.analyses.causal_tracing import rome_trace
+
+    rome = rome_trace(tiny_model, NEG[:2], cosine_to_target(torch.randn(2, tiny_model.cfg.d_proj)), [3], n_samples=2,
+                      progress=False).to_dataframe()
+    own = [tiny_model.to_str_tokens(t) for t in NEG[:2]]
+    assert len(rome) == 2 * (tiny_model.cfg.n_layers + 1) * rome["pos"].nunique() and "state" in rome
+    assert all(token == own[ex][pos] for ex, pos, token in zip(rome["example"], rome["pos"], rome["token"])
+               if pos < len(own[ex]))
     size = tiny_model.vision.cfg.image_size
     image = activation_patch(tiny_model, pixels(size, 2, seed=1), pixels(size, 2, seed=2),
                              cosine_to_target(torch.randn(2, tiny_model.vision.cfg.d_proj)), layers=[0], tower="vision",
