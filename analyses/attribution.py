@@ -28,6 +28,7 @@ from torch import Tensor
 
 from hooked_clip.analyses.metrics import Metric, check_metric
 from hooked_clip.analyses.pairs import Direction, RunPair, Tokens
+from hooked_clip.analyses.results import CompactRepr
 from hooked_clip.analyses.validation import check_act_index, check_count
 from hooked_clip.analyses.patching import INDEX_AXES, PATCHABLE, Index, PatchingResult, canonical_layout
 from hooked_clip.names import HEAD_ACTS, act_name as hook_name
@@ -36,8 +37,8 @@ from hooked_clip.similarity import logit_parameters
 from hooked_clip.text.readout import apply_ln_to_stack, decompose_resid, embedding_bias, ln_final_scale, to_embedding_space
 
 
-@dataclass
-class Attribution:
+@dataclass(repr=False)
+class Attribution(CompactRepr):
     """``values`` [component, batch] (similarity logits), ``labels`` one per component, ``total`` [batch]
     the quantity split (``values.sum(0) == total``)."""
 
@@ -231,7 +232,8 @@ def attribution_patch(
     clean_m, corrupt_m = (m.detach().float().cpu() for m in pair.clean_and_corrupt(base_metric, src_metric))
     values = (base_metric + effect).detach().float().cpu()  # on the CPU, as activation_patch's
     return PatchingResult(values, axes, {a: labels[a] for a in axes}, act_name, direction,
-                          clean_m, corrupt_m, extra={"method": "attribution", "atp_star": star, "ig_steps": ig_steps})
+                          clean_m, corrupt_m, extra={"method": "attribution", "atp_star": star, "ig_steps": ig_steps},
+                          tokens=pair.str_tokens(text) if "pos" in axes else None)
 
 
 def _atp_star_qk(text, layer: int, act_name: str, acts: dict, src: Tensor,

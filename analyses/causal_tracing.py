@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 from hooked_clip.analyses.validation import check_count
 from hooked_clip.analyses.engine import BaseRun, Chunk, Hooks, Plan, execute
 from hooked_clip.analyses.metrics import Metric, check_metric, similarity_metric
-from hooked_clip.analyses.pairs import RunPair, Tokens
+from hooked_clip.analyses.pairs import RunPair, Tokens, str_tokens
+from hooked_clip.analyses.results import CompactRepr
 from hooked_clip.analyses.patching import hidden_state_patch
 from hooked_clip.names import act_name, hidden_state_name, layer_of
 from hooked_clip.tower import get_tower
@@ -80,19 +81,34 @@ def _not_text(text, tokens: Tensor, n_pos: int) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------- ROME tracing
-@dataclass
-class RomeTraceResult:
+@dataclass(repr=False)
+class RomeTraceResult(CompactRepr):
     """``scores`` [batch, n_rows, pos]: the metric (mean over noise samples) with state (row, pos)
     restored into the corrupted runs. Rows are the paper's hidden states 0..n_layers for ``kind="resid"``
     and blocks 0..n_layers-1 (centre of the window) for ``"mlp"``/``"attn"``. ``clean`` [batch]: the
     uncorrupted metric; ``corrupted`` [batch]: mean over samples with nothing restored.
-    ``indirect_effect`` = scores - corrupted."""
+    ``indirect_effect`` = scores - corrupted. ``tokens``: each example's token strings [example][pos] (None
+    where the tokenizer cannot be built here)."""
 
     scores: Tensor
     clean: Tensor
     corrupted: Tensor
     kind: str
     noise_std: float
+    tokens: Optional[list[list[str]]] = None
+
+    def to_dataframe(self):
+        """One row per (example, row, position): ``example``, ``state`` (``kind="resid"``) or ``layer``, ``pos``,
+        ``token`` (the example's token there), ``score`` and ``indirect_effect``."""
+        import pandas as pd
+
+        ex, row, pos = (g.flatten() for g in torch.meshgrid(*[torch.arange(n) for n in self.scores.shape], indexing="ij"))
+        data = {"example": ex.numpy(), "state" if self.kind == "resid" else "layer": row.numpy(), "pos": pos.numpy()}
+        if self.tokens is not None:
+            data["token"] = [self.tokens[e][p] for e, p in zip(ex.tolist(), pos.tolist())]
+        data["score"] = self.scores.flatten().numpy()
+        data["indirect_effect"] = self.indirect_effect.flatten().numpy()
+        return pd.DataFrame(data)
 
     @property
     def indirect_effect(self) -> Tensor:
@@ -196,7 +212,8 @@ def rome_trace(
         execute(text, noisy, plan, hooks, outputs, batch_size=batch_size, progress=False)
         metric_out = check_metric(metric, outputs.view(n_pos, n_samples, n_ex, -1))  # [pos, sample, ex]
         scores[:, row, :] = metric_out.mean(1).T.float().cpu()
-    return RomeTraceResult(scores, clean_m.float().cpu(), corrupt_m.float().cpu(), kind, float(sigma))
+    return RomeTraceResult(scores, clean_m.float().cpu(), corrupt_m.float().cpu(), kind, float(sigma),
+                           tokens=str_tokens(text, toks))
 
 
 def _noise_mask(noise_positions, n_ex: int, n_pos: int, pool: Tensor) -> Tensor:

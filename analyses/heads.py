@@ -21,12 +21,13 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from hooked_clip.analyses.pairs import RunPair, Tokens
+from hooked_clip.analyses.results import CompactRepr
 from hooked_clip.names import act_name
 from hooked_clip.tower import get_tower
 
 
-@dataclass
-class NegatorHeadScores:
+@dataclass(repr=False)
+class NegatorHeadScores(CompactRepr):
     """``delta`` [pairs, layer, head]: Δ per pair (0-indexed layers and heads); ``rows`` [pairs, layer, head,
     query]: A_neg(q, p) − A_aff(q, p) for q > p, NaN elsewhere (before/at the negator, after the EOT);
     ``negator_pos`` [pairs]; ``self_row`` [pairs, layer, head]: A_neg(p, p) − A_aff(p, p), the negator's own

@@ -36,14 +36,15 @@ from torch import Tensor
 
 from hooked_clip.analyses.attribution import Attribution
 from hooked_clip.analyses.engine import Hooks
-from hooked_clip.names import act_name
+from hooked_clip.analyses.results import CompactRepr
+from hooked_clip.names import act_name, attn_bias_label, head_label, mlp_label
 from hooked_clip.similarity import logit_parameters
 from hooked_clip.tower import Tower, get_tower
 
 
 
-@dataclass
-class ImageDecomposition:
+@dataclass(repr=False)
+class ImageDecomposition(CompactRepr):
     """The unnormalised image embedding [batch, d_proj] split into components (embedding space).
 
     ``embed`` [batch, d_proj]; ``heads`` [batch, layer, head, pos, d_proj] (pos = the source position
@@ -90,8 +91,8 @@ class ImageDecomposition:
         return new
 
 
-@dataclass
-class ImageSimilarityAttribution:
+@dataclass(repr=False)
+class ImageSimilarityAttribution(CompactRepr):
     """S(text_b, image_b) split exactly: ``embed`` [batch], ``heads`` [batch, layer, head, pos],
     ``attn_bias`` and ``mlp`` [batch, layer], ``bias`` [batch] (incl. ``logit_bias``); ``total`` [batch] is the
     similarity these sum to."""
@@ -117,9 +118,9 @@ class ImageSimilarityAttribution:
         rows, labels = [self.embed[None]], ["embed"]
         for l in range(n_layers):
             rows.append(self.heads[:, l].reshape(self.heads.shape[0], -1).T)
-            labels += [f"L{l}H{h}P{p}" for h in range(n_heads) for p in range(n_pos)]
+            labels += [f"{head_label(l, h)}P{p}" for h in range(n_heads) for p in range(n_pos)]
             rows += [self.attn_bias[None, :, l], self.mlp[None, :, l]]
-            labels += [f"L{l}_attn_bias", f"L{l}_mlp"]
+            labels += [attn_bias_label(l), mlp_label(l)]
         rows.append(self.bias[None])
         return Attribution(torch.cat(rows), labels + ["bias"], self.total)
 

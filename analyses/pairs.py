@@ -5,7 +5,10 @@ Vocabulary (the same in activation patching, attribution patching and path patch
 ``corrupt`` are the two inputs, example b of one paired with example b of the other. ``direction``
 chooses which run is patched: ``"denoise"`` runs *corrupt* with activations from *clean* (TransformerLens's
 default), ``"noise"`` runs *clean* with activations from *corrupt*. The run being patched is the
-``base``; the run the activations come from is the ``source``.
+``base``; the run the activations come from is the ``source``. Every paired analysis (``activation_patch``,
+``hidden_state_patch``, ``attribution_patch``, ``path_patch``) takes ``(model, clean, corrupt, metric, ...)`` in
+that order and defaults to ``"denoise"``, so one pair passed the same way patches the same run from the same
+source in each.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from hooked_clip.analyses.results import CompactRepr
+from hooked_clip.errors import TokenizerUnavailableError
 from hooked_clip.tower import Tower
 
 Tokens = Union[str, Sequence[str], Int[Tensor, "batch pos"]]
@@ -24,8 +29,8 @@ Direction = Literal["denoise", "noise"]
 DIRECTIONS = ("denoise", "noise")
 
 
-@dataclass(frozen=True)
-class RunPair:
+@dataclass(frozen=True, repr=False)
+class RunPair(CompactRepr):
     """Inputs of both runs — token ids [batch, pos] cut after the last pooling position they need, or pixels
     [batch, channel, H, W] — as ``base`` / ``source``, their pooling positions (None for an image tower
     whose pooling reads every position), and the ``direction`` that assigned them."""
@@ -69,9 +74,32 @@ class RunPair:
             return cls(corrupt_t, clean_t, corrupt_pool, clean_pool, direction)
         return cls(clean_t, corrupt_t, clean_pool, corrupt_pool, direction)
 
+    def str_tokens(self, tower: Tower, *, patched_only: bool = False) -> Optional[dict[str, list[list[str]]]]:
+        """Each run's token strings [example][pos] by its name (``"clean"``, ``"corrupt"``) where the runs are
+        texts; None for images or a tokenizer that cannot be built here (the model then runs on ids).
+        ``patched_only``: the patched run's alone (under an alignment the other run's positions do not
+        correspond)."""
+        clean, corrupt = self.clean_and_corrupt(self.base, self.source)
+        runs = {"clean": clean, "corrupt": corrupt}
+        if patched_only:
+            runs = {name: ids for name, ids in runs.items() if ids is self.base}
+        strings = {name: str_tokens(tower, ids) for name, ids in runs.items()}
+        return None if any(s is None for s in strings.values()) else strings
+
     def clean_and_corrupt(self, base_value, source_value):
         """(clean's, corrupt's) of a pair of per-run values given as (base's, source's)."""
         return (source_value, base_value) if self.direction == "denoise" else (base_value, source_value)
+
+
+def str_tokens(tower: Tower, ids: Tensor) -> Optional[list[list[str]]]:
+    """Token strings [example][pos] of a batch of ids through the tower's own tokenizer; None for pixels, or
+    a tokenizer that cannot be built here (the model then runs on ids)."""
+    if ids.ndim != 2 or not hasattr(tower, "to_str_tokens"):
+        return None
+    try:
+        return [tower.to_str_tokens(row) for row in ids.cpu()]
+    except TokenizerUnavailableError:
+        return None
 
 
 def _common_width(tower: Tower, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
@@ -88,4 +116,4 @@ def _common_width(tower: Tower, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     return pad(a), pad(b)
 
 
-__all__ = ["DIRECTIONS", "Direction", "RunPair", "Tokens"]
+__all__ = ["DIRECTIONS", "Direction", "RunPair", "Tokens", "str_tokens"]

@@ -53,7 +53,9 @@ class PatchingResult:
     ``values``: [*axes, batch] (e.g. [layer, pos, batch]); ``axes`` names the leading axes and
     ``labels`` their index values (layer numbers are 0-indexed blocks). ``clean``/``corrupt``: [batch]
     metric of the unpatched runs. NaN marks patches that do not exist (a position without a counterpart
-    under ``alignment``).
+    under ``alignment``). ``tokens``: where the inputs are texts, each run's token strings [example][pos] by
+    run (``"clean"``, ``"corrupt"``; only the patched run's under ``alignment``), which ``to_dataframe`` adds
+    as ``clean_token`` / ``corrupt_token`` columns beside ``pos``.
     """
 
     values: Tensor
@@ -64,6 +66,7 @@ class PatchingResult:
     clean: Tensor
     corrupt: Tensor
     extra: dict = field(default_factory=dict)
+    tokens: Optional[dict[str, list[list[str]]]] = None
 
     def __repr__(self) -> str:  # shapes and labels, not every number (TL users print results)
         axes = ", ".join(f"{a}={len(self.labels[a])}" for a in self.axes)
@@ -78,13 +81,17 @@ class PatchingResult:
         return normalized_patching_metric(self.values, self.corrupt, self.clean)
 
     def to_dataframe(self):
-        """One row per (index, example): the axes, ``example``, ``metric`` and ``normalized``."""
+        """One row per (index, example): the axes, ``example``, ``metric`` and ``normalized``; with a ``pos`` axis
+        and text inputs, each run's token at that position (``clean_token``, ``corrupt_token``)."""
         import pandas as pd
 
         grids = torch.meshgrid(
             *[torch.tensor(self.labels[a]) for a in self.axes], torch.arange(self.values.shape[-1]), indexing="ij"
         )
         data = {a: g.flatten().numpy() for a, g in zip((*self.axes, "example"), grids)}
+        if "pos" in self.axes and self.tokens:
+            for run, rows in self.tokens.items():
+                data[f"{run}_token"] = [rows[ex][pos] for pos, ex in zip(data["pos"].tolist(), data["example"].tolist())]
         data["metric"] = self.values.flatten().cpu().numpy()
         data["normalized"] = self.normalized().flatten().cpu().numpy()
         return pd.DataFrame(data)
@@ -264,7 +271,8 @@ def _sweep(tower: Tower, pair: RunPair, metric: Metric, sites: list[tuple[str, i
     labels = {axis: axis_labels, "pos": pos_list, "head": head_list}
     clean_m, corrupt_m = pair.clean_and_corrupt(base_metric, source_metric)
     return PatchingResult(values.reshape(shape), axes, {a: labels[a] for a in axes}, label, pair.direction,
-                          clean_m.float().cpu(), corrupt_m.float().cpu())
+                          clean_m.float().cpu(), corrupt_m.float().cpu(),
+                          tokens=pair.str_tokens(tower, patched_only=alignment is not None) if "pos" in index else None)
 
 
 def _align(src: Tensor, tgt: Tensor, alignment: Tensor) -> tuple[Tensor, Tensor]:

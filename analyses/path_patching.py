@@ -10,9 +10,15 @@ Receivers: ``"L{l}H{h}.q"`` / ``.k`` / ``.v`` (a head's query/key/value input, b
 (the MLP's input, before ln2) and ``"pooled"`` (the residual the tower's read-out reads: ``ln_final`` /
 ``ln_post``). Layers 0-indexed.
 
-Two passes per sender, in the default ``noise`` direction (the base run is ``clean``):
+Arguments as in activation and attribution patching (:mod:`hooked_clip.analyses.pairs`): ``clean``, ``corrupt``,
+and ``direction``, by default ``"denoise"``: the base run is ``corrupt`` and the senders' values come from
+``clean``, so ``path_patch(model, a, b, ...)`` patches the same run with the same source as
+``activation_patch(model, a, b, ...)``. ``direction="noise"`` swaps them (base = ``clean``, senders from
+``corrupt``: the IOI paper's path patching).
 
-1. the base run with the sender's output set to its value on ``corrupt`` and every other component's
+Two passes per sender (base and source runs as the direction assigns them):
+
+1. the base run with the sender's output set to its value on the source run and every other component's
    output frozen at its base value; record each receiver's input. With everything else frozen, the
    residual stream changes by exactly the sender's output difference Δ, so the receiver's input in this
    pass is base input + Δ (computed in closed form from the two caches: no forward is needed);
@@ -20,8 +26,13 @@ Two passes per sender, in the default ``noise`` direction (the base run is ``cle
    Every (sender, example) is one row of the batched engine (:mod:`hooked_clip.analyses.engine`), started
    at the first receiver's block from the cached base run.
 
-``denoise`` swaps the runs (base = corrupt, sender values from clean). A receiver that lies upstream of a
-sender (or in the same layer, for a head sender and head receiver) has no path from it and is refused.
+Receivers are patched *jointly*: each receiver's input is set to its base value plus the sender's change, so
+a path that runs from the sender through one receiver into a later one is cut at the later one (that
+receiver's input is fixed). The effect of a sender into ``["L1_mlp", "L2_mlp"]`` is therefore not the sum of
+its effects into each alone: into ``L1_mlp`` alone it counts every path through that MLP, including those that
+continue through ``L2_mlp``; jointly, those are blocked. To measure receivers separately, call once per
+receiver. A receiver that lies upstream of a sender (or in the same layer, for a head sender and head
+receiver) has no path from it and is refused.
 """
 
 from __future__ import annotations
@@ -95,14 +106,19 @@ def path_patch(
     receivers: Union[str, Sequence[str]],
     senders: Union[None, str, Sequence[str]] = None,
     *,
-    direction: Direction = "noise",
+    direction: Direction = "denoise",
     return_type: Literal["normalized", "embed", "pooled"] = "normalized",
     batch_size: int = 1024,
     progress: bool = True,
     tower: Optional[Literal["text", "vision"]] = None,
 ) -> PatchingResult:
-    """The metric after path-patching each sender (one at a time) into the ``receivers`` (jointly), on
-    ``tower`` (``"text"`` by default, ``"vision"`` with images; a tower passed as ``model`` is used itself).
+    """The metric after path-patching each sender (one at a time) into the ``receivers`` (jointly: a path
+    through one receiver into another is cut at the second, see the module's docstring), on ``tower``
+    (``"text"`` by default, ``"vision"`` with images; a tower passed as ``model`` is used itself).
+
+    ``clean``, ``corrupt`` and ``direction`` mean what they mean in :func:`activation_patch` (default
+    ``"denoise"``: run ``corrupt``, senders' values from ``clean``; ``"noise"``: run ``clean``, values from
+    ``corrupt``). Path patching used to default to ``"noise"``; pass ``direction="noise"`` for those numbers.
 
     Returns a :class:`PatchingResult` with ``axes == ("sender",)``, ``values`` [sender, batch],
     ``extra["senders"]`` the sender names; ``clean``/``corrupt`` the unpatched metrics. ``senders=None``

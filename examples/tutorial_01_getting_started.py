@@ -44,6 +44,29 @@ before = model.similarity(text[1:], dog_scene).item()
 after = model.similarity(patched[1:], dog_scene).item()
 print(f"S(affirmative, dog scene): {before:.2f} -> {after:.2f} after patching in the negator")
 
+print(model([neg, aff]).shape)                     # [2, d_proj], as model.encode_text
+model.set_use_attn_result(True)                    # or load_model("tiny-negation", use_attn_result=True)
+_, c = model.run_with_cache(neg)
+print(c["result", 0].shape)                        # [batch, pos, head, d_model]: per-head outputs
+model.set_use_attn_result(False)
+
+from transformer_lens.utilities import composition_scores
+
+print(model.text.blocks[0].attn.W_Q.shape)         # [n_heads, d_model, d_head]
+print(model.text.W_Q.shape, model.text.W_O.shape, model.text.W_E.shape, model.text.W_pos.shape)
+ov = model.text.OV                                 # FactoredMatrix [n_layers, n_heads, d_model, d_model]
+print(ov.shape, ov[3, 1].norm())                   # one head's OV circuit, never materialised
+print(composition_scores(model.text.OV[1], model.text.QK[3]).shape)  # [4, 4]: layer 1 OV x layer 3 QK
+pixels = load_model("tiny-negation-pixels")        # its image tower is a hooked ViT
+print(pixels.vision.QK.shape)
+
+from hooked_clip.analyses.metrics import similarity_metric
+from hooked_clip.analyses.patching import activation_patch
+
+result = activation_patch(model, [neg], [aff], similarity_metric(model, img[:1]), progress=False)
+print(result)
+print(result.to_dataframe().query("layer == 0")[["pos", "clean_token", "corrupt_token", "normalized"]])
+
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt

@@ -40,9 +40,17 @@ ax.legend()
 ax.axline((0, 0), slope=1, color="grey", lw=0.5)
 fig.savefig("figures/03_atp_vs_exact.png", dpi=90, bbox_inches="tight")
 
-direct = path_patch(model, affirmative, negated, metric, "pooled", progress=False)
-effect = (direct.values - direct.clean[None]).mean(-1)      # per sender, mean over pairs
+direct = path_patch(model, negated, affirmative, metric, "pooled", progress=False)
+effect = (direct.values - direct.corrupt[None]).mean(-1)    # per sender, mean over pairs
 for name, e in sorted(zip(direct.extra["senders"], effect.tolist()), key=lambda t: t[1])[:5]:
     print(f"{name:8s} {e:+.3f}")
-via_q = path_patch(model, affirmative, negated, metric, ["L3H0.q", "L3H1.q"], progress=False)
+via_q = path_patch(model, negated, affirmative, metric, ["L3H0.q", "L3H1.q"], progress=False)
 print(via_q.values.shape)                                   # [senders upstream of layer 3, pairs]
+
+def into(receivers):
+    res = path_patch(model, negated, affirmative, metric, receivers, "L0_mlp", progress=False)
+    return (res.values[0] - res.corrupt).mean().item()
+
+alone = {r: into(r) for r in ("L1_mlp", "L2_mlp", "L3_mlp")}
+jointly = into(["L1_mlp", "L2_mlp", "L3_mlp"])
+print({r: round(e, 2) for r, e in alone.items()}, "jointly:", round(jointly, 2))

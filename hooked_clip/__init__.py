@@ -8,7 +8,7 @@ the ONE family table), ``models/`` (shipped models), ``model.py`` (``HookedCLIP`
 
 from hooked_clip.errors import (CheckpointMismatchError, HookReturnError, TokenizerUnavailableError,
                                 UnknownHookError, UnreadableFileError, UnsafeCheckpointError,
-                                UnsupportedImageTower, WeightsUnavailableError)
+                                UnsupportedImageTower, UnsupportedModelError, WeightsUnavailableError)
 from hooked_clip.fingerprint import Fingerprint, fingerprint
 from hooked_clip.model import HookedCLIP
 from hooked_clip.models.registry import load_model
@@ -23,5 +23,5 @@ from hooked_clip.vision.tower import HookedCLIPVision
 __all__ = ["CLIPTextConfig", "CLIPTokenizer", "CLIPVisionConfig", "CheckpointMismatchError", "Fingerprint", "HFTextTokenizer",
            "HookReturnError", "HookedCLIP", "HookedCLIPText", "HookedCLIPVision", "TextTokenizer",
            "TokenizerUnavailableError", "UnknownHookError", "UnreadableFileError", "UnsafeCheckpointError",
-           "UnsupportedImageTower", "WeightsUnavailableError", "fingerprint", "load_model"]
+           "UnsupportedImageTower", "UnsupportedModelError", "WeightsUnavailableError", "fingerprint", "load_model"]
 __version__ = "0.1.0"

@@ -25,7 +25,19 @@ class CheckpointMismatchError(ValueError):
     hooked_clip does not reimplement (the message names which and why)."""
 
 
-class UnsupportedImageTower(CheckpointMismatchError):
+class UnsupportedModelError(CheckpointMismatchError):
+    """A model hooked_clip does not reimplement exactly (an architecture, family, pooling, activation or block
+    kind the loaders refuse; the message names which and why). Every loader's refusal raises it or a subclass,
+    so ``except UnsupportedModelError`` catches them all; it is a ``CheckpointMismatchError`` (and a
+    ``ValueError``), as refusals were before it existed."""
+
+
+class UnsupportedModelTypeError(UnsupportedModelError, TypeError):
+    """:meth:`HookedCLIP.from_hf` given an object whose class is refused or is not a CLIP-family model (a
+    ``TypeError`` too, as it was before :class:`UnsupportedModelError` existed)."""
+
+
+class UnsupportedImageTower(UnsupportedModelError):
     """An image tower that :class:`~hooked_clip.vision.HookedCLIPVision` does not reimplement (the reason is
     the message); the model then keeps the reference module, which encodes images but has no hooks."""
 

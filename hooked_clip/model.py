@@ -27,10 +27,11 @@ from hooked_clip.loaders.transformers import load_hf_pretrained, read_hf
 from hooked_clip.similarity import logit_parameters, paired_similarity, similarity
 from hooked_clip.text.config import CLIPTextConfig
 from hooked_clip.text.tower import HookedCLIPText
-from hooked_clip.tower import FORWARD_OPTIONS
+from hooked_clip.tower import FORWARD_OPTIONS, pop_forward_options
 from hooked_clip.tokenizers.base import Text
 from hooked_clip.vision.reference import ReferenceVisionTower
 from hooked_clip.vision.tower import HookedCLIPVision
+from hooked_clip.weights import TOWER_WEIGHTS
 from hooked_clip.weight_processing import process_weights
 
 
@@ -69,6 +70,19 @@ class HookedCLIP(nn.Module):
         self.logit_scale = None if logit_scale is None else nn.Parameter(torch.tensor(float(logit_scale), device=device))
         self.logit_bias = None if logit_bias is None else nn.Parameter(torch.tensor(float(logit_bias), device=device))
         self.eval()
+
+    def __getattr__(self, name: str):
+        """nn.Module's lookup; a TransformerLens weight accessor (``W_Q``, ``OV``, ``blocks``, ...) is an error
+        naming the tower to read it from: the two towers have different weights, and guessing one would hand
+        an image-side analysis the text tower's (an ``AttributeError``, so ``hasattr`` stays False)."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name not in TOWER_WEIGHTS:
+                raise
+        patches = " (the image tower embeds patches: model.vision.embed.W_patch)" if name == "W_E" else ""
+        raise AttributeError(f"HookedCLIP has two towers with their own weights: use model.text.{name} or "
+                             f"model.vision.{name}{patches}.") from None
 
     # ----------------------------------------------------------------------------- text-tower delegates
     @property
@@ -280,14 +294,17 @@ class HookedCLIP(nn.Module):
         ``tokenizer``: the checkpoint's tokenizer: a :class:`~hooked_clip.tokenizers.TextTokenizer`, or a
         directory holding the transformers tokenizer files (see :func:`hooked_clip.tokenizers.resolve_tokenizer`);
         default CLIP's BPE for a CLIP-vocabulary model, else a placeholder that asks for it.
-        ``cfg_overrides`` set ``CLIPTextConfig`` fields such as ``trim_after_pool`` or ``use_attn_result``.
+        ``cfg_overrides`` set ``CLIPTextConfig`` fields such as ``trim_after_pool``; the forward options
+        (``use_attn_result``, ``use_split_qkv_input``, ``use_fused_attn``) are set on both towers, as
+        :meth:`set_options` sets them (every loader).
         ``device=None`` (every loader): CUDA when available, else the CPU, as TransformerLens
         (:func:`hooked_clip.devices.resolve_device`); ``model.to(...)`` later keeps each tower's
         ``cfg.device`` in step. Weight processing: :meth:`from_checkpoint`."""
+        options = pop_forward_options(cfg_overrides)
         checkpoint = read_hf(hf_model, image_processor, tokenizer, device=resolve_device(device),
                              dtype=resolve_dtype(dtype), **cfg_overrides)
         return cls.from_checkpoint(checkpoint, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
-                                   fold_value_biases=fold_value_biases)
+                                   fold_value_biases=fold_value_biases).set_options(**options)
 
     @classmethod
     def from_pretrained(cls, name_or_path: Union[str, Path], device: Optional[str] = None,
@@ -320,10 +337,11 @@ class HookedCLIP(nn.Module):
         ``tokenizer=DIR`` or from the local HF cache; where it would need a download the model still runs
         on ids and ``to_tokens`` raises an error naming the files to supply (see
         :func:`hooked_clip.tokenizers.tokenizer_for_open_clip`)."""
+        options = pop_forward_options(cfg_overrides)
         checkpoint = read_open_clip(model, pretrained, cache_dir, tokenizer, device=resolve_device(device),
                                     dtype=resolve_dtype(dtype), **cfg_overrides)
         return cls.from_checkpoint(checkpoint, fold_ln=fold_ln, center_writing_weights=center_writing_weights,
-                                   fold_value_biases=fold_value_biases)
+                                   fold_value_biases=fold_value_biases).set_options(**options)
 
 
 # ---------------------------------------------------------------------------------------------- helpers

@@ -19,7 +19,6 @@ import difflib
 from typing import Any, Callable, Optional, Protocol, Sequence, runtime_checkable
 
 import torch
-from jaxtyping import Float
 from torch import Tensor
 
 from transformer_lens import ActivationCache, HookedRootModule
@@ -28,6 +27,7 @@ from transformer_lens.hook_points import HookPoint
 from hooked_clip.devices import sync_config
 from hooked_clip.hook_points import CheckedHookPoint
 from hooked_clip.names import opt_in_flag
+from hooked_clip.weights import WeightAccessors
 
 
 @runtime_checkable
@@ -79,6 +79,24 @@ TOWER_NAMES = ("text", "vision")
 FORWARD_OPTIONS = ("use_attn_result", "use_split_qkv_input", "use_fused_attn")
 
 
+# TransformerLens options whose hooks hold what an existing hook already holds here: asking for one says which
+NOT_NEEDED_OPTIONS = {
+    "use_hook_mlp_in": "the MLP's input is blocks.{l}.hook_resid_mid (ln2 reads it in a pre-LN block)",
+    "use_attn_in": "every head reads blocks.{l}.hook_resid_pre; per-head inputs are hook_q/k/v_input "
+                   "(use_split_qkv_input=True)",
+}
+
+
+def pop_forward_options(kwargs: dict) -> dict:
+    """The forward options among a loader's keywords, taken out of them: a loader sets them on both towers
+    (``HookedCLIP.set_options``), not on the text config alone. A TransformerLens option hooked_clip has no
+    need for (:data:`NOT_NEEDED_OPTIONS`) is an error naming the hook to use instead."""
+    for name, instead in NOT_NEEDED_OPTIONS.items():
+        if name in kwargs:
+            raise ValueError(f"{name} is a TransformerLens option hooked_clip does not have: {instead}.")
+    return {k: kwargs.pop(k) for k in FORWARD_OPTIONS if k in kwargs}
+
+
 def get_tower(model: Any, name: Optional[str] = None) -> "HookedTower":
     """The hooked tower an analysis runs on: ``model`` itself when it is one (``name``, if given, must be its
     own), else ``model.text`` / ``model.vision`` (default ``"text"``). A model without that tower, or whose
@@ -109,7 +127,7 @@ def _check_shape(tower: "HookedTower") -> "HookedTower":
     return tower
 
 
-class HookedTower(HookedRootModule):
+class HookedTower(WeightAccessors, HookedRootModule):
     """Base class of :class:`~hooked_clip.text.HookedCLIPText` and :class:`~hooked_clip.vision.HookedCLIPVision`
     (and of a family's own tower): checked hook points and hook names, TL weight accessors, device sync."""
 
@@ -262,43 +280,3 @@ class HookedTower(HookedRootModule):
                 "start_at_layer, from stop_at_layer on, or past the requested return_type are not computed. "
                 "Drop them from names_filter or change the run's settings."
             )
-
-    # ------------------------------------------------------------------------ TL weight accessors
-    def accumulated_bias(self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True) -> Tensor:
-        """Sum of the attention (and MLP) output biases written before block ``layer`` (TL semantics)."""
-        b_O = self.blocks[0].attn.b_O
-        bias = torch.zeros(self.cfg.d_model, device=b_O.device, dtype=b_O.dtype)
-        for i in range(layer):
-            bias = bias + self.blocks[i].attn.b_O
-            if include_mlp_biases:
-                bias = bias + self.blocks[i].mlp.b_out
-        if mlp_input:
-            bias = bias + self.blocks[layer].attn.b_O
-        return bias
-
-    def _stack(self, sub: str, name: str) -> Tensor:
-        return torch.stack([getattr(getattr(b, sub), name) for b in self.blocks], dim=0)
-
-    @property
-    def W_Q(self) -> Float[Tensor, "n_layers n_heads d_model d_head"]:
-        return self._stack("attn", "W_Q")
-
-    @property
-    def W_K(self) -> Float[Tensor, "n_layers n_heads d_model d_head"]:
-        return self._stack("attn", "W_K")
-
-    @property
-    def W_V(self) -> Float[Tensor, "n_layers n_heads d_model d_head"]:
-        return self._stack("attn", "W_V")
-
-    @property
-    def W_O(self) -> Float[Tensor, "n_layers n_heads d_head d_model"]:
-        return self._stack("attn", "W_O")
-
-    @property
-    def W_in(self) -> Float[Tensor, "n_layers d_model d_mlp"]:
-        return self._stack("mlp", "W_in")
-
-    @property
-    def W_out(self) -> Float[Tensor, "n_layers d_mlp d_model"]:
-        return self._stack("mlp", "W_out")

@@ -3,7 +3,9 @@
 layer zoom, confounds.
 
 Indexing: in every table, hidden-state layers are the paper's (0 = embeddings output, l = output of block
-l); attention layers and heads are printed 1-indexed as in the paper ("L4H2" = ``blocks.3``, head 1).
+l); heads are named by :func:`hooked_clip.names.head_label` (0-indexed, "L3H1" = ``blocks.3``, head 1) as every
+analysis names them, with the paper's 1-indexed label (``paper_head``, "Layer 4 Head 2") beside them; the Δ and zoom
+tables' layer and head axes are 1-indexed as in the paper.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Optional
 
 import numpy as np
 
+from hooked_clip.names import head_label, paper_head_label
 from hooked_clip.analyses.valse_negation.layout import FURTHER_ROW, NEGATOR_ROW, ROWS, PairLayout, is_absent, row_labels
 from hooked_clip.analyses.valse_negation.segments import SEGMENTS, segment_counts
 
@@ -28,8 +31,9 @@ ZOOM_RULES = {
                        "have it (the 'subj further' row over items with further subject tokens only), i.e. how "
                        "strongly those tokens attend to the negator where they exist",
 }
-INDEXING = ("hidden-state layers: 0 = embeddings output, l = output of block l; attention layers and heads "
-            "1-indexed as in the paper (L4H2 = blocks.3 head 1)")
+INDEXING = ("hidden-state layers: 0 = embeddings output, l = output of block l; head labels 0-indexed as in every "
+            "hooked_clip output (L3H1 = blocks.3 head 1), the paper's 1-indexed label beside them (Layer 4 Head 2); "
+            "the tables' attention layers and heads 1-indexed as in the paper")
 
 
 def aggregate(records: dict[str, dict], n_layers: int, n_heads: int, zoom: str = "paper") -> dict:
@@ -149,7 +153,8 @@ def _heads(aligned: list[dict], n_layers: int, n_heads: int, has_d: bool) -> dic
         mean = delta.mean(0)
         order = np.dstack(np.unravel_index(np.argsort(-mean, axis=None), mean.shape))[0][:5]
         entry = {"n": len(group), "delta_mean": mean.tolist(), "layer_mean": mean.mean(1).tolist(),
-                 "top": [{"head": f"L{l + 1}H{h + 1}", "delta": float(mean[l, h])} for l, h in order]}
+                 "top": [{"head": head_label(l, h), "paper_head": paper_head_label(l, h), "delta": float(mean[l, h])}
+                         for l, h in order]}
         if has_d:
             d = np.array([r["aligned"]["d"] for r in group])
             entry["corr_with_d"] = [[_pearson(delta[:, l, h], d) for h in range(n_heads)] for l in range(n_layers)]

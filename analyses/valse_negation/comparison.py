@@ -15,7 +15,7 @@ from typing import Sequence
 
 from hooked_clip.analyses.valse_negation import paper
 from hooked_clip.analyses.valse_negation.aggregate import LOCATIONS
-from hooked_clip.analyses.valse_negation.formatting import fmt
+from hooked_clip.analyses.valse_negation.formatting import fmt, head_name, labelled_head
 from hooked_clip.analyses.valse_negation.layout import NEGATOR_ROW, POOLED_ROW, ROWS
 from hooked_clip.analyses.valse_negation.markdown import RELATION_LABELS
 from hooked_clip.analyses.valse_negation.segments import SEGMENTS, THRESHOLD
@@ -130,7 +130,7 @@ def _intro(summaries: list[dict], run_dirs: dict, rule: str) -> list[str]:
     return ["# VALSE existence negation study — model comparison", "",
             "Each model's full report is in its own run directory: "
             + ", ".join(f"`{n}` → `{run_dirs[n]}/report.md`" for n in names) + ".", "",
-            "Layers in the CTE are hidden-state layers (0 = embeddings output); heads are 1-indexed (L4H2 = blocks.3 head 1).", "",
+            "Layers in the CTE are hidden-state layers (0 = embeddings output); heads are 0-indexed as in every hooked_clip output (L3H1 = blocks.3 head 1), the paper's label beside them (Layer 4 Head 2).", "",
             "The paper's column is OpenAI's ViT-B/32 on Visual7W photos. Segments (d = ±1 logit) depend on each model's "
             "logit scale, layers and head labels on its depth, so a model other than the paper's checkpoint is compared "
             "by accuracy and by the shape of its tables; each model's report lists what is not like for like "
@@ -171,9 +171,10 @@ def _cte_rows(summaries: list[dict]) -> list[str]:
 
 
 def _head_rows(summaries: list[dict]) -> list[str]:
-    paper_heads = ", ".join(f"{k} {fmt(c)} / {fmt(f)}" for k, (c, f) in list(paper.TOP_HEADS.items())[:3])
+    paper_heads = ", ".join(f"{head_name(*k)} {fmt(c)} / {fmt(f)}" for k, (c, f) in list(paper.TOP_HEADS.items())[:3])
     return [f"| negation in {loc} | " + " | ".join(
-        ", ".join(f"{t['head']} {fmt(t['delta'])}" for t in s["top_heads"].get(loc, [])) or "–" for s in summaries)
+        ", ".join(f"{labelled_head(t['head'])} {fmt(t['delta'])}" for t in s["top_heads"].get(loc, [])) or "–"
+        for s in summaries)
         + f" | {paper_heads if loc == 'caption' else ''} |" for loc in LOCATIONS]
 
 

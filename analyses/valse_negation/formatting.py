@@ -5,10 +5,23 @@ from __future__ import annotations
 
 import math
 
+from hooked_clip.names import head_label, paper_head_label, parse_head_label
+
 
 def fmt(x, digits: int = 2) -> str:
     """A number with ``digits`` decimals; "–" for None or NaN."""
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def head_name(layer: int, head: int) -> str:
+    """A head as the study's outputs print it: the code's 0-indexed :func:`~hooked_clip.names.head_label` (as every
+    analysis writes it) with the paper's 1-indexed label beside it: ``head_name(3, 1) == "L3H1 (Layer 4 Head 2)"``."""
+    return f"{head_label(layer, head)} ({paper_head_label(layer, head)})"
+
+
+def labelled_head(label: str) -> str:
+    """:func:`head_name` of a head label read back from results (``"L3H1"``)."""
+    return head_name(*parse_head_label(label))
 
 
 def pct(x) -> str:

@@ -111,9 +111,10 @@ def caveats(results: dict) -> list[str]:
                    f"layers 0–{n_layers}); the paper's has 12 × 8. The paper's negator collapse between layers 3 and 4 "
                    f"happens a third of the way up; this model's layer {n_layers} is its last, where the [EOT] row is 1 "
                    "and every other row 0 by construction. Compare by relative depth, not by column number.")
-        out.append("- **Head labels are positions in this model.** A label such as L4H2 is block 4, head 2 (1-indexed) "
-                   "of this model" + (", its last block" if n_layers == 4 else "") + "; this model's L4H2 is not "
-                   "CLIP's L4H2, so the paper's heads are compared by role (which layer moves the negation to later "
+        out.append("- **Head labels are positions in this model.** A label such as L3H1 (Layer 4 Head 2) is block 3, "
+                   "head 1 (0-indexed; the paper's block 4, head 2) of this model" + (", its last block" if n_layers == 4
+                                                                                   else "") + "; this model's L3H1 is "
+                   "not CLIP's L3H1, so the paper's heads are compared by role (which layer moves the negation to later "
                    "positions), not by label.")
     elif n_layers is not None:
         out.append("- Layers and head labels have the paper's numbering; they name the paper's heads only if this "

@@ -7,7 +7,7 @@ import numpy as np
 
 from hooked_clip.analyses.valse_negation import paper
 from hooked_clip.analyses.valse_negation.aggregate import LOCATIONS
-from hooked_clip.analyses.valse_negation.formatting import fmt, header, row
+from hooked_clip.analyses.valse_negation.formatting import fmt, head_name, header, labelled_head, row
 from hooked_clip.analyses.valse_negation.layout import NEGATOR_ROW, ROWS
 
 CTE_SUBSETS = (("caption", "correct"), ("foil", "correct"), ("foil", "incorrect"))
@@ -53,12 +53,12 @@ def _negator_collapse(cte: dict) -> list[str]:
 
 
 def heads_section(results: dict) -> list[str]:
-    lines = ["## Negator-selective heads (mean max attention difference Δ, layers and heads 1-indexed)", ""]
+    lines = ["## Negator-selective heads (mean max attention difference Δ; tables' layers and heads 1-indexed)", ""]
     for loc, h in results["heads"].items():
-        top = ", ".join(f"{t['head']} {fmt(t['delta'])}" for t in h["top"])
+        top = ", ".join(f"{labelled_head(t['head'])} {fmt(t['delta'])}" for t in h["top"])
         lines.append(f"- This run, negation in {loc} (n = {h['n']}): top heads {top}")
     lines.append("- Paper (ViT-B/32, caption / foil): " + ", ".join(
-        f"{k} {fmt(c)} / {fmt(f)}" for k, (c, f) in paper.TOP_HEADS.items()))
+        f"{head_name(*k)} {fmt(c)} / {fmt(f)}" for k, (c, f) in paper.TOP_HEADS.items()))
     lines += ["", "The full Δ matrix (layer × head) is also in `heads_delta_caption.csv` / `heads_delta_foil.csv` and "
               "`heads.png`; the per-head Pearson r of Δ with d in `heads_corr_d_caption.csv` / "
               "`heads_corr_d_foil.csv` (with image scores only); the layer zoom below also in "
@@ -84,7 +84,7 @@ def _head_correlations(heads: dict) -> list[str]:
         arr = np.array([[np.nan if v is None else v for v in r] for r in c], float)
         if np.isfinite(arr).any():
             l, hd = np.unravel_index(np.nanargmax(np.abs(arr)), arr.shape)
-            parts.append(f"negation in {loc}: largest |r| {fmt(abs(arr[l, hd]))} (L{l + 1}H{hd + 1}, r = {fmt(arr[l, hd])})")
+            parts.append(f"negation in {loc}: largest |r| {fmt(abs(arr[l, hd]))} at {head_name(l, hd)}, r = {fmt(arr[l, hd])}")
     return ["Pearson r of Δ with d per head: this run " + ("; ".join(parts) or "undefined (constant values)")
             + f". Paper: {paper.HEAD_CORR_NOTE}.", ""]
 

@@ -4,10 +4,14 @@ project's PAPER.md, sections named below). The one owner of these numbers: the r
 comparison print them beside a run's own, never mixed with them. They are "paper" throughout the study;
 "reference" is only the per-item file of ``--reference`` (``reference.py``).
 
-Layers: hidden-state layers 0..12 (0 = embeddings output); attention layers and heads 1-indexed.
+Layers: hidden-state layers 0..12 (0 = embeddings output); the tables' attention layers and heads 1-indexed as the
+paper prints them; single heads as 0-indexed (block, head) pairs, printed by ``formatting.head_name`` as
+"L3H1 (Layer 4 Head 2)" (the paper's L4-H2).
 """
 
 from __future__ import annotations
+
+from hooked_clip.analyses.valse_negation.formatting import head_name
 
 MODEL = "openai/clip-vit-base-patch32 (Quantmeyer et al. 2024, authors' released results)"
 LOGIT_SCALE = 100.0
@@ -95,8 +99,9 @@ HEAD_DELTA = {
 HEAD_N = {"caption": 250, "foil": 240}
 LAYER_MEAN = {"caption": [.070, .069, .053, .096, .025, .008, .013, .010, .008, .026, .006, .042],
               "foil": [.069, .069, .060, .092, .030, .016, .014, .014, .012, .032, .008, .058]}
-TOP_HEADS = {"L4H2": (0.39, 0.38), "L4H3": (0.24, 0.23), "L3H6": (0.20, 0.23), "L10H2": (0.13, 0.16),
-             "L4H7": (0.12, 0.07), "L2H1": (0.11, 0.14)}  # (caption, foil)
+# (block, head) 0-indexed -> (caption, foil): the paper's L4-H2, L4-H3, L3-H6, L10-H2, L4-H7, L2-H1
+TOP_HEADS = {(3, 1): (0.39, 0.38), (3, 2): (0.24, 0.23), (2, 5): (0.20, 0.23), (9, 1): (0.13, 0.16),
+             (3, 6): (0.12, 0.07), (1, 0): (0.11, 0.14)}
 
 # §5.3: layer 4, mean attention difference to "no" per head and query row (caption, foil); "subj further" = max
 ZOOM = {
@@ -108,8 +113,9 @@ ZOOM_OTHERS = {"a/some/no": .02, "subj 1st": .01, "subj further": .02, ".": .02,
 ZOOM_OTHERS_NOTE = "H1 and H4 reach −0.03 to −0.05 at \".\" and [EOT]"
 
 # §5.4: per-head Pearson r of Δ with d
-HEAD_CORR_NOTE = ("all |r| ≤ 0.30; negation in caption: largest |r| 0.18, L4H2 −0.11, L4H3 0.16; negation in foil: "
-                  "L11H6 0.30, L11H7 0.23, L4H2 0.07, L4H3 −0.07")
+HEAD_CORR_NOTE = (f"all |r| ≤ 0.30; negation in caption: largest |r| 0.18, {head_name(3, 1)} −0.11, {head_name(3, 2)} "
+                  f"0.16; negation in foil: {head_name(10, 5)} 0.30, {head_name(10, 6)} 0.23, {head_name(3, 1)} 0.07, "
+                  f"{head_name(3, 2)} −0.07")
 
 # §6.1-6.2: confounds (n, Pearson r with d)
 CONFOUNDS = {

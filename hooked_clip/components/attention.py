@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from hooked_clip.config import TowerConfig
 from hooked_clip.hook_points import CheckedHookPoint
+from hooked_clip.weights import HeadCircuits
 
 
 class KeyValuePrefix(NamedTuple):
@@ -34,7 +35,10 @@ class KeyValuePrefix(NamedTuple):
     lengths: Optional[Int[Tensor, " batch"]] = None
 
 
-class Attention(nn.Module):
+class Attention(HeadCircuits, nn.Module):
+    """Per-head weights as TransformerLens lays them out; ``QK`` and ``OV`` [n_heads, d_model, d_model] are
+    ``FactoredMatrix`` circuits (:mod:`hooked_clip.weights`)."""
+
     def __init__(self, cfg: TowerConfig):
         super().__init__()
         self.cfg = cfg

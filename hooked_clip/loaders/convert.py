@@ -11,7 +11,7 @@ from typing import Callable, Iterable, Optional, Sequence
 from torch import Tensor, nn
 
 from hooked_clip.config import TowerConfig
-from hooked_clip.errors import CheckpointMismatchError
+from hooked_clip.errors import CheckpointMismatchError, UnsupportedModelError
 
 # transformers' activation names -> ours (text and image towers alike)
 HF_ACTS = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh"}
@@ -132,7 +132,7 @@ def load_converted(model: nn.Module, converted: dict[str, Tensor]) -> None:
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in converted.items()}, strict=True)
 
 
-def open_clip_activation(act_layer: nn.Module, error: type = CheckpointMismatchError) -> str:
+def open_clip_activation(act_layer: nn.Module, error: type = UnsupportedModelError) -> str:
     """Our ``act_fn`` of an open_clip block's activation module (QuickGELU, GELU, tanh-GELU); ``error`` for
     anything else."""
     from open_clip.transformer import QuickGELU

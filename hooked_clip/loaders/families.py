@@ -52,7 +52,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-from hooked_clip.errors import CheckpointMismatchError
+from hooked_clip.errors import UnsupportedModelError
 from hooked_clip.loaders.family import Family
 from hooked_clip.loaders.hf_text import read_clip_text, read_flava_text, read_post_ln_text
 from hooked_clip.loaders.hf_vision import read_hf_vision
@@ -132,7 +132,7 @@ def refused_classes(source: str) -> dict[str, str]:
     return {c: row.refused for row in FAMILIES if row.source == source and row.refused is not None for c in row.classes}
 
 
-def family_for(source: str, class_name: str, what: str = "", error: type = CheckpointMismatchError) -> Family:
+def family_for(source: str, class_name: str, what: str = "", error: type = UnsupportedModelError) -> Family:
     """The row that loads ``class_name``; ``error`` naming the reason for a refused class, or the supported
     ones for an unknown class. ``what`` names the checkpoint in the message."""
     row = find_family(source, class_name)

@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from torch import Tensor, nn
 
-from hooked_clip.errors import CheckpointMismatchError
+from hooked_clip.errors import CheckpointMismatchError, UnsupportedModelError
 from hooked_clip.loaders.family import Family
 from hooked_clip.loaders.convert import HF_ACTS, HF_BLOCK_NAMES, Reader, convert_blocks
 from hooked_clip.text.config import CLIPTextConfig
@@ -115,7 +115,7 @@ def hf_text_shape(text_config) -> dict:
     """The fields every transformers text config gives the same way (widths, depth, context, vocabulary,
     activation, LayerNorm eps), checked: an activation or position scheme we do not reimplement is refused."""
     if getattr(text_config, "position_embedding_type", "absolute") != "absolute":
-        raise CheckpointMismatchError(
+        raise UnsupportedModelError(
             f"position_embedding_type={text_config.position_embedding_type!r} is not supported; hooked_clip "
             "reimplements absolute position embeddings only.")
     eps = getattr(text_config, "layer_norm_eps", None)
@@ -127,7 +127,7 @@ def hf_text_shape(text_config) -> dict:
     if bad:
         raise CheckpointMismatchError(f"the text config's sizes {bad} are not positive whole numbers; fix the config.")
     if text_config.hidden_act not in HF_ACTS:
-        raise CheckpointMismatchError(
+        raise UnsupportedModelError(
             f"hidden_act={text_config.hidden_act!r} is not supported; hooked_clip has {', '.join(HF_ACTS)}.")
     return dict(
         d_model=text_config.hidden_size,

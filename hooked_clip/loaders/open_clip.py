@@ -9,7 +9,7 @@ from typing import Any, Optional, Union
 
 from torch import nn
 
-from hooked_clip.errors import CheckpointMismatchError
+from hooked_clip.errors import CheckpointMismatchError, UnsupportedModelError
 from hooked_clip.loaders.checkpoint import Checkpoint, TextCheckpoint
 from hooked_clip.loaders.convert import mismatch_summary
 from hooked_clip.loaders.families import family_for
@@ -83,8 +83,8 @@ def _open_clip_model(name: str, pretrained: Optional[str], cache_dir: Optional[s
     hf_name = (open_clip.get_model_config(name) or {}).get("text_cfg", {}).get("hf_model_name")
     refusal = open_clip_hf_refusal(hf_type_from_name(hf_name)) if hf_name and hf_type_from_name(hf_name) else ""
     if refusal:  # said before anything is built or downloaded
-        raise CheckpointMismatchError(f"open_clip model {name!r} cannot be loaded: its text tower is {hf_name!r}. "
-                                      f"{refusal}. Nothing was downloaded.")
+        raise UnsupportedModelError(f"open_clip model {name!r} cannot be loaded: its text tower is {hf_name!r}. "
+                                    f"{refusal}. Nothing was downloaded.")
     try:
         model = open_clip.create_model(name, pretrained=None, force_quick_gelu=bool(pcfg.get("quick_gelu", False)))
     except OSError:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from hooked_clip.errors import CheckpointMismatchError
+from hooked_clip.errors import UnsupportedModelError
 from hooked_clip.loaders.family import Family
 from hooked_clip.loaders.convert import OPEN_CLIP_BLOCK_NAMES, Reader, convert_blocks, open_clip_activation
 from hooked_clip.loaders.hf_text import hf_post_ln_state_dict, hf_text_shape
@@ -30,27 +30,27 @@ def config_from_open_clip(model: nn.Module, **overrides) -> CLIPTextConfig:
     """``CLIPTextConfig`` read off an open_clip ``CLIP`` or ``CustomTextCLIP`` object."""
     t = model.text if hasattr(model, "text") else model
     if not hasattr(t, "transformer") or not hasattr(t.transformer, "resblocks"):
-        raise CheckpointMismatchError(
+        raise UnsupportedModelError(
             f"open_clip text tower {type(t).__name__} is not a CLIP TextTransformer (e.g. an HF-based text "
             "encoder); hooked_clip reimplements only CLIP's own text transformer."
         )
     block = t.transformer.resblocks[0]
     act = open_clip_activation(block.mlp.gelu)
     if not isinstance(getattr(block, "ls_1", nn.Identity()), nn.Identity):
-        raise CheckpointMismatchError("open_clip blocks with LayerScale (ls_init_value) are not supported.")
+        raise UnsupportedModelError("open_clip blocks with LayerScale (ls_init_value) are not supported.")
     if not isinstance(block.attn, nn.MultiheadAttention):
-        raise CheckpointMismatchError(
+        raise UnsupportedModelError(
             f"attention module {type(block.attn).__name__} (open_clip's custom attention with cosine/scaled "
             "heads) is not supported; only nn.MultiheadAttention blocks are."
         )
     coca = getattr(t, "cls_emb", None) is not None  # an appended CLS embedding, read by the tower (pool "last")
     if getattr(t, "use_pad_mask", False) and not coca:  # no shipped config sets it; a causal EOT-pooled tower
-        raise CheckpointMismatchError(  # would trim and reuse key prefixes, which a padding mask does not fit
+        raise UnsupportedModelError(  # would trim and reuse key prefixes, which a padding mask does not fit
             "open_clip text towers with a padding mask (use_pad_mask) and no CLS embedding are not supported.")
     pool = "last" if coca else getattr(t, "text_pool_type", getattr(t, "pool_type", "argmax"))
     eos = getattr(t, "text_eos_id", getattr(t, "eos_id", None))
     if pool not in ("argmax", "eos", "last"):
-        raise CheckpointMismatchError(f"pool_type={pool!r} is not supported; use argmax, eos or last.")
+        raise UnsupportedModelError(f"pool_type={pool!r} is not supported; use argmax, eos or last.")
     proj = t.text_projection
     if proj is None:
         d_proj, proj_bias = None, False
@@ -150,7 +150,7 @@ def config_from_open_clip_hf(text: nn.Module, **overrides) -> CLIPTextConfig:
     hf_cfg = text.config
     refusal = open_clip_hf_refusal(hf_cfg.model_type)
     if refusal:
-        raise CheckpointMismatchError(refusal + ".")
+        raise UnsupportedModelError(refusal + ".")
     pooler = text.pooler
     uses_hf_pooler = isinstance(pooler, ClsPooler) and pooler.use_pooler_output and getattr(
         text.transformer, "pooler", None) is not None
@@ -159,7 +159,7 @@ def config_from_open_clip_hf(text: nn.Module, **overrides) -> CLIPTextConfig:
     elif isinstance(pooler, (ClsPooler, ClsLastHiddenStatePooler)) and not uses_hf_pooler:
         pooling = "first"
     else:
-        raise CheckpointMismatchError(
+        raise UnsupportedModelError(
             f"open_clip pooler {type(pooler).__name__}" + (" reading the transformer's tanh pooler" if uses_hf_pooler
                                                           else "") + " is not supported; hooked_clip pools by the "
             "mean (mean_pooler) or at the first token (cls_last_hidden_state_pooler).")
@@ -173,8 +173,8 @@ def config_from_open_clip_hf(text: nn.Module, **overrides) -> CLIPTextConfig:
           and proj[1].approximate == "none" and all(isinstance(proj[i], nn.Linear) and proj[i].bias is None for i in (0, 2))):
         d_proj_hidden, d_proj = proj[0].out_features, proj[2].out_features
     else:
-        raise CheckpointMismatchError(f"open_clip HF text projection {proj!r} is not supported (Identity, a linear "
-                                      "map or open_clip's Linear-GELU-Linear MLP, without biases).")
+        raise UnsupportedModelError(f"open_clip HF text projection {proj!r} is not supported (Identity, a linear "
+                                    "map or open_clip's Linear-GELU-Linear MLP, without biases).")
     kw = dict(
         **hf_text_shape(hf_cfg), d_proj=d_proj, d_proj_hidden=d_proj_hidden,
         pooling=pooling, pad_token_id=hf_cfg.pad_token_id, causal=False, ln_position="post",

@@ -11,7 +11,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
-from hooked_clip.errors import CheckpointMismatchError
+from hooked_clip.errors import CheckpointMismatchError, UnsupportedModelError, UnsupportedModelTypeError
 from hooked_clip.loaders.checkpoint import Checkpoint, TextCheckpoint
 from hooked_clip.loaders.convert import mismatch_summary
 from hooked_clip.loaders.families import class_for_model_type, family_for
@@ -22,9 +22,10 @@ from hooked_clip.loaders.hub import hub_reachable, unavailable
 def read_hf(hf_model: nn.Module, image_processor: Any = None, tokenizer: Any = None, **cfg_overrides) -> Checkpoint:
     """A transformers model of a family in the table, read into configs and state dicts. ``cfg_overrides``
     (``device``, ``dtype`` and any text-config field) set the text config; ``device``/``dtype`` the image
-    tower's too. A class the table refuses or does not know is a ``TypeError`` naming the reason."""
+    tower's too. A class the table refuses or does not know is an :class:`~hooked_clip.errors.UnsupportedModelTypeError`
+    (a ``TypeError`` and an ``UnsupportedModelError``) naming the reason."""
     name = type(hf_model).__name__
-    family = family_for("transformers", name, what=f"from_hf: a transformers {name}", error=TypeError)
+    family = family_for("transformers", name, what=f"from_hf: a transformers {name}", error=UnsupportedModelTypeError)
     cfg, state_dict = family.text(hf_model, family, **cfg_overrides)
     vision = None
     if family.vision is not None and hasattr(hf_model, "vision_model"):
@@ -96,8 +97,8 @@ def _load_hf_dir(name: str, local_only: bool):
     class_name, family = _hf_class(config, name)
     reference = family.reference or getattr(transformers, class_name, None)
     if reference is None:
-        raise CheckpointMismatchError(f"{name!r} names the class {class_name}, which transformers does not have; "
-                                      "register its family with reference=<the class> (hooked_clip.loaders.families)")
+        raise UnsupportedModelError(f"{name!r} names the class {class_name}, which transformers does not have; "
+                                    "register its family with reference=<the class> (hooked_clip.loaders.families)")
     try:
         model, info = reference.from_pretrained(  # mismatched shapes reported in info; the file's own values in fp32
             name, local_files_only=local_only, output_loading_info=True, ignore_mismatched_sizes=True,

@@ -10,7 +10,7 @@ from typing import Any, Callable, Optional, Union
 import torch
 
 from hooked_clip.model import HookedCLIP
-from hooked_clip.tower import FORWARD_OPTIONS
+from hooked_clip.tower import pop_forward_options
 from hooked_clip.config import resolve_dtype
 from hooked_clip.devices import resolve_device
 from hooked_clip.weight_processing import process_weights
@@ -46,7 +46,7 @@ def load_model(name: str, **kwargs: Any) -> HookedCLIP:
     available, else the CPU, as every loader and TransformerLens; ``device="cpu"`` to stay on the CPU) and
     ``dtype`` (a torch dtype or its name, e.g. ``"float16"``)."""
     if name in SHIPPED_MODELS:
-        options = {k: kwargs.pop(k) for k in FORWARD_OPTIONS if k in kwargs}
+        options = pop_forward_options(kwargs)
         model = SHIPPED_MODELS[name](**kwargs)
         model.set_options(**options)
         return model

@@ -381,10 +381,6 @@ class HookedCLIPText(HookedTower):
     def W_E(self) -> Float[Tensor, "d_vocab d_model"]:
         return self.embed.W_E
 
-    @property
-    def W_pos(self) -> Float[Tensor, "n_ctx d_model"]:
-        return self.pos_embed.W_pos
-
     def tokens_to_residual_directions(self, tokens):
         raise NotImplementedError(
             "CLIP has no unembedding, so tokens have no residual directions; use the text/image "

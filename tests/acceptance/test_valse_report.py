@@ -65,14 +65,17 @@ HEADS = {
 }
 LAYER_MEANS = {"caption": ".070 .069 .053 .096 .025 .008 .013 .010 .008 .026 .006 .042",
                "foil": ".069 .069 .060 .092 .030 .016 .014 .014 .012 .032 .008 .058"}
-TOP_HEADS = ["L4H2 0.39 / 0.38", "L4H3 0.24 / 0.23", "L3H6 0.20 / 0.23", "L10H2 0.13 / 0.16", "L4H7 0.12 / 0.07",
-             "L2H1 0.11 / 0.14"]
+# the paper's L4-H2 etc. (1-indexed), printed as hooked_clip's 0-indexed head label with the paper's words beside it
+TOP_HEADS = ["L3H1 (Layer 4 Head 2) 0.39 / 0.38", "L3H2 (Layer 4 Head 3) 0.24 / 0.23", "L2H5 (Layer 3 Head 6) 0.20 / 0.23",
+             "L9H1 (Layer 10 Head 2) 0.13 / 0.16", "L3H6 (Layer 4 Head 7) 0.12 / 0.07", "L1H0 (Layer 2 Head 1) 0.11 / 0.14"]
 # PAPER.md §5.3: (caption, foil) per row negator, subj 1st, subj further, ".", [EOT]
 ZOOM = {"H2": "−.04 −.01 .25 .08 .14 .15 .35 .34 .12 .15", "H3": ".05 .06 .23 .19 .03 .09 .04 .07 −.01 −.00",
         "H7": ".04 .04 .09 .01 .02 .01 .02 .01 −.02 −.03"}
 ZOOM_OTHERS = "≤ 0.02 | ≤ 0.01 | ≤ 0.02 | ≤ 0.02 | ≤ 0.01"
 # PAPER.md §5.4 (text, not a table): the correlations quoted
-HEAD_CORR = ["|r| ≤ 0.30", "0.18", "L4H2 −0.11", "L4H3 0.16", "L11H6 0.30", "L11H7 0.23", "L4H2 0.07", "L4H3 −0.07"]
+HEAD_CORR = ["|r| ≤ 0.30", "0.18", "L3H1 (Layer 4 Head 2) −0.11", "L3H2 (Layer 4 Head 3) 0.16",
+             "L10H5 (Layer 11 Head 6) 0.30", "L10H6 (Layer 11 Head 7) 0.23", "L3H1 (Layer 4 Head 2) 0.07",
+             "L3H2 (Layer 4 Head 3) −0.07"]
 # PAPER.md §6.2: relation -> (n, r)
 CONFOUNDS = {"caption–foil similarity vs d, negation in caption |": "250 | 0.03",
              "caption–foil similarity vs d, negation in caption, without the \"There are no people.\" items": "206 | -0.20",
@@ -207,6 +210,21 @@ def test_every_confound_number_of_the_paper(report):
         assert f"| {comp} | {cells} |" in ablation
 
 
+def test_heads_are_labelled_as_every_analysis_labels_them(run, report):
+    """One head-label convention: results.json and the report name a head as hooked_clip.names.head_label does
+    (0-indexed: "L3H1" is blocks.3, head 1, as in path patching's senders), the paper's 1-indexed words beside it;
+    the label points at its own entry of the (layer, head) matrix it was ranked from."""
+    path, model, records, results = run
+    heads = _section(report, "## Negator-selective heads")
+    for loc in ("caption", "foil"):
+        entry = results["heads"][loc]
+        for top in entry["top"]:
+            layer, head = (int(x) for x in re.fullmatch(r"L(\d+)H(\d+)", top["head"]).groups())
+            assert entry["delta_mean"][layer][head] == top["delta"]
+            assert top["paper_head"] == f"Layer {layer + 1} Head {head + 1}"
+            assert f"{top['head']} ({top['paper_head']})" in heads
+
+
 def test_human_labels_and_two_decimals(report):
     for key in ("similarity_vs_d_caption", "length_vs_d_foil", "subject_size_vs_d_foil", "accuracy_original_505"):
         assert key not in report
@@ -217,7 +235,7 @@ def test_the_demo_models_caveats_are_printed(report):
     caveats = _section(report, "## Like for like?")
     assert "logit scale is 22.22" in caveats and "±0.045 cosine" in caveats and "±0.01 cosine" in caveats
     assert "4 blocks × 4 heads" in caveats and "layer 4 is its last" in caveats
-    assert "not CLIP's L4H2" in caveats
+    assert "L3H1 (Layer 4 Head 2) is block 3, head 1" in caveats and "not CLIP's L3H1" in caveats
     assert "not a CLIPSeg area" in caveats and "1 / the number of objects" in caveats
 
 

@@ -192,7 +192,7 @@ def test_path_patching_through_a_blind_receiver_has_no_effect(fresh):
     with torch.no_grad():
         fresh.text.blocks[2].attn.W_Q[1] = 0
     metric = cosine_to_target(images(fresh, 4))
-    res = path_patch(fresh, NEG, AFF, metric, "L2H1.q", progress=False)
+    res = path_patch(fresh, NEG, AFF, metric, "L2H1.q", direction="noise", progress=False)
     assert res.extra["senders"] == [s for s in all_senders(fresh) if s == "embed" or int(s[1]) < 2]
     # zero up to float rounding: the rows run batched (sender x example), the clean run alone
     assert (res.values - res.clean).abs().max() <= 1e-6
@@ -201,7 +201,7 @@ def test_path_patching_through_a_blind_receiver_has_no_effect(fresh):
 def test_direct_path_to_the_pooled_residual_equals_direct_attribution(fresh):
     freeze_ln_final(fresh)
     v = torch.randn(fresh.cfg.d_proj, generator=torch.Generator().manual_seed(3))
-    res = path_patch(fresh, NEG, AFF, lambda e: e @ v, "pooled", return_type="embed", progress=False)
+    res = path_patch(fresh, NEG, AFF, lambda e: e @ v, "pooled", return_type="embed", direction="noise", progress=False)
     dirs = v.expand(4, -1)
     clean, corrupt = direct_attribution(fresh, NEG, dirs), direct_attribution(fresh, AFF, dirs)
     by_label = dict(zip(clean.labels, corrupt.values - clean.values))
@@ -213,20 +213,20 @@ def test_direct_path_to_the_pooled_residual_equals_direct_attribution(fresh):
 def test_one_layer_path_patching_equals_activation_patching():
     model = HookedCLIP.from_hf(hf_clip("one_layer"), device="cpu")  # built with one block, not cut down
     metric = cosine_to_target(images(model, 4, seed=5))
-    mlp = path_patch(model, NEG, AFF, metric, "pooled", "L0_mlp", progress=False)
+    mlp = path_patch(model, NEG, AFF, metric, "pooled", "L0_mlp", direction="noise", progress=False)
     act = activation_patch(model, NEG, AFF, metric, "mlp_out", index="layer", direction="noise", progress=False)
     assert (mlp.values[0] - act.values[0]).abs().max() <= ATOL
     with torch.no_grad():  # attention-only: the MLP writes nothing, so a head's only path is the direct one
         for p in model.text.blocks[0].mlp.parameters():
             p.zero_()
-    heads = path_patch(model, NEG, AFF, metric, "pooled", ["L0H0", "L0H1"], progress=False)
+    heads = path_patch(model, NEG, AFF, metric, "pooled", ["L0H0", "L0H1"], direction="noise", progress=False)
     act = activation_patch(model, NEG, AFF, metric, "z", index="layer_head", direction="noise", progress=False)
     assert (heads.values - act.values[0]).abs().max() <= ATOL
 
 
 def test_path_patching_mlp_receiver_only_changes_the_mlp(fresh):
     metric = cosine_to_target(images(fresh, 4))
-    res = path_patch(fresh, NEG, AFF, metric, "L1_mlp", ["L0H0", "L1H2"], progress=False)
+    res = path_patch(fresh, NEG, AFF, metric, "L1_mlp", ["L0H0", "L1H2"], direction="noise", progress=False)
     assert res.values.shape == (2, 4) and not torch.equal(res.values[0], res.clean)
 
 

@@ -80,7 +80,7 @@ def test_image_path_patching_equals_the_two_pass_loop(receiver):
     tower = vit()
     clean, corrupt = pixels(32, n=2, seed=0), pixels(32, n=2, seed=1)
     metric = cosine_to_target(torch.randn(2, 16, generator=torch.Generator().manual_seed(2)))
-    res = path_patch(tower, clean, corrupt, metric, receiver, progress=False)  # noise: base = clean
+    res = path_patch(tower, clean, corrupt, metric, receiver, direction="noise", progress=False)  # base = clean
     assert res.extra["senders"][0] == "embed" and set(res.extra["senders"]) <= set(all_senders(tower))
     for i, sender in enumerate(res.extra["senders"]):
         ref = two_pass_loop(tower, clean, corrupt, metric, sender, receiver)
@@ -95,7 +95,8 @@ def test_image_path_patching_from_a_clip_model(tiny_model):
     clean, corrupt = pixels(size, n=2, seed=3), pixels(size, n=2, seed=4)
     metric = cosine_to_target(torch.randn(2, tiny_model.vision.cfg.d_proj, generator=torch.Generator().manual_seed(5)))
     last = tiny_model.vision.cfg.n_layers - 1
-    paths = path_patch(tiny_model, clean, corrupt, metric, "pooled", f"L{last}_mlp", tower="vision", progress=False)
+    paths = path_patch(tiny_model, clean, corrupt, metric, "pooled", f"L{last}_mlp", tower="vision", direction="noise",
+                       progress=False)
     act = activation_patch(tiny_model, clean, corrupt, metric, "mlp_out", index="layer", direction="noise",
                            tower="vision", layers=[last], progress=False)
     assert (paths.values[0] - act.values[0]).abs().max() <= ATOL

@@ -10,7 +10,7 @@ import torch
 from conftest import MIXED_TEXTS, hf_clip, open_clip_model, randomize_
 
 from hooked_clip import HookedCLIP, load_model
-from hooked_clip.errors import CheckpointMismatchError, WeightsUnavailableError
+from hooked_clip.errors import CheckpointMismatchError, UnsupportedModelError, WeightsUnavailableError
 from hooked_clip.loaders.hf_text import hf_text_state_dict
 from hooked_clip.loaders.open_clip_text import open_clip_text_state_dict
 
@@ -118,7 +118,7 @@ def test_non_clip_directory_is_refused(tmp_path):
     from transformers import BertConfig, BertModel
 
     BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)).save_pretrained(tmp_path)
-    with pytest.raises(CheckpointMismatchError, match=r"a 'bert' model, class BertModel\) cannot be loaded: it is not a CLIP-family model"):
+    with pytest.raises(UnsupportedModelError, match=r"a 'bert' model, class BertModel\) cannot be loaded: it is not a CLIP-family model"):
         HookedCLIP.from_pretrained(tmp_path)
 
 
@@ -192,5 +192,5 @@ def test_open_clip_towers_that_would_be_refused_say_so_before_any_download(name,
     import open_clip
 
     monkeypatch.setattr(open_clip, "create_model", lambda *a, **k: pytest.fail("a model was built"))
-    with pytest.raises(CheckpointMismatchError, match=f"{why}.*Nothing was downloaded"):
+    with pytest.raises(UnsupportedModelError, match=f"{why}.*Nothing was downloaded"):
         HookedCLIP.from_open_clip(name, pretrained=None)

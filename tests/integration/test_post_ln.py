@@ -12,7 +12,7 @@ from conftest import randomize_
 from hooked_clip import HookedCLIP
 from hooked_clip.components import PostLNBlock
 from hooked_clip.text.config import CLIPTextConfig
-from hooked_clip.errors import CheckpointMismatchError
+from hooked_clip.errors import CheckpointMismatchError, UnsupportedModelError
 from hooked_clip.loaders.hf_text import hf_post_ln_source, hf_post_ln_state_dict
 from hooked_clip.parity import capture_block_outputs, parity_errors
 from hooked_clip.text.tower import HookedCLIPText
@@ -303,16 +303,16 @@ def test_open_clip_hf_text_towers_that_are_not_bert_are_refused():
 
     oc = open_clip_hf_model("RobertaConfig", "mean_pooler", "mlp")
     oc.text.pooler = __import__("open_clip").hf_model.MaxPooler()
-    with pytest.raises(CheckpointMismatchError, match="pooler MaxPooler is not supported"):
+    with pytest.raises(UnsupportedModelError, match="pooler MaxPooler is not supported"):
         HookedCLIP.from_open_clip(oc)
     oc = open_clip_hf_model("RobertaConfig", "cls_pooler", "linear")  # reads the transformer's tanh pooler
-    with pytest.raises(CheckpointMismatchError, match="ClsPooler reading the transformer's tanh pooler"):
+    with pytest.raises(UnsupportedModelError, match="ClsPooler reading the transformer's tanh pooler"):
         HookedCLIP.from_open_clip(oc)
     import transformers
 
     t5 = transformers.MT5Config(d_model=32, d_ff=64, num_heads=2, num_layers=1, vocab_size=100)
     oc.text = HFTextEncoder("local", output_dim=32, config=t5, pooler_type="mean_pooler")
-    with pytest.raises(CheckpointMismatchError, match="'mt5' is not supported.*T5 encoder"):
+    with pytest.raises(UnsupportedModelError, match="'mt5' is not supported.*T5 encoder"):
         HookedCLIP.from_open_clip(oc)
 
 
