@@ -4,6 +4,7 @@ blocks that load real checkpoints run against locally saved random checkpoints o
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -54,7 +55,9 @@ def substitutions(tmp_path_factory):
 
 
 def test_every_tutorial_has_code_and_a_figure():
-    assert len(TUTORIALS) == 8
+    nav = re.findall(r"tutorials/([\w.-]+\.md)", (DOCS.parent / "mkdocs.yml").read_text())
+    assert sorted(nav) == [t.name for t in TUTORIALS], "every tutorial in mkdocs.yml's nav, and only those"
+    assert len(TUTORIALS) >= 8
     for t in TUTORIALS:
         assert blocks(t), t.name
         figures = __import__("re").findall(r"!\[[^\]]*\]\(\.\./figures/([^)]+)\)", t.read_text())
