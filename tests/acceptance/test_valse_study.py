@@ -765,15 +765,24 @@ def test_rome_numbers_do_not_depend_on_chunking_or_resuming(random_demo, tmp_pat
     resumed = run_items(random_demo, tmp_path / "chunked", model_id="random", images=SceneImages(),
                         settings=Settings(chunk=2, **settings), progress=False)
     results = [aggregate(r, random_demo.cfg.n_layers, random_demo.cfg.n_heads) for r in (whole, chunked, resumed)]
-    # the CTE is d*/d: other batch mates change float summation order, and the random model's small d (~1e-2)
-    # amplifies that to ~5e-5; every other number, ROME's included, agrees to 1e-5
+    # The CTE and ROME's restored fractions divide by each item's logit gap d (this random model's |d| is down to
+    # 2e-3): other batch mates change float summation order by up to ~4e-5 in the logits (scaled cosines), and
+    # 1/|d| amplifies that (seen at load 10 on 2 cores: 1.5e-2 in one item's CTE row, 4e-3 in the CTE's std,
+    # 2e-5 in ROME's means). So per item each row agrees to 5e-5/|d|, the aggregates (|values| < 4) to 1e-2;
+    # a noise draw that depended on the chunk would move ROME's numbers by ~1e-1. Every other number: 1e-5.
     cte = [r.pop("cte") for r in results]
+    rome = [r.pop("rome") for r in results]
     for other in (1, 2):
         assert largest_difference(results[0], results[other]) <= 1e-5
-        assert largest_difference(cte[0], cte[other]) <= 1e-3
-    rows = lambda recs: {k: r["aligned"]["rome_rows"] for k, r in recs.items() if "aligned" in r}  # noqa: E731
-    assert rows(whole) and rows(whole).keys() == rows(chunked).keys() == rows(resumed).keys()
-    for k in rows(whole):
-        for a, b, c in zip(rows(whole)[k], rows(chunked)[k], rows(resumed)[k]):
-            assert all(abs(x - y) <= 1e-5 and abs(x - z) <= 1e-5 for x, y, z in zip(a, b, c)
-                       if x == x), k  # NaN rows (absent tokens) compare as absent
+        for a, b in ((cte[0], cte[other]), (rome[0], rome[other])):
+            assert largest_difference(a, b) <= 1e-2
+
+    def rows(recs, key):
+        return {k: (r["aligned"][key], abs(r["aligned"]["d"])) for k, r in recs.items() if "aligned" in r}
+
+    for key in ("cte_rows", "rome_rows"):
+        assert rows(whole, key) and rows(whole, key).keys() == rows(chunked, key).keys() == rows(resumed, key).keys()
+        for k, (want, d) in rows(whole, key).items():
+            for got in (rows(chunked, key)[k][0], rows(resumed, key)[k][0]):
+                for a, b in zip(want, got):  # NaN rows (absent tokens) compare as absent
+                    assert all(abs(x - y) <= max(1e-5, 5e-5 / d) for x, y in zip(a, b) if x == x), (key, k)

@@ -88,7 +88,9 @@ def test_hidden_states_cte_and_path_patching_on_padded_batches_equal_per_example
         s = one(hidden_state_patch, cosine_to_target(goal[b:b + 1]))
         assert (states.values[:, :n, b] - s.values[..., 0]).abs().max() <= ATOL
         c = one(minimal_pair_trace, goal[b:b + 1])
-        assert torch.allclose(cte[b, :, :n], c[0], atol=ATOL, equal_nan=True)
+        # CTE = d*/d: rounding in the metric (~1e-6) grows by 1/|d| (|d| may be as small as 1e-3 here)
+        tol = max(ATOL, 5e-6 / float((states.clean - states.corrupt).reshape(-1)[b].abs()))
+        assert torch.allclose(cte[b, :, :n], c[0], atol=tol, equal_nan=True)
         assert torch.isnan(cte[b, :, n:]).all()  # padding holds no token of the pair (empty for the longest)
         if t.cfg.ln_position == "pre":
             p = one(path_patch, cosine_to_target(goal[b:b + 1]), "L2_mlp")
