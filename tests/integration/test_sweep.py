@@ -226,3 +226,27 @@ def test_cli_bad_manifest_is_one_line(tmp_path, capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "exactly one of path" in err
+
+
+def test_ray_tasks_ask_for_a_gpu_only_where_the_cluster_has_one():
+    from hooked_clip.analyses.sweep.ray_backend import task_options
+
+    class FakeRay:  # only what task_options reads
+        def __init__(self, resources):
+            self.resources = resources
+
+        def cluster_resources(self):
+            return self.resources
+
+    manifest = parse_manifest({"models": [{"name": "a", "path": "tiny-negation"}],
+                               "datasets": [{"name": "d", "path": str(VALSE)}], "analyses": {"valse-negation": {}},
+                               "sweep": {"threads": 2}}, VALSE.parent / "m.toml")
+    assert task_options(FakeRay({"CPU": 8.0, "GPU": 2.0}), manifest)["num_gpus"] == 1
+    cpu_only = task_options(FakeRay({"CPU": 8.0}), manifest)
+    assert cpu_only["num_gpus"] == 0 and cpu_only["num_cpus"] == 2 and cpu_only["max_retries"] > 0
+
+
+def test_cli_address_without_ray_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["sweep", str(tmp_path / "m.toml"), "--address", "auto"])
+    assert exit_.value.code == 2 and "add --backend ray" in capsys.readouterr().err
