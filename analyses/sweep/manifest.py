@@ -34,6 +34,7 @@ import hashlib
 import json
 import tomllib
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Optional
 
@@ -79,12 +80,18 @@ class DatasetSpec:
     path: str
     images: Optional[str] = None
 
-    @property
+    @cached_property
     def content_hash(self) -> str:
-        """sha256 of the data file's bytes and of the images source (a folder by its path; the study records
-        the images' own content identity in each run's config)."""
+        """sha256 of the data file's bytes and of the images: a folder's by the names and bytes of the valid
+        items' image files (the study's ``FolderImages.identity``), so new files under the same folder are a new
+        dataset version; ``"scenes"`` by name (the demo models' scenes are rendered from the items)."""
         h = hashlib.sha256(Path(self.path).read_bytes())
         h.update(f"\0images={self.images}".encode())
+        if self.images is not None and self.images != SCENES:
+            from hooked_clip.analyses.valse_negation.data import load_items
+            from hooked_clip.analyses.valse_negation.images import FolderImages
+
+            h.update(FolderImages(self.images).identity(load_items(self.path)).encode())
         return h.hexdigest()
 
 

@@ -12,9 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from hooked_clip.fingerprint import Fingerprint
 from hooked_clip.analyses.sweep.manifest import Manifest
-from hooked_clip.analyses.sweep.run import SweepRun, model_fingerprint, plan_sweep, run_unit
+from hooked_clip.analyses.sweep.run import SweepRun, fingerprints, model_fingerprint, plan_sweep, run_unit
 
 RAY_MISSING = ("--backend ray needs Ray: pip install 'hooked_clip[sweep]' (or pip install 'ray>=2.40'); or run "
                "without --backend ray (in this process).")
@@ -50,8 +49,9 @@ def run_ray(manifest: Manifest, out: Path, address: Optional[str] = None) -> Swe
         options = task_options(ray, manifest)
         fingerprint_task = ray.remote(model_fingerprint).options(**options)
         unit_task = ray.remote(run_unit).options(**options)
-        fps = ray.get([fingerprint_task.remote(m, manifest.device) for m in manifest.models])
-        plan = plan_sweep(manifest, {m.name: Fingerprint.from_dict(fp) for m, fp in zip(manifest.models, fps)}, out)
+        fps = fingerprints(manifest, out, lambda todo: ray.get([fingerprint_task.remote(m, manifest.device)
+                                                                 for m in todo]))
+        plan = plan_sweep(manifest, fps, out)
         refs = [unit_task.remote(unit, manifest, str(out)) for unit in plan.units]
         run = SweepRun(out, plan)
         for unit, status in zip(plan.units, ray.get(refs)):

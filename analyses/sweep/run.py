@@ -4,6 +4,7 @@
 The output folder::
 
     OUT/plan.json                                      models, fingerprints, duplicates, flags, units
+    OUT/fingerprints.json                              fingerprints of local checkpoints, by their files' stats
     OUT/units/<fingerprint>/<dataset>-<hash>/unit.json  a finished unit (its key); absent while it runs
     OUT/units/<fingerprint>/<dataset>-<hash>/running.json  the worker (host, pid) that last started it
     OUT/units/<fingerprint>/<dataset>-<hash>/<analysis>-<settings hash>/   the analysis' run directory
@@ -17,13 +18,14 @@ unfinished one resumes from its analyses' per-item records (the study's resumabl
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import open_clip
 import torch
@@ -100,6 +102,47 @@ def model_fingerprint(spec: ModelSpec, device: Optional[str] = None) -> dict:
     """Load one model and return its fingerprint (as a dict: what a Ray task sends back)."""
     model = spec.load(device)
     return model.fingerprint.as_dict()
+
+
+FINGERPRINTS = "fingerprints.json"  # OUT/: fingerprints of models read from local files, by their files' stats
+
+
+def source_signature(spec: ModelSpec) -> Optional[str]:
+    """What a model is read from, where that is local files only: the spec and each file's path, size and
+    modification time (sha256). None for a hub id, a pretrained tag or a shipped model (fingerprinted afresh)."""
+    if spec.open_clip is not None:
+        if spec.pretrained is None or not os.path.isfile(spec.pretrained):
+            return None
+        files = [Path(spec.pretrained)]
+    elif spec.path is not None and os.path.isdir(spec.path):
+        files = sorted(p for p in Path(spec.path).rglob("*") if p.is_file())
+    else:
+        return None
+    stats = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    return hashlib.sha256(json.dumps([spec.open_clip, spec.path, spec.pretrained, stats]).encode()).hexdigest()
+
+
+def fingerprints(manifest: Manifest, out: Path, compute: Callable[[list[ModelSpec]], list[dict]]) -> dict[str, Fingerprint]:
+    """Every model's fingerprint: from ``OUT/fingerprints.json`` where its local files are unchanged (a finished
+    sweep run again loads no model), else by ``compute`` (loading the models: here or as Ray tasks). A unit
+    checks the fingerprint of the model it loads against the plan's, so a stale entry cannot pass unnoticed."""
+    path = out / FINGERPRINTS
+    cache = read_json(path, "the sweep's fingerprint cache (JSON)", f"Delete {path}.") if path.exists() else {}
+    signatures = {m.name: source_signature(m) for m in manifest.models}
+    found: dict[str, dict] = {}
+    todo = []
+    for m in manifest.models:
+        if signatures[m.name] is not None and signatures[m.name] in cache:
+            found[m.name] = cache[signatures[m.name]]
+        else:
+            todo.append(m)
+    for m, fp in zip(todo, compute(todo) if todo else []):
+        found[m.name] = fp
+        if signatures[m.name] is not None:
+            cache[signatures[m.name]] = fp
+    if todo:
+        atomic_write(path, json.dumps(cache, indent=1))
+    return {m.name: Fingerprint.from_dict(found[m.name]) for m in manifest.models}
 
 
 def make_plan(manifest: Manifest, fingerprints: dict[str, Fingerprint]) -> Plan:
@@ -222,7 +265,7 @@ def run_sweep(manifest: Manifest, out, *, backend: str = "local", address: Optio
     elif backend == "local":
         if address is not None:
             raise ValueError("--address names a Ray cluster; add --backend ray, or drop --address.")
-        fps = {m.name: Fingerprint.from_dict(model_fingerprint(m, manifest.device)) for m in manifest.models}
+        fps = fingerprints(manifest, out, lambda todo: [model_fingerprint(m, manifest.device) for m in todo])
         plan = plan_sweep(manifest, fps, out)
         run = SweepRun(out, plan)
         for unit in plan.units:

@@ -133,9 +133,14 @@ def test_in_process_sweep_runs_each_fingerprint_once_and_matches_the_study_run_d
     assert (out / "report" / "small" / "comparison.md").exists()
 
 
-def test_a_finished_sweep_is_skipped_and_the_cli_reports_it(sweep_dir, in_process, capsys):
+def test_a_finished_sweep_is_skipped_without_loading_a_model(sweep_dir, in_process, capsys, monkeypatch):
     _, out = in_process
     before = _unit_files(out)
+
+    def no_load(self, device=None):
+        raise AssertionError(f"{self.name} was loaded, though every unit is done and its files are unchanged")
+
+    monkeypatch.setattr(ModelSpec, "load", no_load)
     main(["sweep", str(sweep_dir / "sweep.toml"), "--out", str(out), "--no-progress"])
     printed = capsys.readouterr().out
     assert "0 unit(s) run, 4 already done" in printed and "alpha-renamed" in printed
