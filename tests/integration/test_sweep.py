@@ -255,3 +255,16 @@ def test_cli_address_without_ray_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["sweep", str(tmp_path / "m.toml"), "--address", "auto"])
     assert exit_.value.code == 2 and "add --backend ray" in capsys.readouterr().err
+
+
+def test_a_units_own_error_on_ray_is_one_line_not_a_ray_traceback(sweep_dir, local_ray, capsys):
+    (sweep_dir / "no-images").mkdir(exist_ok=True)
+    manifest = MANIFEST.replace('path = "data/smaller.json"', 'path = "data/smaller.json"\nimages = "no-images"')
+    (sweep_dir / "bad.toml").write_text(manifest)
+    with pytest.raises(SystemExit) as exit_:
+        main(["sweep", str(sweep_dir / "bad.toml"), "--backend", "ray", "--out", str(sweep_dir / "out-bad"),
+              "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and len(err.splitlines()) == 1
+    assert "holds none of the" in err
+    assert not any(ray_text in err for ray_text in ("RayTaskError", "ray::", 'File "'))  # the error, not Ray's wrapping
