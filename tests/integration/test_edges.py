@@ -10,6 +10,7 @@ from conftest import hf_clip, randomize_tower_
 
 from hooked_clip import HookedCLIP
 from hooked_clip.analyses.edges import EdgeGraph, edge_attribution, edge_patch
+from hooked_clip.analyses.edges.circuit import faithfulness_curve, run_circuit
 from hooked_clip.analyses.metrics import cosine_to_target, similarity_metric
 from hooked_clip.names import act_name
 
@@ -90,14 +91,23 @@ def test_the_graph_has_every_edge_and_only_forward_ones(model):
     assert sorted(n for n in names if n.startswith(f"L{L - 1}H0->")) == [f"L{L - 1}H0->L{L - 1}_mlp", f"L{L - 1}H0->pooled"]
 
 
-@pytest.mark.parametrize("direction", ["denoise", "noise"])
-def test_exact_edge_patching_equals_a_plain_loop(fresh, direction):
-    metric = similarity_metric(fresh, images(fresh, 3))
-    exact = edge_patch(fresh, NEG, AFF, metric, direction=direction, progress=False)
-    base, src = (AFF, NEG) if direction == "denoise" else (NEG, AFF)
-    ref = plain_edge_loop(fresh, base, src, metric, exact.names)
+def pixel_pair(fresh):
+    randomize_tower_(fresh.vision, seed=4)
+    return [torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(s)) for s in (5, 6)]
+
+
+@pytest.mark.parametrize("direction,tower", [("denoise", "text"), ("noise", "text"), ("denoise", "vision")])
+def test_exact_edge_patching_equals_a_plain_loop(fresh, direction, tower):
+    clean, corrupt = (NEG, AFF) if tower == "text" else pixel_pair(fresh)
+    metric = similarity_metric(fresh, images(fresh, len(clean)))
+    exact = edge_patch(fresh, clean, corrupt, metric, direction=direction, progress=False, tower=tower)
+    base, src = (corrupt, clean) if direction == "denoise" else (clean, corrupt)
+    ref = plain_edge_loop(fresh, base, src, metric, exact.names, tower=tower)
     assert exact.values.shape == ref.shape and (exact.values - ref).abs().max() <= 1e-5
     assert ref.abs().max() > 1e-2  # the edges do something
+    if tower == "vision":  # EAP-IG on the image tower, against the same exact effects
+        est = edge_attribution(fresh, clean, corrupt, metric, ig_steps=4, tower="vision")
+        assert float(torch.corrcoef(torch.stack([est.values.flatten(), ref.flatten()]))[0, 1]) >= 0.9
 
 
 def make_linear(model):
@@ -169,3 +179,41 @@ def test_unequal_lengths_are_refused_without_an_alignment_and_patched_with_one(f
     assert float(torch.corrcoef(torch.stack([est.values.flatten(), exact.values.flatten()]))[0, 1]) >= 0.9
     with pytest.raises(ValueError, match="alignment must have shape"):
         edge_attribution(fresh, SHORT, LONG, metric, alignment=align[:, :3])
+
+
+@pytest.mark.parametrize("tower", ["text", "vision"])
+def test_circuits_end_at_the_two_runs_and_dropping_one_edge_is_exact_edge_patching(fresh, tower):
+    """Every edge kept: the clean run; none (patched): the corrupt run; every edge but one: the clean run with
+    that edge noised, which the plain loop computes independently."""
+    if tower == "vision":
+        clean, corrupt = pixel_pair(fresh)
+        metric = similarity_metric(fresh, images(fresh, 2))
+    else:
+        clean, corrupt, metric = NEG, AFF, similarity_metric(fresh, images(fresh, 3))
+    n = len(EdgeGraph.of(getattr(fresh, tower)))
+    drop = [3, n // 2, n - 1]
+    vals = run_circuit(fresh, clean, corrupt, metric, [torch.arange(n), torch.zeros(0, dtype=torch.long)]
+                       + [torch.tensor([i for i in range(n) if i != e]) for e in drop], tower=tower)
+    names = [EdgeGraph.of(getattr(fresh, tower)).names[e] for e in drop]
+    ref = plain_edge_loop(fresh, clean, corrupt, metric, names, tower=tower)
+    with torch.no_grad():
+        tw = getattr(fresh, tower)
+        m_clean, m_corrupt = metric(tw(tw.as_input(clean))), metric(tw(tw.as_input(corrupt)))
+    assert (vals[0] - m_clean).abs().max() <= 1e-5 and (vals[1] - m_corrupt).abs().max() <= 1e-5
+    assert (vals[2:] - m_clean - ref).abs().max() <= 1e-5 and ref.abs().max() > 1e-3
+
+
+def test_top_edges_keep_more_of_the_metric_than_random_ones(fresh):
+    """Measured (patched ablation): the top 4 of 46 edges keep 0.51 of the metric, 4 random ones 0.00; the
+    top 16 keep 1.02, 16 random ones 0.10 (mean of 5 seeds)."""
+    metric = similarity_metric(fresh, images(fresh, 3))
+    scores = edge_attribution(fresh, NEG, AFF, metric, direction="noise", ig_steps=4)
+    curve = faithfulness_curve(fresh, NEG, AFF, metric, scores, [4, 16, len(scores.names)], n_random=5)
+    assert curve.faithfulness[-1] == pytest.approx(1.0) and curve.random[:, -1] == pytest.approx(1.0)
+    assert (curve.faithfulness[:2] - curve.random[:, :2].mean(0) >= 0.4).all(), curve
+    df = curve.to_dataframe()
+    assert set(df.circuit) == {"top", "random"} and len(df) == 3 * 6
+    with pytest.raises(ValueError, match="n_edges goes up to"):
+        faithfulness_curve(fresh, NEG, AFF, metric, scores, [10_000])
+    with pytest.raises(ValueError, match="ablation must be one of"):
+        run_circuit(fresh, NEG, AFF, metric, [0, 1], ablation="zero")
