@@ -97,20 +97,20 @@ class EdgeGraph(CompactRepr):
         return torch.tensor([lookup[e] for e in edges], dtype=torch.long)
 
     def to_networkx(self, weights: Optional[Tensor] = None, keep: Optional[Tensor] = None):
-        """A ``networkx.DiGraph`` of the kept edges (``keep``: edge indices; default all) between sender and
-        receiver component nodes (a head's q/k/v inputs are one node, the head; the edge's ``input`` says which),
-        with ``weight`` from ``weights`` [n_edges] and each node's ``layer``."""
+        """A ``networkx.MultiDiGraph`` of the kept edges (``keep``: edge indices; default all) between sender and
+        receiver component nodes (a head's q/k/v inputs are one node, the head, reached by up to three edges
+        whose ``input`` says which), with ``weight`` from ``weights`` [n_edges] and each node's ``layer``."""
         import networkx as nx
 
         keep = torch.arange(len(self)) if keep is None else torch.as_tensor(keep)
-        g = nx.DiGraph()
+        g = nx.MultiDiGraph()
         for e in keep.tolist():
             s, r = self.senders[int(self.edges[e, 0])], self.receivers[int(self.edges[e, 1])]
             target = r.name.split(".")[0]
             g.add_node(s.name, layer=s.layer, kind=s.kind)
             g.add_node(target, layer=r.layer, kind=r.kind)
             w = 0.0 if weights is None else float(weights[e])
-            g.add_edge(s.name, target, weight=w, input=r.qkv or r.kind, name=self.names[e])
+            g.add_edge(s.name, target, key=self.names[e], weight=w, input=r.qkv or r.kind, name=self.names[e])
         return g
 
 
