@@ -81,31 +81,37 @@ class FaithfulnessCurve(CompactRepr):
 def run_circuit(model, clean: Tokens, corrupt: Tokens, metric: Metric, keep, *,
                 ablation: Literal["patched", "mean"] = "patched",
                 return_type: Literal["normalized", "embed", "pooled"] = "normalized",
-                tower: Optional[Literal["text", "vision"]] = None) -> Tensor:
+                batch_size: int = 256, tower: Optional[Literal["text", "vision"]] = None) -> Tensor:
     """The metric [circuit, batch] of the clean run with only the ``keep`` edges live (see the module
     docstring). ``keep``: edge indices into ``EdgeGraph.of(tower)``, a bool mask [n_edges], or a list of either
-    (one circuit each)."""
+    (one circuit each). Circuits run side by side, at most ``batch_size`` rows (circuit x example) a forward."""
     tw = get_tower(model, tower)
     graph = EdgeGraph.of(tw)
     circuits = keep if isinstance(keep, (list, tuple)) and keep and not isinstance(keep[0], (int, bool)) else [keep]
-    masks = [_as_mask(k, len(graph)) for k in circuits]
+    masks = torch.stack([_as_mask(k, len(graph)) for k in circuits])  # [C, n_edges]
     if ablation not in ABLATIONS:
         raise ValueError(f"ablation must be one of {ABLATIONS}, got {ablation!r}.")
+    check_count("batch_size", batch_size, what="rows per forward")
     pair = RunPair.build(tw, clean, corrupt, "noise")  # base: clean; the ablated values: corrupt
     with torch.no_grad():
         _, cache = tw.run_with_cache(pair.source, return_type=return_type, names_filter=sender_hook_names(tw.cfg.n_layers))
         ablated = sender_outputs(tw, cache, graph)  # [S, b, pos, d]
         if ablation == "mean":
             ablated = ablated.mean(1, keepdim=True).expand_as(ablated)
+        n_ex = ablated.shape[1]
+        per = max(1, batch_size // n_ex)  # circuits per forward
         out = []
-        for mask in masks:
-            drop = torch.zeros(len(graph.senders), len(graph.receivers), dtype=ablated.dtype, device=ablated.device)
-            gone = ~mask.to(ablated.device)
-            drop[graph.edges[gone.cpu(), 0], graph.edges[gone.cpu(), 1]] = 1
+        for c0 in range(0, len(masks), per):
+            gone = ~masks[c0: c0 + per]
+            drop = torch.zeros(len(gone), len(graph.senders), len(graph.receivers), dtype=ablated.dtype)
+            c, e = gone.nonzero(as_tuple=True)
+            drop[c, graph.edges[e, 0], graph.edges[e, 1]] = 1
+            rows = pair.base.repeat(len(gone), *[1] * (pair.base.ndim - 1))  # circuit-major
+            hooks = _circuit_hooks(tw, graph, drop.to(ablated.device), ablated)
             with tw.options(use_split_qkv_input=True):
-                emb = tw.run_with_hooks(pair.base, return_type=return_type, fwd_hooks=_circuit_hooks(tw, graph, drop, ablated))
-            out.append(check_metric(metric, emb))
-    return torch.stack(out).float().cpu()
+                emb = tw.run_with_hooks(rows, return_type=return_type, fwd_hooks=hooks)
+            out.append(check_metric(metric, emb.view(len(gone), n_ex, *emb.shape[1:])))
+    return torch.cat(out).float().cpu()
 
 
 def _as_mask(keep, n: int) -> Tensor:
@@ -113,25 +119,28 @@ def _as_mask(keep, n: int) -> Tensor:
     if t.dtype == torch.bool:
         if t.shape != (n,):
             raise ValueError(f"a keep mask must have one entry per edge ({n}), got shape {tuple(t.shape)}.")
-        return t
+        return t.cpu()
     if t.dtype.is_floating_point or (t.numel() and (int(t.min()) < 0 or int(t.max()) >= n)):
         raise ValueError(f"keep must hold edge indices in 0..{n - 1} (or be a bool mask of {n} edges).")
     mask = torch.zeros(n, dtype=torch.bool)
-    mask[t.long()] = True
+    mask[t.long().cpu()] = True
     return mask
 
 
 def _circuit_hooks(tw, graph: EdgeGraph, drop: Tensor, ablated: Tensor):
-    """Hooks recording each sender's live output and adding Σ_dropped (ablated - live) to each receiver."""
+    """Hooks recording each sender's live output and adding Σ_dropped (ablated - live) to each receiver;
+    ``drop`` [circuit, sender, receiver] (1: the edge is ablated), rows circuit-major."""
     L, H = graph.n_layers, graph.n_heads
+    n_c, n_ex = drop.shape[0], ablated.shape[1]
     live: list = [None] * len(graph.senders)
     first = {(s.kind, s.layer, s.head): i for i, s in enumerate(graph.senders)}
     recv = {(r.kind, r.layer, r.head, r.qkv): j for j, r in enumerate(graph.receivers)}
     state = {}
 
-    def correction(js: list, n_senders: int) -> Tensor:  # [len(js), b, pos, d]
-        diff = ablated[:n_senders] - torch.stack(live[:n_senders])
-        return torch.einsum("sr,sbpd->rbpd", drop[:n_senders, js], diff)
+    def correction(js: list, n_senders: int) -> Tensor:  # [len(js), circuit * example, pos, d]
+        now = torch.stack(live[:n_senders])
+        diff = ablated[:n_senders, None] - now.view(n_senders, n_c, n_ex, *now.shape[2:])
+        return torch.einsum("csr,scbpd->rcbpd", drop[:, :n_senders, js], diff).flatten(1, 2)
 
     def embed(act, hook):
         live[0] = act
@@ -153,7 +162,7 @@ def _circuit_hooks(tw, graph: EdgeGraph, drop: Tensor, ablated: Tensor):
     def qkv_input(l, x):
         def hook(act, hook):
             n = first["head", l, 0]  # senders before this layer's heads
-            corr = correction([recv["head", l, h, x] for h in range(H)], n)  # [H, b, pos, d]
+            corr = correction([recv["head", l, h, x] for h in range(H)], n)  # [H, rows, pos, d]
             return act + corr.permute(1, 2, 0, 3)
         return hook
 
