@@ -238,7 +238,7 @@ def _sweep(tower: Tower, pair: RunPair, metric: Metric, sites: list[tuple[str, i
     for si, ((act, layer), name) in enumerate(zip(sites, names)):
         tgt, src = canonical_layout(base[name], act), canonical_layout(source_cache[name], act)
         if alignment is not None:
-            src, missing[si] = _align(src, tgt, alignment)
+            src, missing[si] = align_positions(src, tgt, alignment)
         sources.append(src)
         needs = _needs_patch(src, tgt, pos_v, head_v, base.pool if base.trims else None)
         if layer == tower.cfg.n_layers - 1 and act in POOL_ONLY_LAST_LAYER and (pos_v >= 0).all() and base.pool is not None:
@@ -275,7 +275,7 @@ def _sweep(tower: Tower, pair: RunPair, metric: Metric, sites: list[tuple[str, i
                           tokens=pair.str_tokens(tower, patched_only=alignment is not None) if "pos" in index else None)
 
 
-def _align(src: Tensor, tgt: Tensor, alignment: Tensor) -> tuple[Tensor, Tensor]:
+def align_positions(src: Tensor, tgt: Tensor, alignment: Tensor) -> tuple[Tensor, Tensor]:
     """Source activations moved into the patched run's positions; positions without a counterpart keep
     the patched run's own value (so they are never patched) and are returned as a mask [batch, pos]."""
     missing = alignment < 0
