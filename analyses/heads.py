@@ -43,7 +43,9 @@ class NegatorHeadScores(CompactRepr):
         return self.delta.mean(0)
 
 
-def _patterns(text, tokens: Tensor) -> Float[Tensor, "batch layer head query key"]:
+def attention_patterns(model, tokens: Tensor) -> Float[Tensor, "batch layer head query key"]:
+    """Every layer's post-softmax attention [batch, layer, head, query, key] of a text tower (or a model's)."""
+    text = get_tower(model, "text")
     names = [act_name("pattern", l) for l in range(text.cfg.n_layers)]
     with torch.no_grad():
         _, cache = text.run_with_cache(tokens, names_filter=names, return_type=None)
@@ -66,7 +68,7 @@ def negator_head_scores(model, negated: Tokens, affirmative: Tokens,
         raise ValueError(f"negator_pos must give one position per pair between 1 and the sentence's last token "
                          f"(its EOT); got {p.tolist()}.")
     width = int(last.max()) + 1
-    a_neg, a_aff = _patterns(text, neg[:, :width]), _patterns(text, aff[:, :width])
+    a_neg, a_aff = attention_patterns(text, neg[:, :width]), attention_patterns(text, aff[:, :width])
     idx = torch.arange(neg.shape[0], device=neg.device)
     diff = (a_neg - a_aff)[idx, :, :, :, p]  # [pairs, layer, head, query] attention to the negator slot
     q = torch.arange(width, device=neg.device)
@@ -114,11 +116,11 @@ def attention_to_tokens(model, texts: Tokens, key_mask: Union[Bool[Tensor, "batc
                 raise ValueError(f"{s!r} is {len(found)} tokens, not one; give single tokens as to_str_tokens prints them.")
             ids |= set(found)
         mask = torch.isin(tokens, torch.tensor(sorted(ids), device=tokens.device))
-    pattern = _patterns(text, tokens)  # [b, layer, head, q, k]
+    pattern = attention_patterns(text, tokens)  # [b, layer, head, q, k]
     mass = (pattern * mask[:, None, None, None, :]).sum(-1)  # [b, layer, head, q]
     q_valid = torch.arange(width, device=tokens.device)[None, :] <= pool[:, None]  # [b, q]
     w = q_valid[:, None, None, :].to(mass)
     return (mass * w).sum((0, 3)) / w.sum((0, 3))
 
 
-__all__ = ["NegatorHeadScores", "attention_to_tokens", "head_correlation", "negator_head_scores"]
+__all__ = ["NegatorHeadScores", "attention_patterns", "attention_to_tokens", "head_correlation", "negator_head_scores"]
