@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from hooked_clip.analyses.validation import check_count
 from hooked_clip.analyses.engine import BaseRun, Chunk, Hooks, Plan, execute
 from hooked_clip.analyses.metrics import Metric, check_metric, similarity_metric
-from hooked_clip.analyses.pairs import RunPair, Tokens, str_tokens
+from hooked_clip.analyses.pairs import RunPair, Tokens, source_tower, str_tokens
 from hooked_clip.analyses.results import CompactRepr
 from hooked_clip.analyses.patching import hidden_state_patch
 from hooked_clip.names import act_name, hidden_state_name, layer_of
@@ -39,6 +39,7 @@ def minimal_pair_trace(
     *,
     batch_size: int = 1024,
     progress: bool = True,
+    source_model=None,
 ) -> Float[Tensor, "pairs n_layers_plus_1 pos"]:
     """The causal-tracing effect CTE(l, p) = d*/d of Quantmeyer et al. (2024) for every hidden state (l, p)
     of each minimal pair: an application of :func:`~hooked_clip.analyses.patching.hidden_state_patch` and the
@@ -56,7 +57,8 @@ def minimal_pair_trace(
     S*(caption), d = S(aff) - S(neg)), so where the negation sits is not an argument.
 
     Returns CTE [pairs, n_layers + 1, pos] (dimensionless; 1 = the single state carries the whole
-    caption-foil gap). Positions that hold no token of the pair (after a causal tower's EOT, or padding a
+    caption-foil gap). ``source_model``: another checkpoint of the same architecture whose negated-sentence
+    states are patched in (S(negated) is then read on it). Positions that hold no token of the pair (after a causal tower's EOT, or padding a
     bidirectional tower masks: pairs of different lengths run in one padded batch), and pairs with
     S(negated) = S(affirmative), are NaN.
     """
@@ -69,7 +71,7 @@ def minimal_pair_trace(
         raise ValueError(f"image_embeds must be [pairs={n_pairs}, d_proj], got {tuple(getattr(image_embeds, 'shape', ()))}.")
     metric = similarity_metric(model, image_embeds)
     states = hidden_state_patch(model, pair.source, pair.base, metric, direction="denoise", batch_size=batch_size,
-                                progress=progress)
+                                progress=progress, source_model=source_model)
     cte = states.normalized().permute(2, 0, 1)  # [pairs, L+1, pos]
     return cte.masked_fill(_not_text(text, pair.base, cte.shape[-1])[:, None, :], float("nan"))
 
@@ -154,6 +156,7 @@ def rome_trace(
     return_type: Literal["normalized", "embed", "pooled"] = "normalized",
     batch_size: int = 1024,
     progress: bool = True,
+    source_model=None,
 ) -> RomeTraceResult:
     """ROME causal tracing: corrupt ``noise_positions`` of the token embeddings with Gaussian noise of std
     ``noise_scale * sigma`` (sigma = ``noise_std``, else the embedding std over ``reference``, else over
@@ -164,8 +167,12 @@ def rome_trace(
     output at position p of the ``window`` blocks centred on block l (clipped at the ends), as in ROME.
     Runs on the batched engine: each restored (state, position) is a row started at its first restored
     block, with the noisy run's keys/values reused before position p in a causal tower.
+
+    ``source_model``: another checkpoint of the same architecture whose clean states are restored into
+    ``model``'s noisy runs (``clean`` is then its metric), e.g. a fine-tune's states into its base model.
     """
     text = get_tower(model, "text")
+    clean_tower = source_tower(text, source_model)
     if kind not in ("resid", "mlp", "attn"):
         raise ValueError(f"kind must be 'resid', 'mlp' or 'attn', got {kind!r}.")
     for name, v in (("n_samples", n_samples), ("batch_size", batch_size), ("window", window)):
@@ -187,7 +194,7 @@ def rome_trace(
     state_names = _state_names(kind, n_layers, window)
     restored = sorted({n for ns in state_names for n in ns})
     with torch.inference_mode():
-        clean_out, clean_cache = text.run_with_cache(toks, return_type=return_type, names_filter=restored)
+        clean_out, clean_cache = clean_tower.run_with_cache(toks, return_type=return_type, names_filter=restored)
     noisy = BaseRun.record(text, rows_tok, return_type=return_type, prefix_reuse=text.cfg.trims,
                            extra_names=restored, hooks=[("hook_embed", add_noise)])
     clean_m = check_metric(metric, clean_out)

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from hooked_clip.analyses.results import CompactRepr
 from hooked_clip.errors import TokenizerUnavailableError
-from hooked_clip.tower import Tower
+from hooked_clip.tower import Tower, check_same_architecture, get_tower
 
 Tokens = Union[str, Sequence[str], Int[Tensor, "batch pos"]]
 Direction = Literal["denoise", "noise"]
@@ -91,6 +91,28 @@ class RunPair(CompactRepr):
         return (source_value, base_value) if self.direction == "denoise" else (base_value, source_value)
 
 
+def source_tower(patched: Tower, source_model) -> Tower:
+    """The tower the source run is recorded on: ``patched`` itself, or the same tower (text or image) of
+    ``source_model``, another checkpoint that must differ from it only in its weights
+    (:class:`~hooked_clip.errors.ArchitectureMismatchError` naming the differing config fields)."""
+    if source_model is None:
+        return patched
+    source = get_tower(source_model, patched.name)
+    check_same_architecture(patched, source)
+    return source
+
+
+def same_inputs(clean: Tokens, corrupt: Optional[Tokens], source_model) -> Tokens:
+    """``corrupt``, or ``clean`` again where ``corrupt`` is None: the same inputs in both runs, which only
+    patching across checkpoints (``source_model=``) makes a comparison."""
+    if corrupt is not None:
+        return corrupt
+    if source_model is None:
+        raise ValueError("corrupt is None: give the corrupt inputs, or pass source_model= to patch the same inputs "
+                         "from another checkpoint.")
+    return clean
+
+
 def str_tokens(tower: Tower, ids: Tensor) -> Optional[list[list[str]]]:
     """Token strings [example][pos] of a batch of ids through the tower's own tokenizer; None for pixels, or
     a tokenizer that cannot be built here (the model then runs on ids)."""
@@ -116,4 +138,4 @@ def _common_width(tower: Tower, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     return pad(a), pad(b)
 
 
-__all__ = ["DIRECTIONS", "Direction", "RunPair", "Tokens", "str_tokens"]
+__all__ = ["DIRECTIONS", "Direction", "RunPair", "Tokens", "same_inputs", "source_tower", "str_tokens"]

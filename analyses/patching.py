@@ -31,7 +31,7 @@ from torch import Tensor
 from hooked_clip.analyses.validation import check_act_index, check_alignment, check_count, checked_indices
 from hooked_clip.analyses.engine import BaseRun, Chunk, Hooks, Plan, execute
 from hooked_clip.analyses.metrics import Metric, check_metric, normalized_patching_metric
-from hooked_clip.analyses.pairs import Direction, RunPair, Tokens
+from hooked_clip.analyses.pairs import Direction, RunPair, Tokens, same_inputs, source_tower
 from hooked_clip.names import HEAD_ACTS, act_name as hook_name
 from hooked_clip.tower import Tower, get_tower
 
@@ -124,7 +124,7 @@ def _variants(index: Index, positions: list[int], heads: list[int]) -> tuple[Ten
 def activation_patch(
     model,
     clean: Tokens,
-    corrupt: Tokens,
+    corrupt: Optional[Tokens],
     metric: Metric,
     act_name: str = "resid_pre",
     *,
@@ -138,6 +138,7 @@ def activation_patch(
     batch_size: int = 1024,
     progress: bool = True,
     tower: Optional[Literal["text", "vision"]] = None,
+    source_model=None,
 ) -> PatchingResult:
     """Patch ``act_name`` at every index of the sweep and return the metric after each patch.
 
@@ -159,11 +160,18 @@ def activation_patch(
             passed as ``model`` is patched itself). Image-side positions are the ViT's (0 = class token, then
             the patches row by row: ``model.vision.position_labels()``); the metric then maps image
             embeddings to [..., batch] (e.g. ``similarity_metric(model, text_embeds)``).
+        source_model: another checkpoint of the same architecture (a ``HookedCLIP`` or tower) on which the
+            source run is recorded; the patched run stays on ``model``. ``corrupt=None`` then runs ``clean`` in
+            both (denoising: ``clean`` on ``source_model`` patched into ``clean`` on ``model``); ``clean``/``corrupt``
+            stays the result's wording (the source run is ``clean`` when denoising). A model differing in anything
+            but weights is refused (:class:`~hooked_clip.errors.ArchitectureMismatchError`).
 
     Returns:
         :class:`PatchingResult` with ``values`` [*axes, batch] in the metric's units.
     """
     patched = get_tower(model, tower)
+    source = source_tower(patched, source_model)
+    corrupt = same_inputs(clean, corrupt, source_model)
     check_act_index(act_name, index, PATCHABLE, INDEX_AXES, HEAD_ACTS)
     check_count("batch_size", batch_size, what="rows per forward")
     if alignment is not None and act_name == "pattern":
@@ -174,13 +182,13 @@ def activation_patch(
                          hint=_ALIGNMENT_HINT)
     layer_list = checked_indices("layers", layers, patched.cfg.n_layers)
     return _sweep(patched, pair, metric, [(act_name, l) for l in layer_list], index, positions, heads, alignment,
-                  return_type, batch_size, progress, ("layer", layer_list), act_name)
+                  return_type, batch_size, progress, ("layer", layer_list), act_name, source)
 
 
 def hidden_state_patch(
     model,
     clean: Tokens,
-    corrupt: Tokens,
+    corrupt: Optional[Tokens],
     metric: Metric,
     *,
     direction: Direction = "denoise",
@@ -190,6 +198,7 @@ def hidden_state_patch(
     return_type: Literal["normalized", "embed", "pooled"] = "normalized",
     batch_size: int = 1024,
     progress: bool = True,
+    source_model=None,
 ) -> PatchingResult:
     """Patch every hidden state (state, position), the paper's unit (transformers' ``hidden_states``): state
     0 is the embeddings' output, state l the output of block l (1-indexed), state n_layers the residual
@@ -197,9 +206,12 @@ def hidden_state_patch(
     :func:`activation_patch` of ``resid_pre`` (states 0..n_layers-1) and of the last block's ``resid_post``.
 
     Returns a :class:`PatchingResult` with axes ("state", "pos") and ``act_name`` "hidden_state"; the other
-    arguments are :func:`activation_patch`'s.
+    arguments (``source_model=`` and ``corrupt=None`` for patching across checkpoints included) are
+    :func:`activation_patch`'s.
     """
     text = get_tower(model, "text")
+    source = source_tower(text, source_model)
+    corrupt = same_inputs(clean, corrupt, source_model)
     check_count("batch_size", batch_size, what="rows per forward")
     pair = RunPair.build(text, clean, corrupt, direction, same_pooling=alignment is None,
                          hint=_ALIGNMENT_HINT)
@@ -207,14 +219,15 @@ def hidden_state_patch(
     state_list = checked_indices("states", states, n_layers + 1)
     sites = [("resid_pre", l) if l < n_layers else ("resid_post", n_layers - 1) for l in state_list]
     return _sweep(text, pair, metric, sites, "layer_pos", positions, None, alignment, return_type, batch_size,
-                  progress, ("state", state_list), "hidden_state")
+                  progress, ("state", state_list), "hidden_state", source)
 
 
 def _sweep(tower: Tower, pair: RunPair, metric: Metric, sites: list[tuple[str, int]], index: Index, positions, heads,
            alignment, return_type: str, batch_size: int, progress: bool, first_axis: tuple[str, list[int]],
-           label: str) -> PatchingResult:
+           label: str, source: Tower) -> PatchingResult:
     """The plan for the engine: patch activation ``act`` of block ``layer`` for every (act, layer) site at
-    every index; one BaseRun and one source run for all sites."""
+    every index; one BaseRun and one source run (on ``source``: ``tower`` or another checkpoint's) for
+    all sites."""
     names = [hook_name(act, layer) for act, layer in sites]
     # Per-position patches in a trimmed causal tower leave every earlier position unchanged: run only the
     # positions from the patched one on, with the earlier keys/values taken from the unpatched run.
@@ -222,7 +235,7 @@ def _sweep(tower: Tower, pair: RunPair, metric: Metric, sites: list[tuple[str, i
     base = BaseRun.record(tower, pair.base, return_type=return_type, first_layer=min(l for _, l in sites),
                           prefix_reuse=reuse_prefix, extra_names=names)
     with torch.inference_mode():
-        source_out, source_cache = tower.run_with_cache(pair.source, return_type=return_type, names_filter=sorted(set(names)))
+        source_out, source_cache = source.run_with_cache(pair.source, return_type=return_type, names_filter=sorted(set(names)))
     base_metric, source_metric = check_metric(metric, base.output), check_metric(metric, source_out)
 
     n_pos, n_ex = base.n_pos, base.output.shape[0]

@@ -60,3 +60,8 @@ class TextTooLongError(ValueError):
 
 class TokenizerUnavailableError(RuntimeError):
     """The model's own tokenizer could not be built here (its files are not on this machine)."""
+
+
+class ArchitectureMismatchError(UnsupportedModelError):
+    """Two models that should differ only in their weights (a checkpoint and its fine-tune, patched into each
+    other) differ in their architecture or computation: the message names the differing config fields."""

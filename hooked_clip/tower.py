@@ -11,7 +11,7 @@ contract the analyses state.
 
 from __future__ import annotations
 
-from hooked_clip.errors import UnknownHookError
+from hooked_clip.errors import ArchitectureMismatchError, UnknownHookError
 
 import contextlib
 import operator
@@ -116,6 +116,39 @@ def get_tower(model: Any, name: Optional[str] = None) -> "HookedTower":
     if hasattr(tower, "not_hooked_error"):
         raise tower.not_hooked_error()
     raise TypeError(f"expected a HookedCLIP or a hooked tower, got {type(model).__name__}.")
+
+
+# config fields that do not change what a tower computes from its weights: its name, its random init, where it
+# lives (checked on its own) and the forward options (exact either way)
+NOT_ARCHITECTURE = ("model_name", "seed", "init_range", "device", *FORWARD_OPTIONS, "trim_after_pool")
+
+
+def architecture_differences(a: "HookedTower", b: "HookedTower") -> dict[str, tuple[Any, Any]]:
+    """``{field: (a's value, b's value)}`` for every config field (and the tower class) in which two towers
+    differ beyond their weights (:data:`NOT_ARCHITECTURE` left out); empty for two checkpoints of one
+    architecture."""
+    out = {} if type(a) is type(b) else {"class": (type(a).__name__, type(b).__name__)}
+    fa, fb = vars(a.cfg), vars(b.cfg)
+    for key in sorted((set(fa) | set(fb)) - set(NOT_ARCHITECTURE)):
+        va, vb = fa.get(key, "<absent>"), fb.get(key, "<absent>")
+        if va != vb:
+            out[key] = (va, vb)
+    return out
+
+
+def check_same_architecture(a: "HookedTower", b: "HookedTower", names: tuple[str, str] = ("model", "source_model")) -> None:
+    """Refuse two towers that differ in anything but their weights (:class:`ArchitectureMismatchError` naming
+    each differing config field), or that live on different devices (a ``ValueError`` saying to move one)."""
+    diff = architecture_differences(a, b)
+    if diff:
+        fields = "; ".join(f"{k}: {names[0]} {va!r} vs {names[1]} {vb!r}" for k, (va, vb) in diff.items())
+        raise ArchitectureMismatchError(
+            f"the {a.name} towers of {names[0]} and {names[1]} differ in more than their weights ({fields}); "
+            "activations move between checkpoints of one architecture only, loaded the same way (the same "
+            "dtype and weight processing).")
+    if torch.device(a.cfg.device) != torch.device(b.cfg.device):
+        raise ValueError(f"{names[0]}'s {a.name} tower is on {a.cfg.device} but {names[1]}'s on {b.cfg.device}; "
+                         f"move one with .to(...) first.")
 
 
 def _check_shape(tower: "HookedTower") -> "HookedTower":

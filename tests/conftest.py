@@ -227,18 +227,19 @@ def largest_difference(a, b) -> float:
 _PER_HEAD = ("z", "q", "k", "v", "pattern")  # written here: the reference shares no tables with the engine
 
 
-def patch_loop(tower, clean, corrupt, metric, act: str, index: str, direction: str = "denoise"):
+def patch_loop(tower, clean, corrupt, metric, act: str, index: str, direction: str = "denoise", source_tower=None):
     """TransformerLens-style activation patching, one full forward per patch, the hook written here.
 
     Layers, positions and heads are enumerated from the tower and the inputs — ``tower.cfg.n_layers``,
     ``tower.cfg.n_heads`` and the positions the patched run actually computes (its cached residual) — never
-    from a result under test. ``clean``/``corrupt`` are the tower's inputs (token ids or pixels). Returns
+    from a result under test. ``clean``/``corrupt`` are the tower's inputs (token ids or pixels); ``source_tower``:
+    the tower (another checkpoint) the source run is recorded on, ``tower`` by default. Returns
     (values [layer, (pos), (head), batch], labels {axis: list}) so a test compares the labels too."""
     from transformer_lens.utilities import get_act_name
 
     source, target = (clean, corrupt) if direction == "denoise" else (corrupt, clean)
     with torch.no_grad():
-        _, cache = tower.run_with_cache(source)
+        _, cache = (tower if source_tower is None else source_tower).run_with_cache(source)
         _, target_cache = tower.run_with_cache(target, names_filter=[get_act_name("resid_pre", 0)])
     labels = {"layer": list(range(tower.cfg.n_layers))}
     if "pos" in index.split("_"):
@@ -265,10 +266,10 @@ def patch_loop(tower, clean, corrupt, metric, act: str, index: str, direction: s
     return values, labels
 
 
-def assert_matches_loop(result, tower, clean, corrupt, metric, atol: float = 1e-5):
+def assert_matches_loop(result, tower, clean, corrupt, metric, atol: float = 1e-5, source_tower=None):
     """The engine's result equals :func:`patch_loop` in labels (every layer, position and head, in order)
     and in values."""
     index = "_".join(result.axes)
-    values, labels = patch_loop(tower, clean, corrupt, metric, result.act_name, index, result.direction)
+    values, labels = patch_loop(tower, clean, corrupt, metric, result.act_name, index, result.direction, source_tower)
     assert {a: list(result.labels[a]) for a in result.axes} == labels
     assert (result.values - values).abs().max() <= atol

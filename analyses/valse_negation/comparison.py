@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
+
+from hooked_clip.fingerprint import Fingerprint
+from hooked_clip.loaders.files import read_json
 
 from hooked_clip.analyses.valse_negation import paper
 from hooked_clip.analyses.valse_negation.aggregate import LOCATIONS
@@ -56,13 +59,33 @@ def write_comparison(out_dir, runs: Sequence[tuple[str, Path]], elapsed_s: dict 
     out_dir = Path(out_dir)
     if len(runs) < 2:
         raise ValueError(f"a comparison needs at least two runs, got {len(runs)}.")
+    fingerprints = run_fingerprints(runs)
     summaries = [summary_table(mid, json.loads((Path(d) / "results.json").read_text())) for mid, d in runs]
     data = {"models": [s["model"] for s in summaries], "run_dirs": {mid: str(d) for mid, d in runs},
+            "fingerprints": fingerprints,
             "elapsed_s": elapsed_s or {}, "summaries": summaries}
     atomic_write(out_dir / "comparison.json", json.dumps(data, indent=1))
     figure = _figure(out_dir, summaries)
     atomic_write(out_dir / "comparison.md", _markdown(summaries, dict(runs), figure, elapsed_s or {}))
     return out_dir / "comparison.md"
+
+
+def run_fingerprints(runs: Sequence[tuple[str, Path]]) -> dict[str, Optional[str]]:
+    """Each run's model fingerprint (``fp-...``, from its config.json; None for outputs written without a run's
+    config). Two runs of the same weights under two names are one model: comparing them is refused, naming both."""
+    out: dict[str, Optional[str]] = {}
+    for mid, d in runs:
+        path = Path(d) / "config.json"
+        if not path.exists():
+            out[mid] = None
+            continue
+        record = read_json(path, "the run's settings (JSON)", "Run the study again into a new --out.")
+        fp = Fingerprint.from_dict(record["fingerprint"]).short
+        same = [m for m, f in out.items() if f == fp]
+        if same:
+            raise ValueError(f"{same[0]!r} and {mid!r} are one model (the same weights, fingerprint {fp}); compare it once.")
+        out[mid] = fp
+    return out
 
 
 def _figure(out_dir: Path, summaries: list[dict]):

@@ -5,7 +5,8 @@ Built only from the generic analyses: scores (``hooked_clip.analyses.metrics``),
 (``hooked_clip.analyses.heads.negator_head_scores``). Segments by ``segments.py``; aggregation in ``aggregate.py``;
 the outputs (tables, figures, the report) by ``report.write_outputs``.
 
-A run directory holds ``config.json`` (model, fingerprint, settings), ``image_embeds.safetensors`` (the
+A run directory holds ``config.json`` (model, fingerprint — :func:`hooked_clip.fingerprint.fingerprint`, so the
+same weights under two names are one model and different weights are never mixed — settings), ``image_embeds.safetensors`` (the
 image embeddings, computed once), ``items/<id>.json`` (one record per valid item, each written to a
 temporary file and renamed into place), then the outputs of ``report.write_outputs``. A run directory from
 another model or configuration is refused.
@@ -13,7 +14,6 @@ another model or configuration is refused.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from hooked_clip.errors import UnreadableFileError
+from hooked_clip.fingerprint import fingerprint
 
 from hooked_clip.loaders.files import read_json, read_safetensors
 
@@ -62,15 +63,6 @@ class Settings:
             raise ValueError(f"limit (--limit) must be a positive number of items or None, got {self.limit!r}.")
 
 
-def fingerprint(model) -> str:
-    """sha256 over the text tower's and image tower's parameters (identifies the weights)."""
-    h = hashlib.sha256()
-    for name, p in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(p.detach().cpu().float().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 def _umask() -> int:
     mask = os.umask(0o022)  # reading the umask means setting it; put it back at once
     os.umask(mask)
@@ -96,7 +88,8 @@ def _check_config(run_dir: Path, config: dict) -> None:
     if path.exists():
         old = read_json(path, "the run's settings (JSON)", f"Delete the run directory {run_dir} to start over, "
                         "or pass another --out.")
-        diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+        # the model's name is not compared: the fingerprint says which weights ran (two names, one model)
+        diff = sorted(k for k in set(old) | set(config) if k != "model" and old.get(k) != config.get(k))
         if diff:
             raise RunDirMismatchError(
                 f"{run_dir} holds a run of another configuration (differs in {diff}: "
@@ -176,7 +169,7 @@ def run_items(model, run_dir, *, model_id: str, images=None, settings: Settings 
     if images is not None and getattr(model, "vision", None) is None:
         raise ValueError("this model has no image tower, so image scores cannot be computed; load a full CLIP "
                          "(HookedCLIP.from_pretrained / from_open_clip) or run without --images.")
-    config = {"study_version": STUDY_VERSION, "model": model_id, "fingerprint": fingerprint(model),
+    config = {"study_version": STUDY_VERSION, "model": model_id, "fingerprint": fingerprint(model).as_dict(),
               "images": images.describe() if images is not None else None, "n_items": len(items),
               "images_content": images.identity(items) if images is not None else None,
               "subject_parser": subject_parser.name if subject_parser is not None else None,

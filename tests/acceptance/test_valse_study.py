@@ -786,3 +786,28 @@ def test_rome_numbers_do_not_depend_on_chunking_or_resuming(random_demo, tmp_pat
             for got in (rows(chunked, key)[k][0], rows(resumed, key)[k][0]):
                 for a, b in zip(want, got):  # NaN rows (absent tokens) compare as absent
                     assert all(abs(x - y) <= max(1e-5, 5e-5 / d) for x, y in zip(a, b) if x == x), (key, k)
+
+
+# ------------------------------------------------------------------------------ the model's fingerprint
+def test_fingerprint_keys_runs_and_comparisons(random_demo, tmp_path):
+    """The run records hooked_clip's fingerprint; the same weights under another name resume the run; a
+    comparison of one model under two names is refused."""
+    import copy
+
+    from hooked_clip.analyses.valse_negation.comparison import run_fingerprints
+    from hooked_clip.fingerprint import fingerprint
+
+    settings = Settings(limit=2)
+    first = run_items(random_demo, tmp_path / "a", model_id="random", images=SceneImages(), settings=settings, progress=False)
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert config["fingerprint"] == fingerprint(random_demo).as_dict()
+    again = run_items(copy.deepcopy(random_demo), tmp_path / "a", model_id="random-renamed", images=SceneImages(),
+                      settings=settings, progress=False)  # two names, one model: resumed, nothing measured again
+    assert json.dumps(again, sort_keys=True) == json.dumps(first, sort_keys=True)
+    for name, fp in (("b", config["fingerprint"]), ("c", fingerprint(build(OBJECTS, seed=8)).as_dict())):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps({**config, "fingerprint": fp}))
+    with pytest.raises(ValueError, match="'random' and 'random-renamed' are one model"):
+        run_fingerprints([("random", tmp_path / "a"), ("random-renamed", tmp_path / "b")])
+    fps = run_fingerprints([("random", tmp_path / "a"), ("other", tmp_path / "c")])
+    assert fps["random"] == fingerprint(random_demo).short and fps["other"] != fps["random"]
