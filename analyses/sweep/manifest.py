@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import tomllib
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from hooked_clip.analyses.sweep.analyses import ANALYSES
+from hooked_clip.models.registry import SHIPPED_MODELS
 
 
 class ManifestError(ValueError):
@@ -220,6 +222,11 @@ def _model(entry: dict, i: int, base: Path, where: str) -> ModelSpec:
                             f"open_clip (an open_clip model name, with pretrained = a tag or a file).")
     if path is not None and pretrained is not None:
         raise ManifestError(f"{at}: pretrained belongs to open_clip models; drop it or write open_clip = NAME.")
+    if oc is not None and pretrained is None:
+        raise ManifestError(f"{at}: open_clip = {oc!r} needs pretrained = a tag (e.g. 'openai') or a weights file; "
+                            "without it open_clip draws new random weights at every load.")
+    if path in SHIPPED_MODELS and tokenizer is not None:
+        raise ManifestError(f"{at}: the shipped model {path!r} carries its own tokenizer; drop tokenizer.")
     if oc is not None:
         import open_clip
 
@@ -240,6 +247,8 @@ def _dataset(entry: dict, i: int, base: Path, where: str) -> DatasetSpec:
     at = f"{where} [[datasets]] #{i + 1}"
     _unknown(entry, _DATASET_KEYS, at, "")
     name = _string(entry, "name", at, required=True)
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+        raise ManifestError(f"{at}: name {name!r} names the dataset's folders; use letters, digits, '.', '_' and '-'.")
     at = f"{where} dataset {name!r}"
     path = _local(_string(entry, "path", at, required=True), base, True, at, "path")
     if not Path(path).is_file():

@@ -206,7 +206,7 @@ def test_quickgelu_trap_is_flagged(tmp_path):
     ({"models": [{"name": "a"}]}, "exactly one of path"),
     ({"models": [{"name": "a", "path": "./nowhere"}]}, "does not exist"),
     ({"models": [{"name": "a", "path": "x/y", "weights": 1}]}, "unknown field(s) ['weights']"),
-    ({"models": [{"name": "a", "open_clip": "ViT-B-33"}]}, "open_clip has no model 'ViT-B-33'"),
+    ({"models": [{"name": "a", "open_clip": "ViT-B-33", "pretrained": "openai"}]}, "open_clip has no model 'ViT-B-33'"),
     ({"models": [{"name": "a", "path": "x/y"}, {"name": "a", "path": "x/z"}]}, "names ['a'] more than once"),
     ({"datasets": [{"name": "d", "path": "missing.json"}]}, "does not exist"),
     ({"analyses": {"atlas": {}}}, "unknown analysis [analyses.atlas]"),
@@ -214,6 +214,9 @@ def test_quickgelu_trap_is_flagged(tmp_path):
     ({"analyses": {"valse-negation": {"chunk": 0}}}, "chunk"),
     ({"analyses": {}}, "no [analyses.NAME] table"),
     ({"sweep": {"threads": 0}}, "threads must be a positive integer"),
+    ({"models": [{"name": "a", "open_clip": "ViT-B-32"}]}, "needs pretrained"),
+    ({"models": [{"name": "a", "path": "tiny-negation", "tokenizer": "."}]}, "carries its own tokenizer"),
+    ({"datasets": [{"name": "d/1", "path": "d.json"}]}, "names the dataset's folders"),
 ])
 def test_every_bad_manifest_field_is_one_clear_error(tmp_path, change, words):
     (tmp_path / "d.json").write_text(json.dumps({k: v for k, v in list(json.loads(VALSE.read_text()).items())[:2]}))
