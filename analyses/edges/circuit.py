@@ -59,22 +59,24 @@ class FaithfulnessCurve(CompactRepr):
                  for s in range(self.random.shape[0]) for i, k in enumerate(self.n_edges)]
         return pd.DataFrame(rows)
 
-    def plot(self, ax=None, label: str = "top edges"):
-        """The curve (and the random circuits' mean and range) on a matplotlib axis."""
+    def plot(self, ax=None, label: str = "top edges", random: bool = True):
+        """The curve (and, with ``random``, the random circuits' mean and range) on a matplotlib axis."""
         import matplotlib.pyplot as plt
 
         ax = ax or plt.subplots(figsize=(4.5, 3.2))[1]
-        ax.plot(self.n_edges, self.faithfulness.numpy(), marker="o", ms=3, label=label)
-        if self.random.numel():
-            ax.plot(self.n_edges, self.random.mean(0).numpy(), color="grey", ls="--", label="random edges")
+        line, = ax.plot(self.n_edges, self.faithfulness.numpy(), marker="o", ms=3, label=label)
+        if random and self.random.numel():
+            ax.plot(self.n_edges, self.random.mean(0).numpy(), color=line.get_color(), ls="--", lw=1,
+                    label=f"as many random edges ({self.random.shape[0]} draws)")
             ax.fill_between(self.n_edges, self.random.min(0).values.numpy(), self.random.max(0).values.numpy(),
-                            color="grey", alpha=0.2)
+                            color=line.get_color(), alpha=0.15)
         ax.axhline(1, color="black", lw=0.5)
         ax.axhline(0, color="black", lw=0.5)
-        ax.set_xscale("symlog", linthresh=1)
+        if min(self.n_edges) > 0:
+            ax.set_xscale("log")
         ax.set_xlabel("edges kept")
         ax.set_ylabel("fraction of the metric kept")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
         return ax
 
 
