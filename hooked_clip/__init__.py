@@ -6,6 +6,11 @@ contract), ``names.py`` (every hook name and label), ``tokenizers/``, ``loaders/
 the ONE family table), ``models/`` (shipped models), ``model.py`` (``HookedCLIP``), and ``analyses/``
 (installed as ``hooked_clip.analyses``) on top."""
 
+from hooked_clip.lazy import defer_transformer_lens_init
+
+defer_transformer_lens_init()  # before anything imports transformer_lens: its __init__ costs transformers, pandas
+
+
 from hooked_clip.errors import (CheckpointMismatchError, HookReturnError, TokenizerUnavailableError,
                                 UnknownHookError, UnreadableFileError, UnsafeCheckpointError,
                                 UnsupportedImageTower, UnsupportedModelError, WeightsUnavailableError)

@@ -11,8 +11,10 @@ model into its own run directory and writes a comparison report beside them.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -52,6 +54,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None,
                    help="where the model runs: cpu, cuda, cuda:1, ... (default: CUDA when available, else the CPU, "
                         "as every loader)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: 1 for the demo models, whose small matrices lose more to thread "
+                        "hand-offs than they gain; torch's default, or OMP_NUM_THREADS, otherwise)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -69,6 +74,27 @@ def load(model_id: str, device: Optional[str] = None):
     return load_model(model_id, device=device)
 
 
+def _threads(args: argparse.Namespace, model_id: str) -> Optional[int]:
+    """Torch threads for one model's run, None for torch's default (see ``--threads``)."""
+    if args.threads is not None:
+        return args.threads
+    return 1 if model_id in DEMO_MODELS and "OMP_NUM_THREADS" not in os.environ else None
+
+
+@contextmanager
+def _torch_threads(n: Optional[int]):
+    """Run with ``n`` torch CPU threads (None: leave them), put back after."""
+    import torch
+
+    old = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 def _canonical(model_id: str) -> str:
     """One spelling per model: a local directory as its absolute path (``D``, ``D/`` and ``/abs/D`` are one
     model, one run); hub ids, shipped names and ``open_clip:`` ids as given."""
@@ -79,6 +105,8 @@ def _canonical(model_id: str) -> str:
 def run(args: argparse.Namespace) -> Path:
     if args.limit is not None and args.limit < 1:
         raise SystemExit("--limit must be a positive number of items.")
+    if args.threads is not None and args.threads < 1:
+        raise SystemExit(f"--threads must be a positive number of CPU threads, got {args.threads}.")
     models = [_canonical(m) for m in (args.model or [DEMO_MODELS[0]])]
     if len(set(models)) != len(models):
         raise SystemExit(f"--model lists a model twice ({models}); name each model once.")
@@ -113,6 +141,11 @@ def run_one(args: argparse.Namespace, model_id: str, out, items, reference, pars
     """One model's study into ``out``. ``parser``: the subject prompts (not used by the demo models, whose
     scenes have their own subjects). With ``several``, a demo model keeps its scenes while the others use
     ``--images``."""
+    with _torch_threads(_threads(args, model_id)):
+        return _run_one(args, model_id, out, items, reference, parser, several)
+
+
+def _run_one(args: argparse.Namespace, model_id: str, out, items, reference, parser, several: bool) -> Path:
     start = time.perf_counter()
     model = load(model_id, args.device)
     if model_id in DEMO_MODELS:
@@ -141,6 +174,8 @@ def run_one(args: argparse.Namespace, model_id: str, out, items, reference, pars
     note = "none (text-only parts)" if images is None else f"{images.describe()}; pixels: {preprocessing_name(model)}"
     if parser is not None:
         note += f"; subject prompts: {parser.name}"
-    write_outputs(out, records, results, model=model, model_id=model_id, images_note=note)
-    print(f"wrote {out}/report.md and results.json ({time.perf_counter() - start:.1f} s)")
+    if write_outputs(out, records, results, model=model, model_id=model_id, images_note=note):
+        print(f"wrote {out}/report.md and results.json ({time.perf_counter() - start:.1f} s)")
+    else:
+        print(f"{out}/report.md and results.json are up to date: nothing changed ({time.perf_counter() - start:.1f} s)")
     return out

@@ -13,23 +13,30 @@ from hooked_clip.analyses.valse_negation.attention_html import write_attention_h
 from hooked_clip.analyses.valse_negation.figures import write_figures
 from hooked_clip.analyses.valse_negation.formatting import json_safe
 from hooked_clip.analyses.valse_negation.markdown import report_markdown
+from hooked_clip.analyses.valse_negation.output_cache import inputs_digest, outputs_current, record_outputs
 from hooked_clip.analyses.valse_negation.reference import to_reference_format
 from hooked_clip.analyses.valse_negation.study import atomic_write
 from hooked_clip.analyses.valse_negation.tables import write_tables
 
 
 def write_outputs(run_dir, records: dict[str, dict], results: dict, *, model=None, model_id: str = "",
-                  images_note: str = "") -> None:
+                  images_note: str = "") -> bool:
     """Write every output of a run: ``results`` from :func:`~hooked_clip.analyses.valse_negation.aggregate.aggregate`
-    of ``records``; ``model`` (optional) adds its logit scale and the attention view."""
+    of ``records``; ``model`` (optional) adds its logit scale and the attention view. Returns False (nothing
+    written) when the outputs are already those of these inputs (``output_cache``)."""
     run_dir = Path(run_dir)
     if model is not None and getattr(model, "logit_scale", None) is not None and "logit_scale" not in results:
         results = {**results, "logit_scale": float(model.logit_scale.detach().exp())}
     if model is not None and "text_tower" not in results:
         results = {**results, "text_tower": model.text.cfg.describe()}
+    digest = inputs_digest(run_dir, records, results, model_id, images_note)
+    if outputs_current(run_dir, digest):
+        return False
     atomic_write(run_dir / "results.json", json.dumps(json_safe(results), indent=1, allow_nan=False))
     atomic_write(run_dir / "per_item.json", json.dumps(json_safe(to_reference_format(records)), indent=1, allow_nan=False))
     write_tables(run_dir, records, results)
     figures = write_figures(run_dir, records, results, model_id)
     html = write_attention_html(run_dir, model, records, model_id) if model is not None else None
     atomic_write(run_dir / "report.md", report_markdown(results, model_id, images_note, figures, html, records))
+    record_outputs(run_dir, digest)
+    return True

@@ -17,6 +17,7 @@ from hooked_clip.loaders.files import read_state_dict
 from hooked_clip.loaders.hub import hub_reachable, unavailable
 from hooked_clip.loaders.open_clip_text import hf_type_from_name, open_clip_hf_refusal
 from hooked_clip.tokenizers.hf import tokenizer_for_open_clip
+from hooked_clip.lazy import complete_transformer_lens
 
 
 def read_open_clip(model: Union[str, nn.Module], pretrained: Optional[str] = None, cache_dir: Optional[str] = None,
@@ -52,6 +53,8 @@ def open_clip_text_class(oc_model: nn.Module) -> str:
 def _open_clip_model(name: str, pretrained: Optional[str], cache_dir: Optional[str]):
     """An open_clip model built from its name, weights from a tag or a local file, checked strictly."""
     import open_clip
+
+    complete_transformer_lens()  # its __init__'s huggingface_hub patch (open_clip's HF text towers read configs)
 
     if name not in open_clip.list_models():
         import difflib

@@ -17,6 +17,7 @@ from hooked_clip.loaders.convert import mismatch_summary
 from hooked_clip.loaders.families import class_for_model_type, family_for
 from hooked_clip.loaders.files import check_checkpoint_dir
 from hooked_clip.loaders.hub import hub_reachable, unavailable
+from hooked_clip.lazy import complete_transformer_lens
 
 
 def read_hf(hf_model: nn.Module, image_processor: Any = None, tokenizer: Any = None, **cfg_overrides) -> Checkpoint:
@@ -92,6 +93,8 @@ def _load_hf_dir(name: str, local_only: bool):
     strictly: missing, unexpected or mis-shaped weights raise ``CheckpointMismatchError``."""
     import transformers
     from transformers import AutoConfig, AutoImageProcessor
+
+    complete_transformer_lens()  # its __init__'s huggingface_hub patch, as a plain import of it would apply
 
     config = AutoConfig.from_pretrained(name, local_files_only=local_only)
     class_name, family = _hf_class(config, name)

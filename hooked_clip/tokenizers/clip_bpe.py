@@ -1,5 +1,6 @@
 """CLIP's BPE tokenizer (:class:`CLIPTokenizer`), implementing :class:`~hooked_clip.tokenizers.base.TextTokenizer`
-from open_clip's bundled vocabulary (the offline source of truth).
+from open_clip's bundled vocabulary (the offline source of truth), read by :mod:`~hooked_clip.tokenizers.bpe`
+without importing open_clip.
 
 Ids are identical to ``open_clip.tokenize`` and to a transformers ``CLIPTokenizer`` built from the same
 vocabulary (see :meth:`CLIPTokenizer.save_hf_vocab`). Unlike ``open_clip.tokenize``, text longer than the
@@ -18,6 +19,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from hooked_clip.tokenizers.bpe import BPE, N_MERGES
 from hooked_clip.tokenizers.base import Padding, Text, as_text_list, check_padding, pad_rows, too_long
 
 SOT_STR = "<|startoftext|>"
@@ -31,10 +33,8 @@ class CLIPTokenizer:
     pad_token_id = 0  # open_clip's padding id
 
     def __init__(self, context_length: int = 77, bpe_path: str | None = None):
-        from open_clip.tokenizer import SimpleTokenizer, default_bpe
-
-        self.bpe_path = bpe_path or default_bpe()
-        self._bpe = SimpleTokenizer(bpe_path=self.bpe_path, context_length=context_length)
+        self._bpe = BPE(bpe_path)
+        self.bpe_path = self._bpe.bpe_path
         self.context_length = context_length
         self.sot_token_id: int = self._bpe.sot_token_id
         self.eot_token_id: int = self._bpe.eot_token_id
@@ -103,6 +103,6 @@ class CLIPTokenizer:
         vocab = {_HF_NAMES.get(k, k): v for k, v in self._bpe.encoder.items()}
         (directory / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
         lines = gzip.open(self.bpe_path).read().decode("utf-8").split("\n")
-        merges = lines[1 : 49152 - 256 - 2 + 1]  # the slice open_clip's SimpleTokenizer uses
+        merges = lines[1 : N_MERGES + 1]  # the slice open_clip's SimpleTokenizer uses
         (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
         return directory

@@ -22,6 +22,7 @@ from torch import Tensor
 from hooked_clip.errors import CheckpointMismatchError, TokenizerUnavailableError
 from hooked_clip.tokenizers.base import Padding, Text, as_text_list, check_padding, pad_rows, too_long, uses_clip_vocab
 from hooked_clip.tokenizers.clip_bpe import CLIPTokenizer
+from hooked_clip.lazy import complete_transformer_lens
 
 # Probe texts on which a directory's CLIP tokenizer must give open_clip's BPE ids before the BPE replaces it.
 _PROBES = (
@@ -201,6 +202,7 @@ def tokenizer_from_hf_dir(directory: Union[str, Path], cfg) -> Any:
             eot_token_id=cfg.eot_token_id, vocab_size=cfg.d_vocab)
     from transformers import AutoTokenizer
 
+    complete_transformer_lens()  # its __init__'s huggingface_hub patch, as a plain import of it would apply
     adapted = HFTextTokenizer(AutoTokenizer.from_pretrained(str(directory), local_files_only=True), cfg.n_ctx,
                               source=str(directory))
     if adapted.vocab_size > cfg.d_vocab:
