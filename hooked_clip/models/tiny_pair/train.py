@@ -18,7 +18,6 @@ Sentences are ``tiny-negation``'s world (its templates, lead-ins and trailing ph
 from __future__ import annotations
 
 import argparse
-import math
 import random
 import time
 from pathlib import Path
@@ -28,9 +27,10 @@ import torch.nn.functional as F
 
 from hooked_clip.models.tiny_negation import build, save
 from hooked_clip.models.tiny_negation import world as w
-from hooked_clip.models.tiny_negation.train import (CompactEmbed, deterministic_algorithms, extra_vocabulary,
-                                                    loss_fn, pairwise_accuracy, random_scenes_about, sample_batch,
-                                                    scores, training_vocabulary_ids)
+from hooked_clip.models.tiny_negation.train import (CompactEmbed, cosine_schedule, deterministic_algorithms,
+                                                    extra_vocabulary, loss_fn, optimizer_step, pairwise_accuracy,
+                                                    random_scenes_about, sample_batch, scores,
+                                                    training_vocabulary_ids)
 from hooked_clip.models.tiny_pair import ARCHITECTURE, BASE, TUNED
 from hooked_clip.tokenizers.clip_bpe import CLIPTokenizer
 
@@ -73,12 +73,6 @@ def base_loss(model, tokenizer, scenes, captions, extra_scenes: int, generator: 
     return loss
 
 
-def _schedule(opt, steps: int):
-    warmup = max(1, steps // 20)
-    return torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
-
-
 def _log(tag, step, steps, loss, model, tokenizer, probe, start, log_every):
     if log_every and (step % log_every == 0 or step == steps - 1):
         print(f"{tag} step {step:5d}  loss {loss.item():.4f}  scale {model.logit_scale.exp().item():.1f}  "
@@ -102,19 +96,13 @@ def train_base(steps: int, batch: int = 64, lr: float = 1e-3, seed: int = 0, ext
     model.text.embed = CompactEmbed(full.W_E, sorted(used))
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    sched = _schedule(opt, steps)
+    sched = cosine_schedule(opt, steps)
     probe = sample_batch(random.Random(seed + PROBE_SEED), 256)
     start = time.perf_counter()
     for step in range(steps):
         scenes, captions = affirmative_batch(rng, batch, plain=step < plain_fraction * steps)
         loss = base_loss(model, tokenizer, scenes, captions, extra_scenes, generator)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
+        optimizer_step(model, opt, sched, loss, model.parameters())
         _log("base", step, steps, loss, model, tokenizer, probe, start, log_every)
     with torch.no_grad():
         full.W_E[model.text.embed.ids] = model.text.embed.rows
@@ -135,17 +123,13 @@ def fine_tune(model, used, steps: int, batch: int = 64, lr: float = 5e-4, seed: 
         p.requires_grad_(False)
     model.train()
     opt = torch.optim.AdamW([p for p in model.text.parameters() if p.requires_grad], lr=lr, weight_decay=0.01)
-    sched = _schedule(opt, steps)
+    sched = cosine_schedule(opt, steps)
     probe = sample_batch(random.Random(seed + PROBE_SEED), 256)
     start = time.perf_counter()
     for step in range(steps):
         scenes, true, false = sample_batch(rng, batch)
         loss, _ = loss_fn(model, tokenizer, scenes, true, false, extra_scenes, generator)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.text.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        optimizer_step(model, opt, sched, loss, model.text.parameters())  # the frozen logit scale stays in range
         _log("tune", step, steps, loss, model, tokenizer, probe, start, log_every)
     with torch.no_grad():
         full.W_E[model.text.embed.ids] = model.text.embed.rows
