@@ -9,7 +9,7 @@ torch.set_grad_enabled(False)
 base = load_model("tiny-pair-base", device="cpu")
 tuned = load_model("tiny-pair-tuned", device="cpu")
 print(fingerprint(base), fingerprint(tuned))        # two different weights; a renamed copy would print the same
-items = load_items(limit=60)                         # VALSE existence: the negated sentence, scenes without/with its subject
+items = load_items(limit=40)                         # VALSE existence: the negated sentence, scenes without/with its subject
 print(items.negated[0], "|", items.absent[0], "|", items.present[0])
 
 metric = behaviour_metric(base, items)
@@ -48,7 +48,7 @@ for ax, (name, s) in zip(axes, (("restore: tuned state into the base", restore),
 im = axes[2].imshow(restore.heads.numpy(), cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto")
 axes[2].set(title="restore: one head's z", xlabel="head", ylabel="layer")
 fig.colorbar(im, ax=axes, fraction=0.02, label="fraction of the base→tuned gap")
-fig.suptitle("tiny-pair-tuned vs tiny-pair-base: one state patched across checkpoints (60 VALSE sentences)")
+fig.suptitle("tiny-pair-tuned vs tiny-pair-base: one state patched across checkpoints (40 VALSE sentences)")
 fig.savefig("figures/10_checkpoint_diff.png", dpi=90, bbox_inches="tight")
 
 top3 = [divmod(int(i), restore.heads.shape[1]) for i in restore.heads.flatten().argsort(descending=True)[:3]]
