@@ -146,9 +146,9 @@ def check_same_architecture(a: "HookedTower", b: "HookedTower", names: tuple[str
             f"the {a.name} towers of {names[0]} and {names[1]} differ in more than their weights ({fields}); "
             "activations move between checkpoints of one architecture only, loaded the same way (the same "
             "dtype and weight processing).")
-    if torch.device(a.cfg.device) != torch.device(b.cfg.device):
-        raise ValueError(f"{names[0]}'s {a.name} tower is on {a.cfg.device} but {names[1]}'s on {b.cfg.device}; "
-                         f"move one with .to(...) first.")
+    da, db = next(a.parameters()).device, next(b.parameters()).device  # "cuda" and "cuda:0" are one device
+    if da != db:
+        raise ValueError(f"{names[0]}'s {a.name} tower is on {da} but {names[1]}'s on {db}; move one with .to(...) first.")
 
 
 def _check_shape(tower: "HookedTower") -> "HookedTower":

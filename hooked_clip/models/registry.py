@@ -36,8 +36,24 @@ def _tiny_negation_pixels(device: Optional[str] = None, dtype: Union[torch.dtype
     return model.to(dtype)  # both towers' cfg.dtype follow (HookedTower._apply)
 
 
+def _tiny_pair(name: str):
+    """A loader of one model of the toy checkpoint pair (``tiny-pair-base`` / ``tiny-pair-tuned``)."""
+
+    def loader(device: Optional[str] = None, dtype: Union[torch.dtype, str] = torch.float32, **processing) -> HookedCLIP:
+        from hooked_clip.models.tiny_pair import load
+
+        dtype = resolve_dtype(dtype)
+        model = load(name, device=resolve_device(device))
+        process_weights(model, **processing)
+        return model.to(dtype)
+
+    return loader
+
+
 SHIPPED_MODELS: dict[str, Callable[..., HookedCLIP]] = {"tiny-negation": _tiny_negation,
-                                                        "tiny-negation-pixels": _tiny_negation_pixels}
+                                                        "tiny-negation-pixels": _tiny_negation_pixels,
+                                                        "tiny-pair-base": _tiny_pair("tiny-pair-base"),
+                                                        "tiny-pair-tuned": _tiny_pair("tiny-pair-tuned")}
 
 
 def load_model(name: str, **kwargs: Any) -> HookedCLIP:

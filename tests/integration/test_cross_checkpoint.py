@@ -136,3 +136,12 @@ def test_corrupt_none_needs_a_source_model(pair):
     base, _ = pair
     with pytest.raises(ValueError, match="corrupt is None.*source_model="):
         activation_patch(base, TEXTS, None, metric_for(base, len(TEXTS)), progress=False)
+
+
+def test_a_source_model_on_another_device_is_refused(pair):
+    import copy
+
+    base, tuned = pair
+    moved = copy.deepcopy(tuned).to("meta")  # any other device
+    with pytest.raises(ValueError, match="move one with .to"):
+        activation_patch(base, TEXTS, None, metric_for(base, len(TEXTS)), source_model=moved, progress=False)

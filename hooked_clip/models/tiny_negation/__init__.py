@@ -41,27 +41,32 @@ def text_config(device: str = "cpu", **overrides):
     return CLIPTextConfig(**kw)
 
 
-def build(objects, seed: int = 0, device: str = "cpu"):
-    """A randomly initialised demo-model architecture (what ``train.py`` starts from)."""
+def build(objects, seed: int = 0, device: str = "cpu", d_hidden: int = 256, **text_overrides):
+    """A randomly initialised demo-model architecture (what ``train.py`` starts from); ``d_hidden`` and
+    ``text_overrides`` (``text_config``'s fields) make a smaller sibling (the ``tiny-pair`` models)."""
     from hooked_clip.model import HookedCLIP
     from hooked_clip.text.tower import HookedCLIPText
 
     torch.manual_seed(seed)
-    text = HookedCLIPText(text_config(device, seed=seed))
-    tower = SceneTower(SceneEncoder(objects, d_proj=text.cfg.d_proj)).to(device)
+    text = HookedCLIPText(text_config(device, seed=seed, **text_overrides))
+    tower = SceneTower(SceneEncoder(objects, d_hidden=d_hidden, d_proj=text.cfg.d_proj)).to(device)
     return HookedCLIP(text, tower, logit_scale=float(torch.log(torch.tensor(10.0))))
 
 
-def save(model, path: Path, used_token_ids) -> None:
+def save(model, path: Path, used_token_ids, architecture: dict | None = None) -> None:
     """Write the weights as safetensors: token-embedding rows only for the ids the model was trained on
-    (every other row is zero), the rest of the state dict as is, the object vocabulary in the metadata."""
+    (every other row is zero), the rest of the state dict as is, the object vocabulary (and ``architecture``,
+    :func:`build`'s keywords, for a sibling of another size) in the metadata."""
     from safetensors.torch import save_file
 
     ids = torch.tensor(sorted(set(int(i) for i in used_token_ids)), dtype=torch.long)
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k != "text.embed.W_E"}
     sd["text.embed.W_E_rows"] = model.text.embed.W_E.detach()[ids].cpu().contiguous()
     sd["text.embed.W_E_ids"] = ids
-    save_file(sd, str(path), metadata={"objects": json.dumps(model.vision.encoder.objects)})
+    metadata = {"objects": json.dumps(model.vision.encoder.objects)}
+    if architecture:
+        metadata["architecture"] = json.dumps(architecture)
+    save_file(sd, str(path), metadata=metadata)
 
 
 def load(path: Path = WEIGHTS, device: str = "cpu"):
@@ -74,8 +79,9 @@ def load(path: Path = WEIGHTS, device: str = "cpu"):
                                 "`python -m hooked_clip.models.tiny_negation.train` to rebuild them.")
     with safe_open(str(path), "pt") as f:
         objects = json.loads(f.metadata()["objects"])
+        architecture = json.loads(f.metadata().get("architecture", "{}"))
     sd = load_file(str(path))
-    model = build(objects, device=device)
+    model = build(objects, device=device, **architecture)
     ids, rows = sd.pop("text.embed.W_E_ids"), sd.pop("text.embed.W_E_rows")
     w_e = torch.zeros_like(model.text.embed.W_E, device="cpu")
     w_e[ids] = rows

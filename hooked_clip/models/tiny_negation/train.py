@@ -208,22 +208,14 @@ def _train(steps: int, batch: int, lr: float, seed: int, log_every: int, extra_s
     model.text.embed = CompactEmbed(full_embed.W_E, sorted(used))  # training only: see CompactEmbed
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    warmup = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+    sched = cosine_schedule(opt, steps)
     start = time.perf_counter()
     # a fixed probe of held-out templates, for the log only (its own RNG: training is unaffected)
     probe = sample_batch(random.Random(seed + 1_000_003), 256, held_out=True)
     for step in range(steps):
         scenes, true, false = sample_batch(rng, batch, plain=step < plain_fraction * steps)
         loss, pairwise = loss_fn(model, tokenizer, scenes, true, false, extra_scenes, generator)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
+        optimizer_step(model, opt, sched, loss, model.parameters())
         if log_every and (step % log_every == 0 or step == steps - 1):
             print(f"step {step:5d}  loss {loss.item():.4f}  pairwise {pairwise.item():.4f}  "
                   f"scale {model.logit_scale.exp().item():.1f}  held-out-template acc "
@@ -233,6 +225,25 @@ def _train(steps: int, batch: int, lr: float, seed: int, log_every: int, extra_s
     model.text.embed = full_embed
     model.eval()
     return model, used
+
+
+def cosine_schedule(opt, steps: int):
+    """Linear warm-up over the first 5% of the steps, then cosine decay to 0 (every demo model's schedule)."""
+    warmup = max(1, steps // 20)
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+
+
+def optimizer_step(model, opt, sched, loss, params) -> None:
+    """One step as every demo model trains: gradients of ``params`` clipped to norm 1, the optimiser and the
+    schedule stepped, the logit scale kept in [0, log 100]."""
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    sched.step()
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, math.log(100))
 
 
 def main() -> None:
