@@ -28,7 +28,8 @@ Contract
   touch only rows whose ``layer <= l``, and row n's position p is at index ``p - chunk.offset[n]``.
 - :func:`execute` — runs a plan: rows sorted by how many positions they run (similar lengths share a
   forward, whatever their offsets: each row reads its own prefix), cut into chunks of at most
-  ``batch_size`` rows and of at most ``1 / PAD_RATIO`` padding. Each chunk is ONE forward from its
+  ``batch_size`` rows in which no row runs fewer than ``PAD_RATIO`` (70%) of the longest row's positions (at
+  most 30% padding). Each chunk is ONE forward from its
   smallest start layer: at every block the rows that start there join the batch, with the base run's
   residual. The last block computes only each row's pooling position (keys and values at all of them)
   unless a hook of the chunk touches that block after its keys and values. Results are scattered into ``outputs[slot]``; the metric and labels belong to the
@@ -143,7 +144,8 @@ class Chunk:
 
 
 # Rows of one chunk run as many positions as its longest row: a chunk closes when a row would run fewer
-# than PAD_RATIO of that (at most ~1/PAD_RATIO of a chunk's work is padding; fewer, larger forwards).
+# than PAD_RATIO of that (padding is at most 1 - PAD_RATIO = 30% of a row's positions in its chunk; fewer, larger
+# forwards).
 PAD_RATIO = 0.7
 
 def execute(

@@ -74,11 +74,12 @@ from pathlib import Path
 
 Path("figures").mkdir(exist_ok=True)
 _, c = model.run_with_cache(neg)
-fig, axes = plt.subplots(1, model.cfg.n_layers, figsize=(12, 3))
+fig, axes = plt.subplots(1, model.cfg.n_layers, figsize=(12, 3), sharey=True)  # one scale for every block
 for layer, ax in enumerate(axes):
     ax.bar(range(model.cfg.n_heads), c[f"blocks.{layer}.attn.hook_pattern"][0, :, -1, negator].cpu())
     ax.set_title(f"block {layer}")
     ax.set_xlabel("head")
 axes[0].set_ylabel("EOT's attention to 'no'")
+fig.suptitle("tiny-negation: attention from [EOT] to the negator, per block and head")
 fig.tight_layout()
 fig.savefig("figures/01_attention_to_negator.png", dpi=90)

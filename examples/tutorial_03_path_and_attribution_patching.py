@@ -37,6 +37,7 @@ ax.scatter(y, x_ig, s=12, label="AtP, 16 IG steps")
 ax.set_xlabel("exact patching effect (logits)")
 ax.set_ylabel("attribution patching estimate")
 ax.legend()
+ax.set_title("tiny-negation: attribution patching vs exact", fontsize=10)
 ax.axline((0, 0), slope=1, color="grey", lw=0.5)
 fig.savefig("figures/03_atp_vs_exact.png", dpi=90, bbox_inches="tight")
 

@@ -39,6 +39,7 @@ ax.plot(plain.cpu(), marker="o", label="similarity lens")
 ax.plot(tuned.cpu(), marker="o", label="tuned lens")
 ax.set_xlabel("layer (0 = embeddings)")
 ax.set_ylabel("cosine to the final embedding")
+ax.set_title("tiny-negation: lenses per layer", fontsize=10)
 ax.legend()
 fig.savefig("figures/04_lens.png", dpi=90, bbox_inches="tight")
 

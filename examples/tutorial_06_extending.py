@@ -111,8 +111,8 @@ with torch.no_grad():
 text_per_block = [(text_cache[n] - r).abs().max().item() for n, r in zip(text_names, ref_text_blocks)]
 Path("figures").mkdir(exist_ok=True)
 fig, axes = plt.subplots(1, 2, figsize=(7, 3), sharey=True)
-for ax, per_block, out, title in [(axes[0], text_per_block, text_errors["output"], "CaptionCLIP text tower"),
-                                  (axes[1], image_per_block, image_errors["output"], "CLIPSeg image tower")]:
+for ax, per_block, out, title in [(axes[0], text_per_block, text_errors["output"], "CaptionCLIP text tower (random weights)"),
+                                  (axes[1], image_per_block, image_errors["output"], "CLIPSeg image tower (random weights)")]:
     ax.bar([f"block {l}" for l in range(len(per_block))] + ["embedding"], [*per_block, out])
     ax.axhline(1e-5, color="red", lw=0.8, label="tolerance 1e-5")
     ax.set_yscale("log")

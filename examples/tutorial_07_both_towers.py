@@ -33,11 +33,14 @@ Path("figures").mkdir(exist_ok=True)
 fig, axes = plt.subplots(1, 5, figsize=(11, 2.4))
 axes[0].imshow(images[0])
 axes[0].set_title(", ".join(scenes[0]))
+top = cls_to_patches[0].max().item()                   # one colour scale for the four heads
 for h, ax in enumerate(axes[1:]):
-    ax.imshow(cls_to_patches[0, h].cpu(), cmap="viridis")
+    im = ax.imshow(cls_to_patches[0, h].cpu(), cmap="viridis", vmin=0, vmax=top)
     ax.set_title(f"block 0, head {h}")
 for ax in axes:
     ax.axis("off")
+fig.colorbar(im, ax=list(axes[1:]), label="class token's attention")
+fig.suptitle("tiny-negation-pixels: class-token attention over the patches", y=1.08)
 fig.savefig("figures/07_cls_attention.png", dpi=90, bbox_inches="tight")
 
 from hooked_clip.analyses.image_attribution import patch_attention_html
@@ -71,8 +74,8 @@ fig, ax = plt.subplots(figsize=(4, 2.6))
 im = ax.imshow(effect, cmap="RdBu", vmin=-effect.abs().max(), vmax=effect.abs().max())
 ax.set_xlabel("head"); ax.set_ylabel("block (0-indexed)")
 ax.set_xticks(range(n_heads)); ax.set_yticks(range(n_layers))
-ax.set_title('ΔS("There is a dog.") patching one head')
-fig.colorbar(im)
+ax.set_title('tiny-negation-pixels: ΔS("There is a dog.")\npatching one image head', fontsize=9)
+fig.colorbar(im, label="ΔS (logits)")
 fig.savefig("figures/07_head_patching.png", dpi=90, bbox_inches="tight")
 
 import random
@@ -91,6 +94,7 @@ print(drop)
 fig, ax = plt.subplots(figsize=(4, 2.4))
 ax.bar(range(n_layers), drop)
 ax.set_xlabel("ablated block (0-indexed)"); ax.set_ylabel("mean ΔS (matching pairs)")
+ax.set_title("tiny-negation-pixels: mean-image ablation", fontsize=9)
 fig.savefig("figures/07_mean_image_ablation.png", dpi=90, bbox_inches="tight")
 
 from hooked_clip.analyses.image_attribution import decompose_image, image_similarity_attribution
@@ -119,5 +123,6 @@ axes[1].set_xlabel("block"); axes[1].set_ylabel('direct contribution to S("dog")
 patch_map = patch_map.cpu()  # plots read CPU memory (the model is on CUDA when one is available)
 im = axes[2].imshow(patch_map, cmap="RdBu", vmin=-patch_map.abs().max(), vmax=patch_map.abs().max())
 axes[2].set_title('heads, by source patch:\nS("a dog") − S("no dog")'); axes[2].axis("off")
-fig.colorbar(im)
+fig.colorbar(im, label="contribution (logits)")
+fig.suptitle("tiny-negation-pixels: the image embedding's similarity, decomposed", y=1.15)
 fig.savefig("figures/07_decomposition.png", dpi=90, bbox_inches="tight")

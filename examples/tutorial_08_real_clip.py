@@ -31,6 +31,8 @@
 # axes[1].imshow(shown.permute(1, 2, 0).float().cpu().numpy()); axes[1].set_title(f"what the tower sees: {pixels.shape[1]}x{pixels.shape[2]}", fontsize=9)
 # for ax in axes:
 #     ax.set_axis_off()
+# checkpoint = Path("/models/clip-vit-base-patch32")
+# fig.suptitle(f"preprocessing of the CLIP checkpoint {checkpoint.name!r}", fontsize=9)
 # fig.savefig("figures/08_pixels.png", dpi=90, bbox_inches="tight")
 
 # needs real weights (network or a local copy):

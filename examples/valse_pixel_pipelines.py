@@ -1,7 +1,8 @@
 """How far d moves between pixel pipelines, on a random ViT-B/32-sized CLIP (no download, ~1 min on 2 CPUs).
 
-The study feeds each VALSE image to the model's own preprocessing: transformers' CLIP image processor for a
-model loaded from HF (equal to the authors' CLIPProcessor, tests/acceptance/test_valse_study.py), open_clip's
+The study feeds each VALSE image to the model's own preprocessing: transformers' CLIP image processor on its PIL
+backend for a model loaded from HF (equal to the authors' CLIPProcessor of transformers 4,
+tests/acceptance/test_valse_study.py), open_clip's
 preprocess for a model loaded from open_clip. This script scores 70 VALSE items with synthetic JPEG/PNG
 images (modes RGB, L, CMYK, RGBA, P; several sizes) through three pipelines and prints max |Δd| against the
 one the study uses for HF models:
@@ -51,10 +52,10 @@ for k, x in enumerate(items):
 images = [Image.open(folder / x.image_file) for x in items]
 modes = np.array([im.mode for im in images])
 pipelines = {
-    "CLIPImageProcessor (transformers 5, torchvision backend; what the study uses)":
-        lambda: CLIPImageProcessor()(images=images, return_tensors="pt")["pixel_values"],
-    "CLIPImageProcessorPil (PIL backend, as transformers 4.x)":
+    "CLIPImageProcessorPil (PIL backend, as transformers 4.x; what the study uses)":
         lambda: CLIPImageProcessorPil()(images=images, return_tensors="pt")["pixel_values"],
+    "CLIPImageProcessor (transformers 5's default, torchvision backend)":
+        lambda: CLIPImageProcessor()(images=images, return_tensors="pt")["pixel_values"],
     "open_clip preprocess": lambda: torch.stack([open_clip.image_transform(224, is_train=False)(im) for im in images]),
 }
 with torch.no_grad():

@@ -8,11 +8,14 @@
 - :func:`sync_config`: after ``.to(...)``, ``.cuda()``, ``.cpu()``, ``.half()`` (of a tower or of the
   ``HookedCLIP`` holding it) the tower's ``cfg.device`` and ``cfg.dtype`` name where its weights are, so
   ``to_tokens`` and the analyses build their tensors there.
+- :func:`no_tf32`: fp32 matmuls and convolutions in full fp32 on CUDA (TensorFloat-32 off) inside a ``with``
+  block; what a replication runs under (the VALSE study records ``"tf32": false`` in its run config).
 """
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from contextlib import contextmanager
+from typing import Iterator, Optional, Union
 
 import torch
 from torch import nn
@@ -32,6 +35,33 @@ def resolve_device(device: Optional[Union[str, torch.device]] = None) -> str:
         raise ValueError(f"device={device!r} asks for CUDA, but torch.cuda.is_available() is False on this "
                          "machine; pass device='cpu' (or None: CUDA when available, else the CPU).")
     return str(device) if isinstance(device, str) else str(resolved)
+
+
+TF32_BACKENDS = ("cuda.matmul", "cudnn.conv", "cudnn.rnn")  # torch's per-operator fp32 precision settings
+
+
+def _backend(name: str):
+    out = torch.backends
+    for part in name.split("."):
+        out = getattr(out, part)
+    return out
+
+
+@contextmanager
+def no_tf32() -> Iterator[None]:
+    """Run fp32 matmuls and cuDNN convolutions in IEEE fp32, not TensorFloat-32, inside the block; the previous
+    settings are restored after. On Ampere and later GPUs cuDNN convolutions (an image tower's patch embedding)
+    default to TF32, and ``torch.backends.cuda.matmul`` may have been switched to it: both round the inputs to
+    10 mantissa bits. No effect on CPU runs. Uses torch's per-operator ``fp32_precision`` settings (mixing them
+    with the legacy ``allow_tf32`` flags is an error in torch)."""
+    saved = {name: _backend(name).fp32_precision for name in TF32_BACKENDS}
+    try:
+        for name in TF32_BACKENDS:
+            _backend(name).fp32_precision = "ieee"
+        yield
+    finally:
+        for name, value in saved.items():
+            _backend(name).fp32_precision = value
 
 
 def sync_config(tower: nn.Module) -> None:

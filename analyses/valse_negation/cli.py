@@ -22,7 +22,7 @@ from hooked_clip.analyses.valse_negation.aggregate import ZOOM_RULES, aggregate
 from hooked_clip.analyses.valse_negation.comparison import run_dir_name, write_comparison
 from hooked_clip.analyses.valse_negation.data import SubjectParser, load_items
 from hooked_clip.analyses.valse_negation.images import FolderImages, SceneImages, clipseg_subject_size, preprocessing_name
-from hooked_clip.analyses.valse_negation.reference import compare, load_reference
+from hooked_clip.analyses.valse_negation.reference import DEFAULT_TOLERANCE, compare, load_reference
 from hooked_clip.analyses.valse_negation.report import write_outputs
 from hooked_clip.analyses.valse_negation.study import Settings, run_items, select_items
 
@@ -51,6 +51,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="layer-zoom rule: paper (default: layer 4, missing rows count 0) or strongest-layer")
     p.add_argument("--reference", type=Path,
                    help="a per-item file in the authors' format (JSON keyed by VALSE id): adds a replication section")
+    p.add_argument("--reference-tolerance", type=float, default=DEFAULT_TOLERANCE,
+                   help=f"largest |Δ logit| / |Δ d| against --reference that counts as reproduced (default "
+                        f"{DEFAULT_TOLERANCE:g} logits: 0.0001 cosine at CLIP's logit scale 100)")
     p.add_argument("--device", default=None,
                    help="where the model runs: cpu, cuda, cuda:1, ... (default: CUDA when available, else the CPU, "
                         "as every loader)")
@@ -107,6 +110,9 @@ def run(args: argparse.Namespace) -> Path:
         raise SystemExit("--limit must be a positive number of items.")
     if args.threads is not None and args.threads < 1:
         raise SystemExit(f"--threads must be a positive number of CPU threads, got {args.threads}.")
+    tolerance = getattr(args, "reference_tolerance", DEFAULT_TOLERANCE)
+    if not (tolerance >= 0 and tolerance < float("inf")):  # NaN fails too
+        raise SystemExit(f"--reference-tolerance must be a finite number of logits >= 0, got {tolerance}.")
     models = [_canonical(m) for m in (args.model or [DEMO_MODELS[0]])]
     if len(set(models)) != len(models):
         raise SystemExit(f"--model lists a model twice ({models}); name each model once.")
@@ -169,12 +175,15 @@ def _run_one(args: argparse.Namespace, model_id: str, out, items, reference, par
     if isinstance(images, SceneImages):
         results["subject_size_measure"] = "1 / the number of objects in the synthesized scene"
     if reference is not None:
-        results["replication"] = compare(records, reference, limited=args.limit is not None)
+        results["replication"] = compare(records, reference, limited=args.limit is not None,
+                                         tolerance=getattr(args, "reference_tolerance", DEFAULT_TOLERANCE))
         results["replication_reference"] = str(args.reference)
     note = "none (text-only parts)" if images is None else f"{images.describe()}; pixels: {preprocessing_name(model)}"
     if parser is not None:
         note += f"; subject prompts: {parser.name}"
-    if write_outputs(out, records, results, model=model, model_id=model_id, images_note=note):
+    results["limit"] = args.limit  # the report's "like for like?" says when only part of the data ran
+    results["preprocessing"] = None if images is None else preprocessing_name(model)
+    if write_outputs(out, records, results, model=model, model_id=model_id, images_note=note, items=items):
         print(f"wrote {out}/report.md and results.json ({time.perf_counter() - start:.1f} s)")
     else:
         print(f"{out}/report.md and results.json are up to date: nothing changed ({time.perf_counter() - start:.1f} s)")

@@ -34,7 +34,8 @@ def run_dir_name(model_id: str) -> str:
 
 def summary_table(model_id: str, results: dict) -> dict:
     out: dict = {"model": model_id, "counts": results["counts"],
-                 **{k: results.get(k) for k in ("logit_scale", "n_layers", "n_heads", "subject_size_measure")}}
+                 **{k: results.get(k) for k in ("logit_scale", "n_layers", "n_heads", "subject_size_measure",
+                                                "preprocessing", "tower_weights", "limit")}}
     if "scores" in results:
         out["scores"] = {kind: {g: {"n": t["n"], "accuracy": t["accuracy"], "segments": t["segments"]}
                                 for g, t in results["scores"][kind].items()} for kind in ("original", "aligned")}
@@ -164,7 +165,22 @@ def _intro(summaries: list[dict], run_dirs: dict, rule: str) -> list[str]:
             "| blocks × heads | " + " | ".join("–" if s.get("n_layers") is None else f"{s['n_layers']} × {s['n_heads']}"
                                              for s in summaries) + f" | {paper.N_LAYERS} × {paper.N_HEADS} |",
             "| subject size | " + " | ".join(s.get("subject_size_measure") or "CLIPSeg area where measured"
-                                           for s in summaries) + " | CLIPSeg soft area |", ""]
+                                           for s in summaries) + " | CLIPSeg soft area |",
+            "| image pipeline | " + " | ".join(s.get("preprocessing") or "–" for s in summaries)
+            + " | transformers 4 CLIPProcessor (PIL) |",
+            *[f"| {tower} tower weights | " + " | ".join(_shared(summaries, i, tower) for i in range(len(summaries))) + " | – |"
+              for tower in ("text", "vision")],
+            "| items | " + " | ".join("all" if s.get("limit") is None else f"first {s['limit']} (--limit)"
+                                    for s in summaries) + " | all |", ""]
+
+
+def _shared(summaries: list[dict], i: int, tower: str) -> str:
+    """Whether model i's ``tower`` has the same weights as another model's (by weight hash)."""
+    mine = (summaries[i].get("tower_weights") or {}).get(tower)
+    if mine is None:
+        return "–"
+    same = [s["model"] for j, s in enumerate(summaries) if j != i and (s.get("tower_weights") or {}).get(tower) == mine]
+    return ("identical to " + ", ".join(f"`{m}`" for m in same) + "'s") if same else "its own"
 
 
 def _accuracy_rows(summaries: list[dict]) -> list[str]:
@@ -193,12 +209,18 @@ def _cte_rows(summaries: list[dict]) -> list[str]:
     return lines
 
 
+def _paper_heads(loc: str) -> str:
+    """The paper's top three heads by mean Δ with negation in ``loc`` (its caption / foil columns)."""
+    col = ("caption", "foil").index(loc)  # paper.TOP_HEADS: (caption, foil)
+    top = sorted(paper.TOP_HEADS.items(), key=lambda kv: -kv[1][col])[:3]
+    return ", ".join(f"{head_name(*k)} {fmt(v[col])}" for k, v in top)
+
+
 def _head_rows(summaries: list[dict]) -> list[str]:
-    paper_heads = ", ".join(f"{head_name(*k)} {fmt(c)} / {fmt(f)}" for k, (c, f) in list(paper.TOP_HEADS.items())[:3])
     return [f"| negation in {loc} | " + " | ".join(
         ", ".join(f"{labelled_head(t['head'])} {fmt(t['delta'])}" for t in s["top_heads"].get(loc, [])) or "–"
         for s in summaries)
-        + f" | {paper_heads if loc == 'caption' else ''} |" for loc in LOCATIONS]
+        + f" | {_paper_heads(loc)} |" for loc in LOCATIONS]
 
 
 def _confound_rows(summaries: list[dict]) -> list[str]:

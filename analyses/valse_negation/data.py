@@ -122,8 +122,13 @@ def aligned_pairs(items: list[Item]) -> list[Pair]:
 
 # ------------------------------------------------------------------------------------------ subjects
 SPACY_INSTALL = ("pip install -e '.[spacy]' (the spacy extra of this repository) && python -m spacy download en_core_web_sm "
-                 "(or pass --subject-parser regex for the approximate fallback, reported as such)")
+                 "(the authors' exact subjects: pip install spacy==3.6.1 && python -m spacy download "
+                 "en_core_web_sm-3.6.0 --direct; or pass --subject-parser regex for the approximate fallback, reported "
+                 "as such)")
 _REGEX_SUBJECT = re.compile(r"There (?:is|are) (.+?)(?: (?:in|on|at|near|by|under|with|parked|sitting|standing)\b|\.|$)")
+
+
+AUTHORS_SPACY = ("3.6.1", "3.6.0")  # (spacy, en_core_web_sm): reproduces the authors' 240 subjects exactly
 
 
 class SubjectParser:
@@ -131,6 +136,9 @@ class SubjectParser:
 
     The authors' rule (PAPER.md §6.1): the first noun chunk of the caption by spaCy's English pipeline
     ``en_core_web_sm``; a caption without one has no subject (236 of the 240 foil-negated pairs have one).
+    Versions matter: spaCy 3.6.1 with ``en_core_web_sm`` 3.6.0 (:data:`AUTHORS_SPACY`) gives the authors' released
+    subjects for all 240 pairs; spaCy 3.8's pipeline differs on 4 (e.g. "There is a train shown." has no noun
+    chunk there, "a train" in theirs). ``name`` records both versions (in the run's config and report).
     Build it with :meth:`spacy` (the real pipeline) or pass any callable ``nlp(text) -> doc`` whose doc has
     ``noun_chunks``; :meth:`regex` is an approximation kept only as a fallback (``name`` says which ran)."""
 
@@ -149,7 +157,8 @@ class SubjectParser:
         except OSError:
             raise OSError(f"spaCy's English pipeline {pipeline!r} is not installed (a separate download): "
                           f"{SPACY_INSTALL}.") from None
-        return cls(nlp, f"spacy {spacy.__version__} {pipeline} (first noun chunk)")
+        return cls(nlp, f"spacy {spacy.__version__} {pipeline} {nlp.meta.get('version', '(version unknown)')} "
+                        "(first noun chunk)")
 
     @classmethod
     def regex(cls) -> "SubjectParser":

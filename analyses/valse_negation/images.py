@@ -5,9 +5,10 @@ size in the image (``subjects``: it adds the areas to the prompts the study foun
 :class:`~hooked_clip.analyses.valse_negation.data.SubjectParser`).
 
 Pixels: :class:`FolderImages` hands each file, opened by PIL and otherwise untouched, to the model's own
-preprocessing (``model.encode_image``): transformers' CLIP image processor for a model loaded from HF (what
-the authors' ``CLIPProcessor`` does, including compositing transparency onto white), open_clip's
-``preprocess`` for a model loaded from open_clip. :func:`preprocessing_name` says which one ran.
+preprocessing (``model.encode_image``): transformers' CLIP image processor on its PIL backend for a model
+loaded from HF (what the authors' ``CLIPProcessor`` of transformers 4 does, including compositing transparency
+onto white; transformers 5's default torchvision backend differs by up to one intensity level), open_clip's
+``preprocess`` for a model loaded from open_clip. CLIPSeg's input goes through the same PIL backend. :func:`preprocessing_name` says which one ran.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from torch import Tensor
 
 from hooked_clip.analyses.valse_negation.data import Item, Pair
 from hooked_clip.loaders.files import unreadable
+from hooked_clip.loaders.hf_vision import PIXEL_BACKEND
 from hooked_clip.analyses.valse_negation.demo_scenes import scene_input, synthesize_scene
 
 
@@ -146,7 +148,7 @@ def clipseg_subject_size(model_dir, threshold: float = 0.25) -> Callable:
     if not Path(model_dir).is_dir():
         raise FileNotFoundError(f"no CLIPSeg folder at {model_dir}; {hint}")
     try:
-        processor = CLIPSegProcessor.from_pretrained(model_dir, local_files_only=True)
+        processor = CLIPSegProcessor.from_pretrained(model_dir, local_files_only=True, backend=PIXEL_BACKEND)
         seg = CLIPSegForImageSegmentation.from_pretrained(model_dir, local_files_only=True).eval()
     except (OSError, ValueError) as e:
         raise FileNotFoundError(f"could not load CLIPSeg from {model_dir} ({e}); {hint}") from None

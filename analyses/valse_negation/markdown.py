@@ -96,7 +96,7 @@ def _layout_note(results: dict) -> list[str]:
 
 def caveats(results: dict) -> list[str]:
     """Where this run cannot be compared with the paper like for like, said in the report (from the model's
-    own facts: logit scale, depth, heads, the subject-size measure)."""
+    own facts: logit scale, depth, heads, the subject-size measure; and the run's: ``--limit``, the pixel route)."""
     out = []
     scale = results.get("logit_scale")
     if scale is not None and abs(scale - paper.LOGIT_SCALE) > 0.5:
@@ -119,6 +119,18 @@ def caveats(results: dict) -> list[str]:
     elif n_layers is not None:
         out.append("- Layers and head labels have the paper's numbering; they name the paper's heads only if this "
                    "model is the paper's checkpoint (openai/clip-vit-base-patch32).")
+    limit = results.get("limit")
+    if limit is not None:
+        out.append(f"- **Only part of the data ran** (`--limit {limit}`): every count, accuracy, mean and r here is over "
+                   "this run's items, not the paper's full set; compare shapes and rates, not counts.")
+    route = results.get("preprocessing")
+    if route and route.startswith("open_clip"):
+        out.append(f"- **Pixels are not the authors'.** This run's images went through {route}; the authors used "
+                   "transformers' `CLIPProcessor` (transformers 4, PIL). The two resample differently, and on 640×427 "
+                   "and 427×640 photos open_clip's centre crop falls one pixel off `CLIPProcessor`'s (it rounds the "
+                   "offset, CLIPProcessor floors it); load the checkpoint from transformers for the authors' pixels.")
+    elif route and route.startswith("transformers") and "PIL" not in route:
+        out.append(f"- **Pixels may differ from the authors'.** This run's images went through {route}.")
     measure = results.get("subject_size_measure")
     if measure:
         out.append(f"- **Subject size is not a CLIPSeg area.** Here it is {measure}; the paper's is CLIPSeg's soft "
@@ -170,7 +182,7 @@ def _examples(records: Optional[dict]) -> list[str]:
     """The paper's example items beside this run's d and segment."""
     def scored(k):
         return records[k]["aligned"] if records and k in records and "d" in records[k].get("aligned", {}) else None
-    lines = ["The paper's example items (§3.4 of PAPER.md; d in logits):", ""]
+    lines = ["The paper's example items (its section on the classification score; the authors' released per-item values; d in logits):", ""]
     lines += header("item", ["aligned caption / foil", "d (this run)", "segment (this run)", "paper d", "paper segment"])
     for k, v in paper.EXAMPLES.items():
         a = scored(k)
@@ -235,8 +247,8 @@ def _accuracy_above_size(conf: dict) -> list[str]:
 
 def _ablation_section() -> list[str]:
     lines = ["## Image-tower ablation (the authors' thesis): not run by this study", "",
-             "The paper's code also ablates the image tower's layers with a mean image (PAPER.md §7, probably thesis "
-             "only). This study measures the text tower only, so there is no number of ours to set beside these; "
+             "The authors' code also ablates the image tower's layers with a mean image (their `src/ablation` scripts; "
+             "probably in the thesis only, not the paper). This study measures the text tower only, so there is no number of ours to set beside these; "
              "`hooked_clip.analyses.image_attribution.mean_image_ablation` provides the hooks for a ViT image tower.", ""]
     lines += header("component", ["paper: negation in foil", "paper: negation in caption", "paper: layer-1 effects"])
     lines += [f"| {k} | {fmt(f)} | {fmt(c)} | {fmt(paper.ABLATION_LAYER1[k][0])}–{fmt(paper.ABLATION_LAYER1[k][1])} |"

@@ -8,7 +8,9 @@ object keyed by VALSE id, each value an object with
   logit_caption − logit_foil (d); ``segment``: "correct" / "ambiguous" / "incorrect";
 - ``positions``: the number of CLIP tokens; ``similarity_caption_foil``: cosine of the two text embeddings;
 - ``subject``, ``subject_area``, ``subject_area_binary``: the subject prompt and its CLIPSeg areas
-  (null where there is none, e.g. negation in the caption).
+  (null where there is none, e.g. negation in the caption);
+- optional (:data:`OPTIONAL_FIELDS`, compared where the reference has them, written by every run): ``correct``
+  (d > 0), ``dataset_idx`` (VALSE's Visual7W id, a string) and ``image_file``.
 
 :func:`to_reference_format` writes a run in that format; :func:`compare` sets a run beside a reference file
 item by item; :func:`section` is the report's replication section. Ids in only one of the two and
@@ -31,7 +33,12 @@ FIELDS = {"caption": _TEXT, "foil": _TEXT, "negation": _TEXT, "logit_caption": _
           "score": _NUMBER, "segment": _TEXT, "positions": _NUMBER, "similarity_caption_foil": _NUMBER,
           "subject": _TEXT, "subject_area": _NUMBER, "subject_area_binary": _NUMBER}
 NULLABLE = ("subject", "subject_area", "subject_area_binary")
-DEFAULT_TOLERANCE = 0.01  # logits (0.0001 cosine at logit scale 100)
+OPTIONAL_FIELDS = {"correct": bool, "dataset_idx": (str, int), "image_file": str}
+IDENTITY_FIELDS = ("caption", "foil", "negation", "image_file", "dataset_idx")  # must be equal item by item
+# The verdict's tolerance on |Δ logit| and |Δ d| (``--reference-tolerance``): 0.01 logits, i.e. 0.0001 cosine at
+# logit scale 100. A choice, not the paper's: fp32 runs of the same weights on other hardware or library versions
+# differ by ~1e-4 logits; one intensity level of one pixel moves d by up to ~1e-2.
+DEFAULT_TOLERANCE = 0.01
 
 
 class ReferenceFormatError(ValueError):
@@ -93,6 +100,12 @@ def _check_item(path: Path, key: str, item) -> None:
     for field in ("subject_area", "subject_area_binary"):
         if item[field] is not None and not 0 <= item[field] <= 1:
             raise ReferenceFormatError(f"{where}: {field}={item[field]} is not a share of the image (it must lie in [0, 1]).")
+    for field, kind in OPTIONAL_FIELDS.items():
+        if field in item and item[field] is not None and (not isinstance(item[field], kind)
+                                                          or (kind is not bool and isinstance(item[field], bool))):
+            raise ReferenceFormatError(f"{where}: {field}={item[field]!r} is not a {kind}.")
+    if item.get("correct") is not None and item["correct"] != (item["score"] > 0):
+        raise ReferenceFormatError(f"{where}: correct={item['correct']} but score={item['score']} (correct means d > 0).")
     if item["negation"] not in ("caption", "foil"):
         raise ReferenceFormatError(f"{where}: negation={item['negation']!r} must be 'caption' or 'foil'.")
     if item["segment"] not in SEGMENTS:
@@ -102,19 +115,37 @@ def _check_item(path: Path, key: str, item) -> None:
                                    f"({item['logit_caption']} - {item['logit_foil']}).")
 
 
-def to_reference_format(records: dict[str, dict]) -> dict[str, dict]:
-    """A run's aligned pairs in the authors' per-item format (logit fields null in a text-only run)."""
+def to_reference_format(records: dict[str, dict], items=None) -> dict[str, dict]:
+    """A run's aligned pairs in the authors' per-item format (logit fields and ``correct`` null in a text-only
+    run). ``items``: the run's :class:`~hooked_clip.analyses.valse_negation.data.Item` objects (for ``image_file``
+    and ``dataset_idx``); default the shipped VALSE existence items."""
+    if items is None:
+        from hooked_clip.analyses.valse_negation.data import load_items
+
+        items = load_items()
+    by_id = {x.id: x for x in items}
     out = {}
     for rid, r in records.items():
         a = r.get("aligned")
         if a is None:
             continue
+        item = by_id.get(rid)
+        d = a.get("d")
         out[rid] = {"caption": a["caption"], "foil": a["foil"], "negation": r["negation_in"],
+                    "correct": None if d is None or d != d else bool(d > 0),
+                    "dataset_idx": None if item is None else str(item.raw.get("dataset_idx", "")) or None,
+                    "image_file": None if item is None else item.image_file,
                     "logit_caption": a.get("s_caption"), "logit_foil": a.get("s_foil"), "score": a.get("d"),
                     "segment": a.get("segment"), "positions": a["n_tokens"],
                     "similarity_caption_foil": a["similarity"], "subject": a.get("subject"),
                     "subject_area": a.get("subject_area"), "subject_area_binary": a.get("subject_area_binary")}
     return out
+
+
+def _pearson(a, b) -> Optional[float]:
+    """Pearson r, or None where it is undefined (fewer than 3 items, or a constant side)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    return float(np.corrcoef(a, b)[0, 1]) if len(a) > 2 and a.std() > 0 and b.std() > 0 else None
 
 
 def _stats(x) -> dict:
@@ -132,19 +163,23 @@ def compare(records: dict[str, dict], reference: dict[str, dict], *, limited: bo
                  "missing_from_run": sorted(set(reference) - set(ours)), "extra_in_run": sorted(set(ours) - set(reference)),
                  "limited": limited}
     out["text_differs"] = [{"id": k, "field": f, "run": ours[k][f], "reference": reference[k][f]}
-                           for k in common for f in ("caption", "foil", "negation") if ours[k][f] != reference[k][f]]
+                           for k in common for f in IDENTITY_FIELDS
+                           if f in reference[k] and str(ours[k][f]) != str(reference[k][f])]
     scored = [k for k in common if ours[k]["score"] is not None]
     if scored:
         out["abs_diff"] = {f: _stats([ours[k][f] - reference[k][f] for k in scored])
                            for f in ("logit_caption", "logit_foil", "score")}
+        out["score_r"] = _pearson([ours[k]["score"] for k in scored], [reference[k]["score"] for k in scored])
         moved = [{"id": k, "run": ours[k]["segment"], "reference": reference[k]["segment"]}
                  for k in scored if ours[k]["segment"] != reference[k]["segment"]]
         out["segments"] = {"n": len(scored), "agree": len(scored) - len(moved), "moved": moved}
+        flipped = [{"id": k, "run": ours[k]["correct"], "reference": reference[k].get("correct", reference[k]["score"] > 0)}
+                   for k in scored if ours[k]["correct"] != reference[k].get("correct", reference[k]["score"] > 0)]
+        out["correct"] = {"n": len(scored), "agree": len(scored) - len(flipped), "differ": flipped}
     if common:
         a = np.array([ours[k]["similarity_caption_foil"] for k in common], float)
         b = np.array([reference[k]["similarity_caption_foil"] for k in common], float)
-        r = float(np.corrcoef(a, b)[0, 1]) if len(a) > 2 and a.std() > 0 and b.std() > 0 else None
-        out["similarity"] = {"n": len(common), "r": r, "max_abs_diff": float(np.abs(a - b).max())}
+        out["similarity"] = {"n": len(common), "r": _pearson(a, b), "max_abs_diff": float(np.abs(a - b).max())}
         diff = [{"id": k, "run": ours[k]["positions"], "reference": reference[k]["positions"]}
                 for k in common if ours[k]["positions"] != reference[k]["positions"]]
         out["positions"] = {"n": len(common), "equal": len(common) - len(diff), "differ": diff}
@@ -156,6 +191,11 @@ def compare(records: dict[str, dict], reference: dict[str, dict], *, limited: bo
         sized = [k for k in common if ours[k]["subject_area"] is not None and reference[k]["subject_area"] is not None]
         if sized:
             out["subject_area_abs_diff"] = _stats([ours[k]["subject_area"] - reference[k]["subject_area"] for k in sized])
+        binary = [k for k in common
+                  if ours[k]["subject_area_binary"] is not None and reference[k]["subject_area_binary"] is not None]
+        if binary:
+            out["subject_area_binary_abs_diff"] = _stats([ours[k]["subject_area_binary"] - reference[k]["subject_area_binary"]
+                                                          for k in binary])
     out["verdict"] = _verdict(out)
     return out
 
@@ -179,6 +219,8 @@ def _verdict(c: dict) -> str:
                           f"(max |Δd| {worst:.3g}) > {c['tolerance']}")
         if c["segments"]["moved"]:
             failed.append(f"{_n(len(c['segments']['moved']), 'item')} in another segment")
+        if c.get("correct", {}).get("differ"):
+            failed.append(f"{_n(len(c['correct']['differ']), 'item')} on the other side of d = 0")
     else:
         skipped.append("logits, d and segments (no image scores in this run)")
     if c.get("positions", {}).get("differ"):
@@ -193,7 +235,7 @@ def _verdict(c: dict) -> str:
     if failed:
         head += ": " + "; ".join(failed)
     else:
-        head += f": every compared quantity within {c['tolerance']} logits / identical"
+        head += f": every compared quantity within {c['tolerance']:g} logits / identical"
     return head + (f". Not compared: {'; '.join(skipped)}." if skipped else ".")
 
 
@@ -207,7 +249,9 @@ def section(c: dict, reference_path: Optional[str] = None) -> list[str]:
     """The report's replication section."""
     lines = ["## Replication: item by item against the reference file", "",
              f"Reference: {reference_path or 'given file'} ({c['n_reference']} items); this run: {c['n_run']} aligned "
-             f"pairs; common: {c['n_common']}.", "", f"**Verdict: {c['verdict']}**", ""]
+             f"pairs; common: {c['n_common']}. Tolerance on |Δ logit| and |Δ d|: {c['tolerance']:g} logits "
+             f"(--reference-tolerance; default {DEFAULT_TOLERANCE:g}, a choice: see reference.py).", "",
+             f"**Verdict: {c['verdict']}**", ""]
     for key, label in (("missing_from_run", "Reference ids not in this run"), ("extra_in_run", "Run ids not in the reference")):
         if c[key]:
             ids = c[key]
@@ -219,9 +263,15 @@ def section(c: dict, reference_path: Optional[str] = None) -> list[str]:
         for f, label in (("logit_caption", "\\|Δ logit_caption\\|"), ("logit_foil", "\\|Δ logit_foil\\|"), ("score", "\\|Δ d\\|")):
             s = c["abs_diff"][f]
             lines.append(f"| {label} | {s['n']} | {s['median']:.4g} | {s['p95']:.4g} | {s['max']:.4g} |")
+        r = "–" if c.get("score_r") is None else f"{c['score_r']:.4f}"
+        lines += ["", f"- d: Pearson r = {r} between this run and the reference over {c['abs_diff']['score']['n']} items"]
         seg = c["segments"]
-        lines += ["", f"- Segments agree on {seg['agree']} of {seg['n']} items"
+        lines += [f"- Segments agree on {seg['agree']} of {seg['n']} items"
                   + (f"; moved ({len(seg['moved'])}):" if seg["moved"] else ".")] + _listing(seg["moved"])
+        if "correct" in c:
+            k = c["correct"]
+            lines += [f"- correct (d > 0) agrees on {k['agree']} of {k['n']} items" + (":" if k["differ"] else ".")]
+            lines += _listing(k["differ"])
     if "similarity" in c:
         s = c["similarity"]
         r = "–" if s["r"] is None else f"{s['r']:.4f}"
@@ -235,4 +285,8 @@ def section(c: dict, reference_path: Optional[str] = None) -> list[str]:
         if "subject_area_abs_diff" in c:
             a = c["subject_area_abs_diff"]
             lines.append(f"- |Δ subject_area| over {a['n']} items: median {a['median']:.3g}, max {a['max']:.3g}")
+        if "subject_area_binary_abs_diff" in c:
+            a = c["subject_area_binary_abs_diff"]
+            lines.append(f"- |Δ subject_area_binary| (share > 0.25) over {a['n']} items: median {a['median']:.3g}, "
+                         f"max {a['max']:.3g}")
     return lines + [""]

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from hooked_clip.devices import no_tf32
 from hooked_clip.errors import UnreadableFileError
 from hooked_clip.fingerprint import fingerprint
 
@@ -91,10 +92,13 @@ def _check_config(run_dir: Path, config: dict) -> None:
         # the model's name is not compared: the fingerprint says which weights ran (two names, one model)
         diff = sorted(k for k in set(old) | set(config) if k != "model" and old.get(k) != config.get(k))
         if diff:
+            unrecorded = [k for k in diff if k not in old]
+            older = (f" The earlier run did not record {unrecorded}: it was made by an older version of hooked_clip, "
+                     "whose numbers are not reused." if unrecorded else "")
             raise RunDirMismatchError(
                 f"{run_dir} holds a run of another configuration (differs in {diff}: "
                 f"{ {k: old.get(k) for k in diff} } vs { {k: config.get(k) for k in diff} }); use a new --out "
-                "directory, or delete this one to start over.")
+                f"directory, or delete this one to start over.{older}")
     elif any((run_dir / "items").glob("*.json")):  # records whose run is unknown: never reused by another model
         raise RunDirMismatchError(f"{run_dir} holds item records but no config.json, so which model and settings "
                                   "measured them is unknown; use a new --out directory, or delete this one.")
@@ -173,21 +177,23 @@ def run_items(model, run_dir, *, model_id: str, images=None, settings: Settings 
               "images": images.describe() if images is not None else None, "n_items": len(items),
               "images_content": images.identity(items) if images is not None else None,
               "subject_parser": subject_parser.name if subject_parser is not None else None,
+              "tf32": False,  # every forward of the run in IEEE fp32 (devices.no_tf32; matters on CUDA only)
               **{k: v for k, v in asdict(settings).items() if k not in ("chunk", "batch_size")}}
-    if settings.rome:  # ROME's noise scale: once per run, over every item's negated sentence (not per chunk)
-        config["rome_noise_std"] = rome_noise_std(model, items)
-    _check_config(run_dir, config)
-    img = _image_embeds(model, run_dir, items, images) if images is not None else None
-    records = _read_records(run_dir / "items")
-    todo = [x for x in items if x.id not in records]
-    bar = tqdm(total=len(items), initial=len(items) - len(todo), desc="VALSE items", disable=not progress)
-    for start in range(0, len(todo), settings.chunk):
-        chunk = todo[start:start + settings.chunk]
-        for rec in _measure(model, chunk, img, images, settings, subject_parser, config.get("rome_noise_std")):
-            atomic_write(run_dir / "items" / f"{rec['id']}.json", json.dumps(rec))
-            records[rec["id"]] = rec
-        bar.update(len(chunk))
-    bar.close()
+    with no_tf32():
+        if settings.rome:  # ROME's noise scale: once per run, over every item's negated sentence (not per chunk)
+            config["rome_noise_std"] = rome_noise_std(model, items)
+        _check_config(run_dir, config)
+        img = _image_embeds(model, run_dir, items, images) if images is not None else None
+        records = _read_records(run_dir / "items")
+        todo = [x for x in items if x.id not in records]
+        bar = tqdm(total=len(items), initial=len(items) - len(todo), desc="VALSE items", disable=not progress)
+        for start in range(0, len(todo), settings.chunk):
+            chunk = todo[start:start + settings.chunk]
+            for rec in _measure(model, chunk, img, images, settings, subject_parser, config.get("rome_noise_std")):
+                atomic_write(run_dir / "items" / f"{rec['id']}.json", json.dumps(rec))
+                records[rec["id"]] = rec
+            bar.update(len(chunk))
+        bar.close()
     return {x.id: records[x.id] for x in items}
 
 

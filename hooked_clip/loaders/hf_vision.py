@@ -21,6 +21,9 @@ HF_VIT_KEYS = {"embed.W_patch": "embeddings.patch_embedding.weight", "embed.b_pa
                "ln_post.w": "post_layernorm.weight", "ln_post.b": "post_layernorm.bias"}
 
 
+PIXEL_BACKEND = "pil"  # transformers' image processors on PIL (transformers 4's only path), not torchvision
+
+
 def read_hf_vision(hf_model: nn.Module, image_processor: Any = None,
                    **overrides) -> Union[VisionCheckpoint, ReferenceVision]:
     """The image tower of a transformers model: hooked where it is a ViT hooked_clip reimplements, else the
@@ -38,8 +41,8 @@ def read_hf_vision(hf_model: nn.Module, image_processor: Any = None,
 def hf_preprocessing_name(hf_model: nn.Module) -> str:
     """The words for a transformers model's own pixel pipeline."""
     if "siglip" in getattr(hf_model.config, "model_type", ""):
-        return "transformers SigLIP image processor (as SiglipProcessor)"
-    return "transformers CLIP image processor (as CLIPProcessor)"
+        return "transformers SigLIP image processor, PIL backend (as SiglipProcessor)"
+    return "transformers CLIP image processor, PIL backend (as CLIPProcessor in transformers 4)"
 
 
 def _hf_parts(hf_model: nn.Module, reimplemented: bool = True) -> tuple[nn.Module, Optional[nn.Module]]:
@@ -124,18 +127,20 @@ def _attention_pool(read: Reader, cfg: CLIPVisionConfig, p: str) -> dict[str, Op
 
 def hf_preprocess(hf_model: nn.Module, image_processor: Any = None) -> Callable[[list], Tensor]:
     """The checkpoint's image pipeline: ``image_processor`` if given, else the family's default (OpenAI's
-    resize + centre crop + normalise for CLIP and the other towers; SigLIP's square resize + [-1, 1] scaling)."""
+    resize + centre crop + normalise for CLIP and the other towers; SigLIP's square resize + [-1, 1] scaling),
+    on transformers' PIL backend: the pipeline of transformers 4's ``CLIPProcessor``, which transformers 5's
+    default torchvision backend differs from by up to one intensity level (:data:`PIXEL_BACKEND`)."""
     vm, _ = _hf_parts(hf_model, reimplemented=False)
     size = vm.config.image_size
     if image_processor is None:
         if vm.config.model_type == "siglip_vision_model":
-            from transformers import SiglipImageProcessor
+            from transformers import SiglipImageProcessorPil
 
-            image_processor = SiglipImageProcessor(size={"height": size, "width": size})
+            image_processor = SiglipImageProcessorPil(size={"height": size, "width": size})
         else:
-            from transformers import CLIPImageProcessor
+            from transformers import CLIPImageProcessorPil
 
-            image_processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+            image_processor = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
 
     def preprocess(images: list) -> Tensor:
         return image_processor(images=images, return_tensors="pt")["pixel_values"]

@@ -15,6 +15,7 @@ from hooked_clip.errors import CheckpointMismatchError, UnsupportedModelError, U
 from hooked_clip.loaders.checkpoint import Checkpoint, TextCheckpoint
 from hooked_clip.loaders.convert import mismatch_summary
 from hooked_clip.loaders.families import class_for_model_type, family_for
+from hooked_clip.loaders.hf_vision import PIXEL_BACKEND
 from hooked_clip.loaders.files import check_checkpoint_dir
 from hooked_clip.loaders.hub import hub_reachable, unavailable
 from hooked_clip.lazy import complete_transformer_lens
@@ -114,7 +115,7 @@ def _load_hf_dir(name: str, local_only: bool):
     processor = None
     if family.vision is not None and hasattr(model, "vision_model"):
         try:
-            processor = AutoImageProcessor.from_pretrained(name, local_files_only=local_only)
+            processor = AutoImageProcessor.from_pretrained(name, local_files_only=local_only, backend=PIXEL_BACKEND)
         except (OSError, ValueError):
             processor = None  # no preprocessor_config.json: fall back to the family's default preprocessing
     directory = name if os.path.isdir(name) else _hub_snapshot(name, local_only)

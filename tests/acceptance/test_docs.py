@@ -4,7 +4,9 @@ blocks that load real checkpoints run against locally saved random checkpoints o
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -15,7 +17,10 @@ from PIL import Image, ImageDraw
 
 DOCS = Path(__file__).parents[2] / "docs"
 sys.path.insert(0, str(DOCS))
-from run_blocks import TUTORIALS, as_script, blocks, example_path, run_markdown  # noqa: E402
+from run_blocks import FIGURES, TUTORIALS, as_script, blocks, example_path, file_hash, run_markdown  # noqa: E402
+
+REFRESH = os.environ.get("HC_REFRESH_FIGURES") == "1"  # rewrite docs/figures/*.png and *.json from the tutorials
+MODEL_NAMED = re.compile(r"tiny-negation|random|CLIP|clip")  # every figure says which model it shows
 
 
 @pytest.fixture(autouse=True)
@@ -68,10 +73,45 @@ def test_every_tutorial_has_code_and_a_figure():
 
 @pytest.mark.parametrize("tutorial", TUTORIALS, ids=lambda p: p.stem)
 def test_tutorial_runs(tutorial, substitutions, tmp_path, monkeypatch):
+    """The tutorial runs, and every figure it shows is the one its code draws now: the figure's data (numbers,
+    titles, labels) equals docs/figures/<name>.json, saved with the PNG by the last refresh (HC_REFRESH_FIGURES=1).
+    Every figure names its model; every colour bar has a label."""
     monkeypatch.chdir(tmp_path)
-    run_markdown(tutorial, substitutions)
-    for fig in __import__("re").findall(r"savefig\(\"(figures/[^\"]+)\"", tutorial.read_text()):
-        assert (tmp_path / fig).is_file()
+    drawn: dict = {}
+    run_markdown(tutorial, substitutions, drawn)
+    for fig in re.findall(r"!\[[^\]]*\]\(\.\./figures/([^)]+)\)", tutorial.read_text()):
+        made = tmp_path / "figures" / fig
+        assert made.is_file(), f"{tutorial.name} shows figures/{fig}, which its code does not make"
+        data = drawn.get(file_hash(made))
+        assert data is not None, f"figures/{fig} was not drawn by this run's code"
+        words = " ".join(data["texts"] + [a["title"] for a in data["axes"]] + [w for a in data["axes"] for w in a["legend"]])
+        assert MODEL_NAMED.search(words), f"figures/{fig} does not name its model: {words!r}"
+        for a in data["axes"]:
+            assert not a["colorbar"] or a["ylabel"] or a["xlabel"], f"figures/{fig}: a colour bar without a label"
+        stored = FIGURES / (Path(fig).stem + ".json")
+        if REFRESH:
+            shutil.copy(made, FIGURES / fig)
+            stored.write_text(json.dumps(data, indent=1) + "\n")
+            continue
+        assert stored.is_file(), f"no {stored.name}: refresh with HC_REFRESH_FIGURES=1"
+        same_figure(json.loads(stored.read_text()), data, f"figures/{fig}")
+
+
+def same_figure(stored, drawn, where: str) -> None:
+    """Equal words and shapes; numbers within 1e-3 + 1e-2 relative (other threads and CPUs round differently)."""
+    if isinstance(stored, dict):
+        assert isinstance(drawn, dict) and stored.keys() == drawn.keys(), f"{where}: {sorted(stored)} vs {drawn}"
+        for k in stored:
+            same_figure(stored[k], drawn[k], f"{where}.{k}")
+    elif isinstance(stored, list):
+        assert isinstance(drawn, list) and len(stored) == len(drawn), f"{where}: {len(stored)} values vs {drawn}"
+        for i, (a, b) in enumerate(zip(stored, drawn)):
+            same_figure(a, b, f"{where}[{i}]")
+    elif isinstance(stored, (int, float)) and not isinstance(stored, bool):
+        assert isinstance(drawn, (int, float)) and abs(stored - drawn) <= 1e-3 + 1e-2 * abs(stored), \
+            f"{where}: the figure shows {drawn}, docs/figures has {stored}; refresh with HC_REFRESH_FIGURES=1"
+    else:
+        assert stored == drawn, f"{where}: {drawn!r} vs the stored {stored!r}; refresh with HC_REFRESH_FIGURES=1"
 
 
 def test_examples_mirror_the_tutorials():
@@ -87,3 +127,28 @@ def test_api_reference_builds_strictly(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     page = (tmp_path / "site" / "api" / "analyses" / "index.html").read_text()
     assert "activation_patch" in page and "attribution_patch" in page
+
+
+def test_every_shell_command_in_the_docs_parses():
+    """The `bash` blocks are not run (they download, or need real weights and photos); each `hooked-clip` line in
+    them is parsed by the command's own argument parser, so a renamed or misspelt option fails here."""
+    import shlex
+
+    from hooked_clip.analyses.cli import build_parser
+
+    pages = [DOCS.parent / "README.md", *sorted(DOCS.rglob("*.md"))]
+    commands = []
+    for page in pages:
+        for block in re.findall(r"```bash\n(.*?)```", page.read_text(), re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                for part in line.split("&&"):
+                    words = shlex.split(part, comments=True)
+                    words = words[next((i for i, w in enumerate(words) if w.endswith("hooked-clip")), len(words)):]
+                    if words:
+                        commands.append((page.name, words[1:]))
+    assert len(commands) >= 8
+    for page, argv in commands:
+        try:
+            build_parser().parse_args(argv)
+        except SystemExit:
+            pytest.fail(f"{page}: `hooked-clip {' '.join(argv)}` does not parse")

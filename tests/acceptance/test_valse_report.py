@@ -6,8 +6,11 @@ number mistyped or dropped there fails here."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
+
+import hooked_clip
 
 from hooked_clip.analyses.valse_negation.aggregate import aggregate
 from hooked_clip.analyses.valse_negation.images import SceneImages
@@ -246,6 +249,14 @@ def test_caveats_follow_the_models_facts():
     assert "only if this model is the paper's checkpoint" in text
     other = "\n".join(caveats({"logit_scale": 50.0, "n_layers": 12, "n_heads": 12}))
     assert "±0.020 cosine" in other and "12 blocks × 12 heads" in other
+    assert "--limit" not in text and "Pixels" not in text
+    run = "\n".join(caveats({"logit_scale": 100.0, "n_layers": 12, "n_heads": 8, "limit": 40,
+                             "preprocessing": "open_clip preprocess (resize, centre crop, normalise)"}))
+    assert "Only part of the data ran** (`--limit 40`)" in run and "Pixels are not the authors'" in run
+    assert "one pixel off" in run
+    hf = "\n".join(caveats({"logit_scale": 100.0, "n_layers": 12, "n_heads": 8,
+                            "preprocessing": "transformers CLIP image processor, PIL backend (as CLIPProcessor in transformers 4)"}))
+    assert "Pixels" not in hf
 
 
 def test_comparison_states_each_models_scale_and_depth_beside_the_papers(run, tmp_path):
@@ -361,3 +372,17 @@ def test_the_reports_counts_and_histogram_segment_by_the_papers_rule(run, tmp_pa
     assert "| aligned (rephrased) pairs | either | 5 | 40.0% | 1 / 3 / 1 |" in scores  # accuracy: d > 0
     table = (tmp_path / "scores.csv").read_text().splitlines()
     assert "sentences,group,n,accuracy,correct,ambiguous,incorrect" == table[0] and "aligned,all,5,0.4,1,3,1" in table
+
+
+def test_the_report_cites_no_file_that_is_not_there(run, report):
+    """Every file the report names is in the run directory, the repository or the installed package (PAPER.md is
+    the project's notes, not shipped: the report cites the paper itself)."""
+    path = run[0]
+    repo = Path(__file__).parents[2]
+    package = Path(hooked_clip.__file__).parent
+    cited = set(re.findall(r"[\w./-]+\.(?:md|py|json|png|csv|html|jsonl|txt)\b", report))
+    assert cited, "the report names its own files (figures, per_item.json)"
+    for name in sorted(cited):
+        assert "PAPER" not in name, f"report.md cites {name}"
+        here = [path / name, repo / name, package / name, package / "analyses" / name]
+        assert any(p.exists() for p in here) or list(path.rglob(Path(name).name)), f"report.md cites {name}, which is missing"

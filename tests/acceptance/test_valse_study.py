@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import hf_clip, largest_difference
+from conftest import VALSE, hf_clip, largest_difference
 
 from hooked_clip.analyses.valse_negation import study
 from hooked_clip.analyses.valse_negation.aggregate import cte_matrix, aggregate
@@ -113,6 +113,45 @@ def test_run_dir_of_another_model_is_refused(random_demo, tmp_path):
         run_items(random_demo, tmp_path, model_id="random", images=SceneImages(), settings=Settings(limit=6), progress=False)
 
 
+def test_the_study_runs_without_tf32_and_records_it(random_demo, tmp_path, monkeypatch):
+    """Every measurement runs with torch's fp32 precision settings at IEEE (TF32 off), restored afterwards; the
+    run config says so; a run directory written before the key existed is refused, saying why."""
+    names = ("cuda.matmul", "cudnn.conv", "cudnn.rnn")
+
+    def precision():
+        return [getattr(getattr(torch.backends, n.split(".")[0]), n.split(".")[1]).fp32_precision for n in names]
+    before = precision()
+    seen, real = [], study._measure
+
+    def spy(*args, **kwargs):
+        seen.append(precision())
+        return real(*args, **kwargs)
+    monkeypatch.setattr(study, "_measure", spy)
+    run_items(random_demo, tmp_path, model_id="random", images=SceneImages(), settings=Settings(limit=4), progress=False)
+    assert seen and all(p == ["ieee"] * 3 for p in seen)
+    assert precision() == before
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["tf32"] is False
+    del config["tf32"]  # as an older version wrote it
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(RunDirMismatchError, match=r"did not record \['tf32'\].*older version"):
+        run_items(random_demo, tmp_path, model_id="random", images=SceneImages(), settings=Settings(limit=4), progress=False)
+
+
+def test_spacy_subject_parser_records_the_english_models_version(monkeypatch):
+    import spacy
+
+    from hooked_clip.analyses.valse_negation.data import AUTHORS_SPACY, SubjectParser
+
+    def fake_load(name):
+        nlp = spacy.blank("en")
+        nlp.meta["version"] = "3.6.0"
+        return nlp
+    monkeypatch.setattr(spacy, "load", fake_load)
+    assert SubjectParser.spacy().name == f"spacy {spacy.__version__} en_core_web_sm 3.6.0 (first noun chunk)"
+    assert AUTHORS_SPACY == ("3.6.1", "3.6.0")
+
+
 def test_bad_inputs(tmp_path):
     items = load_items()[:10]
     with pytest.raises(FileNotFoundError, match="none of the 10 expected files"):
@@ -209,7 +248,7 @@ def test_clipseg_subject_size_from_local_weights(tmp_path):
     and returns the mean sigmoid of its map for the prompt and the share of the map above 0.25."""
     from PIL import Image
     from transformers import (CLIPSegConfig, CLIPSegForImageSegmentation, CLIPSegProcessor, CLIPTokenizer,
-                              ViTImageProcessor)
+                              ViTImageProcessor, ViTImageProcessorPil)
 
     from hooked_clip.analyses.valse_negation.images import clipseg_subject_size
     from hooked_clip.tokenizers.clip_bpe import CLIPTokenizer as OurTokenizer
@@ -225,11 +264,13 @@ def test_clipseg_subject_size_from_local_weights(tmp_path):
     seg = CLIPSegForImageSegmentation(cfg).eval()
     seg.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
-    image = Image.new("L", (80, 60), 120)  # grayscale: the authors stack it to 3 channels
+    image = Image.linear_gradient("L").resize((80, 60))  # grayscale: the authors stack it to 3 channels
     area, binary = clipseg_subject_size(tmp_path)("some cars", image)
     rgb = Image.merge("RGB", [image] * 3)
+    pil = CLIPSegProcessor(image_processor=ViTImageProcessorPil(size={"height": 64, "width": 64}),  # transformers 4's
+                           tokenizer=processor.tokenizer)
     with torch.no_grad():
-        p = torch.sigmoid(seg(**processor(text=["some cars"], images=[rgb], return_tensors="pt")).logits)
+        p = torch.sigmoid(seg(**pil(text=["some cars"], images=[rgb], return_tensors="pt")).logits)
     assert abs(area - float(p.mean())) <= 1e-6 and abs(binary - float((p > 0.25).float().mean())) <= 1e-6
     assert 0 < binary < 1  # the random map straddles the threshold, so the binary area is not trivially 0 or 1
     with pytest.raises(FileNotFoundError, match="CLIPSeg"):
@@ -382,6 +423,7 @@ def test_demo_model_vocabulary_covers_every_valse_sentence():
 
 
 # ------------------------------------------------------------------------------ image preprocessing
+OPENAI_MEAN, OPENAI_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)  # CLIP's
 MODES = [("RGB", "JPEG"), ("L", "JPEG"), ("CMYK", "JPEG"), ("RGB", "PNG"), ("L", "PNG"), ("RGBA", "PNG"), ("P", "PNG")]
 SIZES = [(50, 70), (300, 200), (64, 64), (17, 90), (640, 480)]
 
@@ -451,11 +493,50 @@ def test_pixels_for_an_hf_model_equal_clipprocessor(hf_dir, tmp_path):
     made = _write_images(tmp_path, items)
     assert {m for m, _, _ in made} == {"RGB", "L", "CMYK", "RGBA", "P"}
     model = HookedCLIP.from_pretrained(str(hf_dir))
-    processor = CLIPProcessor.from_pretrained(str(hf_dir))  # the authors' entry point
+    # the authors' entry point, on the PIL backend: transformers 4's CLIPProcessor (5's default is torchvision)
+    processor = CLIPProcessor.from_pretrained(str(hf_dir), backend="pil")
     ref = torch.cat([processor(images=Image.open(tmp_path / x.image_file), return_tensors="pt")["pixel_values"]
                      for x in items])
-    assert torch.equal(_fed_pixels(model, tmp_path, items), ref)
-    assert preprocessing_name(model).startswith("transformers CLIP image processor")
+    fed = _fed_pixels(model, tmp_path, items)
+    assert torch.equal(fed, ref)
+    assert preprocessing_name(model).startswith("transformers CLIP image processor, PIL backend")
+    # and against a plain PIL pipeline written out here (opaque files): resize the short side to 64 with PIL's
+    # bicubic, centre crop, scale to 0..1, normalise with OpenAI's mean and std
+    mean, std = torch.tensor(OPENAI_MEAN)[:, None, None], torch.tensor(OPENAI_STD)[:, None, None]
+    opaque = [k for k, x in enumerate(items) if Image.open(tmp_path / x.image_file).mode in ("RGB", "L", "CMYK")]
+    assert len(opaque) >= 4
+    for k in opaque:
+        im = Image.open(tmp_path / items[k].image_file).convert("RGB")
+        w, h = im.size
+        short, long = (w, h) if w <= h else (h, w)
+        new_long = int(64 * long / short)
+        im = im.resize((64, new_long) if w <= h else (new_long, 64), Image.BICUBIC)
+        left, top = (im.size[0] - 64) // 2, (im.size[1] - 64) // 2
+        x = torch.from_numpy(np.asarray(im.crop((left, top, left + 64, top + 64)), dtype=np.float32)).permute(2, 0, 1)
+        assert (fed[k] - (x / 255 - mean) / std).abs().max() <= 1e-5, items[k].image_file
+
+
+def test_clipseg_input_is_on_the_pil_backend(tmp_path):
+    """CLIPSeg's input takes the same PIL path as the authors' transformers 4 (checked on the loaded processor)."""
+    from transformers import CLIPSegProcessor, CLIPTokenizer, ViTImageProcessor
+
+    from hooked_clip.analyses.valse_negation import images
+    from hooked_clip.tokenizers.clip_bpe import CLIPTokenizer as OurTokenizer
+
+    OurTokenizer().save_hf_vocab(tmp_path)
+    CLIPSegProcessor(image_processor=ViTImageProcessor(size={"height": 64, "width": 64}),
+                     tokenizer=CLIPTokenizer.from_pretrained(tmp_path)).save_pretrained(tmp_path)
+    seen = {}
+    real = CLIPSegProcessor.from_pretrained
+
+    def spy(*args, **kwargs):
+        seen["processor"] = real(*args, **kwargs)
+        raise OSError("stop after the processor")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(CLIPSegProcessor, "from_pretrained", spy)
+        with pytest.raises(FileNotFoundError):
+            images.clipseg_subject_size(tmp_path)
+    assert type(seen["processor"].image_processor).__name__.endswith("Pil")
 
 
 def test_pixels_for_an_open_clip_model_equal_open_clips_preprocess(tmp_path):
@@ -548,6 +629,45 @@ def test_reference_of_our_own_run_reproduces_and_perturbations_are_found(demo_ru
         assert needle in text, needle
 
 
+def test_reference_adds_d_correlation_binary_area_and_the_items_identity(demo_run, tmp_path):
+    """per_item.json carries correct (d > 0), dataset_idx and image_file (from VALSE's own fields); the comparison
+    gives Pearson r of d, the binary subject area and flips across d = 0; the tolerance is the caller's."""
+    from hooked_clip.analyses.valse_negation.reference import DEFAULT_TOLERANCE, compare, load_reference, section, to_reference_format
+
+    _, records = demo_run
+    raw = json.loads(VALSE.read_text())
+    ref = to_reference_format(records)
+    for k, v in ref.items():
+        assert v["image_file"] == raw[k]["image_file"] and v["dataset_idx"] == str(raw[k]["dataset_idx"])
+        assert v["correct"] == (records[k]["aligned"]["d"] > 0)
+    keys = [k for k in ref if ref[k]["negation"] == "foil" and ref[k]["subject"]][:2]
+    for k in keys:  # the toy scenes have no binary area: give both sides one
+        ref[k]["subject_area_binary"] = 0.5
+        records[k]["aligned"]["subject_area_binary"] = 0.5
+    ref[keys[0]]["subject_area_binary"] = 0.75
+    ids = list(ref)
+    scores = [ref[k]["score"] for k in ids]
+    flip = min(ids, key=lambda k: abs(ref[k]["score"]))  # the item nearest d = 0 moves to the other side
+    delta = -2 * ref[flip]["score"] - math.copysign(0.004, ref[flip]["score"])
+    ref[flip] = dict(ref[flip], logit_caption=ref[flip]["logit_caption"] + delta, score=ref[flip]["score"] + delta,
+                     correct=not ref[flip]["correct"])
+    ref[ids[0]] = dict(ref[ids[0]], image_file="v7w_0.jpg")
+    path = tmp_path / "ref.json"
+    path.write_text(json.dumps(ref))
+    c = compare(records, load_reference(path), tolerance=abs(delta) + 1)
+    expect = np.corrcoef(scores, [ref[k]["score"] for k in ids])[0, 1]
+    assert c["score_r"] == pytest.approx(expect, abs=1e-12) and c["score_r"] < 1
+    assert c["correct"]["differ"] == [{"id": flip, "run": ref[flip]["score"] < 0, "reference": ref[flip]["score"] > 0}]
+    assert c["subject_area_binary_abs_diff"]["max"] == pytest.approx(0.25) and c["subject_area_binary_abs_diff"]["n"] == 2
+    assert {"id": ids[0], "field": "image_file", "run": raw[ids[0]]["image_file"], "reference": "v7w_0.jpg"} in c["text_differs"]
+    assert "logits differ" not in c["verdict"] and "other side of d = 0" in c["verdict"]  # within the given tolerance
+    assert "logits differ" in compare(records, load_reference(path))["verdict"]  # not within the default
+    text = "\n".join(section(c, str(path)))
+    assert "d: Pearson r" in text and "subject_area_binary" in text and f"default {DEFAULT_TOLERANCE:g}" in text
+    for k in keys:
+        records[k]["aligned"]["subject_area_binary"] = None
+
+
 def test_malformed_reference_files_are_refused_with_the_problem_named(demo_run, tmp_path):
     from hooked_clip.analyses.valse_negation.reference import ReferenceFormatError, load_reference, to_reference_format
 
@@ -559,6 +679,8 @@ def test_malformed_reference_files_are_refused_with_the_problem_named(demo_run, 
              ({key: dict(ref[key], segment="right")}, "segment='right' must be one of"),
              ({key: dict(ref[key], negation="both")}, "negation='both'"),
              ({key: dict(ref[key], score=ref[key]["score"] + 1)}, "is not logit_caption - logit_foil"),
+             ({key: dict(ref[key], correct=not ref[key]["correct"])}, "correct means d > 0"),
+             ({key: dict(ref[key], image_file=3)}, "image_file=3 is not"),
              ({key: [1, 2]}, "not an object"),
              ([ref[key]], "keyed by VALSE id")]
     for data, message in cases:
@@ -582,6 +704,10 @@ def test_cli_reference_section_end_to_end(tmp_path, capsys):
     main(["valse-negation", "--limit", "10", "--out", str(tmp_path / "a"), "--no-progress", "--reference", str(tmp_path / "ref.json")])
     report = (tmp_path / "a" / "report.md").read_text()
     assert "## Replication" in report and "Verdict: DIFFERS" in report and "up to 0.25" in report
+    assert "Only part of the data ran** (`--limit 10`)" in report  # "like for like?" flags a partial run
+    main(["valse-negation", "--limit", "10", "--out", str(tmp_path / "a"), "--no-progress", "--reference",
+          str(tmp_path / "ref.json"), "--reference-tolerance", "0.3"])
+    assert "Verdict: REPRODUCED" in (tmp_path / "a" / "report.md").read_text()
     res = json.loads((tmp_path / "a" / "results.json").read_text())
     assert res["replication"]["abs_diff"]["logit_caption"]["max"] == pytest.approx(0.25, abs=1e-9)
     (tmp_path / "bad.json").write_text(json.dumps({first: {"caption": "x"}}))
@@ -618,6 +744,30 @@ def test_comparison_of_the_demo_model_and_a_demo_sized_random_model(demo_run, tm
     assert (tmp_path / "comparison_cte.png").is_file()
     with pytest.raises(ValueError, match="at least two"):
         write_comparison(tmp_path, runs[:1])
+
+
+def test_comparison_says_which_towers_two_models_share_and_the_papers_foil_heads():
+    """The two shipped demo models have one text tower (the same weights, compared tensor by tensor here) and
+    different image towers: the comparison's weight rows say so. The foil row carries the paper's foil column."""
+    from hooked_clip import load_model
+    from hooked_clip.analyses.valse_negation.comparison import _head_rows, _intro
+    from hooked_clip.analyses.valse_negation.report import tower_weights
+
+    a, b = load_model("tiny-negation", device="cpu"), load_model("tiny-negation-pixels", device="cpu")
+    ta, tb = a.text.state_dict(), b.text.state_dict()
+    assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)  # the fact, independently
+    wa, wb = tower_weights(a), tower_weights(b)
+    assert wa["text"] == wb["text"] and wa["vision"] != wb["vision"]
+    summaries = [{"model": "tiny-negation", "tower_weights": wa, "preprocessing": "scenes"},
+                 {"model": "tiny-negation-pixels", "tower_weights": wb, "preprocessing": "glyph renderer", "limit": 5},
+                 {"model": "other", "tower_weights": {"text": "0" * 16, "vision": None}}]
+    text = "\n".join(_intro(summaries, {s["model"]: "d" for s in summaries}, "|---|---|---|---|---|"))
+    assert "| text tower weights | identical to `tiny-negation-pixels`'s | identical to `tiny-negation`'s | its own | – |" in text
+    assert "| vision tower weights | its own | its own | – | – |" in text
+    assert "| image pipeline | scenes | glyph renderer | – |" in text and "first 5 (--limit)" in text
+    caption, foil = _head_rows([{"model": "m", "top_heads": {}}])
+    assert caption.endswith("L3H1 (Layer 4 Head 2) 0.39, L3H2 (Layer 4 Head 3) 0.24, L2H5 (Layer 3 Head 6) 0.20 |")
+    assert foil.endswith("L3H1 (Layer 4 Head 2) 0.38, L3H2 (Layer 4 Head 3) 0.23, L2H5 (Layer 3 Head 6) 0.23 |")
 
 
 def test_cli_several_models_end_to_end_and_resumable(hf_dir, tmp_path, capsys):

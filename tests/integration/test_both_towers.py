@@ -116,7 +116,7 @@ def test_documented_image_hook_names_exist(tiny_model, px):
 
 def test_siglip_pil_images_use_siglip_preprocessing():
     from PIL import Image
-    from transformers import SiglipImageProcessor, SiglipVisionConfig, SiglipVisionModel
+    from transformers import SiglipImageProcessorPil, SiglipVisionConfig, SiglipVisionModel
 
     from conftest import randomize_
     from hooked_clip import HookedCLIPVision
@@ -127,7 +127,7 @@ def test_siglip_pil_images_use_siglip_preprocessing():
     tower = HookedCLIPVision.from_hf(hf)
     gen = torch.Generator().manual_seed(6)
     images = [Image.fromarray((torch.rand(50, 40, 3, generator=gen) * 255).byte().numpy()) for _ in range(2)]
-    px = SiglipImageProcessor(size={"height": 32, "width": 32})(images=images, return_tensors="pt")["pixel_values"]
+    px = SiglipImageProcessorPil(size={"height": 32, "width": 32})(images=images, return_tensors="pt")["pixel_values"]
     assert torch.equal(tower.as_pixels(images), px)
     with torch.no_grad():
         assert (tower.encode(images) - hf(pixel_values=px).pooler_output).abs().max() <= 1e-5

@@ -118,7 +118,9 @@ def test_cpu_half_and_tower_moves_update_cfg():
 
 
 def test_cuda_moves_update_cfg(monkeypatch):
-    """.cuda() goes through the same path: on a CPU-only machine torch refuses, and cfg stays truthful."""
+    """.cuda() goes through the same path. On a GPU: the weights and cfg move. On a CPU-only machine torch refuses
+    (and cfg stays truthful); then, with Tensor.cuda standing in as a move to the meta device, .cuda() is seen
+    to carry both towers' cfg.device along with the weights (the path, without a GPU)."""
     model = HookedCLIP.from_hf(hf_clip("tiny_eot"), device="cpu")
     if torch.cuda.is_available():
         model.cuda()
@@ -128,6 +130,10 @@ def test_cuda_moves_update_cfg(monkeypatch):
         with pytest.raises((RuntimeError, AssertionError)):
             model.cuda()
         assert model.cfg.device == "cpu"
+        monkeypatch.setattr(torch.Tensor, "cuda", lambda self, *args, **kwargs: self.to("meta"))
+        model.cuda()
+        assert model.text.W_E.device.type == model.vision.embed.W_patch.device.type == "meta"
+        assert model.cfg.device == model.vision.cfg.device == "meta"
 
 
 def test_analyses_hold_no_hard_coded_device():

@@ -75,7 +75,7 @@ def test_eot_pooling_reads_first_eot_not_argmax():
 
 def test_hf_image_tower_and_similarity():
     from PIL import Image
-    from transformers import CLIPImageProcessor
+    from transformers import CLIPImageProcessorPil  # transformers 4's pipeline, the library's default
 
     hf = hf_clip("tiny_eot")
     model = HookedCLIP.from_hf(hf, device="cpu")
@@ -89,7 +89,7 @@ def test_hf_image_tower_and_similarity():
         assert (model(tokens, pixels) - ref).abs().max().item() <= 1e-4
         # PIL input goes through the reference preprocessing
         images = [Image.fromarray((torch.rand(80, 100, 3, generator=gen) * 255).byte().numpy()) for _ in range(2)]
-        px = CLIPImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64})(
+        px = CLIPImageProcessorPil(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64})(
             images=images, return_tensors="pt")["pixel_values"]
         ref_img = hf.visual_projection(hf.vision_model(pixel_values=px).pooler_output)
         assert (model.encode_image(images, normalize=False) - ref_img).abs().max().item() <= ATOL
