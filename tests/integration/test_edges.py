@@ -190,17 +190,27 @@ def test_circuits_end_at_the_two_runs_and_dropping_one_edge_is_exact_edge_patchi
         metric = similarity_metric(fresh, images(fresh, 2))
     else:
         clean, corrupt, metric = NEG, AFF, similarity_metric(fresh, images(fresh, 3))
-    n = len(EdgeGraph.of(getattr(fresh, tower)))
-    drop = [3, n // 2, n - 1]
+    graph = EdgeGraph.of(getattr(fresh, tower))
+    n = len(graph)
+    out_of = [i for i, name in enumerate(graph.names) if name.startswith("L0H1->")]  # every edge out of L0H1
     vals = run_circuit(fresh, clean, corrupt, metric, [torch.arange(n), torch.zeros(0, dtype=torch.long)]
-                       + [torch.tensor([i for i in range(n) if i != e]) for e in drop], tower=tower)
-    names = [EdgeGraph.of(getattr(fresh, tower)).names[e] for e in drop]
-    ref = plain_edge_loop(fresh, clean, corrupt, metric, names, tower=tower)
+                       + [torch.tensor([i for i in range(n) if i != e]) for e in range(n)]
+                       + [torch.tensor([i for i in range(n) if i not in out_of])], tower=tower)
+    ref = plain_edge_loop(fresh, clean, corrupt, metric, graph.names, tower=tower)
+    tw = getattr(fresh, tower)
     with torch.no_grad():
-        tw = getattr(fresh, tower)
         m_clean, m_corrupt = metric(tw(tw.as_input(clean))), metric(tw(tw.as_input(corrupt)))
+        _, cc = tw.run_with_cache(tw.as_input(corrupt), names_filter=["blocks.0.attn.hook_z"])
+
+        def noise_head(z, hook):  # every edge out of L0H1 dropped = L0H1's output from the corrupt run
+            z = z.clone()
+            z[:, :, 1] = cc["blocks.0.attn.hook_z"][:, :, 1]
+            return z
+
+        m_head = metric(tw.run_with_hooks(tw.as_input(clean), fwd_hooks=[("blocks.0.attn.hook_z", noise_head)]))
     assert (vals[0] - m_clean).abs().max() <= 1e-5 and (vals[1] - m_corrupt).abs().max() <= 1e-5
-    assert (vals[2:] - m_clean - ref).abs().max() <= 1e-5 and ref.abs().max() > 1e-3
+    assert (vals[2: 2 + n] - m_clean - ref).abs().max() <= 1e-5 and ref.abs().max() > 1e-3
+    assert (vals[-1] - m_head).abs().max() <= 1e-5 and (m_head - m_clean).abs().max() > 1e-3
 
 
 def test_top_edges_keep_more_of_the_metric_than_random_ones(fresh):
