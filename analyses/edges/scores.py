@@ -175,7 +175,6 @@ def _receiver_grads(tw, base_input: Tensor, metric: Metric, base_e: Tensor, src_
         return act.detach().requires_grad_(True)
 
     def keep(act, hook):
-        act.retain_grad()
         acts[hook.name] = act
         return act
 
@@ -190,10 +189,11 @@ def _receiver_grads(tw, base_input: Tensor, metric: Metric, base_e: Tensor, src_
             raise ValueError("the metric's output has no gradient (it detaches or runs under torch.no_grad), so edge "
                              "attribution cannot differentiate it; write it with torch operations on the embeddings, "
                              "or use edge_patch, which needs no gradient.")
-        values.sum().backward()
+        # gradients of the receiver inputs alone (the parameters' are neither computed nor left on the model)
+        grad = dict(zip(names, torch.autograd.grad(values.sum(), [acts[n] for n in names])))
 
     def avg(name):
-        g = acts[name].grad
+        g = grad[name]
         return g.view(k, -1, *g.shape[1:]).mean(0)
 
     with torch.no_grad():
