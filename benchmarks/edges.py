@@ -7,9 +7,9 @@ Prints, each timed in this process (median of interleaved repeats):
    pairs (the least any gradient method pays per step); EAP (one step) too;
 2. memory per pair of EAP-IG: on CUDA the peak allocated bytes of the call over the pairs; on the CPU the
    bytes of the tensors EAP-IG keeps (gradients at every receiver input and every sender's change);
-3. exact edge patching (``edge_patch``, the batched engine) against a plain per-edge loop written here (one full
-   forward of the batch of pairs per edge, the receiver's input changed by a hook: what one writes with
-   TransformerLens, whose edge patching has no batched form), on the same random subset of edges, in
+3. exact edge patching (``edge_patch``, the batched engine) against the plain per-edge loop the test suite checks
+   it with (``tests/integration/test_edges.py``: one full forward of the batch of pairs per edge, the receiver's
+   input changed by a hook: what one writes with TransformerLens, whose edge patching has no batched form), on the same random subset of edges, in
    edge x pair patches per second; the two must agree (max |difference| printed) before anything is timed.
 
 Also the Pearson r between EAP / EAP-IG and the exact effects on that subset (random weights: a floor, not a
@@ -25,7 +25,9 @@ import math
 import os
 import statistics
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -35,6 +37,10 @@ from hooked_clip import CLIPTextConfig, HookedCLIP, HookedCLIPText
 from hooked_clip.analyses.edges import EdgeGraph, edge_attribution, edge_patch
 from hooked_clip.analyses.metrics import similarity_metric
 from hooked_clip.analyses.valse_negation.data import aligned_pairs, load_items
+
+TESTS = Path(__file__).resolve().parents[1] / "tests"
+sys.path[:0] = [str(TESTS), str(TESTS / "integration")]
+from test_edges import plain_edge_loop  # noqa: E402  (the suite's reference loop: one full forward per edge)
 
 
 def sync(device: str) -> None:
@@ -48,46 +54,6 @@ def timed(fn, device: str) -> float:
     fn()
     sync(device)
     return time.perf_counter() - start
-
-
-def plain_loop(model, base: list[str], source: list[str], metric, names: list[str]) -> torch.Tensor:
-    """One full forward per edge, the receiver's input (alone) changed by the sender's output difference."""
-    tw = model.text
-    base_t, src_t = tw.to_tokens(base), tw.to_tokens(source)
-    out = []
-    with torch.no_grad(), tw.options(use_split_qkv_input=True):
-        base_out, bc = tw.run_with_cache(base_t)
-        _, sc = tw.run_with_cache(src_t)
-        base_m = metric(base_out)
-
-        def output(cache, sender):
-            if sender == "embed":
-                return cache["blocks.0.hook_resid_pre"]
-            if sender.endswith("_mlp"):
-                return cache[f"blocks.{int(sender[1:-4])}.hook_mlp_out"]
-            l, h = map(int, sender[1:].split("H"))
-            return cache[f"blocks.{l}.attn.hook_z"][:, :, h] @ tw.blocks[l].attn.W_O[h]
-
-        for name in names:
-            sender, receiver = name.split("->")
-            delta = output(sc, sender) - output(bc, sender)
-            if receiver == "pooled":
-                hooks = [(f"blocks.{tw.cfg.n_layers - 1}.hook_resid_post", lambda a, hook: a + delta)]
-            elif receiver.endswith("_mlp"):
-                l = int(receiver[1:-4])
-                hooks = [(f"blocks.{l}.hook_resid_mid", lambda a, hook: a + delta),
-                         (f"blocks.{l}.hook_resid_post", lambda a, hook: a - delta)]
-            else:
-                head, x = receiver.split(".")
-                l, h = map(int, head[1:].split("H"))
-
-                def add(a, hook, h=h):
-                    a[:, :, h] += delta
-                    return a
-
-                hooks = [(f"blocks.{l}.hook_{x}_input", add)]
-            out.append(metric(tw.run_with_hooks(base_t, fwd_hooks=hooks)) - base_m)
-    return torch.stack(out)
 
 
 def kept_bytes(model, n_pairs: int, n_pos: int, ig_steps: int) -> int:
@@ -132,7 +98,7 @@ def main() -> None:
         "eap": lambda: edge_attribution(model, neg, aff, metric, method="eap"),
         "eap_ig": lambda: edge_attribution(model, neg, aff, metric, ig_steps=args.ig_steps),
         "exact": lambda: edge_patch(model, neg, aff, metric, subset, progress=False),
-        "loop": lambda: plain_loop(model, aff, neg, metric, names),
+        "loop": lambda: plain_edge_loop(model, aff, neg, metric, names),
     }
     # agreement first (and warm-up)
     exact, loop = runs["exact"](), runs["loop"]()
