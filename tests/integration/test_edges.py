@@ -291,3 +291,30 @@ def test_token_patch_interactions_against_exact_joint_patching(fresh):
         token_patch_interactions(fresh, text, img, text_reference="There is a big cat.")
     with pytest.raises(ValueError, match="give one text and one image"):
         token_patch_interactions(fresh, [text, text], img)
+
+
+def test_edge_analyses_refuse_bad_input_naming_the_fix(model):
+    metric = cosine_to_target(images(model, 3))
+    with pytest.raises(ValueError, match="unknown edges \\['L1H0->L0_mlp'\\]"):
+        edge_patch(model, NEG, AFF, metric, ["embed->pooled", "L1H0->L0_mlp"], progress=False)
+    with pytest.raises(ValueError, match="method must be one of"):
+        edge_attribution(model, NEG, AFF, metric, method="atp")
+    with pytest.raises(ValueError, match="ig_steps .* must be a positive integer"):
+        edge_attribution(model, NEG, AFF, metric, ig_steps=0)
+    with pytest.raises(ValueError, match="no gradient"):
+        edge_attribution(model, NEG, AFF, lambda e: metric(e).detach())
+    with pytest.raises(ValueError, match="a keep mask must have one entry per edge"):
+        run_circuit(model, NEG, AFF, metric, torch.ones(3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="keep must hold edge indices"):
+        run_circuit(model, NEG, AFF, metric, [0, 10_000])
+    some = edge_patch(model, NEG, AFF, metric, ["embed->pooled", "L0H1->L1_mlp"], progress=False)
+    assert some.names == ["embed->pooled", "L0H1->L1_mlp"] and some.values.shape == (2, 3)
+    with pytest.raises(ValueError, match="different set of edges"):
+        faithfulness_curve(model, NEG, AFF, metric, some, [1])
+    with pytest.raises(ValueError, match="alignment is for texts"):
+        edge_attribution(model, *pixel_pair_of(model), metric, alignment=torch.zeros(2, 17, dtype=torch.long),
+                         tower="vision")
+
+
+def pixel_pair_of(model):
+    return [torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(s)) for s in (5, 6)]
