@@ -318,3 +318,19 @@ def test_edge_analyses_refuse_bad_input_naming_the_fix(model):
 
 def pixel_pair_of(model):
     return [torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(s)) for s in (5, 6)]
+
+
+def test_mean_ablating_every_edge_reads_out_the_mean_corrupt_residual(model):
+    """With no edge kept and ablation="mean", the read-out's input is the sum of every sender's mean over the
+    corrupt examples (plus the constant biases): the corrupt run's final residual averaged over examples."""
+    metric = cosine_to_target(images(model, 3))
+    got = run_circuit(model, NEG, AFF, metric, torch.zeros(0, dtype=torch.long), ablation="mean")[0]
+    tw = model.text
+    last = f"blocks.{tw.cfg.n_layers - 1}.hook_resid_post"
+    with torch.no_grad():
+        clean_t = tw.as_tokens(NEG)
+        corrupt_t = tw.as_tokens(AFF)[:, : clean_t.shape[1]]
+        _, cache = tw.run_with_cache(corrupt_t, names_filter=[last])
+        mean = cache[last].mean(0, keepdim=True)
+        ref = metric(tw.run_with_hooks(clean_t, fwd_hooks=[(last, lambda a, hook: mean[:, : a.shape[1]].expand_as(a))]))
+    assert (got - ref).abs().max() <= 1e-5
