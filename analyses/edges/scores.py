@@ -138,9 +138,8 @@ def edge_attribution(
     with torch.no_grad():
         src_out, src_cache = tw.run_with_cache(pair.source, return_type=return_type, names_filter=cached)
         base_out, base_cache = tw.run_with_cache(pair.base, return_type=return_type, names_filter=cached)
-    n_ex, n_pos = base_cache[embed_hook].shape[:2]
     if alignment is not None:
-        alignment = check_alignment(alignment, n_ex, base_cache[act_name("resid_pre", 0)].shape[1],
+        alignment = check_alignment(alignment, pair.base.shape[0], base_cache[act_name("resid_pre", 0)].shape[1],
                                     src_cache[act_name("resid_pre", 0)].shape[1], base_cache[embed_hook].device)
     base_metric, src_metric = check_metric(metric, base_out), check_metric(metric, src_out)
     grads = _receiver_grads(tw, pair.base, metric, base_cache[embed_hook], _source_embed(tw, src_cache, base_cache, alignment),
