@@ -80,7 +80,8 @@ def token_patch_interactions(model, text, image, *, text_reference=None, image_r
     if ids.shape[0] != 1 or pixels.shape[0] != 1:
         raise ValueError(f"give one text and one image (got {ids.shape[0]} texts and {pixels.shape[0]} images); "
                          "the interactions of a pair are a [token, patch] map.")
-    n_pos = int(text_tw.pool_positions(ids)[0]) + 1 if text_tw.pool_positions(ids) is not None else ids.shape[1]
+    pool = text_tw.pool_positions(ids)
+    n_pos = ids.shape[1] if pool is None else int(pool[0]) + 1
     ids = ids[:, :n_pos] if getattr(text_tw.cfg, "trims", False) else ids
     x_t, r_t = _embeds(text_tw, ids, text_reference, "text_reference")
     x_i, r_i = _embeds(image_tw, pixels, image_reference, "image_reference")

@@ -119,12 +119,12 @@ def _edge_hooks(graph: EdgeGraph, receiver: Tensor, delta: Tensor, offset: Tenso
         r = graph.receivers[j]
         site = (r.kind, r.layer, r.qkv)
         by_site.setdefault(site, []).append(j)
+    head_of = torch.tensor([r.head for r in graph.receivers], device=receiver.device)
     for (kind, layer, qkv), js in by_site.items():
         idx = rows_of(js)
         d = shifted[idx]
         if kind == "head":
-            head = torch.tensor([graph.receivers[j].head for j in range(len(graph.receivers))],
-                                device=receiver.device)[receiver[idx]]
+            head = head_of[receiver[idx]]
 
             def add_head(act, hook, idx=idx, d=d, head=head):
                 act[idx, :, head] += d[:, : act.shape[1]]

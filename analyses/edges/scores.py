@@ -138,9 +138,8 @@ def edge_attribution(
     with torch.no_grad():
         src_out, src_cache = tw.run_with_cache(pair.source, return_type=return_type, names_filter=cached)
         base_out, base_cache = tw.run_with_cache(pair.base, return_type=return_type, names_filter=cached)
-    n_ex, n_pos = base_cache[embed_hook].shape[:2]
     if alignment is not None:
-        alignment = check_alignment(alignment, n_ex, base_cache[act_name("resid_pre", 0)].shape[1],
+        alignment = check_alignment(alignment, pair.base.shape[0], base_cache[act_name("resid_pre", 0)].shape[1],
                                     src_cache[act_name("resid_pre", 0)].shape[1], base_cache[embed_hook].device)
     base_metric, src_metric = check_metric(metric, base_out), check_metric(metric, src_out)
     grads = _receiver_grads(tw, pair.base, metric, base_cache[embed_hook], _source_embed(tw, src_cache, base_cache, alignment),
@@ -175,7 +174,6 @@ def _receiver_grads(tw, base_input: Tensor, metric: Metric, base_e: Tensor, src_
         return act.detach().requires_grad_(True)
 
     def keep(act, hook):
-        act.retain_grad()
         acts[hook.name] = act
         return act
 
@@ -190,10 +188,11 @@ def _receiver_grads(tw, base_input: Tensor, metric: Metric, base_e: Tensor, src_
             raise ValueError("the metric's output has no gradient (it detaches or runs under torch.no_grad), so edge "
                              "attribution cannot differentiate it; write it with torch operations on the embeddings, "
                              "or use edge_patch, which needs no gradient.")
-        values.sum().backward()
+        # gradients of the receiver inputs alone (the parameters' are neither computed nor left on the model)
+        grad = dict(zip(names, torch.autograd.grad(values.sum(), [acts[n] for n in names])))
 
     def avg(name):
-        g = acts[name].grad
+        g = grad[name]
         return g.view(k, -1, *g.shape[1:]).mean(0)
 
     with torch.no_grad():

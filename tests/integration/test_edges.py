@@ -190,17 +190,27 @@ def test_circuits_end_at_the_two_runs_and_dropping_one_edge_is_exact_edge_patchi
         metric = similarity_metric(fresh, images(fresh, 2))
     else:
         clean, corrupt, metric = NEG, AFF, similarity_metric(fresh, images(fresh, 3))
-    n = len(EdgeGraph.of(getattr(fresh, tower)))
-    drop = [3, n // 2, n - 1]
+    graph = EdgeGraph.of(getattr(fresh, tower))
+    n = len(graph)
+    out_of = [i for i, name in enumerate(graph.names) if name.startswith("L0H1->")]  # every edge out of L0H1
     vals = run_circuit(fresh, clean, corrupt, metric, [torch.arange(n), torch.zeros(0, dtype=torch.long)]
-                       + [torch.tensor([i for i in range(n) if i != e]) for e in drop], tower=tower)
-    names = [EdgeGraph.of(getattr(fresh, tower)).names[e] for e in drop]
-    ref = plain_edge_loop(fresh, clean, corrupt, metric, names, tower=tower)
+                       + [torch.tensor([i for i in range(n) if i != e]) for e in range(n)]
+                       + [torch.tensor([i for i in range(n) if i not in out_of])], tower=tower)
+    ref = plain_edge_loop(fresh, clean, corrupt, metric, graph.names, tower=tower)
+    tw = getattr(fresh, tower)
     with torch.no_grad():
-        tw = getattr(fresh, tower)
         m_clean, m_corrupt = metric(tw(tw.as_input(clean))), metric(tw(tw.as_input(corrupt)))
+        _, cc = tw.run_with_cache(tw.as_input(corrupt), names_filter=["blocks.0.attn.hook_z"])
+
+        def noise_head(z, hook):  # every edge out of L0H1 dropped = L0H1's output from the corrupt run
+            z = z.clone()
+            z[:, :, 1] = cc["blocks.0.attn.hook_z"][:, :, 1]
+            return z
+
+        m_head = metric(tw.run_with_hooks(tw.as_input(clean), fwd_hooks=[("blocks.0.attn.hook_z", noise_head)]))
     assert (vals[0] - m_clean).abs().max() <= 1e-5 and (vals[1] - m_corrupt).abs().max() <= 1e-5
-    assert (vals[2:] - m_clean - ref).abs().max() <= 1e-5 and ref.abs().max() > 1e-3
+    assert (vals[2: 2 + n] - m_clean - ref).abs().max() <= 1e-5 and ref.abs().max() > 1e-3
+    assert (vals[-1] - m_head).abs().max() <= 1e-5 and (m_head - m_clean).abs().max() > 1e-3
 
 
 def test_top_edges_keep_more_of_the_metric_than_random_ones(fresh):
@@ -281,3 +291,46 @@ def test_token_patch_interactions_against_exact_joint_patching(fresh):
         token_patch_interactions(fresh, text, img, text_reference="There is a big cat.")
     with pytest.raises(ValueError, match="give one text and one image"):
         token_patch_interactions(fresh, [text, text], img)
+
+
+def test_edge_analyses_refuse_bad_input_naming_the_fix(model):
+    metric = cosine_to_target(images(model, 3))
+    with pytest.raises(ValueError, match="unknown edges \\['L1H0->L0_mlp'\\]"):
+        edge_patch(model, NEG, AFF, metric, ["embed->pooled", "L1H0->L0_mlp"], progress=False)
+    with pytest.raises(ValueError, match="method must be one of"):
+        edge_attribution(model, NEG, AFF, metric, method="atp")
+    with pytest.raises(ValueError, match="ig_steps .* must be a positive integer"):
+        edge_attribution(model, NEG, AFF, metric, ig_steps=0)
+    with pytest.raises(ValueError, match="no gradient"):
+        edge_attribution(model, NEG, AFF, lambda e: metric(e).detach())
+    with pytest.raises(ValueError, match="a keep mask must have one entry per edge"):
+        run_circuit(model, NEG, AFF, metric, torch.ones(3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="keep must hold edge indices"):
+        run_circuit(model, NEG, AFF, metric, [0, 10_000])
+    some = edge_patch(model, NEG, AFF, metric, ["embed->pooled", "L0H1->L1_mlp"], progress=False)
+    assert some.names == ["embed->pooled", "L0H1->L1_mlp"] and some.values.shape == (2, 3)
+    with pytest.raises(ValueError, match="different set of edges"):
+        faithfulness_curve(model, NEG, AFF, metric, some, [1])
+    with pytest.raises(ValueError, match="alignment is for texts"):
+        edge_attribution(model, *pixel_pair_of(model), metric, alignment=torch.zeros(2, 17, dtype=torch.long),
+                         tower="vision")
+
+
+def pixel_pair_of(model):
+    return [torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(s)) for s in (5, 6)]
+
+
+def test_mean_ablating_every_edge_reads_out_the_mean_corrupt_residual(model):
+    """With no edge kept and ablation="mean", the read-out's input is the sum of every sender's mean over the
+    corrupt examples (plus the constant biases): the corrupt run's final residual averaged over examples."""
+    metric = cosine_to_target(images(model, 3))
+    got = run_circuit(model, NEG, AFF, metric, torch.zeros(0, dtype=torch.long), ablation="mean")[0]
+    tw = model.text
+    last = f"blocks.{tw.cfg.n_layers - 1}.hook_resid_post"
+    with torch.no_grad():
+        clean_t = tw.as_tokens(NEG)
+        corrupt_t = tw.as_tokens(AFF)[:, : clean_t.shape[1]]
+        _, cache = tw.run_with_cache(corrupt_t, names_filter=[last])
+        mean = cache[last].mean(0, keepdim=True)
+        ref = metric(tw.run_with_hooks(clean_t, fwd_hooks=[(last, lambda a, hook: mean[:, : a.shape[1]].expand_as(a))]))
+    assert (got - ref).abs().max() <= 1e-5
