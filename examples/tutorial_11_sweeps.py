@@ -69,7 +69,7 @@ print(accuracy)
 
 ax = accuracy.plot.bar(figsize=(6.5, 3.2), rot=0)
 ax.set_ylabel("accuracy, aligned pairs")
-ax.set_title("VALSE existence (12 items per dataset), per model")
+ax.set_title("VALSE existence (12 items per dataset): " + ", ".join(accuracy.index), fontsize=9)
 ax.legend(title="dataset", bbox_to_anchor=(1.02, 1), loc="upper left")
 plt.tight_layout()
 plt.savefig("figures/11_sweep.png", dpi=100)
