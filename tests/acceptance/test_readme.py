@@ -26,3 +26,13 @@ def test_quickstart_example_runs_offline():
                          text=True, timeout=300, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
     assert "similarity" in out.stdout
+
+
+def test_readme_states_the_python_that_pyproject_requires():
+    """The README's "Python ≥ X" is pyproject's requires-python (the tests read pyproject with tomllib, 3.11+)."""
+    import tomllib
+
+    root = Path(__file__).parents[2]
+    required = tomllib.loads((root / "pyproject.toml").read_text())["project"]["requires-python"]
+    stated = set(re.findall(r"Python ≥ ?(3\.\d+)", (root / "README.md").read_text()))
+    assert required.startswith(">=") and stated == {required[2:]}, (required, stated)
