@@ -124,10 +124,13 @@ NOT_ARCHITECTURE = ("model_name", "seed", "init_range", "device", *FORWARD_OPTIO
 
 
 def architecture_differences(a: "HookedTower", b: "HookedTower") -> dict[str, tuple[Any, Any]]:
-    """``{field: (a's value, b's value)}`` for every config field (and the tower class) in which two towers
+    """``{field: (a's value, b's value)}`` for every config field (and the tower and tokenizer classes) in which two towers
     differ beyond their weights (:data:`NOT_ARCHITECTURE` left out); empty for two checkpoints of one
     architecture."""
     out = {} if type(a) is type(b) else {"class": (type(a).__name__, type(b).__name__)}
+    ta, tb = (type(getattr(t, "tokenizer", None)).__name__ for t in (a, b))  # texts become ids by the patched tower's
+    if ta != tb:
+        out["tokenizer"] = (ta, tb)
     fa, fb = vars(a.cfg), vars(b.cfg)
     for key in sorted((set(fa) | set(fb)) - set(NOT_ARCHITECTURE)):
         va, vb = fa.get(key, "<absent>"), fb.get(key, "<absent>")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hooked_clip import load_model
-from hooked_clip.analyses.checkpoint_diff.measure import ROLES, behaviour_metric, load_items, roles
+from hooked_clip.analyses.checkpoint_diff.measure import ROLES, behaviour_metric, load_items
 
 LIMIT = 6
 
@@ -41,7 +41,6 @@ def test_one_cell_of_each_table_against_a_loop(run):
     base, tuned = load_model("tiny-pair-base", device="cpu"), load_model("tiny-pair-tuned", device="cpu")
     items = load_items(limit=LIMIT)
     metric = behaviour_metric(base, items)
-    role = roles(base, items.negated)
     with torch.no_grad():
         own = metric(base.encode_text(items.negated))
         other = metric(tuned.encode_text(items.negated))
@@ -49,7 +48,7 @@ def test_one_cell_of_each_table_against_a_loop(run):
         patched = []
         for i, text in enumerate(items.negated):
             toks = base.to_tokens([text])
-            neg = int((role[i] == ROLES.index("'no'")).nonzero()[0])
+            neg = [t.strip().lower() for t in base.to_str_tokens(text)].index("no")  # the sentence's own tokens
             _, cache = tuned.text.run_with_cache(toks)
 
             def hook(x, hook, neg=neg):
