@@ -85,7 +85,7 @@ class WeightDiff(CompactRepr):
         for ax, (grid, title, cmap) in zip(axes, panels):
             im = ax.imshow(grid.numpy(), cmap=cmap, aspect="auto")
             ax.set(title=title, xlabel="head", ylabel="layer")
-            fig.colorbar(im, ax=ax, fraction=0.046)
+            fig.colorbar(im, ax=ax, fraction=0.046).set_label(title, fontsize=8)
         axes[3].bar(range(len(self.components)), self.relative_change.numpy())
         axes[3].set_xticks(range(len(self.components)), self.components, rotation=90, fontsize=7)
         axes[3].set(title="other components: relative change")
