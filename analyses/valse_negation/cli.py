@@ -87,8 +87,10 @@ def _torch_threads(n: Optional[int]):
     import torch
 
     old = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
+    if n is None or n == old:  # nothing to change
+        yield
+        return
+    torch.set_num_threads(n)
     try:
         yield
     finally:
