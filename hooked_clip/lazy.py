@@ -98,11 +98,17 @@ def complete_package(module: ModuleType) -> ModuleType:
     """Run a deferred package's real __init__ (once); afterwards it is a plain module. No-op otherwise."""
     if type(module) is not _DeferredPackage:
         return module
-    object.__setattr__(module, "__class__", ModuleType)
+    before = dict(module.__dict__)
     del module.__dict__["_deferred_reexports"], module.__dict__["_deferred_bound"]
+    object.__setattr__(module, "__class__", ModuleType)
     spec = module.__spec__
-    code = spec.loader.get_code(spec.name)  # type: ignore[union-attr]
-    exec(code, module.__dict__)
+    try:
+        exec(spec.loader.get_code(spec.name), module.__dict__)  # type: ignore[union-attr]
+    except BaseException:  # back to deferred, as before: the next use tries again and shows the same error
+        module.__dict__.clear()
+        module.__dict__.update(before)
+        object.__setattr__(module, "__class__", _DeferredPackage)
+        raise
     return module
 
 

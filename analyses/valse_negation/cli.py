@@ -58,8 +58,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="where the model runs: cpu, cuda, cuda:1, ... (default: CUDA when available, else the CPU, "
                         "as every loader)")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: 1 for the demo models, whose small matrices lose more to thread "
-                        "hand-offs than they gain; torch's default, or OMP_NUM_THREADS, otherwise)")
+                   help="torch CPU threads (default: 1 for the demo models, whose small matrices gain little from more "
+                        "threads and lose much on a busy machine; torch's default, or OMP_NUM_THREADS, otherwise)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -90,8 +90,10 @@ def _torch_threads(n: Optional[int]):
     import torch
 
     old = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
+    if n is None or n == old:  # nothing to change
+        yield
+        return
+    torch.set_num_threads(n)
     try:
         yield
     finally:

@@ -62,25 +62,40 @@ def _pairs(word: tuple[str, ...]) -> set[tuple[str, str]]:
     return set(zip(word, word[1:]))
 
 
-class BPE:
-    """The merges file's encoder, decoder and merge ranks, and the per-word BPE with its cache."""
+class _Vocab:
+    """What a merges file defines (read once per file and shared: every tower built with CLIP's BPE uses it)."""
 
-    def __init__(self, bpe_path: str | None = None):
+    def __init__(self, bpe_path: str):
         import regex  # \p{L} / \p{N} classes, as CLIP's pattern needs
 
-        self.bpe_path = bpe_path or default_bpe()
-        self.byte_encoder = bytes_to_unicode()
-        self.byte_decoder = {v: k for k, v in self.byte_encoder.items()}
-        lines = gzip.open(self.bpe_path).read().decode("utf-8").split("\n")
+        byte_encoder = bytes_to_unicode()
+        lines = gzip.open(bpe_path).read().decode("utf-8").split("\n")
         merges = [tuple(line.split()) for line in lines[1 : N_MERGES + 1]]
-        vocab = list(self.byte_encoder.values())
+        vocab = list(byte_encoder.values())
         vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m) for m in merges] + list(SPECIAL_TOKENS)
         self.encoder = {tok: i for i, tok in enumerate(vocab)}
         self.decoder = {i: tok for tok, i in self.encoder.items()}
         self.bpe_ranks = {m: i for i, m in enumerate(merges)}
-        self.cache = {t: t for t in SPECIAL_TOKENS}
+        self.cache = {t: t for t in SPECIAL_TOKENS}  # word -> its pieces: a pure function of the file
         self.pat = regex.compile("|".join(SPECIAL_TOKENS) + r"""|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
                                  regex.IGNORECASE)
+
+
+@lru_cache(maxsize=4)
+def _vocab(bpe_path: str, mtime_ns: int) -> _Vocab:
+    return _Vocab(bpe_path)
+
+
+class BPE:
+    """The merges file's encoder, decoder and merge ranks, and the per-word BPE with its cache."""
+
+    def __init__(self, bpe_path: str | None = None):
+        self.bpe_path = bpe_path or default_bpe()
+        vocab = _vocab(str(Path(self.bpe_path).resolve()), Path(self.bpe_path).stat().st_mtime_ns)
+        self.byte_encoder = bytes_to_unicode()
+        self.byte_decoder = {v: k for k, v in self.byte_encoder.items()}
+        self.encoder, self.decoder, self.bpe_ranks = vocab.encoder, vocab.decoder, vocab.bpe_ranks
+        self.cache, self.pat = vocab.cache, vocab.pat
         self.vocab_size = len(self.encoder)
         self.sot_token_id, self.eot_token_id = (self.encoder[t] for t in SPECIAL_TOKENS)
 

@@ -50,3 +50,23 @@ def test_changed_input_or_missing_output_rebuilds(first_run, capsys):
     assert all(_stamps(first_run)[name] != before[name] for name in OUTPUTS)
     assert "(edited)" in (first_run / "items.csv").read_text()
     assert "up to date" in _run(first_run, capsys)
+
+
+def test_threads_option(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["valse-negation", "--threads", "0", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert "--threads must be a positive number of CPU threads, got 0" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "run").exists()  # refused before any work
+
+
+def test_demo_run_puts_torch_threads_back(first_run, capsys):
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        _run(first_run, capsys)  # runs on 1 thread (the demo models' default), then restores
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -95,3 +95,15 @@ def test_dunder_all_runs_the_init(fake_package):
     import deferme
 
     assert deferme.__all__ == ["Thing", "other", "renamed"] and builtins.deferme_runs == 1
+
+
+def test_failing_init_leaves_the_package_deferred(fake_package, tmp_path):
+    init = tmp_path / "deferme" / "__init__.py"
+    init.write_text(init.read_text() + "\nraise ImportError('a dependency is broken')\n")
+    defer_package_init(fake_package)
+    import deferme
+
+    for _ in range(2):  # the same error each time, not a half-initialised module
+        with pytest.raises(ImportError, match="a dependency is broken"):
+            deferme.VERSION
+    assert deferme.renamed() == "helped"
