@@ -53,17 +53,6 @@ def list_datasets() -> str:
     return "\n".join(lines)
 
 
-def load(model_id: str, device: Optional[str] = None):
-    from hooked_clip import HookedCLIP, load_model
-
-    if model_id.startswith("open_clip:"):
-        parts = model_id.split(":")
-        if len(parts) != 3:
-            raise SystemExit(f"--model {model_id!r}: write open_clip models as open_clip:NAME:TAG, e.g. open_clip:ViT-B-32:openai")
-        return HookedCLIP.from_open_clip(parts[1], pretrained=parts[2], device=device)
-    return load_model(model_id, device=device)
-
-
 def image_embeddings(model, pairs: PairSet, folder: Path) -> tuple[dict, list[tuple[str, str]]]:
     """{pair id: image embedding} of the pairs whose image file is in ``folder``; the others named as dropped."""
     import torch
@@ -100,6 +89,7 @@ def run(args: argparse.Namespace) -> Optional[Path]:
             raise SystemExit(f"{name} must be a positive number, got {value}.")
     from hooked_clip.analyses.localize.report import write_report
     from hooked_clip.analyses.localize.study import run_model
+    from hooked_clip.analyses.valse_negation.cli import load  # model ids as the negation study reads them
     from hooked_clip.analyses.valse_negation.comparison import run_dir_name
 
     pairs = PairSet([])

@@ -256,10 +256,10 @@ def test_shipped_datasets_load_by_name_with_their_counts():
 def test_every_shipped_dataset_runs_on_the_demo_model():
     from hooked_clip import load_model
 
-    pairs = load_dataset("valse").head(2) + load_dataset("sugarcrepe").head(2) + load_dataset("aro").head(2)
+    pairs = load_dataset("valse").head(1) + load_dataset("sugarcrepe").head(1) + load_dataset("aro").head(1)
     result = localize(load_model("tiny-negation", device="cpu"), pairs, chunk=64, progress=False)
     assert result.dropped == [] and sorted(set(result.phenomena)) == dataset_names()
-    assert result.cte.shape == (2 * len(dataset_names()), 5, len(ROLES)) and result.metric.startswith("text-only")
+    assert result.cte.shape == (len(dataset_names()), 5, len(ROLES)) and result.metric.startswith("text-only")
     gap = result.d != 0  # the demo model scores some foils exactly as their captions (words it never learnt)
     pooled = result.cte[gap, -1, ROLES.index("pooled")]
     torch.testing.assert_close(pooled, torch.ones_like(pooled), atol=1e-4, rtol=0)  # the read-out's own state: CTE 1
