@@ -12,7 +12,6 @@ Run: ``python benchmarks/attribution.py [--pairs 32] [--ig-steps 8] [--device cp
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import statistics
 import time
@@ -22,10 +21,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
 from hooked_clip.analyses.attribution import attribution_patch
-from hooked_clip.analyses.metrics import similarity_metric
 from hooked_clip.analyses.patching import activation_patch
-from hooked_clip.analyses.valse_negation.data import aligned_pairs, load_items
-from hooked_clip import CLIPTextConfig, HookedCLIP, HookedCLIPText
+from negation_setup import random_negation_setup
 
 
 def median_time(fn, repeats: int) -> float:
@@ -47,13 +44,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    model = HookedCLIP(HookedCLIPText(CLIPTextConfig(seed=0, device=args.device)), logit_scale=math.log(100.0))
-    pairs = aligned_pairs(load_items())[: args.pairs]
-    neg, aff = [p.negated for p in pairs], [p.affirmative for p in pairs]
-    metric = similarity_metric(model, torch.randn(len(pairs), model.cfg.d_proj, device=args.device))
+    model, neg, aff, metric = random_negation_setup(args.pairs, args.device, args.threads)
     kw = dict(index="layer_pos_head")
     aff_t = model.to_tokens(aff)
 

@@ -21,7 +21,6 @@ Run: ``python benchmarks/edges.py [--pairs 16] [--ig-steps 8] [--edges 200] [--t
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import statistics
 import subprocess
@@ -33,10 +32,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-from hooked_clip import CLIPTextConfig, HookedCLIP, HookedCLIPText
 from hooked_clip.analyses.edges import EdgeGraph, edge_attribution, edge_patch
-from hooked_clip.analyses.metrics import similarity_metric
-from hooked_clip.analyses.valse_negation.data import aligned_pairs, load_items
+from negation_setup import random_negation_setup
 
 TESTS = Path(__file__).resolve().parents[1] / "tests"
 sys.path[:0] = [str(TESTS), str(TESTS / "integration")]
@@ -75,13 +72,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    model = HookedCLIP(HookedCLIPText(CLIPTextConfig(seed=0, device=args.device)), logit_scale=math.log(100.0))
-    pairs = aligned_pairs(load_items())[: args.pairs]
-    neg, aff = [p.negated for p in pairs], [p.affirmative for p in pairs]
-    metric = similarity_metric(model, torch.randn(len(pairs), model.cfg.d_proj, device=args.device))
+    model, neg, aff, metric = random_negation_setup(args.pairs, args.device, args.threads)
     graph = EdgeGraph.of(model.text)
     subset = torch.randperm(len(graph), generator=torch.Generator().manual_seed(0))[: args.edges].sort().values
     names = [graph.names[i] for i in subset.tolist()]
@@ -115,14 +106,14 @@ def main() -> None:
         torch.cuda.reset_peak_memory_stats()
         base_mem = torch.cuda.memory_allocated()
         runs["eap_ig"]()
-        mem = (torch.cuda.max_memory_allocated() - base_mem) / len(pairs)
+        mem = (torch.cuda.max_memory_allocated() - base_mem) / len(neg)
         mem_what = "peak allocated during the call"
     else:
-        mem = kept_bytes(model, len(pairs), n_pos, args.ig_steps) / len(pairs)
+        mem = kept_bytes(model, len(neg), n_pos, args.ig_steps) / len(neg)
         mem_what = "tensors kept (computed from the shapes)"
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(f"random ViT-B/32-size text tower ({model.cfg.n_layers} blocks x {model.cfg.n_heads} heads, "
-          f"{len(graph)} edges), {len(pairs)} aligned VALSE pairs ({n_pos} positions), device {args.device}, "
+          f"{len(graph)} edges), {len(neg)} aligned VALSE pairs ({n_pos} positions), device {args.device}, "
           f"torch threads {torch.get_num_threads()}; median of {args.repeats} interleaved repeats; {load}")
     print(f"one forward + backward of the batch: {med['fwd_bwd']:.3f} s")
     print(f"EAP (every edge): {med['eap']:.3f} s = {med['eap'] / med['fwd_bwd']:.2f}x one forward + backward")
@@ -130,8 +121,8 @@ def main() -> None:
     print(f"EAP-IG ({args.ig_steps} steps, every edge): {med['eap_ig']:.3f} s; per step {per_step:.3f} s = "
           f"{per_step / med['fwd_bwd']:.2f}x one forward + backward (aim <= 3x)")
     print(f"EAP-IG memory per pair: {mem / 2**20:.1f} MiB ({mem_what})")
-    n = len(names) * len(pairs)
-    print(f"exact edge patching, {len(names)} random edges x {len(pairs)} pairs: edge_patch {n / med['exact']:.0f} "
+    n = len(names) * len(neg)
+    print(f"exact edge patching, {len(names)} random edges x {len(neg)} pairs: edge_patch {n / med['exact']:.0f} "
           f"patches/s ({med['exact']:.2f} s), plain per-edge loop {n / med['loop']:.0f} patches/s ({med['loop']:.2f} s): "
           f"{med['loop'] / med['exact']:.1f}x; agreement max |diff| = {diff:.1e}")
     y = exact.values.flatten()
