@@ -781,7 +781,7 @@ def test_cli_several_models_end_to_end_and_resumable(hf_dir, tmp_path, capsys):
             "--reference", str(tmp_path / "demo" / "per_item.json"), "--subject-parser", "regex"]
     main(argv)
     dirs = sorted(p.name for p in (tmp_path / "cmp").iterdir() if p.is_dir())
-    assert len(dirs) == 2 and "tiny-negation" in dirs
+    assert len(dirs) == 2 and any(d.startswith("tiny-negation-fp-") for d in dirs)  # <name>-<fingerprint>
     for d in dirs:
         assert (tmp_path / "cmp" / d / "report.md").is_file()
     text = (tmp_path / "cmp" / "comparison.md").read_text()
