@@ -85,9 +85,24 @@ def atomic_save(path: Path, save: Callable[[Path], None], suffix: str = ".tmp") 
         raise
 
 
+def final_name(path) -> str:
+    """The name of the file that ``path`` becomes: itself, or for one of :func:`atomic_save`'s temporary files
+    (``.NAME.<random>.tmp<suffix>``) ``NAME`` (for code that watches files being written, e.g. a test's spy)."""
+    name = Path(path).name
+    if name.startswith(".") and ".tmp" in name:
+        head, _, _ = name[1:].rpartition(".tmp")
+        return head.rpartition(".")[0] or name
+    return name
+
+
 def atomic_write(path: Path, text: str) -> None:
     """Write ``text`` to a temporary file beside ``path`` and rename it into place (never half-written)."""
     atomic_save(path, lambda tmp: tmp.write_text(text))
+
+
+def atomic_csv(df, path: Path, **kwargs) -> None:
+    """``df.to_csv(path, **kwargs)`` (a pandas DataFrame) into place atomically."""
+    atomic_save(path, lambda tmp: df.to_csv(tmp, **kwargs))
 
 
 def atomic_savefig(fig, path: Path, **kwargs) -> None:
@@ -202,5 +217,5 @@ class ChunkStore:
             atomic_save(path, lambda tmp: torch.save({"key": key, "fields": fields}, tmp))
 
 
-__all__ = ["RUNS", "ChunkStore", "RunDirMismatchError", "atomic_save", "atomic_savefig", "atomic_write",
-           "chunk_key", "claim", "default_run_dir", "model_dir_name", "models_record", "safe_name"]
+__all__ = ["RUNS", "ChunkStore", "RunDirMismatchError", "atomic_csv", "atomic_save", "atomic_savefig", "atomic_write",
+           "chunk_key", "claim", "default_run_dir", "final_name", "model_dir_name", "models_record", "safe_name"]

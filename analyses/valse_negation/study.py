@@ -147,14 +147,20 @@ def run_items(model, run_dir, *, model_id: str, images=None, settings: Settings 
         _check_config(run_dir, config)
         img = _image_embeds(model, run_dir, items, images) if images is not None else None
         records = _read_records(run_dir / "items")
-        todo = [x for x in items if x.id not in records]
-        bar = tqdm(total=len(items), initial=len(items) - len(todo), desc="VALSE items", disable=not progress)
-        for start in range(0, len(todo), settings.chunk):
-            chunk = todo[start:start + settings.chunk]
+        bar = tqdm(total=len(items), initial=sum(x.id in records for x in items), desc="VALSE items",
+                   disable=not progress)
+        # chunks are fixed slices of the items, so an item is measured beside the same batch mates however the
+        # run was interrupted (a kill between two records of a chunk included): resumed = uninterrupted, bit for bit
+        for start in range(0, len(items), settings.chunk):
+            chunk = items[start:start + settings.chunk]
+            missing = sum(x.id not in records for x in chunk)
+            if not missing:
+                continue
             for rec in _measure(model, chunk, img, images, settings, subject_parser, config.get("rome_noise_std")):
-                atomic_write(run_dir / "items" / f"{rec['id']}.json", json.dumps(rec))
-                records[rec["id"]] = rec
-            bar.update(len(chunk))
+                if rec["id"] not in records:  # a record already written is kept (the chunk gives it the same numbers)
+                    atomic_write(run_dir / "items" / f"{rec['id']}.json", json.dumps(rec))
+                    records[rec["id"]] = rec
+            bar.update(missing)
         bar.close()
     return {x.id: records[x.id] for x in items}
 

@@ -86,22 +86,25 @@ def test_interrupted_run_resumes_to_identical_results(random_demo, tmp_path, mon
     settings = Settings(limit=40, chunk=8)
     full = run_items(random_demo, tmp_path / "full", model_id="random", images=SceneImages(), settings=settings, progress=False)
     calls = {"n": 0}
-    real = study._measure
+    real = study.atomic_write
 
-    def crash_after_two_chunks(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
+    def killed_inside_the_third_chunk(path, text):  # after 2 chunks and 3 records of the third
+        if path.parent.name == "items":
+            calls["n"] += 1
+            if calls["n"] == 20:
+                raise KeyboardInterrupt
+        return real(path, text)
 
-    monkeypatch.setattr(study, "_measure", crash_after_two_chunks)
+    monkeypatch.setattr(study, "atomic_write", killed_inside_the_third_chunk)
     with pytest.raises(KeyboardInterrupt):
         run_items(random_demo, tmp_path / "cut", model_id="random", images=SceneImages(), settings=settings, progress=False)
-    assert len(list((tmp_path / "cut" / "items").glob("*.json"))) == 16
+    written = {p: p.stat().st_ino for p in (tmp_path / "cut" / "items").glob("*.json")}
+    assert len(written) == 19
     assert not list((tmp_path / "cut" / "items").glob(".*"))  # no half-written files
-    monkeypatch.setattr(study, "_measure", real)
+    monkeypatch.setattr(study, "atomic_write", real)
     resumed = run_items(random_demo, tmp_path / "cut", model_id="random", images=SceneImages(), settings=settings, progress=False)
-    assert json.dumps(resumed, sort_keys=True) == json.dumps(full, sort_keys=True)
+    assert json.dumps(resumed, sort_keys=True) == json.dumps(full, sort_keys=True)  # the third chunk's batch mates kept
+    assert all(p.stat().st_ino == ino for p, ino in written.items())  # records written before the kill are kept
 
 
 def test_run_dir_of_another_model_is_refused(random_demo, tmp_path):
@@ -802,6 +805,7 @@ def test_figures_name_the_model_share_colour_ranges_and_clip_nothing(demo_run, t
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
+    from hooked_clip.analyses.run_dirs import final_name
     from hooked_clip.analyses.valse_negation.report import write_outputs
 
     model, records = demo_run
@@ -811,7 +815,7 @@ def test_figures_name_the_model_share_colour_ranges_and_clip_nothing(demo_run, t
 
     def spy(fig, path, *args, **kwargs):
         images = [ax.images[0] for ax in fig.axes if ax.images]
-        seen[str(path).rsplit("/", 1)[-1]] = (fig._suptitle.get_text() if fig._suptitle else "",
+        seen[final_name(path)] = (fig._suptitle.get_text() if fig._suptitle else "",
                                               [im.get_clim() for im in images], fig)
         return real(fig, path, *args, **kwargs)
 

@@ -13,7 +13,7 @@ import torch
 
 from hooked_clip import load_model
 from hooked_clip.analyses.run_dirs import (ChunkStore, RunDirMismatchError, atomic_save, atomic_write, claim,
-                                           default_run_dir, model_dir_name, models_record, safe_name)
+                                           default_run_dir, final_name, model_dir_name, models_record, safe_name)
 from hooked_clip.fingerprint import fingerprint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -145,3 +145,7 @@ def test_an_interrupted_write_leaves_the_old_file_and_no_temporary(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         atomic_save(path, half)
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["results.json"]
+    names = []
+    atomic_save(tmp_path / "fig.png", lambda tmp: names.append(tmp.name), suffix=".tmp.png")
+    atomic_save(tmp_path / "a.b.json", lambda tmp: names.append(tmp.name))
+    assert [final_name(n) for n in names] == ["fig.png", "a.b.json"] and final_name("x/report.md") == "report.md"
