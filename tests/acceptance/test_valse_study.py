@@ -110,7 +110,11 @@ def test_interrupted_run_resumes_to_identical_results(random_demo, tmp_path, mon
 def test_run_dir_of_another_model_is_refused(random_demo, tmp_path):
     run_items(random_demo, tmp_path, model_id="random", images=SceneImages(), settings=Settings(limit=4), progress=False)
     other = build(OBJECTS, seed=8)
-    with pytest.raises(RunDirMismatchError, match="fingerprint"):
+    from hooked_clip.fingerprint import fingerprint
+
+    was, now = fingerprint(random_demo).short, fingerprint(other).short
+    with pytest.raises(RunDirMismatchError, match=rf"other weights \(fingerprint differs: model 'random' \({was}\)\), "
+                                                  rf"not of model 'random' \({now}\)"):  # both named
         run_items(other, tmp_path, model_id="random", images=SceneImages(), settings=Settings(limit=4), progress=False)
     with pytest.raises(RunDirMismatchError, match="limit"):
         run_items(random_demo, tmp_path, model_id="random", images=SceneImages(), settings=Settings(limit=6), progress=False)
