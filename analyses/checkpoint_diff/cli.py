@@ -12,7 +12,9 @@ what it was computed from (both fingerprints, the chunk's items, the batch size)
 reuses the chunks already there and gives the same outputs, bit for bit, as a run never interrupted. A chunk
 whose key differs (other items: ``--data``, ``--limit``; another ``--chunk`` or ``--batch-size``) is computed
 again and replaced. A directory holding a run of other weights is refused, naming both runs' models (its
-``config.json``); the same weights under other names are one model and resume it.
+``config.json``); the same weights under other names are one model and resume it. Nothing is drawn at random
+here; the scenes' distractors are drawn from (seed 0, the item's VALSE index) only (``synthesize_scene``), so an
+item gets the same scenes in any chunk.
 """
 
 from __future__ import annotations
