@@ -42,6 +42,14 @@ class Items:
     absent: list[list[str]]
     present: list[list[str]]
 
+    def __len__(self) -> int:
+        return len(self.negated)
+
+    def __getitem__(self, index: slice) -> "Items":
+        if not isinstance(index, slice):
+            raise TypeError(f"Items are sliced (items[a:b]), not indexed by {type(index).__name__}.")
+        return Items(self.ids[index], self.negated[index], self.absent[index], self.present[index])
+
 
 def load_items(path=None, limit: Optional[int] = None) -> Items:
     """The valid VALSE existence items (``path``: any file in its format) as negated sentences and scene pairs."""
@@ -102,27 +110,47 @@ class Sweep:
     source_b: Tensor
 
 
-def sweep(patched, source, items: Items, metric, role: Tensor, batch_size: int = 1024, progress: bool = False) -> Sweep:
+def measure(patched, source, items: Items, metric, role: Tensor, batch_size: int = 1024,
+            progress: bool = False) -> dict[str, Tensor]:
     """Patch ``source``'s states into ``patched`` (the same sentences): every hidden state × position and every
-    head's ``z``; fractions of the patched-to-source gap, per state × role and per head."""
+    head's ``z``. Per item, nothing pooled over items (so chunks of items concatenate, see :func:`fractions`):
+    ``roles`` [state, role, item] the move of b by one state, averaged over the item's positions of each role
+    (NaN where the item has no such token), ``heads`` [layer, head, item], ``own`` / ``other`` [item] b of the
+    patched and of the source run."""
     states = hidden_state_patch(patched, items.negated, None, metric, source_model=source, batch_size=batch_size,
                                 progress=progress)
     heads = activation_patch(patched, items.negated, None, metric, "z", index="layer_head", source_model=source,
                              batch_size=batch_size, progress=progress)
     own, other = states.corrupt, states.clean  # denoising: the source run is "clean"
-    gap = (other - own).mean()
     moved = states.values - own  # [state, pos, item]
-    by_role = torch.full((moved.shape[0], len(ROLES)), float("nan"))
     r = role[:, : moved.shape[1]].T  # [pos, item]
+    by_role = torch.full((moved.shape[0], len(ROLES), moved.shape[2]), float("nan"))
     for k in range(len(ROLES)):
         mask = (r == k).float()
         n = mask.sum(0)  # positions of role k per item
         has = n > 0
+        by_role[:, k, has] = (moved * mask).sum(1)[:, has] / n[has]
+    return {"roles": by_role, "heads": heads.values - own, "own": own, "other": other}
+
+
+def fractions(parts: list[dict[str, Tensor]]) -> Sweep:
+    """The fractions of the patched-to-source gap (ratios of means over items) from :func:`measure`'s per-item
+    results, of one chunk or of several in item order."""
+    cat = {k: torch.cat([p[k] for p in parts], dim=-1) for k in ("roles", "heads", "own", "other")}
+    gap = cat["other"] - cat["own"]
+    by_role = torch.full(cat["roles"].shape[:2], float("nan"))
+    for k in range(len(ROLES)):
+        has = ~cat["roles"][0, k].isnan()
         if has.any():
-            per_item = (moved * mask).sum(1)[:, has] / n[has]  # [state, items having the role]
-            by_role[:, k] = per_item.mean(-1) / (other - own)[has].mean()
-    head_frac = (heads.values - own).mean(-1) / gap
-    return Sweep(by_role, head_frac, own, other)
+            by_role[:, k] = cat["roles"][:, k, has].mean(-1) / gap[has].mean()
+    return Sweep(by_role, cat["heads"].mean(-1) / gap.mean(), cat["own"], cat["other"])
+
+
+def sweep(patched, source, items: Items, metric, role: Tensor, batch_size: int = 1024, progress: bool = False) -> Sweep:
+    """Patch ``source``'s states into ``patched`` (the same sentences): every hidden state × position and every
+    head's ``z``; fractions of the patched-to-source gap, per state × role and per head (all items at once;
+    the command measures chunks of items, resumably, and pools them the same way)."""
+    return fractions([measure(patched, source, items, metric, role, batch_size, progress)])
 
 
 def accuracy(model, items: Items) -> float:
@@ -132,4 +160,5 @@ def accuracy(model, items: Items) -> float:
         return float((behaviour_metric(model, items)(e) > 0).float().mean())
 
 
-__all__ = ["DIRECTIONS", "ROLES", "Items", "Sweep", "accuracy", "behaviour_metric", "load_items", "roles", "sweep"]
+__all__ = ["DIRECTIONS", "ROLES", "Items", "Sweep", "accuracy", "behaviour_metric", "fractions", "load_items", "measure",
+           "roles", "sweep"]

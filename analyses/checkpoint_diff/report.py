@@ -5,28 +5,24 @@ temporary name and renamed into place."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 
 from hooked_clip.analyses.checkpoint_diff.measure import DIRECTIONS, ROLES
-from hooked_clip.analyses.valse_negation.comparison import run_dir_name
-from hooked_clip.analyses.valse_negation.study import atomic_write
+from hooked_clip.analyses.run_dirs import atomic_savefig, atomic_write, safe_name
 from hooked_clip.names import head_label
 
 
 def figure_prefix(base: str, tuned: str) -> str:
-    return f"{run_dir_name(base)}-vs-{run_dir_name(tuned)}"
+    return f"{safe_name(base)}-vs-{safe_name(tuned)}"
 
 
 def _save(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    atomic_savefig(fig, path, dpi=110, bbox_inches="tight")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def write_report(out: Path, results: dict, sweeps: dict, diff) -> Path:

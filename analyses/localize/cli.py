@@ -38,7 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "repeat for one row per model in the atlas")
     p.add_argument("--list", action="store_true", help="list the shipped datasets with their pair counts and exit")
     p.add_argument("--images", type=Path, help="folder holding the pairs' image files: the paper's image metric")
-    p.add_argument("--out", type=Path, default=Path("runs") / "localize", help="run directory (default: runs/localize)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="run directory, used as given; each model's chunks go to OUT/<model>-<fingerprint> (default: "
+                        "runs/localize-<model>-<fingerprint>, with several models runs/localize-atlas)")
     p.add_argument("--limit", type=int, help="only the first N pairs of each phenomenon (quick runs)")
     p.add_argument("--chunk", type=int, default=64, help="pairs per engine call and per resumable write")
     p.add_argument("--batch-size", type=int, default=1024, help="most patched rows per forward pass")
@@ -90,7 +92,8 @@ def run(args: argparse.Namespace) -> Optional[Path]:
     from hooked_clip.analyses.localize.report import write_report
     from hooked_clip.analyses.localize.study import run_model
     from hooked_clip.analyses.valse_negation.cli import load  # model ids as the negation study reads them
-    from hooked_clip.analyses.valse_negation.comparison import run_dir_name
+    from hooked_clip.analyses.run_dirs import RUNS, default_run_dir, model_dir_name
+    from hooked_clip.fingerprint import fingerprint
 
     pairs = PairSet([])
     for name in args.dataset:
@@ -106,20 +109,27 @@ def run(args: argparse.Namespace) -> Optional[Path]:
     if args.images is not None and any(m in DEMO_MODELS for m in models):
         raise SystemExit("the demo models see synthesized scenes, not photos: drop --images for them (the text-only "
                          "metric), or pass a real --model.")
-    runs, elapsed = {}, {}
+    runs, elapsed, seen = {}, {}, {}
+    out = args.out if args.out is not None or len(models) == 1 else RUNS / "localize-atlas"
     for model_id in models:
         start = time.perf_counter()
         model = load(model_id, args.device)
+        fp = fingerprint(model)
+        if fp.short in seen:
+            raise SystemExit(f"--model {seen[fp.short]} and --model {model_id} are one model (the same weights, "
+                             f"fingerprint {fp.short}); name it once.")
+        seen[fp.short] = model_id
+        out = out if out is not None else default_run_dir("localize", (model_id, fp))
         embeds, model_pairs = None, pairs
         if args.images is not None:
             embeds, dropped = image_embeddings(model, pairs, args.images)
             model_pairs = PairSet(pairs.pairs, pairs.dropped + dropped)
-        runs[model_id] = run_model(model, model_pairs, args.out / run_dir_name(model_id), image_embeds=embeds,
+        runs[model_id] = run_model(model, model_pairs, out / model_dir_name(model_id, fp), image_embeds=embeds,
                                    chunk=args.chunk, batch_size=args.batch_size, progress=not args.no_progress)
         elapsed[model_id] = time.perf_counter() - start
         print(f"{model_id}: {len(runs[model_id].ids)} pairs localized, {len(runs[model_id].dropped)} dropped "
               f"({elapsed[model_id]:.1f} s)", file=sys.stderr)
-    path = write_report(args.out, runs, datasets=[*args.dataset, *map(str, args.data)], demo_models=DEMO_MODELS,
+    path = write_report(out, runs, datasets=[*args.dataset, *map(str, args.data)], demo_models=DEMO_MODELS,
                         elapsed=elapsed)
     print(f"wrote {path}")
-    return args.out
+    return out

@@ -8,15 +8,16 @@ model), ``atlas_heads.png`` (the same grid of head scores), ``results.json`` (ev
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
-import os
 from collections import Counter
 from pathlib import Path
 
 import torch
 
 from hooked_clip.analyses.localize.trace import ROLES, Localization
+from hooked_clip.analyses.run_dirs import atomic_savefig, atomic_write
 from hooked_clip.names import head_label
 
 DEMO_NOTE = ("The demo model {model} was trained only on existence sentences about a synthetic world ('There is/are "
@@ -46,12 +47,6 @@ def summarize(result: Localization) -> dict:
             "top_heads": [[head_label(i // n_heads, i % n_heads), round(float(heads.flatten()[i]), 6)] for i in order],
         }
     return out
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def plot_atlas(runs: dict[str, Localization], phenomena: list[str], what: str = "cte", per_row: int = 6):
@@ -111,19 +106,18 @@ def write_report(out: Path, runs: dict[str, Localization], *, datasets: list[str
     phenomena = list(dict.fromkeys(ph for res in runs.values() for ph in res.phenomena))
     for what, name in (("cte", "atlas_cte.png"), ("heads", "atlas_heads.png")):
         fig = plot_atlas(runs, phenomena, what)
-        fig.savefig(out / (name + ".tmp.png"), dpi=80)
-        os.replace(out / (name + ".tmp.png"), out / name)
+        atomic_savefig(fig, out / name, dpi=80)
         plt.close(fig)
     summary = {m: {"metric": res.metric, "phenomena": summarize(res), "dropped": len(res.dropped),
                    "elapsed_s": (elapsed or {}).get(m)} for m, res in runs.items()}
-    _atomic_text(out / "results.json", json.dumps({"datasets": datasets, "roles": list(ROLES), "models": summary},
+    atomic_write(out / "results.json", json.dumps({"datasets": datasets, "roles": list(ROLES), "models": summary},
                                                   indent=1))
-    with open(out / "dropped.csv.tmp", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["model", "id", "reason"])
-        for m, res in runs.items():
-            w.writerows([m, pid, why] for pid, why in res.dropped)
-    os.replace(out / "dropped.csv.tmp", out / "dropped.csv")
+    dropped = io.StringIO(newline="")
+    w = csv.writer(dropped)
+    w.writerow(["model", "id", "reason"])
+    for m, res in runs.items():
+        w.writerows([m, pid, why] for pid, why in res.dropped)
+    atomic_write(out / "dropped.csv", dropped.getvalue())
 
     lines = ["# Localisation atlas", "", f"Data: {', '.join(datasets)}. Models: {', '.join(runs)}.", "",
              "**What is measured.** Each foil is run with one hidden state of its caption patched in (positions "
@@ -149,7 +143,7 @@ def write_report(out: Path, runs: dict[str, Localization], *, datasets: list[str
         reasons = Counter(why.split(" (")[0] for _, why in res.dropped)
         listed = "; ".join(f"{why}: {n}" for why, n in reasons.most_common()) or "none"
         lines.append(f"Dropped for `{m}`: {len(res.dropped)} ({listed}); every one is named in `dropped.csv`.")
-    _atomic_text(out / "report.md", "\n".join(lines) + "\n")
+    atomic_write(out / "report.md", "\n".join(lines) + "\n")
     return out / "report.md"
 
 

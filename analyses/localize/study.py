@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -16,6 +15,7 @@ from tqdm.auto import tqdm
 
 from hooked_clip.analyses.localize.pairs_file import MinimalPair, PairSet
 from hooked_clip.analyses.localize.trace import Localization, localize_chunk, prepare
+from hooked_clip.analyses.run_dirs import ChunkStore
 from hooked_clip.fingerprint import fingerprint
 
 
@@ -24,12 +24,6 @@ def _key(model_fp: str, pairs: list[MinimalPair], with_images: bool) -> str:
     for p in pairs:
         h.update(json.dumps([p.id, p.caption, p.foil, p.phenomenon]).encode())
     return h.hexdigest()[:16]
-
-
-def _save(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
 
 
 def run_model(model, pairs: PairSet, run_dir: Optional[Path], *, image_embeds=None, chunk: int = 64,
@@ -44,23 +38,19 @@ def run_model(model, pairs: PairSet, run_dir: Optional[Path], *, image_embeds=No
     if not kept:
         raise ValueError(f"no pair can be localized with this model; dropped: {(pairs.dropped + dropped)[:5]}")
     fp = str(fingerprint(model))
-    if run_dir is not None:
-        (run_dir / "chunks").mkdir(parents=True, exist_ok=True)
+    store = ChunkStore(None if run_dir is None else run_dir / "chunks")
     parts = []
     for start in tqdm(range(0, len(kept), chunk), desc="localize", unit="chunk", disable=not progress):
         sl = slice(start, start + chunk)
         key = _key(fp, kept[sl], image_embeds is not None)
-        path = None if run_dir is None else run_dir / "chunks" / f"{start // chunk:05d}.pt"
-        saved = torch.load(path, weights_only=True) if path is not None and path.exists() else None
-        if saved is not None and saved["key"] == key:
-            parts.append(Localization(**saved["fields"]))
+        saved = store.load(start // chunk, key)
+        if saved is not None:
+            parts.append(Localization(**saved))
             continue
         imgs = None if image_embeds is None else torch.stack([image_embeds[p.id] for p in kept[sl]])
         part = localize_chunk(model, kept[sl], alignments[sl], imgs, batch_size)
-        if path is not None:
-            fields = {k: getattr(part, k) for k in ("ids", "phenomena", "cte", "heads", "caption_metric",
-                                                    "foil_metric", "kinds", "metric")}
-            _save(path, {"key": key, "fields": fields})
+        store.save(start // chunk, key, {k: getattr(part, k) for k in ("ids", "phenomena", "cte", "heads",
+                                                                       "caption_metric", "foil_metric", "kinds", "metric")})
         parts.append(part)
     return Localization.concat(parts, list(pairs.dropped) + dropped)
 

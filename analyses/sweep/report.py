@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Optional
 
 from hooked_clip.analyses.results import CompactRepr
+from hooked_clip.analyses.run_dirs import atomic_savefig, atomic_write
 from hooked_clip.analyses.valse_negation.aggregate import LOCATIONS
 from hooked_clip.analyses.valse_negation.comparison import summary_table, write_comparison
-from hooked_clip.analyses.valse_negation.study import atomic_write
 from hooked_clip.loaders.files import read_json
 
 COLUMNS = ("model", "runs_as", "fingerprint", "dataset", "analysis", "metric", "value", "detail")
@@ -202,6 +202,6 @@ def _figure(folder: Path, results: SweepResults) -> Optional[str]:
         ax.set_title(metric, fontsize=9)
     axes[0][0].legend(fontsize=7, title="dataset", title_fontsize=7)
     fig.tight_layout()
-    fig.savefig(folder / "sweep_metrics.png", dpi=100)
+    atomic_savefig(fig, folder / "sweep_metrics.png", dpi=100)
     plt.close(fig)
     return "sweep_metrics.png"

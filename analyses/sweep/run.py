@@ -31,9 +31,9 @@ import open_clip
 import torch
 
 from hooked_clip.fingerprint import Fingerprint
+from hooked_clip.analyses.run_dirs import atomic_write
 from hooked_clip.analyses.sweep.analyses import ANALYSES
 from hooked_clip.analyses.sweep.manifest import DatasetSpec, Manifest, ModelSpec
-from hooked_clip.analyses.valse_negation.study import atomic_write
 from hooked_clip.loaders.files import read_json
 
 UNIT_VERSION = 1

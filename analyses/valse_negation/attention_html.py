@@ -6,7 +6,7 @@ import html
 from pathlib import Path
 from typing import Optional
 
-from hooked_clip.analyses.valse_negation.study import atomic_write
+from hooked_clip.analyses.run_dirs import atomic_write
 
 
 def write_attention_html(run_dir: Path, model, records: dict[str, dict], model_id: str = "") -> Optional[str]:

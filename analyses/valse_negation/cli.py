@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Optional
 
 from hooked_clip.analyses.valse_negation.aggregate import ZOOM_RULES, aggregate
-from hooked_clip.analyses.valse_negation.comparison import run_dir_name, write_comparison
+from hooked_clip.analyses.run_dirs import default_run_dir, model_dir_name
+from hooked_clip.analyses.valse_negation.comparison import write_comparison
 from hooked_clip.analyses.valse_negation.data import SubjectParser, load_items
 from hooked_clip.analyses.valse_negation.images import FolderImages, SceneImages, clipseg_subject_size, preprocessing_name
 from hooked_clip.analyses.valse_negation.reference import DEFAULT_TOLERANCE, compare, load_reference
@@ -38,8 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", type=Path, help="folder with the Visual7W images (v7w_<id>.jpg) for a real model")
     p.add_argument("--data", type=Path, help="a VALSE existence.json (default: the shipped copy)")
     p.add_argument("--out", type=Path, default=None,
-                   help="run directory (default: runs/valse-negation-<model>); with several models the parent of "
-                        "one run directory per model (default: runs/valse-negation-comparison)")
+                   help="run directory, used as given (default: runs/valse-negation-<model>-<fingerprint>); with several "
+                        "models the parent of one run directory <model>-<fingerprint> per model (default: "
+                        "runs/valse-negation-comparison); a directory holding a run of other weights is refused")
     p.add_argument("--limit", type=int, help="only the first N valid items (quick runs)")
     p.add_argument("--chunk", type=int, default=64, help="items per incremental, atomic write")
     p.add_argument("--rome", action="store_true", help="also run the ROME-noise variant of causal tracing")
@@ -118,10 +120,6 @@ def run(args: argparse.Namespace) -> Path:
     models = [_canonical(m) for m in (args.model or [DEMO_MODELS[0]])]
     if len(set(models)) != len(models):
         raise SystemExit(f"--model lists a model twice ({models}); name each model once.")
-    names = [run_dir_name(m) for m in models]
-    if len(models) > 1 and len(set(names)) != len(names):  # said before the first model runs
-        raise SystemExit(f"--model {models}: two models would share the run directory name {names}; rename or "
-                         "move one of the checkpoints.")
     if args.clipseg is not None and (all(m in DEMO_MODELS for m in models) or args.images is None):
         raise SystemExit("--clipseg measures subject sizes in the --images photos of a real --model; pass both, "
                          "or drop --clipseg.")
@@ -134,10 +132,10 @@ def run(args: argparse.Namespace) -> Path:
     if len(models) == 1:
         return run_one(args, models[0], args.out, items, reference, parser)
     root = args.out or Path("runs") / "valse-negation-comparison"
-    runs, elapsed = [], {}
+    runs, elapsed, seen = [], {}, {}
     for model_id in models:
         start = time.perf_counter()
-        out = run_one(args, model_id, root / run_dir_name(model_id), items, reference, parser, several=True)
+        out = run_one(args, model_id, root, items, reference, parser, several=True, seen=seen)
         runs.append((model_id, out))
         elapsed[model_id] = time.perf_counter() - start
     path = write_comparison(root, runs, elapsed)
@@ -145,17 +143,32 @@ def run(args: argparse.Namespace) -> Path:
     return root
 
 
-def run_one(args: argparse.Namespace, model_id: str, out, items, reference, parser=None, several: bool = False) -> Path:
-    """One model's study into ``out``. ``parser``: the subject prompts (not used by the demo models, whose
-    scenes have their own subjects). With ``several``, a demo model keeps its scenes while the others use
-    ``--images``."""
+def run_one(args: argparse.Namespace, model_id: str, out, items, reference, parser=None, several: bool = False,
+            seen: Optional[dict] = None) -> Path:
+    """One model's study into ``out`` (None: ``runs/valse-negation-<model>-<fingerprint>``). ``parser``: the
+    subject prompts (not used by the demo models, whose scenes have their own subjects). With ``several``, ``out``
+    is the comparison's folder, the run goes to ``out/<model>-<fingerprint>``, a demo model keeps its scenes
+    while the others use ``--images``, and ``seen`` ({fingerprint: model id}) refuses a model run already under
+    another name."""
     with _torch_threads(_threads(args, model_id)):
-        return _run_one(args, model_id, out, items, reference, parser, several)
+        return _run_one(args, model_id, out, items, reference, parser, several, {} if seen is None else seen)
 
 
-def _run_one(args: argparse.Namespace, model_id: str, out, items, reference, parser, several: bool) -> Path:
+def _run_one(args: argparse.Namespace, model_id: str, out, items, reference, parser, several: bool,
+             seen: dict) -> Path:
+    from hooked_clip.fingerprint import fingerprint
+
     start = time.perf_counter()
     model = load(model_id, args.device)
+    fp = fingerprint(model)
+    if fp.short in seen:  # before any work: one model under two names is compared once
+        raise SystemExit(f"--model {seen[fp.short]} and --model {model_id} are one model (the same weights, "
+                         f"fingerprint {fp.short}); name it once.")
+    seen[fp.short] = model_id
+    if several:
+        out = Path(out) / model_dir_name(model_id, fp)
+    elif out is None:
+        out = default_run_dir("valse-negation", (model_id, fp))
     if model_id in DEMO_MODELS:
         if args.images is not None and not several:
             raise SystemExit(f"the demo model {model_id} sees synthesized scenes, not photos; drop --images or pass --model.")
@@ -168,7 +181,6 @@ def _run_one(args: argparse.Namespace, model_id: str, out, items, reference, par
             print(f"{model_id}: no --images given: skipping scores, causal tracing and the confounds with d; running "
                   "the text-only parts (head scores, caption-foil similarity).", file=sys.stderr)
             images = None
-    out = out or Path("runs") / ("valse-negation-" + run_dir_name(model_id))
     settings = Settings(limit=args.limit, chunk=args.chunk, rome=args.rome)
     records = run_items(model, out, model_id=model_id, images=images, settings=settings, items=items,
                         progress=not args.no_progress, subject_parser=parser)

@@ -22,14 +22,10 @@ from hooked_clip.analyses.valse_negation.formatting import fmt, head_name, label
 from hooked_clip.analyses.valse_negation.layout import NEGATOR_ROW, POOLED_ROW, ROWS
 from hooked_clip.analyses.valse_negation.markdown import RELATION_LABELS
 from hooked_clip.analyses.valse_negation.segments import SEGMENTS, THRESHOLD
-from hooked_clip.analyses.valse_negation.study import atomic_write
+from hooked_clip.analyses.run_dirs import atomic_savefig, atomic_write
+from hooked_clip.analyses.run_dirs import safe_name as run_dir_name  # noqa: F401 (its old name, kept)
 
 EOT_ROW = ROWS.index("[EOT]")
-
-
-def run_dir_name(model_id: str) -> str:
-    """A file-system-safe directory name for a model id (HF id, open_clip:NAME:TAG, path)."""
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in model_id.strip("/")) or "model"
 
 
 def summary_table(model_id: str, results: dict) -> dict:
@@ -116,7 +112,7 @@ def _figure(out_dir: Path, summaries: list[dict]):
         ax.legend(fontsize=7)
     axes[0, 0].set_ylabel("mean CTE (d*/d)")
     fig.suptitle("CTE of the negator row and the [EOT] row: " + " vs ".join(s["model"] for s in with_cte))
-    fig.savefig(out_dir / "comparison_cte.png", dpi=110, bbox_inches="tight")
+    atomic_savefig(fig, out_dir / "comparison_cte.png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return "comparison_cte.png"
 

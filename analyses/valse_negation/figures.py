@@ -8,6 +8,7 @@ from typing import Callable
 
 import numpy as np
 
+from hooked_clip.analyses.run_dirs import atomic_savefig
 from hooked_clip.analyses.valse_negation.aggregate import LOCATIONS
 from hooked_clip.analyses.valse_negation.formatting import fmt
 from hooked_clip.analyses.valse_negation.segments import segment_all
@@ -29,7 +30,7 @@ def write_figures(run_dir: Path, records: dict[str, dict], results: dict, model_
 
     def save(fig, file, title):
         fig.suptitle(f"{name}: {title}" if name else title)
-        fig.savefig(run_dir / file, dpi=110, bbox_inches="tight")
+        atomic_savefig(fig, run_dir / file, dpi=110, bbox_inches="tight")
         plt.close(fig)
         made.append(file)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from hooked_clip.analyses.valse_negation.formatting import json_safe
-from hooked_clip.analyses.valse_negation.study import atomic_write
+from hooked_clip.analyses.run_dirs import atomic_write
 
 OUTPUTS_FILE = ".outputs.json"
 INPUT_FILES = ("config.json", "image_embeds.safetensors", OUTPUTS_FILE)  # a run's inputs, not its outputs

@@ -17,7 +17,7 @@ from hooked_clip.analyses.valse_negation.formatting import json_safe
 from hooked_clip.analyses.valse_negation.markdown import report_markdown
 from hooked_clip.analyses.valse_negation.output_cache import inputs_digest, outputs_current, record_outputs
 from hooked_clip.analyses.valse_negation.reference import to_reference_format
-from hooked_clip.analyses.valse_negation.study import atomic_write
+from hooked_clip.analyses.run_dirs import atomic_write
 from hooked_clip.analyses.valse_negation.tables import write_tables
 
 

@@ -15,8 +15,6 @@ another model or configuration is refused.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,16 +32,13 @@ from hooked_clip.loaders.files import read_json, read_safetensors
 
 from hooked_clip.analyses.causal_tracing import embedding_std, minimal_pair_trace, rome_trace
 from hooked_clip.analyses.heads import negator_head_scores
+from hooked_clip.analyses.run_dirs import RunDirMismatchError, atomic_save, atomic_write, claim  # noqa: F401 (re-exported)
 from hooked_clip.analyses.metrics import normalized_patching_metric, similarity_metric
 from hooked_clip.analyses.valse_negation.data import Item, SubjectParser, align, load_items
 from hooked_clip.analyses.valse_negation.layout import check_token_layout, to_rows
 from hooked_clip.analyses.valse_negation.segments import segment
 
 STUDY_VERSION = 2  # 2: the negator's own zoom row; subject prompt and both areas on the aligned pair
-
-
-class RunDirMismatchError(ValueError):
-    """The run directory belongs to another model or configuration."""
 
 
 @dataclass(frozen=True)
@@ -64,46 +59,15 @@ class Settings:
             raise ValueError(f"limit (--limit) must be a positive number of items or None, got {self.limit!r}.")
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)  # reading the umask means setting it; put it back at once
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _umask()  # read once, at import (single-threaded), not while a run may be writing
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path`` and rename it into place (never half-written).
-    The file gets the mode a plain ``open`` would give (0666 less the umask), not mkstemp's 0600."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o666 & ~_UMASK)
-    os.replace(tmp, path)
+def _recorded_model(config: dict) -> dict:
+    """The model a run's config records, as :func:`hooked_clip.analyses.run_dirs.claim` compares it."""
+    return {"model": {"name": config.get("model"), "fingerprint": config.get("fingerprint")}}
 
 
 def _check_config(run_dir: Path, config: dict) -> None:
-    path = run_dir / "config.json"
-    if path.exists():
-        old = read_json(path, "the run's settings (JSON)", f"Delete the run directory {run_dir} to start over, "
-                        "or pass another --out.")
-        # the model's name is not compared: the fingerprint says which weights ran (two names, one model)
-        diff = sorted(k for k in set(old) | set(config) if k != "model" and old.get(k) != config.get(k))
-        if diff:
-            unrecorded = [k for k in diff if k not in old]
-            older = (f" The earlier run did not record {unrecorded}: it was made by an older version of hooked_clip, "
-                     "whose numbers are not reused." if unrecorded else "")
-            raise RunDirMismatchError(
-                f"{run_dir} holds a run of another configuration (differs in {diff}: "
-                f"{ {k: old.get(k) for k in diff} } vs { {k: config.get(k) for k in diff} }); use a new --out "
-                f"directory, or delete this one to start over.{older}")
-    elif any((run_dir / "items").glob("*.json")):  # records whose run is unknown: never reused by another model
-        raise RunDirMismatchError(f"{run_dir} holds item records but no config.json, so which model and settings "
-                                  "measured them is unknown; use a new --out directory, or delete this one.")
-    else:
-        atomic_write(path, json.dumps(config, indent=1))
+    # the model's name is not compared: the fingerprint says which weights ran (two names, one model)
+    claim(run_dir, config, ignore=("model", "fingerprint"), models=_recorded_model,
+          has_results=lambda d: any((d / "items").glob("*.json")))
 
 
 def _image_embeds(model, run_dir: Path, items: Sequence[Item], images) -> dict[str, torch.Tensor]:
@@ -116,9 +80,7 @@ def _image_embeds(model, run_dir: Path, items: Sequence[Item], images) -> dict[s
     if todo:
         emb = images.embed(model, todo)
         cached.update({x.id: e.detach().cpu().contiguous() for x, e in zip(todo, emb)})
-        tmp = path.with_suffix(".tmp")
-        save_file(cached, str(tmp))
-        os.replace(tmp, path)
+        atomic_save(path, lambda tmp: save_file(cached, str(tmp)))
     return cached
 
 
@@ -185,14 +147,20 @@ def run_items(model, run_dir, *, model_id: str, images=None, settings: Settings 
         _check_config(run_dir, config)
         img = _image_embeds(model, run_dir, items, images) if images is not None else None
         records = _read_records(run_dir / "items")
-        todo = [x for x in items if x.id not in records]
-        bar = tqdm(total=len(items), initial=len(items) - len(todo), desc="VALSE items", disable=not progress)
-        for start in range(0, len(todo), settings.chunk):
-            chunk = todo[start:start + settings.chunk]
+        bar = tqdm(total=len(items), initial=sum(x.id in records for x in items), desc="VALSE items",
+                   disable=not progress)
+        # chunks are fixed slices of the items, so an item is measured beside the same batch mates however the
+        # run was interrupted (a kill between two records of a chunk included): resumed = uninterrupted, bit for bit
+        for start in range(0, len(items), settings.chunk):
+            chunk = items[start:start + settings.chunk]
+            missing = sum(x.id not in records for x in chunk)
+            if not missing:
+                continue
             for rec in _measure(model, chunk, img, images, settings, subject_parser, config.get("rome_noise_std")):
-                atomic_write(run_dir / "items" / f"{rec['id']}.json", json.dumps(rec))
-                records[rec["id"]] = rec
-            bar.update(len(chunk))
+                if rec["id"] not in records:  # a record already written is kept (the chunk gives it the same numbers)
+                    atomic_write(run_dir / "items" / f"{rec['id']}.json", json.dumps(rec))
+                    records[rec["id"]] = rec
+            bar.update(missing)
         bar.close()
     return {x.id: records[x.id] for x in items}
 

@@ -41,7 +41,8 @@ def test_atlas_of_datasets_and_a_pairs_file_resumes_bit_for_bit(tmp_path, capsys
     assert "trained only on existence" in report and "text-only" in report and "![atlas](atlas_cte.png)" in report
     assert (out / "atlas_cte.png").stat().st_size > 1000 and (out / "atlas_heads.png").stat().st_size > 1000
     assert "m2,the caption equals the foil" in (out / "dropped.csv").read_text()
-    chunks = sorted((out / "tiny-negation" / "chunks").glob("*.pt"))
+    (model_dir,) = out.glob("tiny-negation-fp-*")  # the model's chunks, in a directory named by its fingerprint
+    chunks = sorted((model_dir / "chunks").glob("*.pt"))
     stamps = [c.stat().st_mtime_ns for c in chunks]
     _run(argv, capsys)  # resumes: every chunk reused, the same numbers
     assert [c.stat().st_mtime_ns for c in chunks] == stamps

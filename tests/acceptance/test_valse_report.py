@@ -281,10 +281,12 @@ def _saved_figures(monkeypatch) -> dict:
     """{file name: matplotlib Figure} of every figure saved from now on (the figures are checked, not looked at)."""
     from matplotlib.figure import Figure
 
+    from hooked_clip.analyses.run_dirs import final_name
+
     seen, real = {}, Figure.savefig
 
     def spy(fig, path, *args, **kwargs):
-        seen[str(path).rsplit("/", 1)[-1]] = fig
+        seen[final_name(path)] = fig  # figures are saved to a temporary name, then renamed
         return real(fig, path, *args, **kwargs)
 
     monkeypatch.setattr(Figure, "savefig", spy)

@@ -86,28 +86,35 @@ def test_interrupted_run_resumes_to_identical_results(random_demo, tmp_path, mon
     settings = Settings(limit=40, chunk=8)
     full = run_items(random_demo, tmp_path / "full", model_id="random", images=SceneImages(), settings=settings, progress=False)
     calls = {"n": 0}
-    real = study._measure
+    real = study.atomic_write
 
-    def crash_after_two_chunks(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
+    def killed_inside_the_third_chunk(path, text):  # after 2 chunks and 3 records of the third
+        if path.parent.name == "items":
+            calls["n"] += 1
+            if calls["n"] == 20:
+                raise KeyboardInterrupt
+        return real(path, text)
 
-    monkeypatch.setattr(study, "_measure", crash_after_two_chunks)
+    monkeypatch.setattr(study, "atomic_write", killed_inside_the_third_chunk)
     with pytest.raises(KeyboardInterrupt):
         run_items(random_demo, tmp_path / "cut", model_id="random", images=SceneImages(), settings=settings, progress=False)
-    assert len(list((tmp_path / "cut" / "items").glob("*.json"))) == 16
+    written = {p: p.stat().st_ino for p in (tmp_path / "cut" / "items").glob("*.json")}
+    assert len(written) == 19
     assert not list((tmp_path / "cut" / "items").glob(".*"))  # no half-written files
-    monkeypatch.setattr(study, "_measure", real)
+    monkeypatch.setattr(study, "atomic_write", real)
     resumed = run_items(random_demo, tmp_path / "cut", model_id="random", images=SceneImages(), settings=settings, progress=False)
-    assert json.dumps(resumed, sort_keys=True) == json.dumps(full, sort_keys=True)
+    assert json.dumps(resumed, sort_keys=True) == json.dumps(full, sort_keys=True)  # the third chunk's batch mates kept
+    assert all(p.stat().st_ino == ino for p, ino in written.items())  # records written before the kill are kept
 
 
 def test_run_dir_of_another_model_is_refused(random_demo, tmp_path):
     run_items(random_demo, tmp_path, model_id="random", images=SceneImages(), settings=Settings(limit=4), progress=False)
     other = build(OBJECTS, seed=8)
-    with pytest.raises(RunDirMismatchError, match="fingerprint"):
+    from hooked_clip.fingerprint import fingerprint
+
+    was, now = fingerprint(random_demo).short, fingerprint(other).short
+    with pytest.raises(RunDirMismatchError, match=rf"other weights \(fingerprint differs: model 'random' \({was}\)\), "
+                                                  rf"not of model 'random' \({now}\)"):  # both named
         run_items(other, tmp_path, model_id="random", images=SceneImages(), settings=Settings(limit=4), progress=False)
     with pytest.raises(RunDirMismatchError, match="limit"):
         run_items(random_demo, tmp_path, model_id="random", images=SceneImages(), settings=Settings(limit=6), progress=False)
@@ -781,7 +788,7 @@ def test_cli_several_models_end_to_end_and_resumable(hf_dir, tmp_path, capsys):
             "--reference", str(tmp_path / "demo" / "per_item.json"), "--subject-parser", "regex"]
     main(argv)
     dirs = sorted(p.name for p in (tmp_path / "cmp").iterdir() if p.is_dir())
-    assert len(dirs) == 2 and "tiny-negation" in dirs
+    assert len(dirs) == 2 and any(d.startswith("tiny-negation-fp-") for d in dirs)  # <name>-<fingerprint>
     for d in dirs:
         assert (tmp_path / "cmp" / d / "report.md").is_file()
     text = (tmp_path / "cmp" / "comparison.md").read_text()
@@ -802,6 +809,7 @@ def test_figures_name_the_model_share_colour_ranges_and_clip_nothing(demo_run, t
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
+    from hooked_clip.analyses.run_dirs import final_name
     from hooked_clip.analyses.valse_negation.report import write_outputs
 
     model, records = demo_run
@@ -811,7 +819,7 @@ def test_figures_name_the_model_share_colour_ranges_and_clip_nothing(demo_run, t
 
     def spy(fig, path, *args, **kwargs):
         images = [ax.images[0] for ax in fig.axes if ax.images]
-        seen[str(path).rsplit("/", 1)[-1]] = (fig._suptitle.get_text() if fig._suptitle else "",
+        seen[final_name(path)] = (fig._suptitle.get_text() if fig._suptitle else "",
                                               [im.get_clim() for im in images], fig)
         return real(fig, path, *args, **kwargs)
 

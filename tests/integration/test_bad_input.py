@@ -273,12 +273,12 @@ def test_run_dir_files_keep_the_umask_mode(tmp_path):
     import os
     import stat
 
-    from hooked_clip.analyses.valse_negation import study
+    from hooked_clip.analyses import run_dirs  # the one owner of run-directory writes
 
     mask = os.umask(0o022)
     os.umask(mask)
-    assert study._UMASK == mask
-    study.atomic_write(tmp_path / "report.md", "text")
+    assert run_dirs._UMASK == mask
+    run_dirs.atomic_write(tmp_path / "report.md", "text")
     assert stat.S_IMODE((tmp_path / "report.md").stat().st_mode) == 0o666 & ~mask  # mkstemp alone gives 0o600
 
 
@@ -562,7 +562,7 @@ def test_image_inputs_that_are_not_images_are_refused_naming_the_fix(tmp_path, t
 
 
 def test_run_identity_reference_and_config_probes(tmp_path, capsys):
-    """One spelling per model directory; colliding run names said before any model runs; records without a
+    """One spelling per model directory; one model under two names refused before it runs twice; records without a
     config.json are never reused; a reference naming an item twice or holding impossible values is refused;
     a config transformers cannot build, a NaN layer_norm_eps and another checkpoint's tokenizer are refused."""
     import torch
@@ -583,11 +583,11 @@ def test_run_identity_reference_and_config_probes(tmp_path, capsys):
     assert code == 2 and "lists a model twice" in err
     import shutil
 
-    shutil.copytree(tmp_path / "D", tmp_path / "a b")
-    shutil.copytree(tmp_path / "other" / "D", tmp_path / "a_b")
-    code, err = _cli(["valse-negation", "--model", "tiny-negation", "--model", str(tmp_path / "a b"),
-                      "--model", str(tmp_path / "a_b"), "--out", str(tmp_path / "cmp"), "--no-progress"], capsys)
-    assert code == 2 and "share the run directory name" in err and not (tmp_path / "cmp").exists()
+    shutil.copytree(tmp_path / "D", tmp_path / "a b")  # one model under two names: refused before it runs twice
+    code, err = _cli(["valse-negation", "--model", str(tmp_path / "D"), "--model", str(tmp_path / "a b"), "--limit", "1",
+                      "--out", str(tmp_path / "cmp"), "--no-progress"], capsys)
+    assert code == 2 and f"--model {tmp_path / 'D'} and --model {tmp_path / 'a b'} are one model" in err
+    assert ["_D-fp-" in p.name for p in (tmp_path / "cmp").iterdir()] == [True]  # only the first ran
     # records left without their config.json
     demo = load_model("tiny-negation", device="cpu")
     run_items(demo, tmp_path / "run", model_id="tiny-negation", images=SceneImages(), settings=Settings(limit=2),
