@@ -20,11 +20,12 @@ from typing import Optional
 
 from hooked_clip.analyses.valse_negation.aggregate import ZOOM_RULES, aggregate
 from hooked_clip.analyses.valse_negation.comparison import run_dir_name, write_comparison
-from hooked_clip.analyses.valse_negation.data import SubjectParser, load_items
+from hooked_clip.analyses.valse_negation.data import SubjectParser, dropped_items, load_items
 from hooked_clip.analyses.valse_negation.images import FolderImages, SceneImages, clipseg_subject_size, preprocessing_name
 from hooked_clip.analyses.valse_negation.reference import DEFAULT_TOLERANCE, compare, load_reference
 from hooked_clip.analyses.valse_negation.report import write_outputs
-from hooked_clip.analyses.valse_negation.study import Settings, run_items, select_items
+from hooked_clip.analyses.valse_negation.demo_scenes import PHOTOS_REFUSED
+from hooked_clip.analyses.valse_negation.study import DEMO_FIX, Settings, run_items, select_items
 
 SUBCOMMAND = "valse-negation"  # hooked-clip valse-negation (found by hooked_clip.analyses.cli)
 HELP = "replicate Quantmeyer et al. (2024) on VALSE existence"
@@ -158,7 +159,7 @@ def _run_one(args: argparse.Namespace, model_id: str, out, items, reference, par
     model = load(model_id, args.device)
     if model_id in DEMO_MODELS:
         if args.images is not None and not several:
-            raise SystemExit(f"the demo model {model_id} sees synthesized scenes, not photos; drop --images or pass --model.")
+            raise SystemExit(PHOTOS_REFUSED.format(model=model_id, fix=DEMO_FIX))
         images, parser = SceneImages(), None  # its subjects are the toy scenes' objects
     else:
         if args.images is not None:
@@ -174,6 +175,8 @@ def _run_one(args: argparse.Namespace, model_id: str, out, items, reference, par
                         progress=not args.no_progress, subject_parser=parser)
     results = aggregate(records, model.cfg.n_layers, model.cfg.n_heads, zoom=args.zoom)
     results["model"] = model_id
+    results["dropped"] = dropped_items(items, records)
+    _print_dropped(model_id, results["dropped"], len(records) + len(getattr(items, "dropped", ())))
     if isinstance(images, SceneImages):
         results["subject_size_measure"] = "1 / the number of objects in the synthesized scene"
     if reference is not None:
@@ -190,3 +193,15 @@ def _run_one(args: argparse.Namespace, model_id: str, out, items, reference, par
     else:
         print(f"{out}/report.md and results.json are up to date: nothing changed ({time.perf_counter() - start:.1f} s)")
     return out
+
+
+def _print_dropped(model_id: str, dropped: list[dict], n: int, shown: int = 20) -> None:
+    """Name every dropped item with its reason on stderr (the first ``shown``; all of them in dropped.csv)."""
+    if not dropped:
+        return
+    print(f"{model_id}: {len(dropped)} of {n} items left out of the aligned pairs (each named in dropped.csv and "
+          "report.md):", file=sys.stderr)
+    for d in dropped[:shown]:
+        print(f"  {d['id']}: {d['stage']}: {d['reason']}", file=sys.stderr)
+    if len(dropped) > shown:
+        print(f"  ... and {len(dropped) - shown} more (dropped.csv)", file=sys.stderr)
