@@ -21,10 +21,13 @@ from pathlib import Path
 from typing import Optional
 
 from hooked_clip.analyses.localize.pairs_file import PairSet, dataset_names, load_dataset, read_pairs
+from hooked_clip.analyses.localize.trace import DIRECTIONS
 
 SUBCOMMAND = "localize"  # hooked-clip localize (found by hooked_clip.analyses.cli)
 HELP = "an atlas of where minimal pairs' changed tokens reach the read-out (VALSE, SugarCrepe, ARO, your own pairs)"
 DEMO_MODELS = ("tiny-negation", "tiny-negation-pixels")
+DEMO_FIX = ("pass --scenes instead of --images (the image metric on scenes synthesized from existence pairs), drop "
+            "--images (the text-only metric), or pass a real --model")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,6 +41,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "repeat for one row per model in the atlas")
     p.add_argument("--list", action="store_true", help="list the shipped datasets with their pair counts and exit")
     p.add_argument("--images", type=Path, help="folder holding the pairs' image files: the paper's image metric")
+    p.add_argument("--scenes", action="store_true",
+                   help="the demo models: the image metric on scenes synthesized from existence pairs (the negation "
+                        "study's scenes; pairs no scene depicts are dropped and named)")
+    p.add_argument("--direction", choices=DIRECTIONS, default=DIRECTIONS[0],
+                   help="whose hidden states are patched into which run (default caption-into-foil; the negation "
+                        "study's trace, with the negated sentence as the foil, is foil-into-caption)")
     p.add_argument("--out", type=Path, default=Path("runs") / "localize", help="run directory (default: runs/localize)")
     p.add_argument("--limit", type=int, help="only the first N pairs of each phenomenon (quick runs)")
     p.add_argument("--chunk", type=int, default=64, help="pairs per engine call and per resumable write")
@@ -91,6 +100,7 @@ def run(args: argparse.Namespace) -> Optional[Path]:
     from hooked_clip.analyses.localize.study import run_model
     from hooked_clip.analyses.valse_negation.cli import load  # model ids as the negation study reads them
     from hooked_clip.analyses.valse_negation.comparison import run_dir_name
+    from hooked_clip.analyses.valse_negation.demo_scenes import PHOTOS_REFUSED, embed_scenes
 
     pairs = PairSet([])
     for name in args.dataset:
@@ -103,19 +113,27 @@ def run(args: argparse.Namespace) -> Optional[Path]:
     models = args.model or [DEMO_MODELS[0]]
     if len(set(models)) != len(models):
         raise SystemExit(f"--model lists a model twice ({models}); name each model once.")
-    if args.images is not None and any(m in DEMO_MODELS for m in models):
-        raise SystemExit("the demo models see synthesized scenes, not photos: drop --images for them (the text-only "
-                         "metric), or pass a real --model.")
+    demo = [m for m in models if m in DEMO_MODELS]
+    if args.images is not None and demo:
+        raise SystemExit(PHOTOS_REFUSED.format(model=demo[0], fix=DEMO_FIX))
+    if args.scenes and len(demo) < len(models):
+        raise SystemExit(f"--scenes is the demo models' image metric (synthesized scenes); {sorted(set(models) - set(demo))} "
+                         "read photos: pass --images DIR for them, in a run of their own.")
     runs, elapsed = {}, {}
     for model_id in models:
         start = time.perf_counter()
         model = load(model_id, args.device)
         embeds, model_pairs = None, pairs
+        images = ""
         if args.images is not None:
             embeds, dropped = image_embeddings(model, pairs, args.images)
-            model_pairs = PairSet(pairs.pairs, pairs.dropped + dropped)
+            model_pairs, images = PairSet(pairs.pairs, pairs.dropped + dropped), f"images in {args.images.resolve()}"
+        elif args.scenes:
+            embeds, dropped = embed_scenes(model, pairs.pairs)
+            model_pairs, images = PairSet(pairs.pairs, pairs.dropped + dropped), "synthesized scenes (seed 0)"
         runs[model_id] = run_model(model, model_pairs, args.out / run_dir_name(model_id), image_embeds=embeds,
-                                   chunk=args.chunk, batch_size=args.batch_size, progress=not args.no_progress)
+                                   chunk=args.chunk, batch_size=args.batch_size, progress=not args.no_progress,
+                                   direction=args.direction, images=images)
         elapsed[model_id] = time.perf_counter() - start
         print(f"{model_id}: {len(runs[model_id].ids)} pairs localized, {len(runs[model_id].dropped)} dropped "
               f"({elapsed[model_id]:.1f} s)", file=sys.stderr)

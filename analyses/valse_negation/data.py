@@ -163,6 +163,20 @@ def aligned_pairs(items: list[Item]) -> list[Pair]:
     return [p for p in (align(x) for x in items) if p is not None]
 
 
+def paper_pairs(items: Optional[list[Item]] = None) -> list:
+    """The study's aligned pairs (:func:`align` of ``items``, default the shipped valid items) as minimal pairs of
+    ``hooked-clip localize`` (:class:`~hooked_clip.analyses.localize.pairs_file.MinimalPair`), oriented as the
+    paper traces them: caption = the affirmative sentence, foil = the negated one; id ``existence/<VALSE key>`` (as
+    in the shipped ``valse:existence``), image the VALSE file, phenomenon ``existence (paper's alignment)``. With
+    ``direction="foil-into-caption"`` and the study's images, localize's per-pair CTE and head scores are the
+    study's (docs/api/localize.md)."""
+    from hooked_clip.analyses.localize.pairs_file import MinimalPair
+
+    pairs = aligned_pairs(load_items() if items is None else items)
+    return [MinimalPair(f"existence/{p.id}", p.affirmative, p.negated, p.item.image_file or None,
+                        "existence (paper's alignment)", "valse_negation.data.paper_pairs") for p in pairs]
+
+
 # ------------------------------------------------------------------------------------------ subjects
 SPACY_INSTALL = ("pip install -e '.[spacy]' (the spacy extra of this repository) && python -m spacy download en_core_web_sm "
                  "(the authors' exact subjects: pip install spacy==3.6.1 && python -m spacy download "

@@ -85,6 +85,43 @@ def scene_input(model, scenes: list[list[str]], seed: int = 0) -> list:
     return render_images(scenes, seed=seed) if reads_rendered_scenes(model) else scenes
 
 
+def _valse_records() -> dict[str, dict]:
+    """The shipped VALSE existence records by their id in the localize dataset ``valse:existence``
+    (``existence/<VALSE key>``)."""
+    return {f"existence/{k}": x for k, x in json.loads(EXISTENCE_JSON.read_text()).items()}
+
+
+@torch.no_grad()
+def embed_scenes(model, pairs, seed: int = 0, batch_size: int = 256) -> tuple[dict, list[tuple[str, str]]]:
+    """Image embeddings of synthesized scenes for minimal pairs (anything :func:`synthesize_scene` takes, with an
+    ``id``): ({id: embedding}, [(id, reason)] for each pair no scene can depict). A pair of the shipped
+    ``valse:existence`` or of :func:`~hooked_clip.analyses.valse_negation.data.paper_pairs` (id ``existence/<VALSE
+    key>``, the record's sentences or their aligned pair) gets the negation study's scene, seeded by its VALSE
+    record; others are seeded by their caption. Only existence pairs ("There is no X" / "There is a
+    X", the subject a word of the demo world) can be depicted; the others are named with the reason."""
+    from hooked_clip.analyses.valse_negation.data import Item, align
+
+    records = _valse_records()
+    found, scenes, dropped = [], [], []
+    for p in pairs:
+        record, same = records.get(p.id), False
+        if record is not None:  # the record's own sentences or the paper's aligned pair, in either order
+            aligned = align(Item(p.id, record["caption"], record["foil"], "", "caption" if re.search(
+                r"\bno\b", record["caption"], re.I) else "foil"))
+            versions = [{record["caption"], record["foil"]}] + ([{aligned.caption, aligned.foil}] if aligned else [])
+            same = {p.caption, p.foil} in versions
+        try:
+            scenes.append(synthesize_scene(record if same else p, seed=seed))
+            found.append(p.id)
+        except ValueError as err:  # no negator, or an unknown subject (UnknownObjectError)
+            dropped.append((p.id, f"no scene of the demo world depicts it ({err})"))
+    out = {}
+    for start in range(0, len(scenes), batch_size):
+        rows = scene_input(model, scenes[start:start + batch_size], seed=seed)
+        out.update(zip(found[start:start + batch_size], model.encode_image(rows, normalize=False)))
+    return out, dropped
+
+
 def valid_items(path: Optional[Union[str, Path]] = None) -> list[dict]:
     """The raw VALSE existence records whose caption at least 2 of 3 annotators accepted (505 items)."""
     data = json.loads(Path(path or EXISTENCE_JSON).read_text())

@@ -16,6 +16,7 @@ from hooked_clip.analyses.valse_negation.images import FolderImages, SceneImages
 from hooked_clip.analyses.valse_negation.study import Settings, run_items
 from hooked_clip.errors import UnknownObjectError
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 NOT_ALIGNED = ["existence_visual7w_2390942", "existence_visual7w_2362471"]  # "You see no people .", "... have no tusks."
 
 
