@@ -7,13 +7,14 @@ Python and from the command line."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 
 from hooked_clip import load_model
 from hooked_clip.analyses.cli import main
-from hooked_clip.analyses.localize.pairs_file import MinimalPair
+from hooked_clip.analyses.localize.pairs_file import MinimalPair, read_pairs, write_pairs
 from hooked_clip.analyses.localize.trace import ROLES, localize
 from hooked_clip.analyses.valse_negation.data import align, load_items, paper_pairs
 from hooked_clip.analyses.valse_negation.demo_scenes import embed_scenes
@@ -86,9 +87,8 @@ def test_the_command_line_configuration(demo, study, tmp_path, capsys):
     """``hooked-clip localize --data <paper pairs> --scenes --direction foil-into-caption``: the chunks it writes
     hold the study's per-item values."""
     items, records = study
-    path = tmp_path / "paper.jsonl"
-    path.write_text("".join(json.dumps({k: getattr(p, k) for k in ("id", "caption", "foil", "image", "phenomenon")})
-                            + "\n" for p in paper_pairs(items)))
+    path = write_pairs(tmp_path / "paper.jsonl", paper_pairs(items))
+    assert read_pairs(path).pairs == [replace(p, source=str(path)) for p in paper_pairs(items)]
     out = tmp_path / "run"
     main(["localize", "--data", str(path), "--model", "tiny-negation", "--scenes", "--direction", "foil-into-caption",
           "--out", str(out), "--no-progress"])
