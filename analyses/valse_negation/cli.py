@@ -14,6 +14,7 @@ import argparse
 import os
 import sys
 import time
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
@@ -176,7 +177,7 @@ def _run_one(args: argparse.Namespace, model_id: str, out, items, reference, par
     results = aggregate(records, model.cfg.n_layers, model.cfg.n_heads, zoom=args.zoom)
     results["model"] = model_id
     results["dropped"] = dropped_items(items, records)
-    _print_dropped(model_id, results["dropped"], len(records) + len(getattr(items, "dropped", ())))
+    _print_dropped(model_id, results["dropped"], len(records), name_each=args.data is not None)
     if isinstance(images, SceneImages):
         results["subject_size_measure"] = "1 / the number of objects in the synthesized scene"
     if reference is not None:
@@ -195,13 +196,17 @@ def _run_one(args: argparse.Namespace, model_id: str, out, items, reference, par
     return out
 
 
-def _print_dropped(model_id: str, dropped: list[dict], n: int, shown: int = 20) -> None:
-    """Name every dropped item with its reason on stderr (the first ``shown``; all of them in dropped.csv)."""
+def _print_dropped(model_id: str, dropped: list[dict], measured: int, name_each: bool, shown: int = 20) -> None:
+    """Say on stderr how many items were left out, by stage; ``name_each`` (a user's ``--data``) names each with its
+    reason (the first ``shown``). Every one is named in dropped.csv and report.md."""
     if not dropped:
         return
-    print(f"{model_id}: {len(dropped)} of {n} items left out of the aligned pairs (each named in dropped.csv and "
-          "report.md):", file=sys.stderr)
-    for d in dropped[:shown]:
-        print(f"  {d['id']}: {d['stage']}: {d['reason']}", file=sys.stderr)
-    if len(dropped) > shown:
-        print(f"  ... and {len(dropped) - shown} more (dropped.csv)", file=sys.stderr)
+    stages = Counter(d["stage"] for d in dropped)
+    by_stage = ", ".join(f"{k}: {v}" for k, v in stages.items())
+    print(f"{model_id}: {len(dropped)} items left out of the aligned pairs ({by_stage}; {measured} items measured); "
+          "each is named with its reason in dropped.csv and report.md" + (":" if name_each else "."), file=sys.stderr)
+    if name_each:
+        for d in dropped[:shown]:
+            print(f"  {d['id']}: {d['stage']}: {d['reason']}", file=sys.stderr)
+        if len(dropped) > shown:
+            print(f"  ... and {len(dropped) - shown} more (dropped.csv)", file=sys.stderr)

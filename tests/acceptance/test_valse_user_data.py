@@ -43,7 +43,7 @@ def test_every_dropped_item_is_named_with_its_reason(tmp_path, capsys):
     out = tmp_path / "run"
     main(["valse-negation", "--model", "tiny-negation", "--data", str(path), "--out", str(out), "--no-progress"])
     err = capsys.readouterr().err
-    assert "3 of 8 items left out of the aligned pairs" in err
+    assert "3 items left out of the aligned pairs (validity filter: 1, alignment: 2; 7 items measured)" in err
     expected = {invalid: "validity filter", **dict.fromkeys(NOT_ALIGNED, "alignment")}
     for rid, stage in expected.items():
         assert f"{rid}: {stage}: " in err
