@@ -52,6 +52,8 @@ from hooked_clip.tower import get_tower
 ROLES = ("before", "changed", "between", "after", "pooled")
 DIRECTIONS = ("caption-into-foil", "foil-into-caption")  # whose hidden states are patched into which run
 TEXT_ONLY = "text-only: cos(foil, caption embedding); CTE = share of the foil's distance to the caption closed"
+TEXT_ONLY_REVERSED = ("text-only: cos(caption, caption embedding) = 1 moved towards cos(foil, caption embedding); CTE = "
+                      "share of the caption-foil distance one foil state opens")
 WITH_IMAGES = "S(text, image), the model's similarity (logits); CTE = share of the caption-foil gap d closed"
 
 
@@ -208,7 +210,7 @@ def localize_chunk(model, pairs: list[MinimalPair], alignments: list[Alignment],
     with torch.inference_mode():
         cap_embeds = model.encode_text(caption)
     if image_embeds is None:
-        metric, what = cosine_to_target(cap_embeds), TEXT_ONLY
+        metric, what = cosine_to_target(cap_embeds), TEXT_ONLY if direction == DIRECTIONS[0] else TEXT_ONLY_REVERSED
     else:
         metric, what = similarity_metric(model, image_embeds.to(cap_embeds.device)), WITH_IMAGES
     # the patched run, its pooled positions and its alignment (each of its positions -> the source run's)
