@@ -10,6 +10,11 @@ information reaches the text embedding, not whether the model gets the pair righ
 pairs' ``image`` files) it is the paper's image-text similarity. The default model is the shipped demo model
 ``tiny-negation``, trained on existence only (the report says so); ``--model`` takes an HF hub id or directory, or
 ``open_clip:NAME:TAG``, and repeats for a side-by-side atlas. Runs resume: chunks already written are reused.
+
+The demo models see synthesized scenes, not photos: ``--scenes`` gives them the image metric on the negation study's
+scenes (existence pairs only; the others are dropped and named). ``--direction foil-into-caption`` patches the foil's
+states into the caption run; with the study's aligned pairs (``valse_negation.data.paper_pairs``, written with
+``pairs_file.write_pairs``) and ``--scenes`` that is the negation study's trace (docs/api/localize.md).
 """
 
 from __future__ import annotations
@@ -52,6 +57,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk", type=int, default=64, help="pairs per engine call and per resumable write")
     p.add_argument("--batch-size", type=int, default=1024, help="most patched rows per forward pass")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when available, else the CPU)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: 1 for the demo models, whose small matrices lose much to more "
+                        "threads on a busy machine; torch's default, or OMP_NUM_THREADS, otherwise)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -93,14 +101,13 @@ def run(args: argparse.Namespace) -> Optional[Path]:
     if not args.dataset and not args.data:
         raise SystemExit("name the pairs: --dataset NAME (see --list) and/or --data FILE (JSON lines: id, caption, foil, "
                          "optional image and phenomenon).")
-    for name, value in (("--limit", args.limit), ("--chunk", args.chunk), ("--batch-size", args.batch_size)):
+    for name, value in (("--limit", args.limit), ("--chunk", args.chunk), ("--batch-size", args.batch_size),
+                        ("--threads", args.threads)):
         if value is not None and value < 1:
             raise SystemExit(f"{name} must be a positive number, got {value}.")
     from hooked_clip.analyses.localize.report import write_report
-    from hooked_clip.analyses.localize.study import run_model
-    from hooked_clip.analyses.valse_negation.cli import load  # model ids as the negation study reads them
-    from hooked_clip.analyses.valse_negation.comparison import run_dir_name
-    from hooked_clip.analyses.valse_negation.demo_scenes import PHOTOS_REFUSED, embed_scenes
+    from hooked_clip.analyses.valse_negation.cli import threads_for, torch_threads  # as the negation study
+    from hooked_clip.analyses.valse_negation.demo_scenes import PHOTOS_REFUSED
 
     pairs = PairSet([])
     for name in args.dataset:
@@ -122,18 +129,8 @@ def run(args: argparse.Namespace) -> Optional[Path]:
     runs, elapsed = {}, {}
     for model_id in models:
         start = time.perf_counter()
-        model = load(model_id, args.device)
-        embeds, model_pairs = None, pairs
-        images = ""
-        if args.images is not None:
-            embeds, dropped = image_embeddings(model, pairs, args.images)
-            model_pairs, images = PairSet(pairs.pairs, pairs.dropped + dropped), f"images in {args.images.resolve()}"
-        elif args.scenes:
-            embeds, dropped = embed_scenes(model, pairs.pairs)
-            model_pairs, images = PairSet(pairs.pairs, pairs.dropped + dropped), "synthesized scenes (seed 0)"
-        runs[model_id] = run_model(model, model_pairs, args.out / run_dir_name(model_id), image_embeds=embeds,
-                                   chunk=args.chunk, batch_size=args.batch_size, progress=not args.no_progress,
-                                   direction=args.direction, images=images)
+        with torch_threads(threads_for(args, model_id)):
+            runs[model_id] = _localize_one(args, model_id, pairs)
         elapsed[model_id] = time.perf_counter() - start
         print(f"{model_id}: {len(runs[model_id].ids)} pairs localized, {len(runs[model_id].dropped)} dropped "
               f"({elapsed[model_id]:.1f} s)", file=sys.stderr)
@@ -141,3 +138,22 @@ def run(args: argparse.Namespace) -> Optional[Path]:
                         elapsed=elapsed)
     print(f"wrote {path}")
     return args.out
+
+
+def _localize_one(args: argparse.Namespace, model_id: str, pairs: PairSet):
+    """One model's run of the pairs: its image metric (``--images``, ``--scenes``) or the text-only one."""
+    from hooked_clip.analyses.localize.study import run_model
+    from hooked_clip.analyses.valse_negation.cli import load  # model ids as the negation study reads them
+    from hooked_clip.analyses.valse_negation.comparison import run_dir_name
+    from hooked_clip.analyses.valse_negation.demo_scenes import embed_scenes
+
+    model = load(model_id, args.device)
+    embeds, images = None, ""
+    if args.images is not None:
+        embeds, dropped = image_embeddings(model, pairs, args.images)
+        pairs, images = PairSet(pairs.pairs, pairs.dropped + dropped), f"images in {args.images.resolve()}"
+    elif args.scenes:
+        embeds, dropped = embed_scenes(model, pairs.pairs)
+        pairs, images = PairSet(pairs.pairs, pairs.dropped + dropped), "synthesized scenes (seed 0)"
+    return run_model(model, pairs, args.out / run_dir_name(model_id), image_embeds=embeds, chunk=args.chunk,
+                     batch_size=args.batch_size, progress=not args.no_progress, direction=args.direction, images=images)

@@ -79,15 +79,16 @@ def load(model_id: str, device: Optional[str] = None):
     return load_model(model_id, device=device)
 
 
-def _threads(args: argparse.Namespace, model_id: str) -> Optional[int]:
-    """Torch threads for one model's run, None for torch's default (see ``--threads``)."""
+def threads_for(args: argparse.Namespace, model_id: str) -> Optional[int]:
+    """Torch threads for one model's run, None for torch's default (see ``--threads``; ``hooked-clip localize``
+    shares the rule)."""
     if args.threads is not None:
         return args.threads
     return 1 if model_id in DEMO_MODELS and "OMP_NUM_THREADS" not in os.environ else None
 
 
 @contextmanager
-def _torch_threads(n: Optional[int]):
+def torch_threads(n: Optional[int]):
     """Run with ``n`` torch CPU threads (None: leave them), put back after."""
     import torch
 
@@ -151,7 +152,7 @@ def run_one(args: argparse.Namespace, model_id: str, out, items, reference, pars
     """One model's study into ``out``. ``parser``: the subject prompts (not used by the demo models, whose
     scenes have their own subjects). With ``several``, a demo model keeps its scenes while the others use
     ``--images``."""
-    with _torch_threads(_threads(args, model_id)):
+    with torch_threads(threads_for(args, model_id)):
         return _run_one(args, model_id, out, items, reference, parser, several)
 
 
