@@ -65,3 +65,11 @@ class TokenizerUnavailableError(RuntimeError):
 class ArchitectureMismatchError(UnsupportedModelError):
     """Two models that should differ only in their weights (a checkpoint and its fine-tune, patched into each
     other) differ in their architecture or computation: the message names the differing config fields."""
+
+
+class UnknownObjectError(KeyError, ValueError):
+    """A word that names no object of a demo model's synthetic world (the message names the word and the nearest
+    known names); a ``KeyError`` as the lookup was before, and a ``ValueError`` (bad input) for the command line."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; print it plainly
+        return str(self.args[0])

@@ -273,3 +273,15 @@ def assert_matches_loop(result, tower, clean, corrupt, metric, atol: float = 1e-
     values, labels = patch_loop(tower, clean, corrupt, metric, result.act_name, index, result.direction, source_tower)
     assert {a: list(result.labels[a]) for a in result.axes} == labels
     assert (result.values - values).abs().max() <= atol
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one CPU thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): the demo
+    models' small matrices gain nothing from more, and two threads on a busy machine can run 30x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -67,6 +67,13 @@ class Alignment:
             n[op.kind] += max(op.foil_end - op.foil_start, op.caption_end - op.caption_start)
         return n
 
+    def reversed(self) -> "Alignment":
+        """The same alignment read from the caption to the foil (``foil`` and ``caption`` swap, so do inserts and
+        deletes): what patching the foil's states into the caption run needs."""
+        swap = {"insert": "delete", "delete": "insert"}
+        return Alignment(tuple(Op(swap.get(op.kind, op.kind), op.caption_start, op.caption_end, op.foil_start, op.foil_end)
+                               for op in self.ops), self.n_caption, self.n_foil)
+
     @property
     def kind(self) -> str:
         """``substitution`` (equal lengths, only substitutions), ``insertion``/``deletion`` (only those besides

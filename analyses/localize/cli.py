@@ -10,6 +10,11 @@ information reaches the text embedding, not whether the model gets the pair righ
 pairs' ``image`` files) it is the paper's image-text similarity. The default model is the shipped demo model
 ``tiny-negation``, trained on existence only (the report says so); ``--model`` takes an HF hub id or directory, or
 ``open_clip:NAME:TAG``, and repeats for a side-by-side atlas. Runs resume: chunks already written are reused.
+
+The demo models see synthesized scenes, not photos: ``--scenes`` gives them the image metric on the negation study's
+scenes (existence pairs only; the others are dropped and named). ``--direction foil-into-caption`` patches the foil's
+states into the caption run; with the study's aligned pairs (``valse_negation.data.paper_pairs``, written with
+``pairs_file.write_pairs``) and ``--scenes`` that is the negation study's trace (docs/api/localize.md).
 """
 
 from __future__ import annotations
@@ -21,10 +26,13 @@ from pathlib import Path
 from typing import Optional
 
 from hooked_clip.analyses.localize.pairs_file import PairSet, dataset_names, load_dataset, read_pairs
+from hooked_clip.analyses.localize.trace import DIRECTIONS
 
 SUBCOMMAND = "localize"  # hooked-clip localize (found by hooked_clip.analyses.cli)
 HELP = "an atlas of where minimal pairs' changed tokens reach the read-out (VALSE, SugarCrepe, ARO, your own pairs)"
 DEMO_MODELS = ("tiny-negation", "tiny-negation-pixels")
+DEMO_FIX = ("pass --scenes instead of --images (the image metric on scenes synthesized from existence pairs), drop "
+            "--images (the text-only metric), or pass a real --model")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,6 +46,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "repeat for one row per model in the atlas")
     p.add_argument("--list", action="store_true", help="list the shipped datasets with their pair counts and exit")
     p.add_argument("--images", type=Path, help="folder holding the pairs' image files: the paper's image metric")
+    p.add_argument("--scenes", action="store_true",
+                   help="the demo models: the image metric on scenes synthesized from existence pairs (the negation "
+                        "study's scenes; pairs no scene depicts are dropped and named)")
+    p.add_argument("--direction", choices=DIRECTIONS, default=DIRECTIONS[0],
+                   help="whose hidden states are patched into which run (default caption-into-foil; the negation "
+                        "study's trace, with the negated sentence as the foil, is foil-into-caption)")
     p.add_argument("--out", type=Path, default=None,
                    help="run directory, used as given; each model's chunks go to OUT/<model>-<fingerprint> (default: "
                         "runs/localize-<model>-<fingerprint>, with several models runs/localize-atlas)")
@@ -45,6 +59,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk", type=int, default=64, help="pairs per engine call and per resumable write")
     p.add_argument("--batch-size", type=int, default=1024, help="most patched rows per forward pass")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when available, else the CPU)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: 1 for the demo models, whose small matrices lose much to more "
+                        "threads on a busy machine; torch's default, or OMP_NUM_THREADS, otherwise)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -86,14 +103,14 @@ def run(args: argparse.Namespace) -> Optional[Path]:
     if not args.dataset and not args.data:
         raise SystemExit("name the pairs: --dataset NAME (see --list) and/or --data FILE (JSON lines: id, caption, foil, "
                          "optional image and phenomenon).")
-    for name, value in (("--limit", args.limit), ("--chunk", args.chunk), ("--batch-size", args.batch_size)):
+    for name, value in (("--limit", args.limit), ("--chunk", args.chunk), ("--batch-size", args.batch_size),
+                        ("--threads", args.threads)):
         if value is not None and value < 1:
             raise SystemExit(f"{name} must be a positive number, got {value}.")
     from hooked_clip.analyses.localize.report import write_report
-    from hooked_clip.analyses.localize.study import run_model
-    from hooked_clip.analyses.valse_negation.cli import load  # model ids as the negation study reads them
-    from hooked_clip.analyses.run_dirs import RUNS, default_run_dir, model_dir_name
-    from hooked_clip.fingerprint import fingerprint
+    from hooked_clip.analyses.run_dirs import RUNS
+    from hooked_clip.analyses.valse_negation.cli import threads_for, torch_threads  # as the negation study
+    from hooked_clip.analyses.valse_negation.demo_scenes import PHOTOS_REFUSED
 
     pairs = PairSet([])
     for name in args.dataset:
@@ -106,26 +123,18 @@ def run(args: argparse.Namespace) -> Optional[Path]:
     models = args.model or [DEMO_MODELS[0]]
     if len(set(models)) != len(models):
         raise SystemExit(f"--model lists a model twice ({models}); name each model once.")
-    if args.images is not None and any(m in DEMO_MODELS for m in models):
-        raise SystemExit("the demo models see synthesized scenes, not photos: drop --images for them (the text-only "
-                         "metric), or pass a real --model.")
+    demo = [m for m in models if m in DEMO_MODELS]
+    if args.images is not None and demo:
+        raise SystemExit(PHOTOS_REFUSED.format(model=demo[0], fix=DEMO_FIX))
+    if args.scenes and len(demo) < len(models):
+        raise SystemExit(f"--scenes is the demo models' image metric (synthesized scenes); {sorted(set(models) - set(demo))} "
+                         "read photos: pass --images DIR for them, in a run of their own.")
     runs, elapsed, seen = {}, {}, {}
     out = args.out if args.out is not None or len(models) == 1 else RUNS / "localize-atlas"
     for model_id in models:
         start = time.perf_counter()
-        model = load(model_id, args.device)
-        fp = fingerprint(model)
-        if fp.short in seen:
-            raise SystemExit(f"--model {seen[fp.short]} and --model {model_id} are one model (the same weights, "
-                             f"fingerprint {fp.short}); name it once.")
-        seen[fp.short] = model_id
-        out = out if out is not None else default_run_dir("localize", (model_id, fp))
-        embeds, model_pairs = None, pairs
-        if args.images is not None:
-            embeds, dropped = image_embeddings(model, pairs, args.images)
-            model_pairs = PairSet(pairs.pairs, pairs.dropped + dropped)
-        runs[model_id] = run_model(model, model_pairs, out / model_dir_name(model_id, fp), image_embeds=embeds,
-                                   chunk=args.chunk, batch_size=args.batch_size, progress=not args.no_progress)
+        with torch_threads(threads_for(args, model_id)):
+            runs[model_id], out = _localize_one(args, model_id, pairs, out, seen)
         elapsed[model_id] = time.perf_counter() - start
         print(f"{model_id}: {len(runs[model_id].ids)} pairs localized, {len(runs[model_id].dropped)} dropped "
               f"({elapsed[model_id]:.1f} s)", file=sys.stderr)
@@ -133,3 +142,32 @@ def run(args: argparse.Namespace) -> Optional[Path]:
                         elapsed=elapsed)
     print(f"wrote {path}")
     return out
+
+
+def _localize_one(args: argparse.Namespace, model_id: str, pairs: PairSet, out: Optional[Path], seen: dict):
+    """One model's run of the pairs (its image metric, ``--images`` or ``--scenes``, or the text-only one) into
+    ``out/<model>-<fingerprint>`` (``out`` None: ``runs/localize-<model>-<fingerprint>``), and ``out``. ``seen``
+    ({fingerprint: model id}) refuses a model already run under another name."""
+    from hooked_clip.analyses.localize.study import run_model
+    from hooked_clip.analyses.valse_negation.cli import load  # model ids as the negation study reads them
+    from hooked_clip.analyses.run_dirs import default_run_dir, model_dir_name
+    from hooked_clip.analyses.valse_negation.demo_scenes import embed_scenes
+    from hooked_clip.fingerprint import fingerprint
+
+    model = load(model_id, args.device)
+    fp = fingerprint(model)
+    if fp.short in seen:
+        raise SystemExit(f"--model {seen[fp.short]} and --model {model_id} are one model (the same weights, "
+                         f"fingerprint {fp.short}); name it once.")
+    seen[fp.short] = model_id
+    out = out if out is not None else default_run_dir("localize", (model_id, fp))
+    embeds, images = None, ""
+    if args.images is not None:
+        embeds, dropped = image_embeddings(model, pairs, args.images)
+        pairs, images = PairSet(pairs.pairs, pairs.dropped + dropped), f"images in {args.images.resolve()}"
+    elif args.scenes:
+        embeds, dropped = embed_scenes(model, pairs.pairs)
+        pairs, images = PairSet(pairs.pairs, pairs.dropped + dropped), "synthesized scenes (seed 0)"
+    return run_model(model, pairs, out / model_dir_name(model_id, fp), image_embeds=embeds, chunk=args.chunk,
+                     batch_size=args.batch_size, progress=not args.no_progress, direction=args.direction,
+                     images=images), out

@@ -136,6 +136,17 @@ def read_pairs(path: Union[str, Path], phenomenon: Optional[str] = None) -> Pair
         return parse_pairs(fh, str(path), phenomenon or path.name.split(".")[0])
 
 
+def write_pairs(path: Union[str, Path], pairs: Iterable[MinimalPair]) -> Path:
+    """Write ``pairs`` as a pairs file (JSON lines, the format :func:`read_pairs` reads), atomically."""
+    path = Path(path)
+    lines = [json.dumps({"id": p.id, "caption": p.caption, "foil": p.foil, "image": p.image,
+                         "phenomenon": p.phenomenon or None}, ensure_ascii=False) + "\n" for p in pairs]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(lines), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
 # ------------------------------------------------------------------------------------------ shipped datasets
 def dataset_names() -> list[str]:
     """Every shipped dataset, e.g. ``valse:counting-hard``, ``sugarcrepe:replace-rel``, ``aro:negclip``."""
@@ -169,4 +180,4 @@ def load_dataset(name: str) -> PairSet:
 
 
 __all__ = ["MinimalPair", "PairSet", "PairsFormatError", "dataset_names", "dataset_sources", "load_dataset",
-           "parse_pairs", "read_pairs"]
+           "parse_pairs", "read_pairs", "write_pairs"]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from hooked_clip.analyses.localize.trace import ROLES, Localization
+from hooked_clip.analyses.localize.trace import DIRECTIONS, ROLES, Localization
 from hooked_clip.analyses.run_dirs import atomic_savefig, atomic_write
 from hooked_clip.names import head_label
 
@@ -108,7 +108,8 @@ def write_report(out: Path, runs: dict[str, Localization], *, datasets: list[str
         fig = plot_atlas(runs, phenomena, what)
         atomic_savefig(fig, out / name, dpi=80)
         plt.close(fig)
-    summary = {m: {"metric": res.metric, "phenomena": summarize(res), "dropped": len(res.dropped),
+    summary = {m: {"metric": res.metric, "direction": res.direction, "phenomena": summarize(res),
+                   "dropped": len(res.dropped),
                    "elapsed_s": (elapsed or {}).get(m)} for m, res in runs.items()}
     atomic_write(out / "results.json", json.dumps({"datasets": datasets, "roles": list(ROLES), "models": summary},
                                                   indent=1))
@@ -119,11 +120,13 @@ def write_report(out: Path, runs: dict[str, Localization], *, datasets: list[str
         w.writerows([m, pid, why] for pid, why in res.dropped)
     atomic_write(out / "dropped.csv", dropped.getvalue())
 
+    into_foil = all(res.direction == DIRECTIONS[0] for res in runs.values())
+    patched, source = ("foil", "caption") if into_foil else ("caption", "foil")
     lines = ["# Localisation atlas", "", f"Data: {', '.join(datasets)}. Models: {', '.join(runs)}.", "",
-             "**What is measured.** Each foil is run with one hidden state of its caption patched in (positions "
-             "matched by a token alignment, so the sentences may differ in length); CTE is the share of the "
-             "caption-foil gap that one state closes, averaged over the foil's positions of each role "
-             f"({', '.join(ROLES)}) and over pairs. {STATES_NOTE}", ""]
+             f"**What is measured.** Each {patched} is run with one hidden state of its {source} patched in "
+             f"(`{DIRECTIONS[0] if into_foil else DIRECTIONS[1]}`; positions matched by a token alignment, so the "
+             f"sentences may differ in length); CTE is the share of the caption-foil gap that one state closes, "
+             f"averaged over the {patched}'s positions of each role ({', '.join(ROLES)}) and over pairs. {STATES_NOTE}", ""]
     for m, res in runs.items():
         lines.append(f"- `{m}`: metric {res.metric}.")
         if m in demo_models:

@@ -7,6 +7,11 @@ and the normalised patching metric is read::
 
     CTE(l, p) = (M*(foil) - M(foil)) / (M(caption) - M(foil))
 
+``direction="foil-into-caption"`` patches the other way, the foil's state (l, p) into the caption run (the foil
+is the clean run), ``CTE = (M*(caption) - M(caption)) / (M(foil) - M(caption))``, and the roles below are then the
+caption's positions. That is the negation study's trace when the foil is the negated sentence: the paper patches
+the negated sentence's states into the affirmative one (``DIRECTIONS``; docs/api/localize.md).
+
 - with an image per pair, ``M = S(text, image)``, the model's similarity (the paper's metric);
 - without images (**text-only**), ``M = cos(text, caption embedding)``: CTE is the fraction of the foil's
   cosine distance to the caption that one hidden state closes. It measures where the change's information
@@ -45,7 +50,10 @@ from hooked_clip.errors import TextTooLongError
 from hooked_clip.tower import get_tower
 
 ROLES = ("before", "changed", "between", "after", "pooled")
+DIRECTIONS = ("caption-into-foil", "foil-into-caption")  # whose hidden states are patched into which run
 TEXT_ONLY = "text-only: cos(foil, caption embedding); CTE = share of the foil's distance to the caption closed"
+TEXT_ONLY_REVERSED = ("text-only: cos(caption, caption embedding) = 1 moved towards cos(foil, caption embedding); CTE = "
+                      "share of the caption-foil distance one foil state opens")
 WITH_IMAGES = "S(text, image), the model's similarity (logits); CTE = share of the caption-foil gap d closed"
 
 
@@ -56,7 +64,8 @@ class Localization(CompactRepr):
     ``cte`` [pairs, n_layers + 1, role] (roles: ``ROLES``; NaN where a pair has no position of the role);
     ``heads`` [pairs, layer, head] (the generalised Δ); ``caption_metric`` / ``foil_metric`` [pairs] (M of each
     sentence); ``kinds``: each pair's alignment kind (substitution / insertion / deletion / mixed); ``metric``:
-    what M is; ``dropped``: (id, reason) of every pair left out."""
+    what M is; ``dropped``: (id, reason) of every pair left out; ``direction``: which run's states were patched
+    into which (``DIRECTIONS``)."""
 
     ids: list[str]
     phenomena: list[str]
@@ -67,6 +76,7 @@ class Localization(CompactRepr):
     kinds: list[str]
     metric: str
     dropped: list[tuple[str, str]] = field(default_factory=list)
+    direction: str = DIRECTIONS[0]
 
     @property
     def d(self) -> Tensor:
@@ -91,7 +101,8 @@ class Localization(CompactRepr):
         return cls(sum((p.ids for p in parts), []), sum((p.phenomena for p in parts), []),
                    torch.cat([p.cte for p in parts]), torch.cat([p.heads for p in parts]),
                    torch.cat([p.caption_metric for p in parts]), torch.cat([p.foil_metric for p in parts]),
-                   sum((p.kinds for p in parts), []), first.metric, sum((p.dropped for p in parts), []) + list(dropped))
+                   sum((p.kinds for p in parts), []), first.metric, sum((p.dropped for p in parts), []) + list(dropped),
+                   first.direction)
 
     def to_dataframe(self):
         """One row per (pair, state, role): ``id``, ``phenomenon``, ``kind``, ``state``, ``role``, ``cte``, ``d``."""
@@ -157,10 +168,12 @@ def roles(a: Alignment, pool: int) -> list[int]:
 
 
 def localize(model, pairs, image_embeds: Optional[Float[Tensor, "pairs d_proj"]] = None, *, chunk: int = 64,
-             batch_size: int = 1024, progress: bool = True) -> Localization:
+             batch_size: int = 1024, progress: bool = True, direction: str = DIRECTIONS[0]) -> Localization:
     """The generalised CTE map and head scores of every pair (see the module docstring). ``pairs``: a
     :class:`PairSet` or a list of :class:`MinimalPair`; ``image_embeds``: one image embedding per pair (the
-    paper's metric) or None (the text-only metric); ``chunk``: pairs per engine call."""
+    paper's metric) or None (the text-only metric); ``chunk``: pairs per engine call; ``direction``: the caption's
+    states patched into the foil run (default) or the foil's into the caption run (``DIRECTIONS``)."""
+    check_direction(direction)
     dropped_in = list(pairs.dropped) if isinstance(pairs, PairSet) else []
     pairs = list(pairs.pairs if isinstance(pairs, PairSet) else pairs)
     if image_embeds is not None and (image_embeds.ndim != 2 or image_embeds.shape[0] != len(pairs)):
@@ -174,39 +187,52 @@ def localize(model, pairs, image_embeds: Optional[Float[Tensor, "pairs d_proj"]]
     for start in bar:
         sl = slice(start, start + chunk)
         imgs = None if image_embeds is None else image_embeds[[index[p.id] for p in kept[sl]]]
-        parts.append(localize_chunk(model, kept[sl], alignments[sl], imgs, batch_size))
+        parts.append(localize_chunk(model, kept[sl], alignments[sl], imgs, batch_size, direction))
     return Localization.concat(parts, dropped_in + dropped)
 
 
+def check_direction(direction: str) -> None:
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction={direction!r}: use one of {list(DIRECTIONS)} (whose hidden states are patched "
+                         "into which run).")
+
+
 def localize_chunk(model, pairs: list[MinimalPair], alignments: list[Alignment], image_embeds=None,
-                   batch_size: int = 1024) -> Localization:
+                   batch_size: int = 1024, direction: str = DIRECTIONS[0]) -> Localization:
     """:func:`localize` of pairs already aligned by :func:`prepare` (one engine call)."""
+    check_direction(direction)
     text = get_tower(model, "text")
     foil = text.to_tokens([p.foil for p in pairs])
     caption = text.to_tokens([p.caption for p in pairs])
     foil_pool, cap_pool = text.pool_positions(foil), text.pool_positions(caption)
     if text.cfg.trims:
         foil, caption = foil[:, : int(foil_pool.max()) + 1], caption[:, : int(cap_pool.max()) + 1]
-    width = max(foil.shape[1], caption.shape[1]) if not text.cfg.trims else foil.shape[1]
-    alignment = alignment_tensor(alignments, width)
     with torch.inference_mode():
         cap_embeds = model.encode_text(caption)
     if image_embeds is None:
-        metric, what = cosine_to_target(cap_embeds), TEXT_ONLY
+        metric, what = cosine_to_target(cap_embeds), TEXT_ONLY if direction == DIRECTIONS[0] else TEXT_ONLY_REVERSED
     else:
         metric, what = similarity_metric(model, image_embeds.to(cap_embeds.device)), WITH_IMAGES
-    states = hidden_state_patch(model, caption, foil, metric, alignment=alignment, batch_size=batch_size, progress=False)
+    # the patched run, its pooled positions and its alignment (each of its positions -> the source run's)
+    if direction == DIRECTIONS[0]:
+        source, patched, pool, patched_al = caption, foil, foil_pool, alignments
+    else:
+        source, patched, pool, patched_al = foil, caption, cap_pool, [a.reversed() for a in alignments]
+    width = max(foil.shape[1], caption.shape[1]) if not text.cfg.trims else patched.shape[1]
+    states = hidden_state_patch(model, source, patched, metric, alignment=alignment_tensor(patched_al, width),
+                                batch_size=batch_size, progress=False)
     per_pos = states.normalized()  # [state, pos, pair]
     n_states = per_pos.shape[0]
     cte = torch.full((len(pairs), n_states, len(ROLES)), float("nan"))
-    for b, a in enumerate(alignments):
-        role = torch.tensor(roles(a, int(foil_pool[b])))
+    for b, a in enumerate(patched_al):
+        role = torch.tensor(roles(a, int(pool[b])))
         vals = per_pos[:, : a.n_foil, b]  # [state, pos]
         for r in role.unique().tolist():
             cte[b, :, r] = vals[:, role == r].nanmean(-1)
     heads = _head_scores(text, foil, caption, alignments)
-    return Localization([p.id for p in pairs], [p.phenomenon for p in pairs], cte, heads, states.clean.float(),
-                        states.corrupt.float(), [a.kind for a in alignments], what)
+    m_caption, m_foil = (states.clean, states.corrupt) if direction == DIRECTIONS[0] else (states.corrupt, states.clean)
+    return Localization([p.id for p in pairs], [p.phenomenon for p in pairs], cte, heads, m_caption.float(),
+                        m_foil.float(), [a.kind for a in alignments], what, direction=direction)
 
 
 def _head_scores(text, foil: Tensor, caption: Tensor, alignments: list[Alignment]) -> Float[Tensor, "pairs layer head"]:
@@ -227,4 +253,4 @@ def _head_scores(text, foil: Tensor, caption: Tensor, alignments: list[Alignment
     return out
 
 
-__all__ = ["Localization", "ROLES", "TEXT_ONLY", "WITH_IMAGES", "localize", "localize_chunk", "prepare", "roles"]
+__all__ = ["DIRECTIONS", "Localization", "ROLES", "check_direction", "TEXT_ONLY", "WITH_IMAGES", "localize", "localize_chunk", "prepare", "roles"]

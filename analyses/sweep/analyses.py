@@ -88,7 +88,7 @@ def _valse_run(model, run_dir: Path, dataset, settings: ValseSettings, model_id:
     results = aggregate(records, model.cfg.n_layers, model.cfg.n_heads, zoom=settings.zoom)
     results["model"] = label or model_id
     note = "none (text-only parts)" if images is None else f"{images.describe()}; pixels: {preprocessing_name(model)}"
-    write_outputs(run_dir, records, results, model=model, model_id=label or model_id, images_note=note)
+    write_outputs(run_dir, records, results, model=model, model_id=label or model_id, images_note=note, items=items)
 
 
 ANALYSES: dict[str, Analysis] = {

@@ -14,6 +14,7 @@ import argparse
 import os
 import sys
 import time
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
@@ -21,11 +22,12 @@ from typing import Optional
 from hooked_clip.analyses.valse_negation.aggregate import ZOOM_RULES, aggregate
 from hooked_clip.analyses.run_dirs import default_run_dir, model_dir_name
 from hooked_clip.analyses.valse_negation.comparison import write_comparison
-from hooked_clip.analyses.valse_negation.data import SubjectParser, load_items
+from hooked_clip.analyses.valse_negation.data import SubjectParser, dropped_items, load_items
 from hooked_clip.analyses.valse_negation.images import FolderImages, SceneImages, clipseg_subject_size, preprocessing_name
 from hooked_clip.analyses.valse_negation.reference import DEFAULT_TOLERANCE, compare, load_reference
 from hooked_clip.analyses.valse_negation.report import write_outputs
-from hooked_clip.analyses.valse_negation.study import Settings, run_items, select_items
+from hooked_clip.analyses.valse_negation.demo_scenes import PHOTOS_REFUSED
+from hooked_clip.analyses.valse_negation.study import DEMO_FIX, Settings, run_items, select_items
 
 SUBCOMMAND = "valse-negation"  # hooked-clip valse-negation (found by hooked_clip.analyses.cli)
 HELP = "replicate Quantmeyer et al. (2024) on VALSE existence"
@@ -79,15 +81,16 @@ def load(model_id: str, device: Optional[str] = None):
     return load_model(model_id, device=device)
 
 
-def _threads(args: argparse.Namespace, model_id: str) -> Optional[int]:
-    """Torch threads for one model's run, None for torch's default (see ``--threads``)."""
+def threads_for(args: argparse.Namespace, model_id: str) -> Optional[int]:
+    """Torch threads for one model's run, None for torch's default (see ``--threads``; ``hooked-clip localize``
+    shares the rule)."""
     if args.threads is not None:
         return args.threads
     return 1 if model_id in DEMO_MODELS and "OMP_NUM_THREADS" not in os.environ else None
 
 
 @contextmanager
-def _torch_threads(n: Optional[int]):
+def torch_threads(n: Optional[int]):
     """Run with ``n`` torch CPU threads (None: leave them), put back after."""
     import torch
 
@@ -150,7 +153,7 @@ def run_one(args: argparse.Namespace, model_id: str, out, items, reference, pars
     is the comparison's folder, the run goes to ``out/<model>-<fingerprint>``, a demo model keeps its scenes
     while the others use ``--images``, and ``seen`` ({fingerprint: model id}) refuses a model run already under
     another name."""
-    with _torch_threads(_threads(args, model_id)):
+    with torch_threads(threads_for(args, model_id)):
         return _run_one(args, model_id, out, items, reference, parser, several, {} if seen is None else seen)
 
 
@@ -171,7 +174,7 @@ def _run_one(args: argparse.Namespace, model_id: str, out, items, reference, par
         out = default_run_dir("valse-negation", (model_id, fp))
     if model_id in DEMO_MODELS:
         if args.images is not None and not several:
-            raise SystemExit(f"the demo model {model_id} sees synthesized scenes, not photos; drop --images or pass --model.")
+            raise SystemExit(PHOTOS_REFUSED.format(model=model_id, fix=DEMO_FIX))
         images, parser = SceneImages(), None  # its subjects are the toy scenes' objects
     else:
         if args.images is not None:
@@ -186,6 +189,8 @@ def _run_one(args: argparse.Namespace, model_id: str, out, items, reference, par
                         progress=not args.no_progress, subject_parser=parser)
     results = aggregate(records, model.cfg.n_layers, model.cfg.n_heads, zoom=args.zoom)
     results["model"] = model_id
+    results["dropped"] = dropped_items(items, records)
+    _print_dropped(model_id, results["dropped"], len(records), name_each=args.data is not None)
     if isinstance(images, SceneImages):
         results["subject_size_measure"] = "1 / the number of objects in the synthesized scene"
     if reference is not None:
@@ -202,3 +207,19 @@ def _run_one(args: argparse.Namespace, model_id: str, out, items, reference, par
     else:
         print(f"{out}/report.md and results.json are up to date: nothing changed ({time.perf_counter() - start:.1f} s)")
     return out
+
+
+def _print_dropped(model_id: str, dropped: list[dict], measured: int, name_each: bool, shown: int = 20) -> None:
+    """Say on stderr how many items were left out, by stage; ``name_each`` (a user's ``--data``) names each with its
+    reason (the first ``shown``). Every one is named in dropped.csv and report.md."""
+    if not dropped:
+        return
+    stages = Counter(d["stage"] for d in dropped)
+    by_stage = ", ".join(f"{k}: {v}" for k, v in stages.items())
+    print(f"{model_id}: {len(dropped)} items left out of the aligned pairs ({by_stage}; {measured} items measured); "
+          "each is named with its reason in dropped.csv and report.md" + (":" if name_each else "."), file=sys.stderr)
+    if name_each:
+        for d in dropped[:shown]:
+            print(f"  {d['id']}: {d['stage']}: {d['reason']}", file=sys.stderr)
+        if len(dropped) > shown:
+            print(f"  ... and {len(dropped) - shown} more (dropped.csv)", file=sys.stderr)

@@ -13,28 +13,69 @@ from typing import Optional, Union
 import torch
 
 from hooked_clip.analyses.valse_negation import EXISTENCE_JSON
+from hooked_clip.errors import UnknownObjectError
 from hooked_clip.models.tiny_negation.render import reads_rendered_scenes, render_images
 from hooked_clip.models.tiny_negation.world import object_of, random_scene
 
 
-def synthesize_scene(item: dict, seed: int = 0, n_distractors: tuple[int, int] = (1, 5)) -> list[str]:
-    """A scene for a VALSE existence item (its raw JSON record): the subject (the word after "no" in the
-    negated sentence) is present iff the affirmative sentence is true, plus seeded random distractors.
-    The draw depends only on (seed, the item's ``dataset_idx``)."""
-    caption, foil = item["caption"], item["foil"]
+def scene_source(item) -> tuple[str, str, str]:
+    """(caption, foil, seed key) of what :func:`synthesize_scene` takes: a raw VALSE record (dict), the study's
+    :class:`~hooked_clip.analyses.valse_negation.data.Item` or aligned ``Pair`` (built by ``load_items`` /
+    ``align`` or in Python), or any pair with ``caption`` and ``foil`` (a localize ``MinimalPair``). The seed key is
+    the record's ``dataset_idx`` where there is one (an Item's ``raw``, a Pair's item), else the caption, so an
+    item, its aligned pair and its raw record get the same scene."""
+    if isinstance(item, dict):
+        missing = [k for k in ("caption", "foil") if not isinstance(item.get(k), str)]
+        if missing:
+            raise ValueError(f"a scene needs the item's caption and foil; this record lacks {missing} ({item!r:.80}).")
+        return item["caption"], item["foil"], str(item.get("dataset_idx", item["caption"]))
+    if hasattr(item, "item") and hasattr(item, "negation_in"):  # an aligned Pair: its item's scene
+        return scene_source(item.item)
+    caption, foil = getattr(item, "caption", None), getattr(item, "foil", None)
+    if not isinstance(caption, str) or not isinstance(foil, str):
+        raise TypeError(f"a scene is built from a VALSE record (dict), an Item, a Pair or a pair with caption and foil "
+                        f"strings; got a {type(item).__name__}.")
+    raw = getattr(item, "raw", None) or {}
+    return caption, foil, str(raw.get("dataset_idx", raw.get("caption", caption)))
+
+
+def synthesize_scene(item, seed: int = 0, n_distractors: tuple[int, int] = (1, 5)) -> list[str]:
+    """A scene for a VALSE existence item (a raw JSON record, an ``Item`` or ``Pair`` of the study, or any pair
+    with ``caption`` and ``foil``: see :func:`scene_source`): the subject (the word after "no" in the negated
+    sentence) is present iff the affirmative sentence is true, plus seeded random distractors. The draw depends
+    only on (seed, the item's ``dataset_idx``, else its caption). A subject the demo world does not know is an
+    error naming the word and the nearest known names."""
+    caption, foil, key = scene_source(item)
     negated_caption = re.search(r"\bno\b", caption, re.I) is not None
     negated = caption if negated_caption else foil
     m = re.search(r"\bno\s+([A-Za-z']+)", negated, re.I)
     if m is None:
-        raise ValueError(f"no negator 'no' followed by a word in {negated!r}")
-    subject = object_of(m.group(1))
+        raise ValueError(f"no negator 'no' followed by a word in {negated!r}: the demo world depicts only existence "
+                         "pairs ('There is no X' / 'There is a X').")
+    try:
+        subject = object_of(m.group(1))
+    except UnknownObjectError as err:
+        raise UnknownObjectError(f"the subject of {negated!r}: {err}") from None
     # the caption is the true sentence: the affirmative is true iff the negation sits in the foil
     present = not negated_caption
-    rng = random.Random(f"{seed}:{item.get('dataset_idx', caption)}")
+    rng = random.Random(f"{seed}:{key}")
     scene = random_scene(rng, *n_distractors, exclude=subject)
     if present:
         scene.add(subject)
     return sorted(scene)
+
+
+PHOTOS_REFUSED = ("the demo model {model} sees synthesized scenes, not photos, so images of your own mean nothing to it: "
+                  "{fix}")
+"""The one answer (CLI and Python) to images given to a demo model; ``fix`` names the route's way out."""
+
+
+def reads_scenes(model) -> bool:
+    """Whether ``model``'s image tower reads the demo world's scenes (the symbolic scene tower of
+    ``tiny-negation`` and its siblings, or the rendered-scene pixel tower of ``tiny-negation-pixels``)."""
+    from hooked_clip.models.tiny_negation.scene import SceneTower
+
+    return isinstance(getattr(model, "vision", None), SceneTower) or reads_rendered_scenes(model)
 
 
 def scene_input(model, scenes: list[list[str]], seed: int = 0) -> list:
@@ -42,6 +83,43 @@ def scene_input(model, scenes: list[list[str]], seed: int = 0) -> list:
     tower (``tiny-negation``), the scenes rendered to 32 x 32 glyph images (PIL, cells drawn from ``seed``)
     for the pixel tower (``tiny-negation-pixels``)."""
     return render_images(scenes, seed=seed) if reads_rendered_scenes(model) else scenes
+
+
+def _valse_records() -> dict[str, dict]:
+    """The shipped VALSE existence records by their id in the localize dataset ``valse:existence``
+    (``existence/<VALSE key>``)."""
+    return {f"existence/{k}": x for k, x in json.loads(EXISTENCE_JSON.read_text()).items()}
+
+
+@torch.no_grad()
+def embed_scenes(model, pairs, seed: int = 0, batch_size: int = 256) -> tuple[dict, list[tuple[str, str]]]:
+    """Image embeddings of synthesized scenes for minimal pairs (anything :func:`synthesize_scene` takes, with an
+    ``id``): ({id: embedding}, [(id, reason)] for each pair no scene can depict). A pair of the shipped
+    ``valse:existence`` or of :func:`~hooked_clip.analyses.valse_negation.data.paper_pairs` (id ``existence/<VALSE
+    key>``, the record's sentences or their aligned pair) gets the negation study's scene, seeded by its VALSE
+    record; others are seeded by their caption. Only existence pairs ("There is no X" / "There is a
+    X", the subject a word of the demo world) can be depicted; the others are named with the reason."""
+    from hooked_clip.analyses.valse_negation.data import Item, align
+
+    records = _valse_records()
+    found, scenes, dropped = [], [], []
+    for p in pairs:
+        record, same = records.get(p.id), False
+        if record is not None:  # the record's own sentences or the paper's aligned pair, in either order
+            aligned = align(Item(p.id, record["caption"], record["foil"], "", "caption" if re.search(
+                r"\bno\b", record["caption"], re.I) else "foil"))
+            versions = [{record["caption"], record["foil"]}] + ([{aligned.caption, aligned.foil}] if aligned else [])
+            same = {p.caption, p.foil} in versions
+        try:
+            scenes.append(synthesize_scene(record if same else p, seed=seed))
+            found.append(p.id)
+        except ValueError as err:  # no negator, or an unknown subject (UnknownObjectError)
+            dropped.append((p.id, f"no scene of the demo world depicts it ({err})"))
+    out = {}
+    for start in range(0, len(scenes), batch_size):
+        rows = scene_input(model, scenes[start:start + batch_size], seed=seed)
+        out.update(zip(found[start:start + batch_size], model.encode_image(rows, normalize=False)))
+    return out, dropped
 
 
 def valid_items(path: Optional[Union[str, Path]] = None) -> list[dict]:

@@ -46,7 +46,7 @@ class SceneImages:
         return None
 
     def scenes(self, items: Sequence[Item]) -> list[list[str]]:
-        return [synthesize_scene(x.raw, seed=self.seed) for x in items]
+        return [synthesize_scene(x, seed=self.seed) for x in items]
 
     @torch.no_grad()
     def embed(self, model, items: Sequence[Item]) -> Tensor:

@@ -156,7 +156,15 @@ def _items_section(results: dict) -> list[str]:
                   f"{p['aligned_t7']} |",
                   f"| token length of the aligned sentences | {n['tokens_min']}–{n['tokens_max']} | "
                   f"{p['tokens_min']}–{p['tokens_max']} |"]
-    return lines + [""]
+    return lines + [""] + dropped_lines(results.get("dropped"))
+
+
+def dropped_lines(dropped) -> list[str]:
+    """Every item left out (validity filter, alignment), named with its reason (also in ``dropped.csv``)."""
+    if not dropped:
+        return ["Dropped items: none.", ""] if dropped is not None else []
+    lines = [f"Dropped items ({len(dropped)}; also in `dropped.csv`):", "", "| item | stage | reason |", "|---|---|---|"]
+    return lines + [f"| `{d['id']}` | {d['stage']} | {d['reason'].replace('|', '/')} |" for d in dropped] + [""]
 
 
 def _scores_section(results: dict, records: Optional[dict]) -> list[str]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from hooked_clip.fingerprint import hash_tensors
 
 from hooked_clip.analyses.valse_negation.attention_html import write_attention_html
+from hooked_clip.analyses.valse_negation.data import dropped_items, load_items
 from hooked_clip.analyses.valse_negation.figures import write_figures
 from hooked_clip.analyses.valse_negation.formatting import json_safe
 from hooked_clip.analyses.valse_negation.markdown import report_markdown
@@ -33,9 +34,15 @@ def write_outputs(run_dir, records: dict[str, dict], results: dict, *, model=Non
                   images_note: str = "", items=None) -> bool:
     """Write every output of a run: ``results`` from :func:`~hooked_clip.analyses.valse_negation.aggregate.aggregate`
     of ``records``; ``model`` (optional) adds its logit scale, its towers' weight hashes and the attention view;
-    ``items`` (default the shipped VALSE items) give per_item.json its ``image_file`` and ``dataset_idx``. Returns
-    False (nothing written) when the outputs are already those of these inputs (``output_cache``)."""
+    ``items`` (default the shipped VALSE items) give per_item.json its ``image_file`` and ``dataset_idx``, and
+    name the items the validity filter dropped. Every dropped item (validity filter, alignment) is named with its
+    reason in ``results["dropped"]``, ``dropped.csv`` and the report. Returns False (nothing written) when the
+    outputs are already those of these inputs (``output_cache``)."""
     run_dir = Path(run_dir)
+    if items is None:
+        items = load_items()
+    if "dropped" not in results:
+        results = {**results, "dropped": dropped_items(items, records)}
     if model is not None and getattr(model, "logit_scale", None) is not None and "logit_scale" not in results:
         results = {**results, "logit_scale": float(model.logit_scale.detach().exp())}
     if model is not None and "text_tower" not in results:

@@ -35,10 +35,16 @@ from hooked_clip.analyses.heads import negator_head_scores
 from hooked_clip.analyses.run_dirs import RunDirMismatchError, atomic_save, atomic_write, claim  # noqa: F401 (re-exported)
 from hooked_clip.analyses.metrics import normalized_patching_metric, similarity_metric
 from hooked_clip.analyses.valse_negation.data import Item, SubjectParser, align, load_items
+from hooked_clip.analyses.valse_negation.demo_scenes import PHOTOS_REFUSED, reads_scenes
+from hooked_clip.analyses.valse_negation.images import SceneImages
 from hooked_clip.analyses.valse_negation.layout import check_token_layout, to_rows
 from hooked_clip.analyses.valse_negation.segments import segment
 
 STUDY_VERSION = 2  # 2: the negator's own zoom row; subject prompt and both areas on the aligned pair
+
+
+DEMO_FIX = ("drop --images (in Python: images=SceneImages(), the scenes synthesized from the items), or pass a real "
+            "CLIP with --model")
 
 
 @dataclass(frozen=True)
@@ -135,6 +141,8 @@ def run_items(model, run_dir, *, model_id: str, images=None, settings: Settings 
     if images is not None and getattr(model, "vision", None) is None:
         raise ValueError("this model has no image tower, so image scores cannot be computed; load a full CLIP "
                          "(HookedCLIP.from_pretrained / from_open_clip) or run without --images.")
+    if images is not None and not isinstance(images, SceneImages) and reads_scenes(model):
+        raise ValueError(PHOTOS_REFUSED.format(model=model_id, fix=DEMO_FIX))
     config = {"study_version": STUDY_VERSION, "model": model_id, "fingerprint": fingerprint(model).as_dict(),
               "images": images.describe() if images is not None else None, "n_items": len(items),
               "images_content": images.identity(items) if images is not None else None,

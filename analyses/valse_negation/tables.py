@@ -1,6 +1,6 @@
 """The run directory's CSV tables: ``items.csv`` (per item), ``scores.csv``, ``cte_<location>_<segment>.csv``,
 ``heads_delta_<location>.csv``, ``heads_corr_d_<location>.csv``, ``zoom_layer<L>_<location>.csv`` and
-``confounds.csv``, each written atomically."""
+``confounds.csv``, ``dropped.csv`` (every item left out, with the stage and the reason), each written atomically."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ def write_tables(run_dir: Path, records: dict[str, dict], results: dict) -> None
     import pandas as pd
 
     atomic_csv(pd.DataFrame([_item_row(r) for r in records.values()]), run_dir / "items.csv", index=False)
+    atomic_csv(pd.DataFrame(results.get("dropped", []), columns=["id", "stage", "reason"]), run_dir / "dropped.csv",
+               index=False)
     if "scores" in results:
         rows = [{"sentences": s, "group": g, "n": t["n"], "accuracy": t["accuracy"], **t["segments"]}
                 for s, groups in results["scores"].items() for g, t in groups.items()]

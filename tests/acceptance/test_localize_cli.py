@@ -52,7 +52,7 @@ def test_atlas_of_datasets_and_a_pairs_file_resumes_bit_for_bit(tmp_path, capsys
 @pytest.mark.parametrize("argv, words", [
     (["localize"], "name the pairs"),
     (["localize", "--dataset", "valse:countinghard"], "Did you mean valse:counting-hard"),
-    (["localize", "--dataset", "valse:existence", "--images", "."], "demo models see synthesized scenes"),
+    (["localize", "--dataset", "valse:existence", "--images", "."], "sees synthesized scenes, not photos"),
     (["localize", "--data", "nowhere.jsonl"], "no pairs file at nowhere.jsonl"),
     (["localize", "--dataset", "valse:existence", "--limit", "0"], "--limit must be a positive"),
 ])

@@ -71,8 +71,21 @@ SURFACE: dict[str, str] = {**{p: o for o, p in PLURALS.items()}, **{o: o for o i
 
 
 def object_of(word: str) -> str:
-    """The object a surface word names (``"dogs"`` -> ``"dog"``); KeyError if unknown."""
-    return SURFACE[word.lower().strip(".,!?")]
+    """The object a surface word names (``"dogs"`` -> ``"dog"``). An unknown word is an
+    :class:`~hooked_clip.errors.UnknownObjectError` (a ``KeyError`` and a ``ValueError``) naming the word and the
+    nearest known names."""
+    key = word.lower().strip(".,!?")
+    if key not in SURFACE:
+        import difflib
+
+        from hooked_clip.errors import UnknownObjectError
+
+        close = difflib.get_close_matches(key, list(SURFACE), n=5, cutoff=0.6)
+        raise UnknownObjectError(
+            f"{word!r} names no object of the demo world ({len(OBJECTS)} objects, singular or plural)"
+            + (f"; the nearest known names: {', '.join(close)}" if close else "; no known name is close")
+            + ". Use one of them (the list: hooked_clip.models.tiny_negation.world.OBJECTS).")
+    return SURFACE[key]
 
 
 # ------------------------------------------------------------------------------------------ statements
