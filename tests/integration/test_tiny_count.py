@@ -92,7 +92,7 @@ def test_training_is_deterministic():
     from hooked_clip.models.tiny_count.train import train
 
     small = dict(batch=4, extra_scenes=2, log_every=0)
-    (m1, used1), (m2, used2) = train(2, **small), train(2, **small)
+    (m1, used1), (m2, used2) = train(1, **small), train(1, **small)
     s1, s2 = m1.state_dict(), m2.state_dict()
     assert used1 == used2 and s1.keys() == s2.keys()
     assert all(torch.equal(s1[k], s2[k]) for k in s1)
@@ -124,23 +124,26 @@ def test_world_pairs_keeps_what_the_world_covers_and_names_the_rest(model):
     assert scenes[0].count("dog") == 2 and scenes[1].count("cat") == 0
 
 
-def test_atlas_on_tiny_count_with_and_without_scenes(tmp_path, capsys):
+def test_atlas_on_tiny_count_with_and_without_scenes(model, tmp_path, capsys):
     from hooked_clip.analyses.cli import main
+    from hooked_clip.analyses.localize.trace import localize
+    from hooked_clip.analyses.valse_negation.demo_scenes import world_pairs
 
-    base = ["localize", "--model", "tiny-count", "--dataset", "valse:existence", "--dataset",
-            "valse:counting-small-quant", "--limit", "3", "--no-progress"]
-    main(base + ["--out", str(tmp_path / "text")])
-    main(base + ["--scenes", "--out", str(tmp_path / "scenes")])
+    main(["localize", "--model", "tiny-count", "--dataset", "valse:existence", "--dataset", "valse:counting-small-quant",
+          "--limit", "3", "--no-progress", "--scenes", "--out", str(tmp_path)])
     capsys.readouterr()
-    text = json.loads((tmp_path / "text" / "results.json").read_text())["models"]["tiny-count"]
-    scenes = json.loads((tmp_path / "scenes" / "results.json").read_text())["models"]["tiny-count"]
-    assert "text-only" in text["metric"] and "S(text, image)" in scenes["metric"]
-    assert set(text["phenomena"]) == set(scenes["phenomena"]) == {"valse:existence", "valse:counting-small-quant"}
-    report = (tmp_path / "scenes" / "report.md").read_text()
+    scenes = json.loads((tmp_path / "results.json").read_text())["models"]["tiny-count"]
+    assert "S(text, image)" in scenes["metric"]
+    assert set(scenes["phenomena"]) == {"valse:existence", "valse:counting-small-quant"}
+    assert all(t["mean_d"] > 0 for t in scenes["phenomena"].values())  # it prefers the captions
+    report = (tmp_path / "report.md").read_text()
     assert "existence and counting (0-4)" in report and "scene built from its caption" in report
-    assert scenes["phenomena"]["valse:counting-small-quant"]["mean_d"] > 0  # it prefers the captions
-    dropped = (tmp_path / "scenes" / "dropped.csv").read_text()
-    assert dropped.count("not in the toy world") == scenes["dropped"]
+    dropped = (tmp_path / "dropped.csv").read_text()
+    assert dropped.count("not in the toy world") == scenes["dropped"] > 0  # the first 3 of each hold some
+    pairs = world_pairs(model, load_dataset("valse:existence").head(3) + load_dataset("valse:counting-small-quant").head(3))
+    text_only = localize(model, pairs, progress=False)  # the text-only metric (the CLI's --world-only)
+    assert "text-only" in text_only.metric and sorted(set(text_only.phenomena)) == sorted(scenes["phenomena"])
+    assert text_only.ids == [p.id for p in pairs.pairs] and not text_only.cte[:, 0, 0].isnan().any()
 
 
 def test_valse_counting_pieces_are_filtered_to_the_world(model):
