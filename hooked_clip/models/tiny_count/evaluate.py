@@ -18,7 +18,8 @@ import json
 import random
 
 from hooked_clip.models.tiny_count import WEIGHTS, load
-from hooked_clip.models.tiny_count.train import pairwise_correct, sample_batch
+from hooked_clip.models.tiny_count.train import sample_batch
+from hooked_clip.models.tiny_negation.train import pairwise_correct
 from hooked_clip.tokenizers.clip_bpe import CLIPTokenizer
 
 HELD_OUT_SEED = 20261205

@@ -29,8 +29,10 @@ import torch.nn.functional as F
 from hooked_clip.models.tiny_count import ARCHITECTURE, NAME, WEIGHTS
 from hooked_clip.models.tiny_count import world as w
 from hooked_clip.models.tiny_negation import build, save
-from hooked_clip.models.tiny_negation.train import (CompactEmbed, cosine_schedule, deterministic_algorithms,
-                                                    optimizer_step, training_vocabulary_ids)
+from hooked_clip.models.tiny_negation.train import (check_arguments, compact_embedding, cosine_schedule,
+                                                    deterministic_algorithms, masked_info_nce, optimizer_step,
+                                                    pairwise_correct, restore_embedding, scores,
+                                                    training_vocabulary_ids)
 from hooked_clip.tokenizers.clip_bpe import CLIPTokenizer
 
 PROBE_SEED = 1_000_003
@@ -46,12 +48,6 @@ def sample_batch(rng: random.Random, n: int, held_out: bool = False, plain: bool
 def truth_table(statements) -> torch.Tensor:
     """[statements, MAX_COUNT + 1] bool: statement j is true of a subject count k."""
     return torch.tensor([[k in s.counts for k in w.COUNTS] for s in statements])
-
-
-def encode(model, tokenizer, scenes, statements):
-    """(text embeddings [statements, d] as encode_text gives them, normalised scene embeddings [scenes, d])."""
-    t = model.encode_text(tokenizer([s.text for s in statements]).to(model.logit_scale.device))
-    return t, F.normalize(model.encode_image(scenes), dim=-1)
 
 
 def extra_scene_codes(encoder, subjects: list[str], true_table, false_table, k: int, generator: torch.Generator):
@@ -75,9 +71,10 @@ def extra_scene_codes(encoder, subjects: list[str], true_table, false_table, k: 
 
 
 def loss_fn(model, tokenizer, scenes, true, false, extra_scenes: int = 0, generator: torch.Generator | None = None):
+    """``tiny_negation.train.loss_fn`` with truth read from counts (the module docstring): (loss, pairwise part)."""
     n = len(scenes)
     statements = true + false
-    t, v = encode(model, tokenizer, scenes, statements)
+    t, v = scores(model, tokenizer, scenes, statements)
     scale = model.logit_scale.exp()
     logits = scale * v @ t.T  # [scene, statement]
     idx = torch.arange(n)
@@ -87,25 +84,13 @@ def loss_fn(model, tokenizer, scenes, true, false, extra_scenes: int = 0, genera
     subj = torch.tensor([encoder.index[s.subject] for s in statements])
     table = truth_table(statements)  # [statement, count]
     truth = table[torch.arange(2 * n)[None, :], counts[:, subj]]  # [scene, statement]
-    masked = logits.masked_fill(truth & ~F.one_hot(idx, 2 * n).bool(), float("-inf"))
-    img2txt = F.cross_entropy(masked, idx)
-    masked_t = logits[:, :n].T.masked_fill(truth[:, :n].T & ~torch.eye(n, dtype=torch.bool), float("-inf"))
-    txt2img = F.cross_entropy(masked_t, idx)
-    loss = pairwise + 0.5 * (img2txt + txt2img)
+    loss = pairwise + masked_info_nce(logits, truth)
     if extra_scenes:
         codes, sign = extra_scene_codes(encoder, [s.subject for s in true], table[:n], table[n:], extra_scenes, generator)
         v_extra = F.normalize(encoder(codes), dim=-1).view(n, extra_scenes, -1)
         margin = scale * torch.einsum("nkd,nd->nk", v_extra, t[:n] - t[n:])  # S(true) - S(false) per scene
         loss = loss + F.softplus(-sign.view(n, extra_scenes) * margin).mean()
     return loss, pairwise
-
-
-@torch.no_grad()
-def pairwise_correct(model, tokenizer, scenes, true, false) -> torch.Tensor:
-    """[n] bool: S(true statement, scene) > S(false statement, scene)."""
-    t_true, v = encode(model, tokenizer, scenes, true)
-    t_false, _ = encode(model, tokenizer, scenes, false)
-    return (t_true * v).sum(-1) > (t_false * v).sum(-1)
 
 
 def vocabulary_ids(tokenizer: CLIPTokenizer) -> set[int]:
@@ -116,12 +101,7 @@ def vocabulary_ids(tokenizer: CLIPTokenizer) -> set[int]:
 def train(steps: int = 2400, batch: int = 64, lr: float = 2e-3, seed: int = 0, log_every: int = 100,
           extra_scenes: int = 16, plain_fraction: float = 0.2):
     """Train from scratch; returns (model, token ids trained). Deterministic (see ``tiny_negation.train``)."""
-    for name, value, ok in (("steps", steps, steps >= 1), ("batch", batch, batch >= 2),
-                            ("extra_scenes", extra_scenes, extra_scenes >= 0),
-                            ("plain_fraction", plain_fraction, 0 <= plain_fraction <= 1)):
-        if not ok:
-            raise ValueError(f"{name}={value!r} is out of range: steps >= 1, batch >= 2, extra_scenes >= 0, "
-                             "0 <= plain_fraction <= 1.")
+    check_arguments(steps, batch, extra_scenes, plain_fraction)
     with deterministic_algorithms():
         return _train(steps, batch, lr, seed, log_every, extra_scenes, plain_fraction)
 
@@ -132,12 +112,7 @@ def _train(steps, batch, lr, seed, log_every, extra_scenes, plain_fraction):
     tokenizer = CLIPTokenizer()
     model = build(w.OBJECTS, seed=seed, model_name=NAME, **ARCHITECTURE)
     used = vocabulary_ids(tokenizer)
-    full = model.text.embed
-    with torch.no_grad():  # rows never trained stay zero, so the shipped sparse embedding is the trained one
-        unused = torch.ones(model.text.cfg.d_vocab, dtype=torch.bool)
-        unused[sorted(used)] = False
-        full.W_E[unused] = 0.0
-    model.text.embed = CompactEmbed(full.W_E, sorted(used))
+    full = compact_embedding(model, used)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     sched = cosine_schedule(opt, steps)
@@ -153,9 +128,7 @@ def _train(steps, batch, lr, seed, log_every, extra_scenes, plain_fraction):
             print(f"step {step:5d}  loss {loss.item():.4f}  pairwise {pairwise.item():.4f}  scale "
                   f"{model.logit_scale.exp().item():.1f}  held-out counting {acc['counting']:.3f}  existence "
                   f"{acc['existence']:.3f}  {time.perf_counter() - start:.0f}s", flush=True)
-    with torch.no_grad():
-        full.W_E[model.text.embed.ids] = model.text.embed.rows
-    model.text.embed = full
+    restore_embedding(model, full)
     return model.eval(), used
 
 
