@@ -8,11 +8,14 @@ out is named with the reason in the run's ``dropped.csv``.
 Without ``--images`` the metric is text-only: the foil's cosine to the caption's embedding (where the change's
 information reaches the text embedding, not whether the model gets the pair right). With ``--images DIR`` (the
 pairs' ``image`` files) it is the paper's image-text similarity. The default model is the shipped demo model
-``tiny-negation``, trained on existence only (the report says so); ``--model`` takes an HF hub id or directory, or
-``open_clip:NAME:TAG``, and repeats for a side-by-side atlas. Runs resume: chunks already written are reused.
+``tiny-negation``, trained on existence only (the report says so); ``tiny-count`` learnt existence and counting
+(0-4). ``--model`` takes an HF hub id or directory, or ``open_clip:NAME:TAG``, and repeats for a side-by-side
+atlas. Runs resume: chunks already written are reused.
 
-The demo models see synthesized scenes, not photos: ``--scenes`` gives them the image metric on the negation study's
-scenes (existence pairs only; the others are dropped and named). ``--direction foil-into-caption`` patches the foil's
+The demo models see synthesized scenes, not photos: ``--scenes`` gives the existence-only ones the image metric on the
+negation study's scenes (existence pairs only; the others are dropped and named) and ``tiny-count`` a scene built
+from each caption by its world (the caption true, the foil false); ``--world-only`` keeps only the pairs a demo
+model's world covers (``--scenes`` implies it for ``tiny-count``), naming the others. ``--direction foil-into-caption`` patches the foil's
 states into the caption run; with the study's aligned pairs (``valse_negation.data.paper_pairs``, written with
 ``pairs_file.write_pairs``) and ``--scenes`` that is the negation study's trace (docs/api/localize.md).
 """
@@ -30,7 +33,7 @@ from hooked_clip.analyses.localize.trace import DIRECTIONS
 
 SUBCOMMAND = "localize"  # hooked-clip localize (found by hooked_clip.analyses.cli)
 HELP = "an atlas of where minimal pairs' changed tokens reach the read-out (VALSE, SugarCrepe, ARO, your own pairs)"
-DEMO_MODELS = ("tiny-negation", "tiny-negation-pixels")
+DEMO_MODELS = ("tiny-negation", "tiny-negation-pixels", "tiny-count")
 DEMO_FIX = ("pass --scenes instead of --images (the image metric on scenes synthesized from existence pairs), drop "
             "--images (the text-only metric), or pass a real --model")
 
@@ -47,8 +50,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--list", action="store_true", help="list the shipped datasets with their pair counts and exit")
     p.add_argument("--images", type=Path, help="folder holding the pairs' image files: the paper's image metric")
     p.add_argument("--scenes", action="store_true",
-                   help="the demo models: the image metric on scenes synthesized from existence pairs (the negation "
-                        "study's scenes; pairs no scene depicts are dropped and named)")
+                   help="the demo models: the image metric on synthesized scenes (tiny-negation*: the negation study's "
+                        "scenes of existence pairs; tiny-count: a scene built from each caption, implies --world-only); "
+                        "pairs no scene depicts are dropped and named")
+    p.add_argument("--world-only", action="store_true",
+                   help="demo models: keep only the pairs their synthetic world covers (its sentence forms, objects, "
+                        "counts and words); the others are named in dropped.csv")
     p.add_argument("--direction", choices=DIRECTIONS, default=DIRECTIONS[0],
                    help="whose hidden states are patched into which run (default caption-into-foil; the negation "
                         "study's trace, with the negated sentence as the foil, is foil-into-caption)")
@@ -96,6 +103,17 @@ def image_embeddings(model, pairs: PairSet, folder: Path) -> tuple[dict, list[tu
     return embeds, dropped
 
 
+def scene_embeddings(model, pairs: PairSet) -> dict:
+    """{pair id: the embedding of a scene built from the pair's caption} (a demo model; pairs it covers)."""
+    import torch
+
+    from hooked_clip.analyses.valse_negation.demo_scenes import caption_scenes, scene_input
+
+    with torch.inference_mode():
+        e = model.encode_image(scene_input(model, caption_scenes(model, pairs)))
+    return {p.id: row for p, row in zip(pairs.pairs, e)}
+
+
 def run(args: argparse.Namespace) -> Optional[Path]:
     if args.list:
         print(list_datasets())
@@ -129,6 +147,9 @@ def run(args: argparse.Namespace) -> Optional[Path]:
     if args.scenes and len(demo) < len(models):
         raise SystemExit(f"--scenes is the demo models' image metric (synthesized scenes); {sorted(set(models) - set(demo))} "
                          "read photos: pass --images DIR for them, in a run of their own.")
+    if args.world_only and len(demo) < len(models):
+        raise SystemExit(f"--world-only is for the demo models ({', '.join(DEMO_MODELS)}), not "
+                         f"{sorted(set(models) - set(demo))[0]}: drop it.")
     runs, elapsed, seen = {}, {}, {}
     out = args.out if args.out is not None or len(models) == 1 else RUNS / "localize-atlas"
     for model_id in models:
@@ -139,7 +160,7 @@ def run(args: argparse.Namespace) -> Optional[Path]:
         print(f"{model_id}: {len(runs[model_id].ids)} pairs localized, {len(runs[model_id].dropped)} dropped "
               f"({elapsed[model_id]:.1f} s)", file=sys.stderr)
     path = write_report(out, runs, datasets=[*args.dataset, *map(str, args.data)], demo_models=DEMO_MODELS,
-                        elapsed=elapsed)
+                        elapsed=elapsed, scenes=args.scenes)
     print(f"wrote {path}")
     return out
 
@@ -151,7 +172,7 @@ def _localize_one(args: argparse.Namespace, model_id: str, pairs: PairSet, out: 
     from hooked_clip.analyses.localize.study import run_model
     from hooked_clip.analyses.valse_negation.cli import load  # model ids as the negation study reads them
     from hooked_clip.analyses.run_dirs import default_run_dir, model_dir_name
-    from hooked_clip.analyses.valse_negation.demo_scenes import embed_scenes
+    from hooked_clip.analyses.valse_negation.demo_scenes import embed_scenes, max_count, world_pairs
     from hooked_clip.fingerprint import fingerprint
 
     model = load(model_id, args.device)
@@ -162,10 +183,18 @@ def _localize_one(args: argparse.Namespace, model_id: str, pairs: PairSet, out: 
     seen[fp.short] = model_id
     out = out if out is not None else default_run_dir("localize", (model_id, fp))
     embeds, images = None, ""
+    counts = (args.scenes or args.world_only) and max_count(model) > 1  # tiny-count: its world builds the scenes
+    if args.world_only or counts:
+        pairs = world_pairs(model, pairs)
+        if not pairs.pairs:
+            raise SystemExit(f"no pair is in {model_id}'s synthetic world (e.g. {pairs.dropped[0][0]}: "
+                             f"{pairs.dropped[0][1]}); drop --scenes/--world-only for the text-only atlas.")
     if args.images is not None:
         embeds, dropped = image_embeddings(model, pairs, args.images)
         pairs, images = PairSet(pairs.pairs, pairs.dropped + dropped), f"images in {args.images.resolve()}"
-    elif args.scenes:
+    elif args.scenes and counts:
+        embeds, images = scene_embeddings(model, pairs), "scenes built from the captions (seed 0)"
+    elif args.scenes:  # the existence-only demo models: the negation study's scenes (localize reproduces the study)
         embeds, dropped = embed_scenes(model, pairs.pairs)
         pairs, images = PairSet(pairs.pairs, pairs.dropped + dropped), "synthesized scenes (seed 0)"
     return run_model(model, pairs, out / model_dir_name(model_id, fp), image_embeds=embeds, chunk=args.chunk,

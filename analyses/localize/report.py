@@ -20,9 +20,21 @@ from hooked_clip.analyses.localize.trace import DIRECTIONS, ROLES, Localization
 from hooked_clip.analyses.run_dirs import atomic_savefig, atomic_write
 from hooked_clip.names import head_label
 
-DEMO_NOTE = ("The demo model {model} was trained only on existence sentences about a synthetic world ('There is/are "
-             "(no) X'); its maps for any other phenomenon show how an arbitrary token change propagates through a "
-             "tower that never learnt that phenomenon, not a learnt mechanism.")
+#: what each demo model learnt, and the sentences it learnt it from (the report's note on its maps)
+DEMO_WORLDS = {"tiny-negation": ("existence", "'There is/are (no) X'"),
+               "tiny-negation-pixels": ("existence", "'There is/are (no) X'"),
+               "tiny-count": ("existence and counting (0-4)", "'There is/are (no) X', 'There are exactly 2 X'")}
+DEMO_NOTE = ("The demo model {model} was trained only on {what} sentences about a synthetic world ({examples}); its "
+             "maps for any other phenomenon show how an arbitrary token change propagates through a tower that never "
+             "learnt that phenomenon, not a learnt mechanism.")
+SCENES_NOTE = ("Images: for each pair a synthetic scene built from its caption (the caption true, the foil false), so d "
+               "> 0 means the model prefers the caption; only the pairs the model's world covers are kept.")
+
+
+def demo_note(model: str) -> str:
+    """The report's note on a demo model's maps: which phenomena it learnt (``DEMO_WORLDS``)."""
+    what, examples = DEMO_WORLDS.get(model, ("existence", "'There is/are (no) X'"))
+    return DEMO_NOTE.format(model=model, what=what, examples=examples)
 STATES_NOTE = ("Rows are the paper's hidden states: 0 = embeddings output, l = output of block l (1-indexed); heads "
                "are printed `L{layer}H{head}`, 0-indexed.")
 
@@ -98,8 +110,9 @@ def plot_atlas(runs: dict[str, Localization], phenomena: list[str], what: str = 
 
 
 def write_report(out: Path, runs: dict[str, Localization], *, datasets: list[str], demo_models: tuple[str, ...] = (),
-                 elapsed: dict[str, float] | None = None) -> Path:
-    """Write the atlas of ``runs`` ({model id: result}) into ``out``; returns the report's path."""
+                 elapsed: dict[str, float] | None = None, scenes: bool = False) -> Path:
+    """Write the atlas of ``runs`` ({model id: result}) into ``out``; returns the report's path. ``scenes``: the
+    demo models read scenes built from the captions (``--scenes``)."""
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
@@ -130,7 +143,7 @@ def write_report(out: Path, runs: dict[str, Localization], *, datasets: list[str
     for m, res in runs.items():
         lines.append(f"- `{m}`: metric {res.metric}.")
         if m in demo_models:
-            lines.append(f"  {DEMO_NOTE.format(model=m)}")
+            lines.append(f"  {demo_note(m)}" + (f" {SCENES_NOTE}" if scenes else ""))
     lines += ["", "![atlas](atlas_cte.png)", "", "Head scores (attention from later tokens to the changed tokens, foil "
               "minus caption; the paper's Δ for one substituted token):", "", "![heads](atlas_heads.png)", ""]
     lines += ["`no gap`: pairs the model scores alike (d = 0: CTE undefined, left out of the maps).", "",
@@ -150,4 +163,4 @@ def write_report(out: Path, runs: dict[str, Localization], *, datasets: list[str
     return out / "report.md"
 
 
-__all__ = ["plot_atlas", "summarize", "write_report"]
+__all__ = ["DEMO_WORLDS", "demo_note", "plot_atlas", "summarize", "write_report"]

@@ -50,10 +50,21 @@ def _tiny_pair(name: str):
     return loader
 
 
+def _tiny_count(device: Optional[str] = None, dtype: Union[torch.dtype, str] = torch.float32, **processing) -> HookedCLIP:
+    """``tiny-count``: existence and counting (0-4); its scenes repeat an object's name once per instance."""
+    from hooked_clip.models.tiny_count import load
+
+    dtype = resolve_dtype(dtype)
+    model = load(device=resolve_device(device))
+    process_weights(model, **processing)
+    return model.to(dtype)
+
+
 SHIPPED_MODELS: dict[str, Callable[..., HookedCLIP]] = {"tiny-negation": _tiny_negation,
                                                         "tiny-negation-pixels": _tiny_negation_pixels,
                                                         "tiny-pair-base": _tiny_pair("tiny-pair-base"),
-                                                        "tiny-pair-tuned": _tiny_pair("tiny-pair-tuned")}
+                                                        "tiny-pair-tuned": _tiny_pair("tiny-pair-tuned"),
+                                                        "tiny-count": _tiny_count}
 
 
 def load_model(name: str, **kwargs: Any) -> HookedCLIP:

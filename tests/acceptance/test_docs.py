@@ -20,7 +20,7 @@ sys.path.insert(0, str(DOCS))
 from run_blocks import FIGURES, TUTORIALS, as_script, blocks, example_path, file_hash, run_markdown  # noqa: E402
 
 REFRESH = os.environ.get("HC_REFRESH_FIGURES") == "1"  # rewrite docs/figures/*.png and *.json from the tutorials
-MODEL_NAMED = re.compile(r"tiny-negation|tiny-pair|random|CLIP|clip")  # every figure says which model it shows
+MODEL_NAMED = re.compile(r"tiny-negation|tiny-pair|tiny-count|random|CLIP|clip")  # every figure says which model it shows
 
 
 @pytest.fixture(autouse=True)

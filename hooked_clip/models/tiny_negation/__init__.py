@@ -41,15 +41,16 @@ def text_config(device: str = "cpu", **overrides):
     return CLIPTextConfig(**kw)
 
 
-def build(objects, seed: int = 0, device: str = "cpu", d_hidden: int = 256, **text_overrides):
+def build(objects, seed: int = 0, device: str = "cpu", d_hidden: int = 256, max_count: int = 1, **text_overrides):
     """A randomly initialised demo-model architecture (what ``train.py`` starts from); ``d_hidden`` and
-    ``text_overrides`` (``text_config``'s fields) make a smaller sibling (the ``tiny-pair`` models)."""
+    ``text_overrides`` (``text_config``'s fields) make a smaller sibling (the ``tiny-pair`` models);
+    ``max_count`` > 1 a scene tower that reads counts (``tiny-count``; see ``scene.py``)."""
     from hooked_clip.model import HookedCLIP
     from hooked_clip.text.tower import HookedCLIPText
 
     torch.manual_seed(seed)
     text = HookedCLIPText(text_config(device, seed=seed, **text_overrides))
-    tower = SceneTower(SceneEncoder(objects, d_hidden=d_hidden, d_proj=text.cfg.d_proj)).to(device)
+    tower = SceneTower(SceneEncoder(objects, d_hidden=d_hidden, d_proj=text.cfg.d_proj, max_count=max_count)).to(device)
     return HookedCLIP(text, tower, logit_scale=float(torch.log(torch.tensor(10.0))))
 
 

@@ -87,6 +87,26 @@ class CompactEmbed(torch.nn.Module):
         return self.rows[idx]
 
 
+def compact_embedding(model, used) -> torch.nn.Module:
+    """Zero the token-embedding rows of ids outside ``used`` (never trained: the shipped sparse embedding is then
+    the trained one) and put a :class:`CompactEmbed` of the others in its place; returns the full embedding, for
+    :func:`restore_embedding` after training."""
+    full = model.text.embed
+    with torch.no_grad():
+        unused = torch.ones(model.text.cfg.d_vocab, dtype=torch.bool)
+        unused[sorted(used)] = False
+        full.W_E[unused] = 0.0
+    model.text.embed = CompactEmbed(full.W_E, sorted(used))
+    return full
+
+
+def restore_embedding(model, full: torch.nn.Module) -> None:
+    """Write the trained rows of the :class:`CompactEmbed` back into the full embedding ``full`` and put it back."""
+    with torch.no_grad():
+        full.W_E[model.text.embed.ids] = model.text.embed.rows
+    model.text.embed = full
+
+
 def sample_batch(rng: random.Random, n: int, held_out: bool = False, plain: bool = False):
     """n scenes, each with (true, false) statements about a subject present with probability 1/2
     (``held_out`` and ``plain`` as in ``world.make_pair``)."""
@@ -127,6 +147,19 @@ def random_scenes_about(encoder, subjects: list[str], k: int, generator: torch.G
     return hot, present
 
 
+def masked_info_nce(logits: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """CLIP's InfoNCE in both directions over the [scene, statement] logits of n scenes and 2n statements (statement
+    i true of scene i, statement n + i its false counterpart), where a statement true of another scene (``truth``
+    [scene, statement]) is masked, not punished."""
+    n = logits.shape[0]
+    idx = torch.arange(n)
+    masked = logits.masked_fill(truth & ~F.one_hot(idx, 2 * n).bool(), float("-inf"))
+    img2txt = F.cross_entropy(masked, idx)
+    masked_t = logits[:, :n].T.masked_fill(truth[:, :n].T & ~torch.eye(n, dtype=torch.bool), float("-inf"))
+    txt2img = F.cross_entropy(masked_t, idx)
+    return 0.5 * (img2txt + txt2img)
+
+
 def loss_fn(model, tokenizer, scenes, true, false, extra_scenes: int = 0, generator: torch.Generator | None = None):
     t, v = scores(model, tokenizer, scenes, true + false)
     n = len(scenes)
@@ -138,11 +171,7 @@ def loss_fn(model, tokenizer, scenes, true, false, extra_scenes: int = 0, genera
     hot = model.vision.encoder.multi_hot(scenes).bool()  # [scene, object]
     subj = torch.tensor([model.vision.encoder.index[s.subject] for s in statements])
     truth = hot[:, subj] ^ torch.tensor([s.negated for s in statements])[None, :]  # [scene, statement]
-    masked = logits.masked_fill(truth & ~F.one_hot(idx, 2 * n).bool(), float("-inf"))
-    img2txt = F.cross_entropy(masked, idx)
-    masked_t = logits[:, :n].T.masked_fill(truth[:, :n].T & ~torch.eye(n, dtype=torch.bool), float("-inf"))
-    txt2img = F.cross_entropy(masked_t, idx)
-    loss = pairwise + 0.5 * (img2txt + txt2img)
+    loss = pairwise + masked_info_nce(logits, truth)
     if extra_scenes:
         hot, present = random_scenes_about(model.vision.encoder, [s.subject for s in true], extra_scenes, generator)
         v_extra = F.normalize(model.vision.encoder(hot), dim=-1).view(n, extra_scenes, -1)
@@ -157,7 +186,7 @@ def loss_fn(model, tokenizer, scenes, true, false, extra_scenes: int = 0, genera
 
 @torch.no_grad()
 def pairwise_correct(model, tokenizer, scenes, true, false) -> torch.Tensor:
-    """[n] bool: S(true statement) > S(its negation-flipped counterpart) for each scene."""
+    """[n] bool: S(true statement) > S(its false counterpart) for each scene (negation-flipped in this world)."""
     t_true, v = scores(model, tokenizer, scenes, true)
     t_false, _ = scores(model, tokenizer, scenes, false)
     return (t_true * v).sum(-1) > (t_false * v).sum(-1)
@@ -172,14 +201,19 @@ def train(steps: int = 2800, batch: int = 128, lr: float = 7e-4, seed: int = 0, 
     """Train from scratch; returns (model, token ids trained). Deterministic: the same arguments give the
     same weights bit for bit on the same machine (the embedding's scatter-add backward is the one kernel
     that is not by default, hence ``use_deterministic_algorithms``)."""
+    check_arguments(steps, batch, extra_scenes, plain_fraction)
+    with deterministic_algorithms():
+        return _train(steps, batch, lr, seed, log_every, extra_scenes, plain_fraction)
+
+
+def check_arguments(steps: int, batch: int, extra_scenes: int, plain_fraction: float) -> None:
+    """One clear error for a training argument out of range (the scene-tower demo models' trainings)."""
     for name, value, ok in (("steps", steps, steps >= 1), ("batch", batch, batch >= 2),
                             ("extra_scenes", extra_scenes, extra_scenes >= 0),
                             ("plain_fraction", plain_fraction, 0 <= plain_fraction <= 1)):
         if not ok:
             raise ValueError(f"{name}={value!r} is out of range: steps >= 1, batch >= 2, extra_scenes >= 0, "
                              "0 <= plain_fraction <= 1.")
-    with deterministic_algorithms():
-        return _train(steps, batch, lr, seed, log_every, extra_scenes, plain_fraction)
 
 
 @contextmanager
@@ -200,12 +234,7 @@ def _train(steps: int, batch: int, lr: float, seed: int, log_every: int, extra_s
     tokenizer = CLIPTokenizer()
     model = build(w.OBJECTS, seed=seed)
     used = training_vocabulary_ids(tokenizer, extra_vocabulary())
-    full_embed = model.text.embed
-    with torch.no_grad():  # rows never trained stay zero, so the shipped sparse embedding is the trained one
-        unused = torch.ones(model.text.cfg.d_vocab, dtype=torch.bool)
-        unused[sorted(used)] = False
-        full_embed.W_E[unused] = 0.0
-    model.text.embed = CompactEmbed(full_embed.W_E, sorted(used))  # training only: see CompactEmbed
+    full_embed = compact_embedding(model, used)  # training only: see CompactEmbed
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     sched = cosine_schedule(opt, steps)
@@ -220,9 +249,7 @@ def _train(steps: int, batch: int, lr: float, seed: int, log_every: int, extra_s
             print(f"step {step:5d}  loss {loss.item():.4f}  pairwise {pairwise.item():.4f}  "
                   f"scale {model.logit_scale.exp().item():.1f}  held-out-template acc "
                   f"{pairwise_accuracy(model, tokenizer, *probe):.3f}  {time.perf_counter() - start:.0f}s", flush=True)
-    with torch.no_grad():
-        full_embed.W_E[model.text.embed.ids] = model.text.embed.rows
-    model.text.embed = full_embed
+    restore_embedding(model, full_embed)
     model.eval()
     return model, used
 

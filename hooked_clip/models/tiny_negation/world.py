@@ -163,6 +163,19 @@ def _after_lead_in(lead: str, template: str) -> str:
     return f"{lead} {first if first == 'I' else first.lower()} {rest}"
 
 
+def trailing_phrase(rng: random.Random, held_out: bool = False) -> str:
+    """A random trailing phrase (" pictured", " riding the bus", " on the table", ...); ``held_out``: one of the
+    phrases never used in training (" beside the <place>", ...)."""
+    if held_out:
+        return rng.choice(HELD_OUT_SUFFIXES).format(place=rng.choice(PLACES))
+    r = rng.random()
+    if r < 0.25:
+        return f" {rng.choice(VERBS)} the {rng.choice(PLACES + OBJECTS)}"
+    if r < 0.4:
+        return f" {rng.choice(['in', 'on', 'near', 'by', 'under'])} the {rng.choice(PLACES + OBJECTS)}"
+    return rng.choice(SUFFIXES)
+
+
 def make_pair(subject: str, plural_form: bool, rng: random.Random, *, held_out: bool = False,
               plain: bool = False) -> tuple[Statement, Statement]:
     """(affirmative, negated) statements about ``subject`` that differ only in the negation; ``held_out``
@@ -176,18 +189,7 @@ def make_pair(subject: str, plural_form: bool, rng: random.Random, *, held_out: 
     if not plain and rng.random() < 0.2:  # multi-word subjects, as in "There are no red buses": the first word counts
         other = rng.choice(OBJECTS)
         x = f"{x} {PLURALS[other] if plural_form else other}"
-    if plain:
-        suffix = ""
-    elif held_out:
-        suffix = rng.choice(HELD_OUT_SUFFIXES).format(place=rng.choice(PLACES))
-    else:
-        r = rng.random()
-        if r < 0.25:
-            suffix = f" {rng.choice(VERBS)} the {rng.choice(PLACES + OBJECTS)}"
-        elif r < 0.4:
-            suffix = f" {rng.choice(['in', 'on', 'near', 'by', 'under'])} the {rng.choice(PLACES + OBJECTS)}"
-        else:
-            suffix = rng.choice(SUFFIXES)
+    suffix = "" if plain else trailing_phrase(rng, held_out)
     end = " ." if rng.random() < 0.05 else "."
     return (Statement(_fill(affirmative, x) + suffix + end, subject, False),
             Statement(_fill(negated, x) + suffix + end, subject, True))

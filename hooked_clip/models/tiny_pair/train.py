@@ -27,9 +27,10 @@ import torch.nn.functional as F
 
 from hooked_clip.models.tiny_negation import build, save
 from hooked_clip.models.tiny_negation import world as w
-from hooked_clip.models.tiny_negation.train import (CompactEmbed, cosine_schedule, deterministic_algorithms,
-                                                    extra_vocabulary, loss_fn, optimizer_step, pairwise_accuracy,
-                                                    random_scenes_about, sample_batch, scores,
+from hooked_clip.models.tiny_negation.train import (CompactEmbed, compact_embedding, cosine_schedule,
+                                                    deterministic_algorithms, extra_vocabulary, loss_fn,
+                                                    optimizer_step, pairwise_accuracy, random_scenes_about,
+                                                    restore_embedding, sample_batch, scores,
                                                     training_vocabulary_ids)
 from hooked_clip.models.tiny_pair import ARCHITECTURE, BASE, TUNED
 from hooked_clip.tokenizers.clip_bpe import CLIPTokenizer
@@ -88,12 +89,7 @@ def train_base(steps: int, batch: int = 64, lr: float = 1e-3, seed: int = 0, ext
     tokenizer = CLIPTokenizer()
     model = build(w.OBJECTS, seed=seed, model_name="tiny-pair-base", **ARCHITECTURE)
     used = training_vocabulary_ids(tokenizer, extra_vocabulary())
-    full = model.text.embed
-    with torch.no_grad():
-        unused = torch.ones(model.text.cfg.d_vocab, dtype=torch.bool)
-        unused[sorted(used)] = False
-        full.W_E[unused] = 0.0
-    model.text.embed = CompactEmbed(full.W_E, sorted(used))
+    full = compact_embedding(model, used)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     sched = cosine_schedule(opt, steps)
@@ -104,9 +100,7 @@ def train_base(steps: int, batch: int = 64, lr: float = 1e-3, seed: int = 0, ext
         loss = base_loss(model, tokenizer, scenes, captions, extra_scenes, generator)
         optimizer_step(model, opt, sched, loss, model.parameters())
         _log("base", step, steps, loss, model, tokenizer, probe, start, log_every)
-    with torch.no_grad():
-        full.W_E[model.text.embed.ids] = model.text.embed.rows
-    model.text.embed = full
+    restore_embedding(model, full)
     return model.eval(), used
 
 
@@ -131,9 +125,7 @@ def fine_tune(model, used, steps: int, batch: int = 64, lr: float = 5e-4, seed: 
         loss, _ = loss_fn(model, tokenizer, scenes, true, false, extra_scenes, generator)
         optimizer_step(model, opt, sched, loss, model.text.parameters())  # the frozen logit scale stays in range
         _log("tune", step, steps, loss, model, tokenizer, probe, start, log_every)
-    with torch.no_grad():
-        full.W_E[model.text.embed.ids] = model.text.embed.rows
-    model.text.embed = full
+    restore_embedding(model, full)
     for p in list(model.vision.parameters()) + [model.logit_scale]:
         p.requires_grad_(True)
     return model.eval()
