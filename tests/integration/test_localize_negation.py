@@ -93,7 +93,7 @@ def test_the_command_line_configuration(demo, study, tmp_path, capsys):
     main(["localize", "--data", str(path), "--model", "tiny-negation", "--scenes", "--direction", "foil-into-caption",
           "--out", str(out), "--no-progress"])
     capsys.readouterr()
-    fields = torch.load(next((out / "tiny-negation" / "chunks").glob("*.pt")), weights_only=True)["fields"]
+    fields = torch.load(next(out.glob("tiny-negation-fp-*/chunks/*.pt")), weights_only=True)["fields"]
     assert fields["direction"] == "foil-into-caption" and len(fields["ids"]) == len(items)
     _check(fields["ids"], fields["cte"], fields["heads"], fields["caption_metric"] - fields["foil_metric"], records)
     results = json.loads((out / "results.json").read_text())

@@ -156,9 +156,9 @@ def test_valse_counting_pieces_are_filtered_to_the_world(model):
 
 
 @pytest.mark.parametrize("extra, words", [
-    (["--scenes", "--model", "openai/clip-vit-base-patch32"], "are for the demo models"),
-    (["--world-only", "--model", "tiny-count", "--model", "some/clip"], "are for the demo models"),
-    (["--scenes", "--images", ".", "--model", "tiny-count"], "see synthesized scenes"),
+    (["--scenes", "--model", "openai/clip-vit-base-patch32"], "is the demo models' image metric"),
+    (["--world-only", "--model", "tiny-count", "--model", "some/clip"], "is for the demo models"),
+    (["--scenes", "--images", ".", "--model", "tiny-count"], "sees synthesized scenes"),
 ])
 def test_scene_options_user_errors_are_one_line(extra, words, capsys):
     from hooked_clip.analyses.cli import main
