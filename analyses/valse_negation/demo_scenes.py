@@ -253,7 +253,7 @@ if __name__ == "__main__":  # python -m hooked_clip.analyses.valse_negation.demo
     parser.add_argument("--model", choices=("tiny-negation", "tiny-negation-pixels", "tiny-count"), default="tiny-negation")
     parser.add_argument("--seed", type=int, default=0, help="the scenes' seed (distractors; for the pixel model, also the cells)")
     args = parser.parse_args()
-    model = load_model(args.model, device="cpu")
+    model = load_model(args.model)
     if args.model == "tiny-count":  # every VALSE counting and existence pair its world covers
         from hooked_clip.analyses.localize.pairs_file import load_dataset
 
