@@ -18,10 +18,8 @@ Curriculum: the first ``plain_fraction`` of the steps use plain sentences (no le
 
 from __future__ import annotations
 
-import argparse
 import random
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +27,7 @@ import torch.nn.functional as F
 from hooked_clip.models.tiny_count import ARCHITECTURE, NAME, WEIGHTS
 from hooked_clip.models.tiny_count import world as w
 from hooked_clip.models.tiny_negation import build, save
-from hooked_clip.models.tiny_negation.train import (check_arguments, compact_embedding, cosine_schedule,
+from hooked_clip.models.tiny_negation.train import (check_arguments, training_parser, compact_embedding, cosine_schedule,
                                                     deterministic_algorithms, masked_info_nce, optimizer_step,
                                                     pairwise_correct, restore_embedding, scores,
                                                     training_vocabulary_ids)
@@ -133,16 +131,8 @@ def _train(steps, batch, lr, seed, log_every, extra_scenes, plain_fraction):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=2400)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--extra-scenes", type=int, default=16, help="more scenes per item (pairwise loss)")
-    parser.add_argument("--plain-fraction", type=float, default=0.2, help="fraction of steps on plain sentences")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads (bytes reproduce at a fixed count)")
-    parser.add_argument("--out", type=Path, default=WEIGHTS)
-    args = parser.parse_args()
+    args = training_parser(__doc__, steps=2400, batch=64, lr=2e-3, out=WEIGHTS, threads=True,
+                           scene_loss=True).parse_args()
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     model, used = train(args.steps, args.batch, lr=args.lr, seed=args.seed, extra_scenes=args.extra_scenes,

@@ -273,16 +273,27 @@ def optimizer_step(model, opt, sched, loss, params) -> None:
         model.logit_scale.clamp_(0, math.log(100))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=2800)
-    parser.add_argument("--batch", type=int, default=128)
+def training_parser(description: str, *, steps: int, batch: int, lr: float, out: Path, threads: bool = False,
+                    scene_loss: bool = False) -> argparse.ArgumentParser:
+    """The command line every demo model's training script shares (its defaults are the shipped run's):
+    ``--steps --batch --seed --lr --out``; ``threads``: ``--threads`` (default 1: the bytes reproduce at a fixed
+    count); ``scene_loss``: ``--extra-scenes`` and ``--plain-fraction`` of :func:`train`'s loss."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--batch", type=int, default=batch)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--lr", type=float, default=7e-4)
-    parser.add_argument("--extra-scenes", type=int, default=16, help="more scenes per statement pair (pairwise loss)")
-    parser.add_argument("--plain-fraction", type=float, default=0.2, help="fraction of steps on plain sentences")
-    parser.add_argument("--out", type=Path, default=WEIGHTS)
-    args = parser.parse_args()
+    parser.add_argument("--lr", type=float, default=lr)
+    parser.add_argument("--out", type=Path, default=out)
+    if threads:
+        parser.add_argument("--threads", type=int, default=1, help="CPU threads (bytes reproduce at a fixed count)")
+    if scene_loss:
+        parser.add_argument("--extra-scenes", type=int, default=16, help="more scenes per statement (pairwise loss)")
+        parser.add_argument("--plain-fraction", type=float, default=0.2, help="fraction of steps on plain sentences")
+    return parser
+
+
+def main() -> None:
+    args = training_parser(__doc__, steps=2800, batch=128, lr=7e-4, out=WEIGHTS, scene_loss=True).parse_args()
     model, used = train(args.steps, args.batch, lr=args.lr, seed=args.seed, extra_scenes=args.extra_scenes,
                         plain_fraction=args.plain_fraction)
     save(model, args.out, used)

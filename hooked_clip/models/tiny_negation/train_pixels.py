@@ -17,11 +17,9 @@ batch of random scenes (``world.random_scene``, 1-7 objects), each drawn at rand
 
 from __future__ import annotations
 
-import argparse
 import math
 import random
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +27,8 @@ import torch.nn.functional as F
 from hooked_clip.models.tiny_negation import load, render
 from hooked_clip.models.tiny_negation import world as w
 from hooked_clip.models.tiny_negation.pixels import PIXEL_WEIGHTS, build_vision, save_vision, with_vision
-from hooked_clip.models.tiny_negation.train import deterministic_algorithms, pairwise_accuracy, sample_batch
+from hooked_clip.models.tiny_negation.train import (deterministic_algorithms, pairwise_accuracy, sample_batch,
+                                                    training_parser)
 from hooked_clip.tokenizers.clip_bpe import CLIPTokenizer
 
 
@@ -126,16 +125,9 @@ def _train(steps, batch, lr, seed, log_every, distill_weight, pool_size):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser = training_parser(__doc__, steps=1500, batch=128, lr=2e-3, out=PIXEL_WEIGHTS, threads=True)
     parser.add_argument("--distill-weight", type=float, default=1.0)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (the shipped file was written with 1; bytes depend on the count)")
     parser.add_argument("--pool", type=int, default=16, help="statement pairs per object, embedded once by the frozen text tower")
-    parser.add_argument("--out", type=Path, default=PIXEL_WEIGHTS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
